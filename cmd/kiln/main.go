@@ -1,0 +1,66 @@
+// Command kiln is a local, air-gapped Image Factory for Talos Linux.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
+
+	stop()
+	os.Exit(code)
+}
+
+const usage = `kiln: a local, air-gapped Image Factory for Talos Linux
+
+Usage:
+  kiln serve [flags]            serve gRPC, REST and the Image Factory routes on one port
+  kiln schematic id [FILE|-]    print the ID and canonical form of a schematic, offline
+  kiln version                  print kiln's version
+
+Run 'kiln <command> -h' for a command's flags. Every flag can also be set as a
+KILN_* environment variable (--data-dir is KILN_DATA_DIR) or in the YAML file
+named by --config.
+`
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+
+		return 2
+	}
+
+	var err error
+
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stderr, getenv)
+	case "schematic":
+		err = schematicCmd(args[1:], stdin, stdout)
+	case "version":
+		err = versionCmd(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+
+		return 0
+	default:
+		fmt.Fprintf(stderr, "kiln: unknown command %q\n\n%s", args[0], usage)
+
+		return 2
+	}
+
+	if err != nil {
+		fmt.Fprintf(stderr, "kiln %s: %v\n", args[0], err)
+
+		return 1
+	}
+
+	return 0
+}

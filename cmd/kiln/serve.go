@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/kiln-dev/kiln/internal/cli"
+	"github.com/kiln-dev/kiln/server"
+)
+
+func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	cfg := server.DefaultConfig()
+
+	fs := flag.NewFlagSet("kiln serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.String(cli.ConfigFlag, "", "YAML file of settings, keyed by flag name (env KILN_CONFIG)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address for gRPC, REST and the public routes")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for everything kiln stores")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate; with --tls-key serves TLS (HTTP/2 by ALPN)")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may finish on SIGTERM")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+
+	if err := cli.Parse(fs, args, "KILN_", getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+
+		return err
+	}
+
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+
+	logger, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+
+	return server.Run(ctx, cfg, logger)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", level)
+	}
+
+	opts := &slog.HandlerOptions{Level: lvl}
+
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: use text or json", format)
+	}
+}

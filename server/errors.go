@@ -1,0 +1,103 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-dev/kiln/schematic"
+	"github.com/kiln-dev/kiln/storage"
+)
+
+// errSchematicNotFound is what a client sees for an unknown or malformed
+// schematic ID; the text is the public factory's.
+var errSchematicNotFound = errors.New("schematic not found")
+
+// invalidArgumentError marks errors in a request's arguments that are not
+// schematic parse errors (a bad page token, say).
+type invalidArgumentError struct{ msg string }
+
+func (e *invalidArgumentError) Error() string { return e.msg }
+
+// codeOf is the only classifier of domain errors. Anything it does not know
+// is Internal, and its detail stays in the log.
+func codeOf(err error) codes.Code {
+	var invalidArg *invalidArgumentError
+
+	switch {
+	case err == nil:
+		return codes.OK
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	case errors.Is(err, schematic.ErrInvalid), errors.As(err, &invalidArg):
+		return codes.InvalidArgument
+	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound):
+		return codes.NotFound
+	}
+
+	if s, ok := status.FromError(err); ok {
+		return s.Code()
+	}
+
+	return codes.Internal
+}
+
+// toStatus turns a domain error into the status a client sees: its own text
+// for the codes clients act on, a generic text for the rest.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+
+	code := codeOf(err)
+
+	switch code {
+	case codes.InvalidArgument, codes.Canceled, codes.DeadlineExceeded:
+		return status.Error(code, err.Error())
+	case codes.NotFound:
+		return status.Error(code, errSchematicNotFound.Error())
+	default:
+		return status.Error(code, "internal server error")
+	}
+}
+
+// httpStatus is the HTTP status of a gRPC code, as grpc-gateway maps it, so
+// the public routes and the gateway agree. A client that hung up gets 499,
+// as the public factory logs it.
+func httpStatus(code codes.Code) int {
+	switch code {
+	case codes.OK:
+		return http.StatusOK
+	case codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
+		return http.StatusBadRequest
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.AlreadyExists, codes.Aborted:
+		return http.StatusConflict
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unimplemented:
+		return http.StatusNotImplemented
+	case codes.Unavailable:
+		return http.StatusServiceUnavailable
+	case codes.DeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case codes.Canceled:
+		return 499
+	default:
+		return http.StatusInternalServerError
+	}
+}

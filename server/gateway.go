@@ -1,0 +1,60 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/grpc/test/bufconn"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+)
+
+// newGateway returns the REST gateway and the in-memory listener its gRPC
+// client dials. Going through a real gRPC connection (not the in-process
+// Register...HandlerServer) gives REST the same interceptors, error mapping
+// and streaming as gRPC; an in-memory pipe avoids dialling our own TLS port.
+func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.ClientConn, error) {
+	lis := bufconn.Listen(1 << 20)
+
+	conn, err := grpc.NewClient("passthrough:///kiln-gateway",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSchematicBytes+64<<10), grpc.MaxCallSendMsgSize(maxSchematicBytes+64<<10)),
+	)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("gateway client: %w", err)
+	}
+
+	mux := runtime.NewServeMux(
+		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
+			if strings.EqualFold(key, "X-Request-ID") {
+				return "x-request-id", true
+			}
+
+			return runtime.DefaultHeaderMatcher(key)
+		}),
+		// Unset fields are left out rather than sent as null/""/[]: a typed
+		// schematic then reads like its YAML, which also omits them.
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+			Marshaler: &runtime.JSONPb{
+				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+			},
+		}),
+	)
+
+	if err := kilnv1.RegisterSchematicServiceHandler(ctx, mux, conn); err != nil {
+		conn.Close() //nolint:errcheck // already failing
+
+		return nil, nil, nil, fmt.Errorf("gateway: %w", err)
+	}
+
+	return mux, lis, conn, nil
+}

@@ -1,0 +1,104 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/kiln-dev/kiln/internal/version"
+)
+
+type requestIDKey struct{}
+
+// requestIDFrom returns the request ID a middleware attached to ctx.
+func requestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+
+	return id
+}
+
+func newRequestID() string {
+	var b [8]byte
+
+	_, _ = rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+
+	return hex.EncodeToString(b[:])
+}
+
+// rootHandler splits the one listener between gRPC, the REST gateway and the
+// public routes, and wraps the HTTP ones in the public factory's headers.
+func rootHandler(grpcServer *grpc.Server, gateway, public http.Handler, logger *slog.Logger) http.Handler {
+	serverHeader := "Image Factory (kiln " + version.Version() + ")"
+
+	httpHandler := http.NewServeMux()
+	httpHandler.Handle("/v1/", gateway)
+	httpHandler.Handle("/", public)
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			grpcServer.ServeHTTP(w, r)
+
+			return
+		}
+
+		id := r.Header.Get("X-Request-ID")
+		if id == "" {
+			id = newRequestID()
+			r.Header.Set("X-Request-ID", id) // the gateway forwards it to gRPC
+		}
+
+		w.Header().Set("X-Request-ID", id)
+		w.Header().Set("Server", serverHeader)
+		cors(w.Header())
+
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			w.WriteHeader(http.StatusNoContent)
+
+			return
+		}
+
+		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		start := time.Now()
+
+		httpHandler.ServeHTTP(rec, r.WithContext(ctx))
+
+		level := slog.LevelInfo
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			level = slog.LevelDebug
+		}
+
+		logger.Log(ctx, level, "http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+			"duration", time.Since(start), "request_id", id)
+	})
+}
+
+// cors matches the public factory's: any origin may read, browsers may see the
+// download headers.
+func cors(h http.Header) {
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+	h.Set("Access-Control-Allow-Headers", "Cache-Control, Content-Type")
+	h.Set("Access-Control-Expose-Headers", "Content-Disposition, Content-Length, Content-Type")
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the real writer (flushing
+// streamed downloads).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
