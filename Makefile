@@ -28,7 +28,7 @@ run: build
 
 ## Code generation: buf from tools/package.json, plugins pinned as go.mod tools.
 $(BUF): tools/package.json tools/package-lock.json
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	cd tools && npm install --no-audit --no-fund --loglevel=error
 	touch $(BUF)
 
 generate: $(BUF)
