@@ -8,9 +8,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
 )
+
+// errUntrusted is matched against the verifier's refusals; the verifier
+// wraps its own sentinel with this one (see trust.go).
+var errUntrusted = errors.New("untrusted artifact")
 
 // errSchematicNotFound is what a client sees for an unknown or malformed
 // schematic ID; the text is the public factory's.
@@ -25,7 +31,10 @@ func (e *invalidArgumentError) Error() string { return e.msg }
 // codeOf is the only classifier of domain errors. Anything it does not know
 // is Internal, and its detail stays in the log.
 func codeOf(err error) codes.Code {
-	var invalidArg *invalidArgumentError
+	var (
+		invalidArg     *invalidArgumentError
+		invalidVersion *artifacts.InvalidVersionError
+	)
 
 	switch {
 	case err == nil:
@@ -34,10 +43,13 @@ func codeOf(err error) codes.Code {
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
-	case errors.Is(err, schematic.ErrInvalid), errors.As(err, &invalidArg):
+	case errors.Is(err, schematic.ErrInvalid), errors.As(err, &invalidArg), errors.As(err, &invalidVersion):
 		return codes.InvalidArgument
-	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound):
+	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound),
+		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored):
 		return codes.NotFound
+	case errors.Is(err, errUntrusted), errors.Is(err, release.ErrInvalidCatalog):
+		return codes.FailedPrecondition
 	}
 
 	if s, ok := status.FromError(err); ok {
@@ -60,11 +72,18 @@ func toStatus(err error) error {
 
 	code := codeOf(err)
 
-	switch code {
-	case codes.InvalidArgument, codes.Canceled, codes.DeadlineExceeded:
-		return status.Error(code, err.Error())
-	case codes.NotFound:
+	switch {
+	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound):
 		return status.Error(code, errSchematicNotFound.Error())
+	case code == codes.NotFound:
+		var verr *artifacts.VersionError
+		if errors.As(err, &verr) {
+			return status.Error(code, verr.Error()) // the public factory's exact text
+		}
+
+		return status.Error(code, err.Error())
+	case code == codes.InvalidArgument, code == codes.FailedPrecondition, code == codes.Canceled, code == codes.DeadlineExceeded:
+		return status.Error(code, err.Error())
 	default:
 		return status.Error(code, "internal server error")
 	}
@@ -77,8 +96,12 @@ func httpStatus(code codes.Code) int {
 	switch code {
 	case codes.OK:
 		return http.StatusOK
-	case codes.InvalidArgument, codes.OutOfRange, codes.FailedPrecondition:
+	case codes.InvalidArgument, codes.OutOfRange:
 		return http.StatusBadRequest
+	case codes.FailedPrecondition:
+		// An artifact that failed verification or a corrupt catalog: the
+		// request was fine, the mirror's content is not usable.
+		return http.StatusPreconditionFailed
 	case codes.NotFound:
 		return http.StatusNotFound
 	case codes.AlreadyExists, codes.Aborted:

@@ -19,12 +19,14 @@ const maxSchematicBytes = 4 << 20
 // it does so that its clients (pkg/client, Omni, talosctl, curl) work as is.
 type factoryRoutes struct {
 	schematics *schematics
+	releases   *releases
 	logger     *slog.Logger
 }
 
 func (f *factoryRoutes) register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /schematics", f.createSchematic)
 	mux.HandleFunc("GET /schematics/{id}", f.getSchematic)
+	f.registerReleases(mux)
 }
 
 // createSchematic answers 201 with {"id", "schematic"} whether or not the

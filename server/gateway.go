@@ -10,6 +10,7 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -42,6 +43,19 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 		}),
 		// Unset fields are left out rather than sent as null/""/[]: a typed
 		// schematic then reads like its YAML, which also omits them.
+		// Statuses come from the one classifier, so REST and the public
+		// routes agree on every code.
+		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+			st := status.Convert(err)
+			body, merr := m.Marshal(st.Proto())
+			if merr != nil {
+				body = []byte(`{"code":13,"message":"internal server error"}`)
+			}
+
+			w.Header().Set("Content-Type", m.ContentType(st.Proto()))
+			w.WriteHeader(httpStatus(st.Code()))
+			_, _ = w.Write(body) //nolint:errcheck // the client is gone
+		}),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
 			Marshaler: &runtime.JSONPb{
 				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
@@ -50,10 +64,15 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 		}),
 	)
 
-	if err := kilnv1.RegisterSchematicServiceHandler(ctx, mux, conn); err != nil {
-		conn.Close() //nolint:errcheck // already failing
+	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		kilnv1.RegisterSchematicServiceHandler,
+		kilnv1.RegisterReleaseServiceHandler,
+	} {
+		if err := register(ctx, mux, conn); err != nil {
+			conn.Close() //nolint:errcheck // already failing
 
-		return nil, nil, nil, fmt.Errorf("gateway: %w", err)
+			return nil, nil, nil, fmt.Errorf("gateway: %w", err)
+		}
 	}
 
 	return mux, lis, conn, nil

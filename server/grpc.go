@@ -20,7 +20,7 @@ import (
 
 // newGRPCServer is the one place that builds the gRPC server: interceptors,
 // limits, services, reflection and health.
-func newGRPCServer(logger *slog.Logger, domain *schematics, healthSrv *health.Server) *grpc.Server {
+func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, healthSrv *health.Server) *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxSchematicBytes+64<<10),
 		grpc.ChainUnaryInterceptor(unaryInterceptor(logger)),
@@ -28,6 +28,7 @@ func newGRPCServer(logger *slog.Logger, domain *schematics, healthSrv *health.Se
 	)
 
 	kilnv1.RegisterSchematicServiceServer(srv, &schematicService{domain: domain})
+	kilnv1.RegisterReleaseServiceServer(srv, &releaseService{domain: rel})
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	reflection.Register(srv)
 

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/kiln-dev/kiln/artifacts"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -33,6 +36,32 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight requests may finish after a
 	// stop signal.
 	ShutdownTimeout time.Duration
+	// ExternalURL is how clients reach kiln (links, catalog refs into the
+	// embedded registry); empty means http(s)://<listen>.
+	ExternalURL string
+	// Source is where releases are read from.
+	Source SourceConfig
+	// BrokenVersions are hidden from /versions and refused.
+	BrokenVersions []string
+	// TrustPolicy is the signature trust policy file (see package signing).
+	TrustPolicy string
+}
+
+// SourceConfig selects the registry kiln reads releases from. With no
+// Registry, it is kiln's embedded registry under <data-dir>/registry, served
+// on kiln's own port under /v2/.
+type SourceConfig struct {
+	// Registry is an external registry, host[:port].
+	Registry string
+	// Namespace prefixes repository paths (a Harbor project, a proxy path).
+	Namespace string
+	// Insecure talks plain HTTP to the registry.
+	Insecure bool
+	// CAFile is a PEM bundle trusted for the registry's TLS certificate.
+	CAFile string
+	// Username and Password are basic-auth credentials.
+	Username string
+	Password string
 }
 
 // DefaultConfig is the configuration `make run` uses.
@@ -66,7 +95,36 @@ func (c Config) Validate() error {
 		return fmt.Errorf("shutdown timeout %s is negative", c.ShutdownTimeout)
 	}
 
+	if c.ExternalURL != "" {
+		u, err := url.Parse(c.ExternalURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("external URL %q: want http(s)://host[:port]", c.ExternalURL)
+		}
+	}
+
+	if c.Source.Registry == "" && (c.Source.Namespace != "" || c.Source.Insecure || c.Source.CAFile != "" || c.Source.Username != "") {
+		return errors.New("registry settings given without --registry: the embedded registry takes none")
+	}
+
+	if (c.Source.Username == "") != (c.Source.Password == "") {
+		return errors.New("registry credentials need both a username and a password")
+	}
+
 	return nil
+}
+
+// externalURL is ExternalURL or the listen address as a URL.
+func (c Config) externalURL() string {
+	if c.ExternalURL != "" {
+		return strings.TrimSuffix(c.ExternalURL, "/")
+	}
+
+	scheme := "http"
+	if c.TLSCert != "" {
+		scheme = "https"
+	}
+
+	return scheme + "://" + c.Listen
 }
 
 // Server is a configured kiln server, not yet serving.
@@ -80,24 +138,26 @@ type Server struct {
 	gwConn  interface{ Close() error }
 	ready   atomic.Bool
 	tls     *tls.Config
+	closers []func() error
 }
 
-// New builds a server over the store under cfg.DataDir.
-func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) {
+// Deps are the domain components a server fronts.
+type Deps struct {
+	Schematics storage.Schematics
+	Releases   *artifacts.Manager
+	// Registry, if set, is served under /v2/ (the embedded registry).
+	Registry http.Handler
+	// Closers run after the server stops, in order.
+	Closers []func() error
+}
+
+// New builds a server over deps.
+func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 
-	store, err := storage.NewFS(cfg.DataDir, logger)
-	if err != nil {
-		return nil, err
-	}
-
-	return newServer(ctx, cfg, logger, store)
-}
-
-func newServer(ctx context.Context, cfg Config, logger *slog.Logger, store storage.Schematics) (*Server, error) {
-	s := &Server{cfg: cfg, logger: logger, health: health.NewServer()}
+	s := &Server{cfg: cfg, logger: logger, health: health.NewServer(), closers: deps.Closers}
 
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -108,8 +168,9 @@ func newServer(ctx context.Context, cfg Config, logger *slog.Logger, store stora
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	}
 
-	domain := &schematics{store: store}
-	s.grpc = newGRPCServer(logger, domain, s.health)
+	domain := &schematics{store: deps.Schematics}
+	rel := &releases{manager: deps.Releases}
+	s.grpc = newGRPCServer(logger, domain, rel, s.health)
 
 	gateway, gwLis, gwConn, err := newGateway(ctx)
 	if err != nil {
@@ -119,7 +180,12 @@ func newServer(ctx context.Context, cfg Config, logger *slog.Logger, store stora
 	s.gwLis, s.gwConn = gwLis, gwConn
 
 	public := http.NewServeMux()
-	(&factoryRoutes{schematics: domain, logger: logger}).register(public)
+	(&factoryRoutes{schematics: domain, releases: rel, logger: logger}).register(public)
+
+	if deps.Registry != nil {
+		public.Handle("/v2/", deps.Registry)
+	}
+
 	public.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }) //nolint:errcheck
 	public.HandleFunc("GET /readyz", s.readyz)
 
@@ -147,7 +213,8 @@ func (s *Server) Handler() http.Handler { return s.handler }
 //  2. the HTTP server stops accepting and waits up to ShutdownTimeout for
 //     in-flight requests (gRPC calls over the main port included);
 //  3. the gateway's in-memory gRPC server drains;
-//  4. the gateway's client connection closes.
+//  4. the gateway's client connection closes;
+//  5. the closers of Deps run (the embedded registry's background work).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -187,6 +254,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kilnv1.SchematicService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(kilnv1.ReleaseService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
 	s.logger.Info("kiln serving", "address", lis.Addr().String(), "tls", s.tls != nil, "data_dir", s.cfg.DataDir)
 
@@ -215,6 +283,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 
 		s.gwConn.Close() //nolint:errcheck // nothing left to send
 
+		for _, c := range s.closers {
+			if cerr := c(); cerr != nil {
+				s.logger.Warn("closing", "error", cerr)
+			}
+		}
+
 		if err != nil {
 			return fmt.Errorf("shutdown: %w", err)
 		}
@@ -223,19 +297,4 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	})
 
 	return g.Wait()
-}
-
-// Run serves cfg until ctx ends.
-func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	s, err := New(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-
-	return s.Serve(ctx, lis)
 }

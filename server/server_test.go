@@ -60,7 +60,14 @@ func startServer(t *testing.T, cfg Config) *testServer {
 
 	ctx, cancel := context.WithCancel(context.Background())
 
-	srv, err := New(ctx, cfg, slog.New(slog.DiscardHandler))
+	logger := slog.New(slog.DiscardHandler)
+
+	deps, err := Build(ctx, cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv, err := New(ctx, cfg, logger, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate; with --tls-key serves TLS (HTTP/2 by ALPN)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may finish on SIGTERM")
+	fs.StringVar(&cfg.ExternalURL, "external-url", "", "how clients reach kiln, e.g. https://kiln.example:8080 (default: http(s)://<listen>)")
+	fs.StringVar(&cfg.Source.Registry, "registry", "", "read releases from this registry, host[:port] (default: the embedded registry)")
+	fs.StringVar(&cfg.Source.Namespace, "registry-namespace", "", "path prefix of the release repositories in --registry")
+	fs.BoolVar(&cfg.Source.Insecure, "registry-insecure", false, "talk plain HTTP to --registry")
+	fs.StringVar(&cfg.Source.CAFile, "registry-ca", "", "PEM CA bundle for --registry's TLS certificate")
+	fs.StringVar(&cfg.Source.Username, "registry-username", "", "basic-auth user for --registry")
+	fs.StringVar(&cfg.Source.Password, "registry-password", "", "basic-auth password for --registry (prefer KILN_REGISTRY_PASSWORD)")
+	fs.StringVar(&cfg.TrustPolicy, "trust-policy", "", "signature trust policy file; without one no artifact is trusted")
+	broken := fs.String("broken-versions", "", "comma-separated Talos versions to hide")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 
@@ -37,6 +46,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+
+	for _, v := range strings.Split(*broken, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			cfg.BrokenVersions = append(cfg.BrokenVersions, v)
+		}
 	}
 
 	logger, err := newLogger(stderr, *logLevel, *logFormat)

@@ -1,0 +1,126 @@
+package artifacts
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// ErrNotMirrored is returned for a repository or tag the source does not hold.
+var ErrNotMirrored = errors.New("not in the mirror")
+
+// Source is a registry holding Talos releases under mirror paths (see
+// package release), below an optional namespace.
+type Source struct {
+	// Registry is where kiln reads from.
+	Registry name.Registry
+	// Namespace prefixes every repository path, e.g. a Harbor project.
+	Namespace string
+	// Remote carries transport, auth and TLS settings.
+	Remote []remote.Option
+	// PublicHost is the registry as clients must name it in references
+	// (the "ref" of catalog entries): kiln's own host for the embedded
+	// registry, else the external registry's host.
+	PublicHost string
+	// NameOptions are used to parse references (name.Insecure for plain HTTP).
+	NameOptions []name.Option
+}
+
+// Repo is the repository of a mirror path, e.g. "siderolabs/imager".
+func (s *Source) Repo(path string) (name.Repository, error) {
+	full := strings.Trim(path, "/")
+	if s.Namespace != "" {
+		full = strings.Trim(s.Namespace, "/") + "/" + full
+	}
+
+	repo, err := name.NewRepository(s.Registry.Name()+"/"+full, s.NameOptions...)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("repository %q: %w", path, err)
+	}
+
+	return repo, nil
+}
+
+// PublicRef is how a client names a mirror path and tag, e.g.
+// "10.0.0.5:8080/siderolabs/gvisor:20240826.0".
+func (s *Source) PublicRef(path, tag string) string {
+	full := strings.Trim(path, "/")
+	if s.Namespace != "" {
+		full = strings.Trim(s.Namespace, "/") + "/" + full
+	}
+
+	return s.PublicHost + "/" + full + ":" + tag
+}
+
+func (s *Source) opts(ctx context.Context) []remote.Option {
+	return append([]remote.Option{remote.WithContext(ctx)}, s.Remote...)
+}
+
+// Tags lists a repository's tags; a repository the registry does not know
+// has none.
+func (s *Source) Tags(ctx context.Context, path string) ([]string, error) {
+	repo, err := s.Repo(path)
+	if err != nil {
+		return nil, err
+	}
+
+	tags, err := remote.List(repo, s.opts(ctx)...)
+	if isNotFound(err) {
+		return nil, nil
+	}
+
+	if err != nil {
+		return nil, fmt.Errorf("list tags of %s: %w", repo, err)
+	}
+
+	return tags, nil
+}
+
+// Resolve returns the digest a tag points at now.
+func (s *Source) Resolve(ctx context.Context, path, tag string) (name.Digest, error) {
+	repo, err := s.Repo(path)
+	if err != nil {
+		return name.Digest{}, err
+	}
+
+	desc, err := remote.Head(repo.Tag(tag), s.opts(ctx)...)
+	if isNotFound(err) {
+		return name.Digest{}, fmt.Errorf("%s:%s: %w", path, tag, ErrNotMirrored)
+	}
+
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("resolve %s:%s: %w", repo, tag, err)
+	}
+
+	return repo.Digest(desc.Digest.String()), nil
+}
+
+// Image returns the image at a digest; for an index, the linux/<arch>
+// child.
+func (s *Source) Image(ctx context.Context, ref name.Digest, arch string) (v1.Image, error) {
+	opts := append(s.opts(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}))
+
+	img, err := remote.Image(ref, opts...)
+	if isNotFound(err) {
+		return nil, fmt.Errorf("%s: %w", ref, ErrNotMirrored)
+	}
+
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", ref, err)
+	}
+
+	return img, nil
+}
+
+func isNotFound(err error) bool {
+	var terr *transport.Error
+
+	return errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound
+}

@@ -1,0 +1,90 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the driver registers itself by name
+	"github.com/sirupsen/logrus"
+)
+
+// Embedded is the distribution registry over <dir>.
+type Embedded struct {
+	app *handlers.App
+	dir string
+}
+
+// NewEmbedded opens the registry stored under dir, creating it if needed.
+//
+// distribution logs through the process-wide logrus logger and offers no
+// way to pass one in; kiln quietens it to warnings so that every blob request
+// is not logged twice (kiln's own access log has them).
+func NewEmbedded(ctx context.Context, dir string) (e *Embedded, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("registry: create %s: %w", dir, err)
+	}
+
+	secret, err := httpSecret(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"filesystem": configuration.Parameters{"rootdirectory": dir},
+			"delete":     configuration.Parameters{"enabled": true},
+			"redirect":   configuration.Parameters{"disable": true},
+		},
+	}
+	cfg.HTTP.Secret = secret
+	cfg.Log.Level = "warn"
+	cfg.Log.AccessLog.Disabled = true
+
+	logrus.SetLevel(logrus.WarnLevel)
+	logrus.SetOutput(io.Discard)
+
+	// NewApp reports configuration errors by panicking.
+	defer func() {
+		if p := recover(); p != nil {
+			e, err = nil, fmt.Errorf("registry: %v", p)
+		}
+	}()
+
+	return &Embedded{app: handlers.NewApp(ctx, cfg), dir: dir}, nil
+}
+
+// httpSecret keeps the secret that signs upload state across restarts, so an
+// upload interrupted by a restart can be resumed.
+func httpSecret(dir string) (string, error) {
+	path := filepath.Join(dir, ".http-secret")
+
+	data, err := os.ReadFile(path)
+	if err == nil && len(data) > 0 {
+		return string(data), nil
+	}
+
+	var b [32]byte
+
+	_, _ = rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+
+	secret := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(secret), 0o600); err != nil {
+		return "", fmt.Errorf("registry: write secret: %w", err)
+	}
+
+	return secret, nil
+}
+
+// ServeHTTP answers /v2/ requests.
+func (e *Embedded) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.app.ServeHTTP(w, r) }
+
+// Close stops the registry's background work.
+func (e *Embedded) Close() error { return e.app.Shutdown() }

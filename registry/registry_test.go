@@ -1,0 +1,103 @@
+package registry_test
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/registry"
+)
+
+func TestEmbeddedInProcessAndOverHTTP(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	reg, err := registry.NewEmbedded(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+
+	img, err := random.Image(3<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Push in process: the host name is never resolved.
+	inproc := remote.WithTransport(registry.Transport(reg))
+
+	ref, err := name.NewTag("kiln.internal/siderolabs/imager:v1.13.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := remote.Write(ref, img, inproc, remote.WithContext(ctx)); err != nil {
+		t.Fatalf("push in process: %v", err)
+	}
+
+	want, _ := img.Digest()
+
+	// Read it back over a real socket, as crane or a node would.
+	srv := httptest.NewServer(reg)
+	t.Cleanup(srv.Close)
+
+	remoteRef, err := name.NewTag(strings.TrimPrefix(srv.URL, "http://")+"/siderolabs/imager:v1.13.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	desc, err := remote.Get(remoteRef, remote.WithContext(ctx))
+	if err != nil || desc.Digest != want {
+		t.Fatalf("Get over HTTP = %v, %v; want %s", desc, err, want)
+	}
+
+	// And in process, layers streamed and verified by ggcr.
+	got, err := remote.Image(ref, inproc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	layers, _ := got.Layers()
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatalf("read layer: %v", err)
+		}
+
+		if err := rc.Close(); err != nil {
+			t.Fatalf("layer digest check: %v", err)
+		}
+	}
+
+	tags, err := remote.List(ref.Context(), inproc)
+	if err != nil || len(tags) != 1 || tags[0] != "v1.13.0" {
+		t.Fatalf("List = %v, %v", tags, err)
+	}
+
+	// A reopened registry has the same content.
+	reg2, err := registry.NewEmbedded(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg2.Close() })
+
+	if d, err := remote.Head(ref, remote.WithTransport(registry.Transport(reg2))); err != nil || d.Digest != want {
+		t.Fatalf("after reopen Head = %v, %v", d, err)
+	}
+
+	// HEAD of a missing manifest is a 404, not a hang.
+	missing, _ := name.NewTag("kiln.internal/siderolabs/imager:v0.0.0", name.Insecure)
+	if _, err := remote.Head(missing, inproc); err == nil {
+		t.Fatal("Head of a missing tag succeeded")
+	}
+}

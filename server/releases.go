@@ -1,0 +1,179 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/kiln-dev/kiln/artifacts"
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/release"
+)
+
+// releases is the release domain service over the artifact manager.
+type releases struct {
+	manager *artifacts.Manager
+}
+
+func (r *releases) versions(ctx context.Context, broken bool) ([]string, error) {
+	if broken {
+		return r.manager.BrokenVersions(), nil
+	}
+
+	return r.manager.Versions(ctx)
+}
+
+func (r *releases) extensions(ctx context.Context, version string) ([]*kilnv1.ExtensionInfo, error) {
+	exts, err := r.manager.Extensions(ctx, version)
+	if err != nil {
+		return nil, err
+	}
+
+	src := r.manager.Source()
+	out := make([]*kilnv1.ExtensionInfo, 0, len(exts))
+
+	for _, e := range exts {
+		out = append(out, &kilnv1.ExtensionInfo{
+			Name:        e.Name(),
+			Ref:         src.PublicRef(release.MirrorPath(e.Ref.Context()), e.Ref.TagStr()),
+			Digest:      e.Digest,
+			Author:      e.Author,
+			Description: e.Description,
+		})
+	}
+
+	return out, nil
+}
+
+func (r *releases) overlays(ctx context.Context, version string) ([]*kilnv1.OverlayInfo, error) {
+	ovs, err := r.manager.Overlays(ctx, version)
+	if err != nil {
+		return nil, err
+	}
+
+	src := r.manager.Source()
+	out := make([]*kilnv1.OverlayInfo, 0, len(ovs))
+
+	for _, o := range ovs {
+		out = append(out, &kilnv1.OverlayInfo{
+			Name:   o.Name,
+			Image:  o.Image(),
+			Ref:    src.PublicRef(release.MirrorPath(o.Ref.Context()), o.Ref.TagStr()),
+			Digest: o.Digest,
+		})
+	}
+
+	return out, nil
+}
+
+// releaseService is the gRPC adapter of releases.
+type releaseService struct {
+	kilnv1.UnsafeReleaseServiceServer
+
+	domain *releases
+}
+
+var _ kilnv1.ReleaseServiceServer = (*releaseService)(nil)
+
+func (s *releaseService) ListVersions(ctx context.Context, req *kilnv1.ListVersionsRequest) (*kilnv1.ListVersionsResponse, error) {
+	vs, err := s.domain.versions(ctx, req.GetBroken())
+	if err != nil {
+		return nil, err
+	}
+
+	return &kilnv1.ListVersionsResponse{Versions: vs}, nil
+}
+
+func (s *releaseService) ListExtensions(ctx context.Context, req *kilnv1.ListExtensionsRequest) (*kilnv1.ListExtensionsResponse, error) {
+	exts, err := s.domain.extensions(ctx, req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+
+	return &kilnv1.ListExtensionsResponse{Extensions: exts}, nil
+}
+
+func (s *releaseService) ListOverlays(ctx context.Context, req *kilnv1.ListOverlaysRequest) (*kilnv1.ListOverlaysResponse, error) {
+	ovs, err := s.domain.overlays(ctx, req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+
+	return &kilnv1.ListOverlaysResponse{Overlays: ovs}, nil
+}
+
+// Public routes. The public factory writes these JSON bodies without a
+// Content-Type (clients get text/plain by sniffing); kiln says what they are.
+
+type extensionJSON struct {
+	Name        string `json:"name"`
+	Ref         string `json:"ref"`
+	Digest      string `json:"digest"`
+	Author      string `json:"author"`
+	Description string `json:"description"`
+}
+
+type overlayJSON struct {
+	Name   string `json:"name"`
+	Image  string `json:"image"`
+	Ref    string `json:"ref"`
+	Digest string `json:"digest"`
+}
+
+func (f *factoryRoutes) registerReleases(mux *http.ServeMux) {
+	mux.HandleFunc("GET /versions", f.versions)
+	mux.HandleFunc("GET /version/{version}/extensions/official", f.officialExtensions)
+	mux.HandleFunc("GET /version/{version}/overlays/official", f.officialOverlays)
+}
+
+func (f *factoryRoutes) versions(w http.ResponseWriter, r *http.Request) {
+	vs, err := f.releases.versions(r.Context(), r.URL.Query().Get("broken") == "true")
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	if vs == nil {
+		vs = []string{}
+	}
+
+	writeJSON(w, vs)
+}
+
+func (f *factoryRoutes) officialExtensions(w http.ResponseWriter, r *http.Request) {
+	exts, err := f.releases.extensions(r.Context(), r.PathValue("version"))
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	out := make([]extensionJSON, len(exts))
+	for i, e := range exts {
+		out[i] = extensionJSON{e.GetName(), e.GetRef(), e.GetDigest(), e.GetAuthor(), e.GetDescription()}
+	}
+
+	writeJSON(w, out)
+}
+
+func (f *factoryRoutes) officialOverlays(w http.ResponseWriter, r *http.Request) {
+	ovs, err := f.releases.overlays(r.Context(), r.PathValue("version"))
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	out := make([]overlayJSON, len(ovs))
+	for i, o := range ovs {
+		out[i] = overlayJSON{o.GetName(), o.GetImage(), o.GetRef(), o.GetDigest()}
+	}
+
+	writeJSON(w, out)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v) //nolint:errcheck // the client is gone
+}

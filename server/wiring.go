@@ -1,0 +1,154 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/registry"
+	"github.com/kiln-dev/kiln/storage"
+)
+
+// embeddedHost names the embedded registry in references kiln resolves
+// itself; requests to it never leave the process.
+const embeddedHost = "kiln.internal"
+
+// Run builds kiln from cfg and serves it until ctx ends.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+
+	deps, err := Build(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+
+	srv, err := New(ctx, cfg, logger, deps)
+	if err != nil {
+		return err
+	}
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+
+	return srv.Serve(ctx, lis)
+}
+
+// Build constructs the domain components cfg describes:
+//
+//  1. the schematic store under <data-dir>/schematics;
+//  2. the embedded registry under <data-dir>/registry, unless an external
+//     registry is configured;
+//  3. the artifact source over that registry and the verifier of the trust
+//     policy;
+//  4. the release manager over both.
+func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
+	var deps Deps
+
+	store, err := storage.NewFS(cfg.DataDir, logger)
+	if err != nil {
+		return deps, err
+	}
+
+	deps.Schematics = store
+
+	src, embedded, err := newSource(ctx, cfg)
+	if err != nil {
+		return deps, err
+	}
+
+	if embedded != nil {
+		deps.Registry = embedded
+		deps.Closers = append(deps.Closers, embedded.Close)
+	}
+
+	verifier, err := newVerifier(cfg, src, logger)
+	if err != nil {
+		return deps, err
+	}
+
+	deps.Releases = artifacts.NewManager(src, verifier, artifacts.Config{BrokenVersions: cfg.BrokenVersions}, logger)
+
+	return deps, nil
+}
+
+func newSource(ctx context.Context, cfg Config) (*artifacts.Source, *registry.Embedded, error) {
+	ext, err := url.Parse(cfg.externalURL())
+	if err != nil {
+		return nil, nil, fmt.Errorf("external URL: %w", err)
+	}
+
+	if cfg.Source.Registry == "" {
+		embedded, err := registry.NewEmbedded(ctx, filepath.Join(cfg.DataDir, "registry"))
+		if err != nil {
+			return nil, nil, err
+		}
+
+		reg, err := name.NewRegistry(embeddedHost, name.Insecure)
+		if err != nil {
+			return nil, nil, err
+		}
+
+		return &artifacts.Source{
+			Registry:    reg,
+			Remote:      []remote.Option{remote.WithTransport(registry.Transport(embedded))},
+			PublicHost:  ext.Host,
+			NameOptions: []name.Option{name.Insecure},
+		}, embedded, nil
+	}
+
+	var nameOpts []name.Option
+	if cfg.Source.Insecure {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+
+	reg, err := name.NewRegistry(cfg.Source.Registry, nameOpts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("registry %q: %w", cfg.Source.Registry, err)
+	}
+
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+
+	if cfg.Source.CAFile != "" {
+		pem, err := os.ReadFile(cfg.Source.CAFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("registry CA: %w", err)
+		}
+
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, errors.New("registry CA: no PEM certificate in " + cfg.Source.CAFile)
+		}
+
+		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+
+	opts := []remote.Option{remote.WithTransport(transport)}
+	if cfg.Source.Username != "" {
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: cfg.Source.Username, Password: cfg.Source.Password}))
+	}
+
+	return &artifacts.Source{
+		Registry:    reg,
+		Namespace:   cfg.Source.Namespace,
+		Remote:      opts,
+		PublicHost:  cfg.Source.Registry,
+		NameOptions: nameOpts,
+	}, nil, nil
+}
