@@ -11,12 +11,9 @@ import (
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
 )
-
-// errUntrusted is matched against the verifier's refusals; the verifier
-// wraps its own sentinel with this one (see trust.go).
-var errUntrusted = errors.New("untrusted artifact")
 
 // errSchematicNotFound is what a client sees for an unknown or malformed
 // schematic ID; the text is the public factory's.
@@ -48,7 +45,7 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound),
 		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored):
 		return codes.NotFound
-	case errors.Is(err, errUntrusted), errors.Is(err, release.ErrInvalidCatalog):
+	case errors.Is(err, signing.ErrUntrusted), errors.Is(err, release.ErrInvalidCatalog):
 		return codes.FailedPrecondition
 	}
 

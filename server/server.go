@@ -45,6 +45,10 @@ type Config struct {
 	BrokenVersions []string
 	// TrustPolicy is the signature trust policy file (see package signing).
 	TrustPolicy string
+	// Demo seeds a signed synthetic release into the embedded registry
+	// (namespace kiln-demo) when it is not there, trusted by a key that
+	// applies to that namespace only.
+	Demo bool
 }
 
 // SourceConfig selects the registry kiln reads releases from. With no
@@ -104,6 +108,10 @@ func (c Config) Validate() error {
 
 	if c.Source.Registry == "" && (c.Source.Namespace != "" || c.Source.Insecure || c.Source.CAFile != "" || c.Source.Username != "") {
 		return errors.New("registry settings given without --registry: the embedded registry takes none")
+	}
+
+	if c.Demo && c.Source.Registry != "" {
+		return errors.New("--demo seeds the embedded registry: it cannot be combined with --registry")
 	}
 
 	if (c.Source.Username == "") != (c.Source.Password == "") {

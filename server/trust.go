@@ -2,28 +2,89 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/signing"
 )
 
-// newVerifier returns the verifier of the configured trust policy.
-//
-// Until a policy is configured nothing is trusted: kiln never uses an
-// artifact whose signature it has not checked.
-func newVerifier(cfg Config, _ *artifacts.Source, _ *slog.Logger) (artifacts.Verifier, error) {
-	if cfg.TrustPolicy != "" {
-		return nil, fmt.Errorf("trust policy %s: signature verification is not built into this kiln yet", cfg.TrustPolicy)
+// newVerifier returns the verifier of the trust policy: the configured file,
+// with the demo rule first in demo mode. With no policy at all nothing is
+// trusted: kiln never uses an artifact whose signature it has not checked.
+func newVerifier(cfg Config, src *artifacts.Source, demoKey []byte, logger *slog.Logger) (artifacts.Verifier, error) {
+	var rules []any
+
+	baseDir := "."
+
+	if demoKey != nil {
+		rules = append(rules, demoRule(demoKey))
 	}
 
-	return denyAll{}, nil
+	if cfg.TrustPolicy != "" {
+		data, err := os.ReadFile(cfg.TrustPolicy)
+		if err != nil {
+			return nil, fmt.Errorf("trust policy: %w", err)
+		}
+
+		var file struct {
+			Rules []any `yaml:"rules"`
+		}
+
+		if err := yaml.Unmarshal(data, &file); err != nil {
+			return nil, fmt.Errorf("trust policy %s: %w", cfg.TrustPolicy, err)
+		}
+
+		rules = append(rules, file.Rules...)
+		baseDir = filepath.Dir(cfg.TrustPolicy)
+	}
+
+	if len(rules) == 0 {
+		logger.Warn("no trust policy: every artifact will be refused until --trust-policy is set")
+
+		return denyAll{}, nil
+	}
+
+	data, err := yaml.Marshal(map[string]any{"rules": rules})
+	if err != nil {
+		return nil, fmt.Errorf("trust policy: %w", err)
+	}
+
+	policy, err := signing.ParsePolicy(data, baseDir)
+	if err != nil {
+		return nil, fmt.Errorf("trust policy %s: %w", cfg.TrustPolicy, err)
+	}
+
+	v, err := signing.NewVerifier(policy, signing.WithRemoteOptions(src.Remote...), signing.WithLogger(logger))
+	if err != nil {
+		return nil, fmt.Errorf("trust policy: %w", err)
+	}
+
+	return verifier{v}, nil
+}
+
+// verifier adapts signing.Verifier to the artifact manager's interface.
+type verifier struct{ v *signing.Verifier }
+
+func (v verifier) Verify(ctx context.Context, ref name.Digest) error {
+	_, err := v.v.Verify(ctx, ref)
+
+	return err
 }
 
 type denyAll struct{}
 
 func (denyAll) Verify(_ context.Context, ref name.Digest) error {
-	return fmt.Errorf("%w: %s: no trust policy is configured (set --trust-policy)", errUntrusted, ref)
+	return &signing.RefusalError{
+		Image:  ref.Context().String(),
+		Digest: ref.DigestStr(),
+		Reason: "no trust policy is configured (set --trust-policy)",
+		Err:    errors.New("no trust policy"),
+	}
 }

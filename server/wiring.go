@@ -55,9 +55,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 //  1. the schematic store under <data-dir>/schematics;
 //  2. the embedded registry under <data-dir>/registry, unless an external
 //     registry is configured;
-//  3. the artifact source over that registry and the verifier of the trust
-//     policy;
-//  4. the release manager over both.
+//  3. the artifact source over that registry; in demo mode, the signed demo
+//     release seeded into it when missing;
+//  4. the verifier of the trust policy (with the demo key's rule in demo mode);
+//  5. the release manager over both.
 func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	var deps Deps
 
@@ -78,7 +79,20 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 		deps.Closers = append(deps.Closers, embedded.Close)
 	}
 
-	verifier, err := newVerifier(cfg, src, logger)
+	var demoKey []byte
+
+	if cfg.Demo {
+		// Seeding writes with the namespace given to testrelease; reading
+		// the demo release needs the source to look under it too.
+		demoKey, err = seedDemo(ctx, src, cfg.DataDir, logger)
+		if err != nil {
+			return deps, err
+		}
+
+		src.Namespace = demoNamespace
+	}
+
+	verifier, err := newVerifier(cfg, src, demoKey, logger)
 	if err != nil {
 		return deps, err
 	}

@@ -32,6 +32,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.StringVar(&cfg.Source.Username, "registry-username", "", "basic-auth user for --registry")
 	fs.StringVar(&cfg.Source.Password, "registry-password", "", "basic-auth password for --registry (prefer KILN_REGISTRY_PASSWORD)")
 	fs.StringVar(&cfg.TrustPolicy, "trust-policy", "", "signature trust policy file; without one no artifact is trusted")
+	fs.BoolVar(&cfg.Demo, "demo", false, "seed a signed synthetic Talos release into the embedded registry (what make run uses)")
 	broken := fs.String("broken-versions", "", "comma-separated Talos versions to hide")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")

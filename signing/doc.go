@@ -1,0 +1,14 @@
+// Package signing is the step of kiln's data path that turns an artifact
+// reference into a verified artifact: it checks cosign signatures of OCI
+// artifacts entirely offline, against a trust policy that says which public
+// keys and keyless (Fulcio) identities may sign which repositories.
+//
+// Only this package can create a [Verified] value, so code that builds from a
+// Verified cannot be handed an artifact that was never checked.
+//
+// The signature checks themselves are cosign's (pkg/cosign of cosign v2) and
+// sigstore-go's; this package only selects the trust material, fetches the
+// signatures from the registry that holds the image, and turns every failure
+// into an error that matches [ErrUntrusted]. Nothing but that registry is
+// contacted: no TUF, Rekor, Fulcio or timestamp authority.
+package signing

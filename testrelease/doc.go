@@ -1,0 +1,20 @@
+// Package testrelease generates a synthetic, deterministic Talos release with
+// the real registry layout and pushes it to a registry, so that kiln's tests
+// and `kiln serve --demo` have something to mirror, verify and build from
+// without reaching ghcr.io.
+//
+// A release is: the imager (boot assets for both arches under usr/install/),
+// installer-base, extension images and their catalog, an overlay image and
+// its catalog, talosctl-all, and the Kubernetes bundle images listed by
+// KubernetesImages. Every image is an OCI index with linux/amd64 and
+// linux/arm64 entries. Repositories and tags follow upstream, mapped onto the
+// target registry with release.MirrorPath, and the catalogs name the
+// upstream ghcr.io references exactly as the real catalogs do.
+//
+// The content is placeholder data, not working software: the kernel and
+// systemd-boot/stub are minimal PE32+ EFI applications that debug/pe parses
+// (unless Options.Assets supplies real ones), and the initramfs is a real
+// zstd-compressed newc cpio holding placeholder /init and /rootfs.sqsh (not
+// a squashfs filesystem). Tar headers, config timestamps and compression are fixed, so
+// the same Options always yield the same digests.
+package testrelease
