@@ -121,6 +121,23 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// WithListener fills in the external URL from the bound address when none
+// is configured, and warns when that address is no use to clients.
+func (c Config) WithListener(addr net.Addr, logger *slog.Logger) Config {
+	if c.ExternalURL != "" {
+		return c
+	}
+
+	c.Listen = addr.String()
+
+	if tcp, ok := addr.(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+		logger.Warn("listening on all addresses without --external-url: catalog references will name "+addr.String()+", which clients cannot reach",
+			"hint", "set --external-url to the address clients use")
+	}
+
+	return c
+}
+
 // externalURL is ExternalURL or the listen address as a URL.
 func (c Config) externalURL() string {
 	if c.ExternalURL != "" {

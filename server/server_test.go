@@ -62,17 +62,19 @@ func startServer(t *testing.T, cfg Config) *testServer {
 
 	logger := slog.New(slog.DiscardHandler)
 
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cfg = cfg.WithListener(lis.Addr(), logger)
+
 	deps, err := Build(ctx, cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	srv, err := New(ctx, cfg, logger, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,19 +32,27 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("config: %w", err)
 	}
 
+	// Listen first: the address kiln tells clients (catalog refs into the
+	// embedded registry) must be the bound one, also for port 0.
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+
+	cfg = cfg.WithListener(lis.Addr(), logger)
+
 	deps, err := Build(ctx, cfg, logger)
 	if err != nil {
+		lis.Close() //nolint:errcheck // already failing
+
 		return err
 	}
 
 	srv, err := New(ctx, cfg, logger, deps)
 	if err != nil {
-		return err
-	}
+		lis.Close() //nolint:errcheck // already failing
 
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 
 	return srv.Serve(ctx, lis)

@@ -22,6 +22,7 @@ const usage = `kiln: a local, air-gapped Image Factory for Talos Linux
 
 Usage:
   kiln serve [flags]            serve gRPC, REST and the Image Factory routes on one port
+  kiln mirror --from SRC --to DST --version V   copy Talos releases with their signatures
   kiln schematic id [FILE|-]    print the ID and canonical form of a schematic, offline
   kiln version                  print kiln's version
 
@@ -42,6 +43,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "serve":
 		err = serve(ctx, args[1:], stderr, getenv)
+	case "mirror":
+		err = mirrorCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "schematic":
 		err = schematicCmd(args[1:], stdin, stdout)
 	case "version":

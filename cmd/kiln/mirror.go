@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/internal/cli"
+	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/signing"
+)
+
+const mirrorUsage = `Usage: kiln mirror --from SRC --to DST --version vX.Y.Z [flags]
+
+Copies Talos releases with their signatures, verifying every image against
+the trust policy before anything of it is written. Endpoints:
+  host[:port][/namespace]   a registry, e.g. a running kiln (127.0.0.1:8080)
+  upstream                  the public registries (ghcr.io, registry.k8s.io, ...)
+  oci:DIR                   an OCI image layout directory
+  FILE.tar, archive:FILE    a single archive file to carry across the air gap
+Run it again to resume an interrupted copy: only what is missing is copied.
+
+`
+
+func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("kiln mirror", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, mirrorUsage); fs.PrintDefaults() }
+
+	fs.String(cli.ConfigFlag, "", "YAML file of settings, keyed by flag name")
+	from := fs.String("from", "", "source endpoint (required)")
+	to := fs.String("to", "", "destination endpoint (required)")
+	versions := fs.String("version", "", "comma-separated Talos versions, e.g. v1.13.0,v1.12.6")
+	arches := fs.String("arch", "", "comma-separated architectures to copy (default: all); see README for registries")
+	extensions := fs.String("extensions", "all", "comma-separated extension names, 'all' or 'none'")
+	overlays := fs.String("overlays", "all", "comma-separated overlay names, 'all' or 'none'")
+	talosctl := fs.Bool("talosctl", true, "copy siderolabs/talosctl-all")
+	kubernetes := fs.Bool("kubernetes", true, "copy each version's Kubernetes images")
+	images := fs.String("images", "", "file of more image references to copy, one per line ('-' for stdin)")
+	policy := fs.String("trust-policy", "", "signature trust policy (required unless --insecure-skip-verify)")
+	skipVerify := fs.Bool("insecure-skip-verify", false, "copy without verifying signatures (never for production mirrors)")
+	insecure := fs.Bool("insecure", false, "talk plain HTTP to registries other than localhost")
+	dryRun := fs.Bool("dry-run", false, "print what would be copied and its size; write nothing")
+	jobs := fs.Int("jobs", 4, "blobs copied at once")
+
+	if err := cli.Parse(fs, args, "KILN_MIRROR_", getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+
+		return err
+	}
+
+	if *from == "" || *to == "" {
+		return errors.New("--from and --to are required")
+	}
+
+	if *policy == "" && !*skipVerify {
+		return errors.New("--trust-policy is required: kiln verifies every image before copying it (or pass --insecure-skip-verify)")
+	}
+
+	sel := mirror.Selection{
+		Versions:   splitList(*versions),
+		Arches:     splitList(*arches),
+		Extensions: namesOrAll(*extensions),
+		Overlays:   namesOrAll(*overlays),
+		Talosctl:   *talosctl,
+		Kubernetes: *kubernetes,
+	}
+
+	if *images != "" {
+		refs, err := readLines(*images)
+		if err != nil {
+			return err
+		}
+
+		sel.Images = refs
+	}
+
+	if len(sel.Versions) == 0 && len(sel.Images) == 0 {
+		return errors.New("nothing to copy: give --version and/or --images")
+	}
+
+	opts := []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithJobs(*jobs)}
+
+	src, err := endpoint(*from, *insecure, opts)
+	if err != nil {
+		return err
+	}
+
+	dst, err := endpoint(*to, *insecure, opts)
+	if err != nil {
+		return err
+	}
+
+	copyOpts := mirror.Options{Jobs: *jobs, DryRun: *dryRun, Progress: mirror.NewRenderer(stderr).Event}
+
+	if *skipVerify {
+		fmt.Fprintln(stderr, "WARNING: --insecure-skip-verify: signatures are NOT verified; kiln serve will still refuse unverifiable images")
+	} else {
+		p, err := signing.LoadPolicy(*policy)
+		if err != nil {
+			return err
+		}
+
+		v, err := signing.NewVerifier(p, signing.WithRemoteOptions(opts...))
+		if err != nil {
+			return err
+		}
+
+		copyOpts.Verifier = mirrorVerifier{v}
+	}
+
+	plan, err := mirror.NewPlan(ctx, src, sel)
+	if err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+
+	if *dryRun {
+		if err := plan.WriteText(stdout); err != nil {
+			return err
+		}
+	}
+
+	stats, err := mirror.Copy(ctx, plan, dst, copyOpts)
+	if err != nil {
+		return err
+	}
+
+	prefix := "copied"
+	if *dryRun {
+		prefix = "dry run, would copy"
+	}
+
+	_, err = fmt.Fprintf(stdout, "%s %s -> %s: %s\n", prefix, src, dst, stats)
+
+	return err
+}
+
+type mirrorVerifier struct{ v *signing.Verifier }
+
+func (m mirrorVerifier) Verify(ctx context.Context, ref name.Digest) error {
+	_, err := m.v.Verify(ctx, ref)
+
+	return err
+}
+
+// endpoint parses an endpoint; --insecure makes a registry plain HTTP.
+func endpoint(s string, insecure bool, opts []remote.Option) (mirror.Endpoint, error) {
+	ep, err := mirror.ParseEndpoint(s, opts...)
+	if err != nil {
+		return nil, err
+	}
+
+	if reg, ok := ep.(mirror.Registry); ok && insecure {
+		r, err := name.NewRegistry(reg.Registry.Name(), name.Insecure)
+		if err != nil {
+			return nil, err
+		}
+
+		reg.Registry = r
+
+		return reg, nil
+	}
+
+	return ep, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+
+	return out
+}
+
+func namesOrAll(s string) []string {
+	switch strings.TrimSpace(s) {
+	case "all":
+		return []string{mirror.All}
+	case "none", "":
+		return nil
+	}
+
+	return splitList(s)
+}
+
+func readLines(path string) ([]string, error) {
+	f := os.Stdin
+	if path != "-" {
+		var err error
+
+		if f, err = os.Open(path); err != nil {
+			return nil, err
+		}
+		defer f.Close()
+	}
+
+	var out []string
+
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
+			out = append(out, line)
+		}
+	}
+
+	return out, sc.Err()
+}

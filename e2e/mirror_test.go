@@ -1,0 +1,183 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/signing/signingtest"
+	"github.com/kiln-dev/kiln/testrelease"
+)
+
+// trustEverythingSignedBy writes a policy trusting key for every repository.
+func trustEverythingSignedBy(t *testing.T, key *signingtest.Key) string {
+	t.Helper()
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "release.pub"), key.PublicKeyPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	policy := filepath.Join(dir, "policy.yaml")
+	body := "rules:\n  - name: release-key\n    repositories: ['*', '*/*', '*/*/*', '*/*/*/*', '*/*/*/*/*']\n    keys:\n      - name: release\n        path: release.pub\n"
+
+	if err := os.WriteFile(policy, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	return policy
+}
+
+func kilnRun(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	cmd := exec.CommandContext(ctx, binary(t, "KILN_BIN"), args...)
+
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+
+	return stdout.String(), nil
+}
+
+var copiedRE = regexp.MustCompile(`(\d+) blobs copied \(([^)]*)\)`)
+
+func TestMirror(t *testing.T) {
+	ctx := context.Background()
+	upstream := startRegistry(t)
+
+	// A signed release in a real registry process, as on a connected machine.
+	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
+	reg, _ := name.NewRegistry(upstream, name.Insecure)
+
+	rel, err := testrelease.Push(ctx, testrelease.Options{
+		Version:  "v1.13.0",
+		Registry: reg,
+		Sign: func(ctx context.Context, ref name.Digest) error {
+			return signingtest.SignLegacy(ctx, ref, key)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	policy := trustEverythingSignedBy(t, key)
+	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
+
+	// Twice into a running kiln: the second run copies nothing.
+	var copied []string
+
+	for i := range 2 {
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--trust-policy", policy)
+		if err != nil {
+			t.Fatalf("kiln mirror run %d: %v\n%s", i+1, err, out)
+		}
+
+		m := copiedRE.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("kiln mirror run %d printed no summary:\n%s", i+1, out)
+		}
+
+		copied = append(copied, m[1])
+		t.Logf("run %d: %s", i+1, strings.TrimSpace(out))
+	}
+
+	if copied[0] == "0" || copied[1] != "0" {
+		t.Fatalf("blobs copied per run = %v, want some then none", copied)
+	}
+
+	client := &http.Client{Timeout: 30 * time.Second}
+
+	if code, _, body := httpDo(t, client, "GET", "http://"+k.addr+"/versions", ""); code != 200 || body != `["v1.13.0"]`+"\n" {
+		t.Fatalf("kiln /versions after mirror = %d %q", code, body)
+	}
+
+	if code, _, body := httpDo(t, client, "GET", "http://"+k.addr+"/version/v1.13.0/extensions/official", ""); code != 200 || !strings.Contains(body, k.addr+"/siderolabs/gvisor:") {
+		t.Fatalf("kiln extensions after mirror = %d %s", code, body)
+	}
+
+	// The real tools read what kiln mirror wrote, digests equal to the source.
+	crane := binary(t, "CRANE")
+
+	for _, d := range append([]name.Digest{rel.Imager, rel.Extensions}, rel.KubernetesImages...) {
+		path := d.Context().RepositoryStr()
+
+		if got := strings.TrimSpace(run(t, crane, "digest", k.addr+"/"+path+"@"+d.DigestStr())); got != d.DigestStr() {
+			t.Errorf("crane digest of %s in kiln = %s, want %s", path, got, d.DigestStr())
+		}
+	}
+
+	cosign := exec.Command(binary(t, "COSIGN"), "verify", "--key", filepath.Join(filepath.Dir(policy), "release.pub"), "--insecure-ignore-tlog", k.addr+"/siderolabs/imager:v1.13.0")
+	cosign.Env = append(os.Environ(), "HOME="+t.TempDir())
+
+	if out, err := cosign.CombinedOutput(); err != nil {
+		t.Fatalf("cosign verify on kiln's copy: %v\n%s", err, out)
+	}
+
+	t.Run("archive across the air gap", func(t *testing.T) {
+		archive := filepath.Join(t.TempDir(), "talos-v1.13.0.tar")
+
+		if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", archive, "--version", "v1.13.0", "--trust-policy", policy, "--dry-run"); err != nil || !strings.Contains(out, "siderolabs/imager") {
+			t.Fatalf("dry run: %v\n%s", err, out)
+		}
+
+		if _, err := os.Stat(archive); !os.IsNotExist(err) {
+			t.Fatalf("dry run wrote %s (%v)", archive, err)
+		}
+
+		if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", archive, "--version", "v1.13.0", "--trust-policy", policy); err != nil {
+			t.Fatalf("mirror to archive: %v\n%s", err, out)
+		}
+
+		inside := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
+		if out, err := kilnRun(t, "mirror", "--from", archive, "--to", inside.addr, "--version", "v1.13.0", "--trust-policy", policy); err != nil {
+			t.Fatalf("mirror from archive: %v\n%s", err, out)
+		}
+
+		if code, _, body := httpDo(t, client, "GET", "http://"+inside.addr+"/version/v1.13.0/overlays/official", ""); code != 200 || !strings.Contains(body, "rpi_generic") {
+			t.Fatalf("kiln fed from the archive: overlays = %d %s", code, body)
+		}
+	})
+
+	t.Run("unsigned image refused", func(t *testing.T) {
+		img, _ := random.Image(1024, 1)
+		ref, _ := name.NewTag(upstream+"/docker.io/acme/unsigned:1.0", name.Insecure) // the mirror path of docker.io/acme/unsigned
+
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+
+		images := filepath.Join(t.TempDir(), "images.txt")
+		if err := os.WriteFile(images, []byte("docker.io/acme/unsigned:1.0\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--images", images, "--trust-policy", policy)
+		if err == nil || !strings.Contains(out, "untrusted artifact") || !strings.Contains(out, "no signatures found") {
+			t.Fatalf("mirror of an unsigned image: %v\n%s", err, out)
+		}
+
+		if _, err := exec.Command(crane, "digest", k.addr+"/docker.io/acme/unsigned:1.0").CombinedOutput(); err == nil {
+			t.Fatal("the refused image was written to kiln")
+		}
+	})
+}

@@ -1,0 +1,85 @@
+//go:build integration
+
+package mirror
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kiln-dev/kiln/release"
+)
+
+// crane runs the real crane CLI (_tools/bin/crane, or $CRANE).
+func crane(t *testing.T, args ...string) string {
+	t.Helper()
+
+	bin := os.Getenv("CRANE")
+	if bin == "" {
+		_, file, _, _ := runtime.Caller(0)
+		bin = filepath.Join(filepath.Dir(file), "..", "_tools", "bin", "crane")
+	}
+
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("crane not installed: %v", err)
+	}
+
+	out, err := exec.CommandContext(t.Context(), bin, append(args, "--insecure")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("crane %v: %v\n%s", args, err, out)
+	}
+
+	return string(out)
+}
+
+// TestCraneReadsMirror: what kiln mirror wrote through an archive into a
+// registry reads back through crane exactly as the source.
+func TestCraneReadsMirror(t *testing.T) {
+	f := pushRelease(t, false)
+
+	plan, err := NewPlan(t.Context(), f.src, fullSelection())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	archive := Archive{Path: filepath.Join(t.TempDir(), "release.tar")}
+	if _, err := Copy(t.Context(), plan, archive, Options{}); err != nil {
+		t.Fatal(err)
+	}
+
+	plan2, err := NewPlan(t.Context(), archive, fullSelection())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dst := newRegistry(t, false)
+	if _, err := Copy(t.Context(), plan2, Registry{Registry: dst}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, repo := range []string{release.ImagerRepo, release.ExtensionsRepo, "registry.k8s.io/kube-apiserver"} {
+		srcTags := strings.Fields(crane(t, "ls", f.src.Registry.Repo(repo).String()))
+		dstTags := strings.Fields(crane(t, "ls", dst.Repo(repo).String()))
+		slices.Sort(srcTags)
+		slices.Sort(dstTags)
+
+		if !slices.Equal(srcTags, dstTags) {
+			t.Errorf("crane ls %s: got %v, want %v", repo, dstTags, srcTags)
+		}
+
+		for _, tag := range srcTags {
+			s, d := f.src.Registry.Repo(repo).Tag(tag).String(), dst.Repo(repo).Tag(tag).String()
+			if got, want := crane(t, "digest", d), crane(t, "digest", s); got != want {
+				t.Errorf("crane digest %s: got %s, want %s", d, got, want)
+			}
+
+			if got, want := crane(t, "manifest", d), crane(t, "manifest", s); got != want {
+				t.Errorf("crane manifest %s differs", d)
+			}
+		}
+	}
+}
