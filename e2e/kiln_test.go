@@ -300,7 +300,8 @@ func TestREADMEExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	k := startKiln(t, nil, "--data-dir", t.TempDir())
+	// As `make run` starts it.
+	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--demo")
 	grpcurlDir := filepath.Dir(binary(t, "GRPCURL"))
 
 	var commands []string
@@ -324,6 +325,10 @@ func TestREADMEExamples(t *testing.T) {
 
 	for _, c := range commands {
 		script := strings.ReplaceAll(c, "127.0.0.1:8080", k.addr)
+		// An HTTP error status must fail the example, not just a dead socket.
+		if rest, ok := strings.CutPrefix(script, "curl "); ok {
+			script = "curl --fail-with-body " + rest
+		}
 		cmd := exec.Command("bash", "-o", "pipefail", "-c", script)
 		cmd.Env = append(os.Environ(), "PATH="+grpcurlDir+":"+os.Getenv("PATH"))
 

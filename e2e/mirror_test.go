@@ -158,6 +158,21 @@ func TestMirror(t *testing.T) {
 		}
 	})
 
+	t.Run("one architecture", func(t *testing.T) {
+		amd64 := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
+
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", amd64.addr, "--version", "v1.13.0", "--arch", "amd64", "--trust-policy", policy)
+		if err != nil {
+			t.Fatalf("mirror --arch amd64: %v\n%s", err, out)
+		}
+
+		run(t, crane, "manifest", "--platform", "linux/amd64", amd64.addr+"/siderolabs/imager:v1.13.0")
+
+		if _, err := exec.Command(crane, "manifest", "--platform", "linux/arm64", amd64.addr+"/siderolabs/imager:v1.13.0").CombinedOutput(); err == nil {
+			t.Error("arm64 child was copied although only amd64 was selected")
+		}
+	})
+
 	t.Run("unsigned image refused", func(t *testing.T) {
 		img, _ := random.Image(1024, 1)
 		ref, _ := name.NewTag(upstream+"/docker.io/acme/unsigned:1.0", name.Insecure) // the mirror path of docker.io/acme/unsigned

@@ -45,6 +45,10 @@ func NewEmbedded(ctx context.Context, dir string) (e *Embedded, err error) {
 		},
 	}
 	cfg.HTTP.Secret = secret
+	// `kiln mirror --arch amd64` copies a multi-arch index unchanged (its
+	// digest is what is signed) with only the amd64 children; the registry
+	// must accept an index whose other children are absent.
+	cfg.Validation.Manifests.Indexes.Platforms = "none"
 	cfg.Log.Level = "warn"
 	cfg.Log.AccessLog.Disabled = true
 
