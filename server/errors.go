@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/builder"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
@@ -31,6 +32,7 @@ func codeOf(err error) codes.Code {
 	var (
 		invalidArg     *invalidArgumentError
 		invalidVersion *artifacts.InvalidVersionError
+		badExtension   *builder.ExtensionError
 	)
 
 	switch {
@@ -40,8 +42,11 @@ func codeOf(err error) codes.Code {
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
-	case errors.Is(err, schematic.ErrInvalid), errors.As(err, &invalidArg), errors.As(err, &invalidVersion):
+	case errors.Is(err, schematic.ErrInvalid), errors.As(err, &invalidArg), errors.As(err, &invalidVersion),
+		errors.Is(err, builder.ErrInvalidPath), errors.As(err, &badExtension):
 		return codes.InvalidArgument
+	case errors.Is(err, builder.ErrUnsupported):
+		return codes.Unimplemented
 	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound),
 		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored):
 		return codes.NotFound
@@ -69,17 +74,27 @@ func toStatus(err error) error {
 
 	code := codeOf(err)
 
-	switch {
-	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound):
-		return status.Error(code, errSchematicNotFound.Error())
-	case code == codes.NotFound:
-		var verr *artifacts.VersionError
-		if errors.As(err, &verr) {
-			return status.Error(code, verr.Error()) // the public factory's exact text
-		}
+	var (
+		verr      *artifacts.VersionError
+		schemaErr *builder.SchematicNotFoundError
+		pathErr   *builder.PathError
+		unsupErr  *builder.UnsupportedError
+	)
 
-		return status.Error(code, err.Error())
-	case code == codes.InvalidArgument, code == codes.FailedPrecondition, code == codes.Canceled, code == codes.DeadlineExceeded:
+	// The public factory's exact texts where clients may compare them.
+	switch {
+	case errors.As(err, &schemaErr):
+		return status.Error(code, schemaErr.Error())
+	case errors.As(err, &verr):
+		return status.Error(code, verr.Error())
+	case errors.As(err, &pathErr):
+		return status.Error(code, pathErr.Error())
+	case errors.As(err, &unsupErr):
+		return status.Error(code, unsupErr.Error())
+	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound) && code == codes.NotFound && !errors.Is(err, artifacts.ErrNotMirrored):
+		return status.Error(code, errSchematicNotFound.Error())
+	case code == codes.NotFound, code == codes.InvalidArgument, code == codes.FailedPrecondition, code == codes.Unimplemented,
+		code == codes.Canceled, code == codes.DeadlineExceeded:
 		return status.Error(code, err.Error())
 	default:
 		return status.Error(code, "internal server error")

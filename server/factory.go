@@ -20,6 +20,7 @@ const maxSchematicBytes = 4 << 20
 type factoryRoutes struct {
 	schematics *schematics
 	releases   *releases
+	images     *images
 	logger     *slog.Logger
 }
 
@@ -27,6 +28,7 @@ func (f *factoryRoutes) register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /schematics", f.createSchematic)
 	mux.HandleFunc("GET /schematics/{id}", f.getSchematic)
 	f.registerReleases(mux)
+	f.registerImages(mux)
 }
 
 // createSchematic answers 201 with {"id", "schematic"} whether or not the

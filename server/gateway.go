@@ -67,6 +67,7 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		kilnv1.RegisterSchematicServiceHandler,
 		kilnv1.RegisterReleaseServiceHandler,
+		kilnv1.RegisterImageServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			conn.Close() //nolint:errcheck // already failing

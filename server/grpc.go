@@ -20,7 +20,7 @@ import (
 
 // newGRPCServer is the one place that builds the gRPC server: interceptors,
 // limits, services, reflection and health.
-func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, healthSrv *health.Server) *grpc.Server {
+func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, img *images, healthSrv *health.Server) *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxSchematicBytes+64<<10),
 		grpc.ChainUnaryInterceptor(unaryInterceptor(logger)),
@@ -29,6 +29,7 @@ func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, healt
 
 	kilnv1.RegisterSchematicServiceServer(srv, &schematicService{domain: domain})
 	kilnv1.RegisterReleaseServiceServer(srv, &releaseService{domain: rel})
+	kilnv1.RegisterImageServiceServer(srv, &imageService{domain: img})
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	reflection.Register(srv)
 

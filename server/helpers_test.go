@@ -16,3 +16,5 @@ func withDefaults(c Config) Config {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func fmtInt(n int) string { return fmt.Sprint(n) }

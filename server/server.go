@@ -19,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/builder"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -45,6 +46,10 @@ type Config struct {
 	BrokenVersions []string
 	// TrustPolicy is the signature trust policy file (see package signing).
 	TrustPolicy string
+	// MaxBuilds caps asset builds running at once.
+	MaxBuilds int
+	// AssetCacheBytes bounds the asset cache; 0 is unlimited.
+	AssetCacheBytes int64
 	// Demo seeds a signed synthetic release into the embedded registry
 	// (namespace kiln-demo) when it is not there, trusted by a key that
 	// applies to that namespace only.
@@ -74,6 +79,8 @@ func DefaultConfig() Config {
 		Listen:          "127.0.0.1:8080",
 		DataDir:         "./_data",
 		ShutdownTimeout: 30 * time.Second,
+		MaxBuilds:       2,
+		AssetCacheBytes: 20 << 30,
 	}
 }
 
@@ -170,6 +177,7 @@ type Server struct {
 type Deps struct {
 	Schematics storage.Schematics
 	Releases   *artifacts.Manager
+	Builder    *builder.Builder
 	// Registry, if set, is served under /v2/ (the embedded registry).
 	Registry http.Handler
 	// Closers run after the server stops, in order.
@@ -195,7 +203,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 
 	domain := &schematics{store: deps.Schematics}
 	rel := &releases{manager: deps.Releases}
-	s.grpc = newGRPCServer(logger, domain, rel, s.health)
+	img := &images{builder: deps.Builder, externalURL: cfg.externalURL()}
+	s.grpc = newGRPCServer(logger, domain, rel, img, s.health)
 
 	gateway, gwLis, gwConn, err := newGateway(ctx)
 	if err != nil {
@@ -205,7 +214,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	s.gwLis, s.gwConn = gwLis, gwConn
 
 	public := http.NewServeMux()
-	(&factoryRoutes{schematics: domain, releases: rel, logger: logger}).register(public)
+	(&factoryRoutes{schematics: domain, releases: rel, images: img, logger: logger}).register(public)
 
 	if deps.Registry != nil {
 		public.Handle("/v2/", deps.Registry)
@@ -280,6 +289,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kilnv1.SchematicService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kilnv1.ReleaseService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(kilnv1.ImageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
 	s.logger.Info("kiln serving", "address", lis.Addr().String(), "tls", s.tls != nil, "data_dir", s.cfg.DataDir)
 

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/builder"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -66,7 +67,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 //  3. the artifact source over that registry; in demo mode, the signed demo
 //     release seeded into it when missing;
 //  4. the verifier of the trust policy (with the demo key's rule in demo mode);
-//  5. the release manager over both.
+//  5. the release manager over both;
+//  6. the asset cache under <data-dir>/assets and the builder over all of it.
 func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	var deps Deps
 
@@ -106,6 +108,17 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	}
 
 	deps.Releases = artifacts.NewManager(src, verifier, artifacts.Config{BrokenVersions: cfg.BrokenVersions}, logger)
+
+	assets, err := storage.NewFSAssets(cfg.DataDir, cfg.AssetCacheBytes, logger)
+	if err != nil {
+		return deps, err
+	}
+
+	deps.Builder = builder.New(ctx, builder.Config{
+		DataDir:        cfg.DataDir,
+		MaxConcurrency: cfg.MaxBuilds,
+		FactoryURL:     cfg.externalURL(),
+	}, builder.Deps{Schematics: store, Releases: deps.Releases, Assets: assets, Logger: logger})
 
 	return deps, nil
 }

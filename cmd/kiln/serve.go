@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 
 	"github.com/kiln-dev/kiln/internal/cli"
@@ -32,6 +33,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.StringVar(&cfg.Source.Username, "registry-username", "", "basic-auth user for --registry")
 	fs.StringVar(&cfg.Source.Password, "registry-password", "", "basic-auth password for --registry (prefer KILN_REGISTRY_PASSWORD)")
 	fs.StringVar(&cfg.TrustPolicy, "trust-policy", "", "signature trust policy file; without one no artifact is trusted")
+	fs.IntVar(&cfg.MaxBuilds, "max-builds", cfg.MaxBuilds, "asset builds running at once; more wait")
+	cacheSize := fs.String("asset-cache-size", "20GiB", "bound of the built-asset cache (KiB, MiB, GiB, TiB; 0 = unbounded)")
 	fs.BoolVar(&cfg.Demo, "demo", false, "seed a signed synthetic Talos release into the embedded registry (what make run uses)")
 	broken := fs.String("broken-versions", "", "comma-separated Talos versions to hide")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -48,6 +51,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+
+	size, err := parseSize(*cacheSize)
+	if err != nil {
+		return fmt.Errorf("--asset-cache-size: %w", err)
+	}
+
+	cfg.AssetCacheBytes = size
 
 	for _, v := range strings.Split(*broken, ",") {
 		if v = strings.TrimSpace(v); v != "" {
@@ -79,4 +89,27 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("log format %q: use text or json", format)
 	}
+}
+
+// parseSize reads "20GiB", "512MiB", "0" or a byte count.
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+
+	for i, unit := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		if n, ok := strings.CutSuffix(s, unit); ok {
+			v, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64)
+			if err != nil || v < 0 {
+				return 0, fmt.Errorf("size %q: want a whole number with KiB, MiB, GiB or TiB", s)
+			}
+
+			return v << (10 * (i + 1)), nil
+		}
+	}
+
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("size %q: want a whole number with KiB, MiB, GiB or TiB", s)
+	}
+
+	return v, nil
 }

@@ -1,0 +1,590 @@
+package builder
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/schematic"
+	"github.com/kiln-dev/kiln/storage"
+)
+
+// Config tunes a Builder.
+type Config struct {
+	// DataDir holds extracted artifacts under <DataDir>/artifacts.
+	DataDir string
+	// MaxConcurrency caps builds running at once; the rest queue.
+	MaxConcurrency int
+	// BuildTimeout bounds one build.
+	BuildTimeout time.Duration
+	// FactoryURL is kiln's external URL: the schematic extension's author
+	// says "Image Factory (<url>)", as Talos and Omni expect.
+	FactoryURL string
+}
+
+// Deps are what a Builder reads and writes.
+type Deps struct {
+	Schematics storage.Schematics
+	Releases   *artifacts.Manager
+	Assets     storage.Assets
+	Logger     *slog.Logger
+}
+
+// Builder builds boot assets.
+type Builder struct {
+	cfg  Config
+	deps Deps
+	life context.Context
+	sem  chan struct{}
+
+	mu       sync.Mutex
+	inflight map[string]*build
+	extracts map[string]*extraction
+
+	// builds counts assemblies run, for tests and metrics.
+	builds atomic.Int64
+}
+
+// New returns a builder whose builds end at the latest when life does.
+func New(life context.Context, cfg Config, deps Deps) *Builder {
+	if cfg.MaxConcurrency <= 0 {
+		cfg.MaxConcurrency = 2
+	}
+
+	if cfg.BuildTimeout <= 0 {
+		cfg.BuildTimeout = 20 * time.Minute
+	}
+
+	return &Builder{
+		cfg: cfg, deps: deps, life: life,
+		sem:      make(chan struct{}, cfg.MaxConcurrency),
+		inflight: map[string]*build{},
+		extracts: map[string]*extraction{},
+	}
+}
+
+// Request names an asset.
+type Request struct {
+	SchematicID string
+	Version     string
+	Path        string
+}
+
+// Event is progress of a build.
+type Event struct {
+	Phase    string
+	Artifact string
+	Message  string
+	Done     int64
+	Total    int64
+	CacheHit bool
+}
+
+// SchematicNotFoundError is the public factory's 404 for an unknown schematic.
+type SchematicNotFoundError struct{ ID string }
+
+func (e *SchematicNotFoundError) Error() string {
+	return fmt.Sprintf("schematic ID %q not found", e.ID)
+}
+
+// Is lets the error classifier treat it as any other missing content.
+func (e *SchematicNotFoundError) Is(target error) bool { return target == storage.ErrNotFound }
+
+// Plan resolves a request to a plan: the schematic, the version, the path,
+// and every input image by digest, each verified.
+func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
+	out, err := ParsePath(req.Path)
+	if err != nil {
+		return nil, err
+	}
+
+	if !schematic.ValidID(req.SchematicID) {
+		return nil, &SchematicNotFoundError{ID: req.SchematicID}
+	}
+
+	canonical, err := b.deps.Schematics.Get(ctx, req.SchematicID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, &SchematicNotFoundError{ID: req.SchematicID}
+	}
+
+	if err != nil {
+		return nil, err
+	}
+
+	sc, err := schematic.Parse(canonical)
+	if err != nil {
+		return nil, fmt.Errorf("stored schematic %s: %w", req.SchematicID, err)
+	}
+
+	version, err := b.deps.Releases.CheckVersion(ctx, req.Version)
+	if err != nil {
+		return nil, err
+	}
+
+	if err := out.Supported(); err != nil {
+		return nil, err
+	}
+
+	if err := supportedSchematic(sc, out, version); err != nil {
+		return nil, err
+	}
+
+	imager, err := b.deps.Releases.Verified(ctx, release.ImagerRepo, version)
+	if err != nil {
+		return nil, fmt.Errorf("imager %s: %w", version, err)
+	}
+
+	p := &Plan{
+		Builder: Version, SchematicID: req.SchematicID, Version: version, Output: out,
+		Imager: imager.String(), Epoch: SourceDateEpoch, FactoryURL: b.cfg.FactoryURL,
+		schematic: sc, canonical: canonical, imagerRef: imager,
+	}
+
+	if out.Kind == KindKernel || out.Kind == KindCmdline {
+		return p, nil // extensions do not change these
+	}
+
+	if names := sc.Customization.SystemExtensions.OfficialExtensions; len(names) > 0 {
+		catalog, err := b.deps.Releases.Extensions(ctx, version)
+		if err != nil {
+			return nil, err
+		}
+
+		src := b.deps.Releases.Source()
+
+		for _, n := range names {
+			ext, ok := findExtension(catalog, n)
+			if !ok {
+				return nil, &ExtensionError{Name: n, Version: version}
+			}
+
+			repo, err := src.Repo(release.MirrorPath(ext.Ref.Context()))
+			if err != nil {
+				return nil, err
+			}
+
+			ref := repo.Digest(ext.Digest)
+
+			if err := b.deps.Releases.Verify(ctx, ref); err != nil {
+				return nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
+			}
+
+			p.Extensions = append(p.Extensions, PlanInput{Name: ext.Name(), Ref: ref.String()})
+			p.extRefs = append(p.extRefs, ref)
+		}
+	}
+
+	return p, nil
+}
+
+// supportedSchematic refuses what kiln would otherwise silently build
+// differently from the public factory.
+func supportedSchematic(sc *schematic.Schematic, out Output, version string) error {
+	c := sc.Customization
+
+	if sc.Overlay.Image != "" || sc.Overlay.Name != "" {
+		return &UnsupportedError{What: "overlays (" + sc.Overlay.Name + ")"}
+	}
+
+	if c.SecureBoot != (schematic.SecureBoot{}) && (out.Kind == KindISO || out.Kind == KindDisk || out.Kind == KindUKI) {
+		return &UnsupportedError{What: "SecureBoot customization"}
+	}
+
+	switch c.Bootloader {
+	case schematic.BootloaderAuto, schematic.BootloaderSDBoot:
+	default:
+		if out.Kind == KindISO || out.Kind == KindDisk {
+			return &UnsupportedError{What: "boot loader " + c.Bootloader.String() + " (GRUB and BIOS boot come in a later release; use sd-boot)"}
+		}
+	}
+
+	if out.Kind == KindDisk {
+		switch c.DiskImage.SectorSize {
+		case 0, 512, 4096:
+		default:
+			return &invalidSchematicError{fmt.Sprintf("diskImage.sectorSize %d: use 512 or 4096", c.DiskImage.SectorSize)}
+		}
+	}
+
+	if c.EmbeddedMachineConfiguration != "" && versionBefore(version, 1, 12) {
+		return &invalidSchematicError{"embeddedMachineConfiguration needs Talos 1.12 or later"}
+	}
+
+	// Talos before 1.10 boots ISOs and disks with GRUB; kiln assembles
+	// sd-boot only, so it refuses rather than build a different image.
+	if (out.Kind == KindISO || out.Kind == KindDisk) && versionBefore(version, 1, 10) {
+		return &UnsupportedError{What: "ISO and disk images for Talos before 1.10 (they boot with GRUB)"}
+	}
+
+	return nil
+}
+
+// invalidSchematicError is a schematic that cannot build this output.
+type invalidSchematicError struct{ msg string }
+
+func (e *invalidSchematicError) Error() string { return e.msg }
+
+// Is makes it an invalid-schematic error for the classifier.
+func (e *invalidSchematicError) Is(target error) bool { return target == schematic.ErrInvalid }
+
+func versionBefore(v string, major, minor uint64) bool {
+	var maj, mnr uint64
+
+	if _, err := fmt.Sscanf(strings.TrimPrefix(v, "v"), "%d.%d", &maj, &mnr); err != nil {
+		return false
+	}
+
+	return maj < major || (maj == major && mnr < minor)
+}
+
+// Lookup returns the cached asset of a plan without building.
+func (b *Builder) Lookup(ctx context.Context, p *Plan) (storage.Asset, error) {
+	return b.deps.Assets.Open(ctx, p.Key())
+}
+
+// Result is a built (or cached) asset, open for reading; the caller closes it.
+type Result struct {
+	Plan     *Plan
+	Asset    storage.Asset
+	CacheHit bool
+}
+
+// build is one in-flight build, shared by every request for its key.
+type build struct {
+	mu   sync.Mutex
+	subs []func(Event)
+	done chan struct{}
+	err  error
+}
+
+func (bd *build) emit(e Event) {
+	bd.mu.Lock()
+	subs := slices.Clone(bd.subs)
+	bd.mu.Unlock()
+
+	for _, s := range subs {
+		s(e)
+	}
+}
+
+// Build returns the asset of req from the cache, or builds it once however
+// many callers ask at the same time. progress (may be nil) receives events.
+func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) (*Result, error) {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+
+	progress(Event{Phase: "resolve", Message: "resolving " + req.Path})
+
+	p, err := b.Plan(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+
+	key := p.Key()
+
+	if a, err := b.deps.Assets.Open(ctx, key); err == nil {
+		progress(Event{CacheHit: true})
+
+		return &Result{Plan: p, Asset: a, CacheHit: true}, nil
+	} else if !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrCorrupt) {
+		return nil, err
+	}
+
+	b.mu.Lock()
+
+	bd, running := b.inflight[key]
+	if !running {
+		bd = &build{done: make(chan struct{})}
+		b.inflight[key] = bd
+	}
+
+	bd.mu.Lock()
+	bd.subs = append(bd.subs, progress)
+	bd.mu.Unlock()
+	b.mu.Unlock()
+
+	if !running {
+		go b.run(ctx, p, bd)
+	}
+
+	select {
+	case <-bd.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+
+	if bd.err != nil {
+		return nil, bd.err
+	}
+
+	a, err := b.deps.Assets.Open(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("open built asset: %w", err)
+	}
+
+	return &Result{Plan: p, Asset: a}, nil
+}
+
+// run builds p detached from the request that started it: the build keeps
+// the request's values (request ID) but not its cancellation, ends after
+// BuildTimeout, and stops when the builder's life ends.
+func (b *Builder) run(reqCtx context.Context, p *Plan, bd *build) {
+	key := p.Key()
+
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), b.cfg.BuildTimeout)
+	stop := context.AfterFunc(b.life, cancel)
+
+	defer func() {
+		stop()
+		cancel()
+
+		b.mu.Lock()
+		delete(b.inflight, key)
+		b.mu.Unlock()
+
+		close(bd.done)
+	}()
+
+	select {
+	case b.sem <- struct{}{}:
+		defer func() { <-b.sem }()
+	case <-ctx.Done():
+		bd.err = fmt.Errorf("waiting for a build slot: %w", ctx.Err())
+
+		return
+	}
+
+	start := time.Now()
+	b.builds.Add(1)
+	bd.err = b.assemble(ctx, p, bd.emit)
+
+	if bd.err != nil {
+		b.deps.Logger.ErrorContext(ctx, "build failed", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version, "error", bd.err)
+
+		return
+	}
+
+	b.deps.Logger.InfoContext(ctx, "built", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version,
+		"key", key, "duration", time.Since(start))
+}
+
+// assemble writes the asset of p into the cache.
+func (b *Builder) assemble(ctx context.Context, p *Plan, emit func(Event)) error {
+	w, err := b.deps.Assets.Create(ctx, p.Key())
+	if err != nil {
+		return err
+	}
+
+	committed := false
+
+	defer func() {
+		if !committed {
+			w.Cancel() //nolint:errcheck // already failing
+		}
+	}()
+
+	if err := b.write(ctx, p, w, emit); err != nil {
+		return err
+	}
+
+	emit(Event{Phase: "publish", Message: "publishing " + p.Output.Path})
+
+	if err := w.Commit(); err != nil {
+		return fmt.Errorf("publish %s: %w", p.Output.Path, err)
+	}
+
+	committed = true
+
+	return nil
+}
+
+// extraction is an in-flight extraction of one imager's files.
+type extraction struct {
+	done chan struct{}
+	err  error
+}
+
+// imagerFiles returns the directory holding usr/install/<arch>/* of the
+// plan's (verified) imager, extracting it on first use:
+//
+//	<data>/artifacts/imager/<digest hex>/<arch>/{vmlinuz,initramfs.xz,systemd-boot.efi,systemd-stub.efi}
+func (b *Builder) imagerFiles(ctx context.Context, p *Plan, emit func(Event)) (string, error) {
+	hex := strings.TrimPrefix(p.imagerRef.DigestStr(), "sha256:")
+	dir := filepath.Join(b.cfg.DataDir, "artifacts", "imager", hex)
+
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+
+	b.mu.Lock()
+
+	ex, running := b.extracts[hex]
+	if !running {
+		ex = &extraction{done: make(chan struct{})}
+		b.extracts[hex] = ex
+	}
+	b.mu.Unlock()
+
+	if !running {
+		emit(Event{Phase: "fetch", Artifact: p.imagerRef.String(), Message: "extracting boot assets from the imager"})
+		ex.err = b.extractImager(ctx, p.imagerRef, dir)
+
+		b.mu.Lock()
+		delete(b.extracts, hex)
+		b.mu.Unlock()
+		close(ex.done)
+	}
+
+	select {
+	case <-ex.done:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+
+	if ex.err != nil {
+		return "", ex.err
+	}
+
+	return dir, nil
+}
+
+// extractImager writes the imager's usr/install tree into dir via a temp
+// directory renamed at the end, so a partial extraction is never used.
+func (b *Builder) extractImager(ctx context.Context, ref name.Digest, dir string) error {
+	// Every platform image of the imager carries both architectures'
+	// assets; any one will do.
+	img, err := b.deps.Releases.Source().Image(ctx, ref, "amd64")
+	if err != nil {
+		return err
+	}
+
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp) //nolint:errcheck // leftover of a crash
+
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return err
+	}
+
+	defer os.RemoveAll(tmp) //nolint:errcheck // gone after the rename
+
+	rc := mutate.Extract(img)
+	defer rc.Close()
+
+	tr := tar.NewReader(rc)
+	found := 0
+
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+
+		if err != nil {
+			return fmt.Errorf("read imager %s: %w", ref, err)
+		}
+
+		rel, ok := strings.CutPrefix(strings.TrimPrefix(hdr.Name, "./"), release.InstallDir+"/")
+		if !ok || hdr.Typeflag != tar.TypeReg {
+			continue
+		}
+
+		arch, file, ok := strings.Cut(rel, "/")
+		if !ok || strings.Contains(file, "/") || !knownAsset(file) || (arch != "amd64" && arch != "arm64") {
+			continue
+		}
+
+		if err := writeFile(ctx, filepath.Join(tmp, arch, file), tr); err != nil {
+			return fmt.Errorf("extract %s: %w", rel, err)
+		}
+
+		found++
+	}
+
+	if found == 0 {
+		return fmt.Errorf("imager %s has no %s/<arch>/ boot assets", ref, release.InstallDir)
+	}
+
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+
+	return os.Rename(tmp, dir)
+}
+
+func knownAsset(file string) bool {
+	switch file {
+	case release.KernelAsset, release.InitramfsAsset, release.SDBootAsset, release.SDStubAsset:
+		return true
+	}
+
+	return false
+}
+
+func writeFile(ctx context.Context, path string, r io.Reader) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+
+	if _, err := copyBuffer(ctx, f, r); err != nil {
+		f.Close()
+
+		return err
+	}
+
+	return f.Close()
+}
+
+// copyBuffer copies in 1 MiB chunks (go-diskfs and disks want big writes)
+// and stops when ctx ends.
+func copyBuffer(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, 1<<20)
+
+	var n int64
+
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+
+		m, err := r.Read(buf)
+		if m > 0 {
+			if _, werr := w.Write(buf[:m]); werr != nil {
+				return n, werr
+			}
+
+			n += int64(m)
+		}
+
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// assetPath is a file of the extracted imager.
+func assetPath(dir, arch, file string) string { return filepath.Join(dir, arch, file) }

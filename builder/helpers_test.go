@@ -1,0 +1,5 @@
+package builder_test
+
+import "io/fs"
+
+var errNotExist = fs.ErrNotExist

@@ -1,0 +1,171 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/kiln-dev/kiln/builder"
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/storage"
+)
+
+// images is the boot-asset domain service over the builder.
+type images struct {
+	builder     *builder.Builder
+	externalURL string
+}
+
+func (im *images) url(schematicID, version, path string) string {
+	return im.externalURL + "/image/" + url.PathEscape(schematicID) + "/" + url.PathEscape(version) + "/" + url.PathEscape(path)
+}
+
+func (f *factoryRoutes) registerImages(mux *http.ServeMux) {
+	mux.HandleFunc("GET /image/{schematic}/{version}/{path}", f.image)
+	mux.HandleFunc("HEAD /image/{schematic}/{version}/{path}", f.image)
+}
+
+// image serves an asset. Unlike the public factory it answers Range,
+// If-None-Match and If-Range (through http.ServeContent), and HEAD answers
+// from the cache without building.
+func (f *factoryRoutes) image(w http.ResponseWriter, r *http.Request) {
+	req := builder.Request{SchematicID: r.PathValue("schematic"), Version: r.PathValue("version"), Path: r.PathValue("path")}
+
+	filename := req.Path
+	if name := r.URL.Query().Get("filename"); name != "" {
+		filename = name
+	}
+
+	var (
+		asset storage.Asset
+		err   error
+	)
+
+	if r.Method == http.MethodHead {
+		var p *builder.Plan
+
+		p, err = f.images.builder.Plan(r.Context(), req)
+		if err == nil {
+			asset, err = f.images.builder.Lookup(r.Context(), p)
+			if errors.Is(err, storage.ErrNotFound) {
+				// Not built yet: say what a GET would return, without building.
+				setDownloadHeaders(w, req.Path, filename)
+				w.Header().Set("X-Kiln-Cache", "miss")
+				w.WriteHeader(http.StatusOK)
+
+				return
+			}
+		}
+	} else {
+		var res *builder.Result
+
+		res, err = f.images.builder.Build(r.Context(), req, nil)
+		if err == nil {
+			asset = res.Asset
+		}
+	}
+
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	defer asset.Close()
+
+	setDownloadHeaders(w, req.Path, filename)
+	w.Header().Set("X-Kiln-Cache", "hit")
+	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
+	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
+
+	http.ServeContent(w, r, "", asset.ModTime(), asset)
+}
+
+func setDownloadHeaders(w http.ResponseWriter, path, filename string) {
+	w.Header().Set("Content-Type", builder.ContentType(path))
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": filename}))
+	w.Header().Set("Accept-Ranges", "bytes")
+}
+
+// imageService is the gRPC adapter of images.
+type imageService struct {
+	kilnv1.UnsafeImageServiceServer
+
+	domain *images
+}
+
+var _ kilnv1.ImageServiceServer = (*imageService)(nil)
+
+func (s *imageService) Build(req *kilnv1.BuildRequest, stream kilnv1.ImageService_BuildServer) error {
+	ctx := stream.Context()
+	breq := builder.Request{SchematicID: req.GetSchematicId(), Version: req.GetVersion(), Path: req.GetPath()}
+
+	// Events come from the build goroutine; a stream must be written by
+	// one goroutine at a time.
+	events := make(chan *kilnv1.BuildResponse, 64)
+	sendDone := make(chan error, 1)
+
+	go func() {
+		var err error
+
+		for ev := range events {
+			if err == nil {
+				err = stream.Send(ev)
+			}
+		}
+
+		sendDone <- err
+	}()
+
+	progress := func(e builder.Event) {
+		var ev *kilnv1.BuildResponse
+		if e.CacheHit {
+			ev = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_CacheHit{CacheHit: true}}
+		} else {
+			ev = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Progress{Progress: &kilnv1.Progress{
+				Phase: e.Phase, Artifact: e.Artifact, BytesDone: e.Done, BytesTotal: e.Total, Message: e.Message,
+			}}}
+		}
+
+		select {
+		case events <- ev:
+		case <-ctx.Done():
+		default: // a slow client skips progress, never the result
+		}
+	}
+
+	res, err := s.domain.builder.Build(ctx, breq, progress)
+
+	if err == nil {
+		defer res.Asset.Close()
+
+		version := res.Plan.Version
+		events <- &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Done{Done: &kilnv1.Done{
+			Url:      s.domain.url(breq.SchematicID, version, breq.Path),
+			Size:     res.Asset.Size(),
+			Sha256:   res.Asset.SHA256(),
+			Filename: breq.Path,
+		}}}
+	}
+
+	close(events)
+
+	if sendErr := <-sendDone; err == nil {
+		err = sendErr
+	}
+
+	return err
+}
+
+func (s *imageService) GetBootAssetURL(ctx context.Context, req *kilnv1.GetBootAssetURLRequest) (*kilnv1.GetBootAssetURLResponse, error) {
+	p, err := s.domain.builder.Plan(ctx, builder.Request{SchematicID: req.GetSchematicId(), Version: req.GetVersion(), Path: req.GetPath()})
+	if err != nil {
+		return nil, err
+	}
+
+	return &kilnv1.GetBootAssetURLResponse{Url: s.domain.url(p.SchematicID, p.Version, strings.TrimSpace(req.GetPath()))}, nil
+}

@@ -1,0 +1,165 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+)
+
+func TestImageRoute(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+	url := "/image/" + emptyID + "/v1.13.0/kernel-amd64"
+
+	if resp, _ := ts.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
+		t.Fatal(resp.Status)
+	}
+
+	// HEAD before any build answers without building.
+	resp, _ := ts.do(t, "HEAD", url, "")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Kiln-Cache") != "miss" || resp.Header.Get("ETag") != "" {
+		t.Fatalf("cold HEAD = %d cache %q etag %q", resp.StatusCode, resp.Header.Get("X-Kiln-Cache"), resp.Header.Get("ETag"))
+	}
+
+	resp, full := ts.do(t, "GET", url, "")
+	if resp.StatusCode != 200 || len(full) == 0 || !strings.HasPrefix(full, "MZ") {
+		t.Fatalf("GET = %d, %d bytes", resp.StatusCode, len(full))
+	}
+
+	etag := resp.Header.Get("ETag")
+	for h, want := range map[string]string{
+		"Content-Type":        "application/octet-stream",
+		"Content-Disposition": `attachment; filename=kernel-amd64`,
+		"Accept-Ranges":       "bytes",
+	} {
+		if got := resp.Header.Get(h); got != want {
+			t.Errorf("%s = %q, want %q", h, got, want)
+		}
+	}
+
+	if len(etag) != 66 {
+		t.Fatalf("ETag = %q, want the quoted sha256", etag)
+	}
+
+	// A half download resumes with identical bytes.
+	half := len(full) / 2
+
+	req, _ := http.NewRequest("GET", "http://"+ts.addr+url, nil)
+	req.Header.Set("Range", "bytes="+itoa(half)+"-")
+	req.Header.Set("If-Range", etag)
+
+	rresp, err := ts.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rest, _ := io.ReadAll(rresp.Body)
+	rresp.Body.Close()
+
+	if rresp.StatusCode != http.StatusPartialContent || !bytes.Equal([]byte(full[:half]+string(rest)), []byte(full)) {
+		t.Fatalf("Range resume = %d, %d bytes; the joined halves differ from the whole", rresp.StatusCode, len(rest))
+	}
+
+	// Conditional GET.
+	req, _ = http.NewRequest("GET", "http://"+ts.addr+url, nil)
+	req.Header.Set("If-None-Match", etag)
+
+	cresp, err := ts.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cresp.Body.Close()
+
+	if cresp.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match = %d, want 304", cresp.StatusCode)
+	}
+
+	// Now HEAD answers from the cache.
+	resp, _ = ts.do(t, "HEAD", url+"?filename=my-kernel", "")
+	if resp.StatusCode != 200 || resp.Header.Get("ETag") != etag || resp.Header.Get("Content-Length") != itoa(len(full)) ||
+		resp.Header.Get("Content-Disposition") != "attachment; filename=my-kernel" {
+		t.Fatalf("warm HEAD = %d etag %q length %q disposition %q", resp.StatusCode, resp.Header.Get("ETag"),
+			resp.Header.Get("Content-Length"), resp.Header.Get("Content-Disposition"))
+	}
+
+	for path, want := range map[string]string{
+		"/image/aaaaaaaaaaaa/v1.13.0/kernel-amd64":        "404 schematic ID \"aaaaaaaaaaaa\" not found\n",
+		"/image/" + emptyID + "/v1.13.0/metal-amd64.ssd":  "400 error parsing profile from path: invalid profile path: \"metal-amd64.ssd\"\n",
+		"/image/" + emptyID + "/v1.99.0/kernel-amd64":     "404 version v1.99.0 is not available\n",
+		"/image/" + emptyID + "/v1.13.0/aws-amd64.raw.xz": "501 platform aws (only metal) is not supported yet\n",
+	} {
+		resp, body := ts.do(t, "GET", path, "")
+		if got := itoa(resp.StatusCode) + " " + body; got != want {
+			t.Errorf("GET %s = %q, want %q", path, got, want)
+		}
+	}
+}
+
+func TestImageServiceBuild(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+	ctx := context.Background()
+
+	if _, err := ts.grpc.CreateSchematic(ctx, &kilnv1.CreateSchematicRequest{Source: &kilnv1.CreateSchematicRequest_Yaml{Yaml: "{}"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	client := kilnv1.NewImageServiceClient(ts.conn)
+
+	for round, wantHit := range []bool{false, true} {
+		stream, err := client.Build(ctx, &kilnv1.BuildRequest{SchematicId: emptyID, Version: "1.13.0", Path: "kernel-arm64"})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		var (
+			done   *kilnv1.Done
+			hit    bool
+			phases []string
+		)
+
+		for {
+			ev, err := stream.Recv()
+			if err == io.EOF {
+				break
+			}
+
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+
+			switch e := ev.GetEvent().(type) {
+			case *kilnv1.BuildResponse_Done:
+				done = e.Done
+			case *kilnv1.BuildResponse_CacheHit:
+				hit = true
+			case *kilnv1.BuildResponse_Progress:
+				phases = append(phases, e.Progress.GetPhase())
+			}
+		}
+
+		if done == nil || done.GetSize() == 0 || len(done.GetSha256()) != 64 || !strings.HasSuffix(done.GetUrl(), "/image/"+emptyID+"/v1.13.0/kernel-arm64") {
+			t.Fatalf("round %d: done = %v", round, done)
+		}
+
+		if hit != wantHit || len(phases) == 0 {
+			t.Errorf("round %d: cache hit %v (want %v), phases %v", round, hit, wantHit, phases)
+		}
+	}
+
+	u, err := client.GetBootAssetURL(ctx, &kilnv1.GetBootAssetURLRequest{SchematicId: emptyID, Version: "v1.13.0", Path: "metal-amd64.iso"})
+	if err != nil || !strings.HasSuffix(u.GetUrl(), "/image/"+emptyID+"/v1.13.0/metal-amd64.iso") {
+		t.Fatalf("GetBootAssetURL = %v, %v", u, err)
+	}
+
+	// The gateway streams the same events as JSON lines.
+	resp, body := ts.do(t, "POST", "/v1/images:build", `{"schematicId":"`+emptyID+`","version":"v1.13.0","path":"kernel-arm64"}`)
+	if resp.StatusCode != 200 || !strings.Contains(body, `"cacheHit":true`) || !strings.Contains(body, `"sha256"`) {
+		t.Fatalf("gateway build = %d %s", resp.StatusCode, body)
+	}
+}
+
+func itoa(n int) string { return fmtInt(n) }
