@@ -21,7 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate lint fmt vet staticcheck buf-lint \
-        test unit integration e2e bench fuzz tools e2e-tools registry-process clean
+        test unit integration e2e bench fuzz tools e2e-tools registry-process e2e-debs clean
 
 all: build
 
@@ -74,28 +74,46 @@ $(CRANE):
 $(COSIGN):
 	GOBIN=$(TOOLS) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
-# Debian's distribution registry, a real registry process for the tests.
-registry-process:
-	@command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; }
+# Debian packages the e2e suite talks to: a real registry process, the
+# readers of what kiln writes, QEMU with OVMF, and the boot fixture's parts.
+E2E_DEBS := docker-registry xorriso genisoimage mtools dosfstools gdisk fdisk squashfs-tools e2fsprogs \
+	qemu-system-x86 ovmf systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux
+E2E_KERNEL := $(CURDIR)/_e2e/kernel
+
+registry-process e2e-debs:
+	@missing=$$(for p in $(E2E_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+# Debian's kernel for the boot fixture, unpacked without installing it.
+$(E2E_KERNEL)/.done:
+	rm -rf $(E2E_KERNEL) && mkdir -p $(E2E_KERNEL)
+	cd $(CURDIR)/_e2e && K=$$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $$2; exit}'); \
+		if [ -z "$$K" ]; then apt-get update -qq; K=$$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $$2; exit}'); fi; \
+		apt-get download "$$K" && dpkg -x "$$K"_*.deb $(E2E_KERNEL) && rm -f "$$K"_*.deb
+	touch $@
 
 tools: $(BUF) $(GRPCURL)
 
-e2e-tools: tools $(CRANE) $(COSIGN) registry-process
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done
 
 ## Tests.
 test: tools check-generate lint unit integration
 
-unit:
-	$(GO) test -race -count=1 ./...
+# The builder's tests read what it writes with Debian's tools (cpio,
+# unsquashfs, xorriso, sgdisk, fsck.vfat, objdump, ...) and the fixture
+# kernel; under make a missing one fails the test instead of skipping it.
+unit: e2e-debs $(E2E_KERNEL)/.done
+	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) $(GO) test -race -count=1 -timeout 12m ./...
 
 # The real binary on a real port, driven by curl-like HTTP, grpcurl and a gRPC client.
 integration: build $(GRPCURL)
 	KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) $(GO) test -tags integration -count=1 -v ./e2e/...
 
-E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry)
+E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
+	KILN_E2E_KERNEL=$(E2E_KERNEL)
 
 e2e: build e2e-tools
-	$(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
+	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -146,7 +146,9 @@ func (e *InvalidVersionError) Error() string {
 func (e *InvalidVersionError) Unwrap() error { return e.Err }
 
 // Verify checks a digest reference against the trust policy.
-func (m *Manager) Verify(ctx context.Context, ref name.Digest) error { return m.verify.Verify(ctx, ref) }
+func (m *Manager) Verify(ctx context.Context, ref name.Digest) error {
+	return m.verify.Verify(ctx, ref)
+}
 
 // Verified resolves path:tag and verifies the digest it points at.
 func (m *Manager) Verified(ctx context.Context, path, tag string) (name.Digest, error) {

@@ -49,9 +49,7 @@ func newEnv(t *testing.T) *env {
 	host, _ := name.NewRegistry("kiln.internal", name.Insecure)
 	inproc := []remote.Option{remote.WithTransport(registry.Transport(reg))}
 
-	var kernel []byte
-
-	kernel = bytes.Repeat([]byte("MZ-kernel-"), 100_000)
+	kernel := bytes.Repeat([]byte("MZ-kernel-"), 100_000)
 
 	if _, err := testrelease.Push(ctx, testrelease.Options{
 		Version: "v1.13.0", Registry: host, Remote: inproc,

@@ -1,13 +1,37 @@
 package builder
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
+	"time"
 
+	"github.com/kiln-dev/kiln/builder/cmdline"
+	"github.com/kiln-dev/kiln/builder/compress"
+	"github.com/kiln-dev/kiln/builder/disk"
+	"github.com/kiln-dev/kiln/builder/esp"
+	"github.com/kiln-dev/kiln/builder/initramfs"
+	"github.com/kiln-dev/kiln/builder/iso"
+	"github.com/kiln-dev/kiln/builder/meta"
+	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
+
+// job is one asset being written: the plan, the extracted release files,
+// and a private scratch directory removed when the job ends.
+type job struct {
+	b    *Builder
+	p    *Plan
+	dir  string // extracted imager, see imagerFiles
+	tmp  string
+	emit func(Event)
+}
+
+func (j *job) asset(file string) string { return assetPath(j.dir, j.p.Output.Arch, file) }
 
 // write assembles the asset of p into w.
 func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emit func(Event)) error {
@@ -16,19 +40,364 @@ func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emi
 		return err
 	}
 
-	arch := p.Output.Arch
+	scratch := filepath.Join(b.cfg.DataDir, "tmp")
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return err
+	}
+
+	tmp, err := os.MkdirTemp(scratch, "build-")
+	if err != nil {
+		return err
+	}
+
+	defer os.RemoveAll(tmp) //nolint:errcheck // scratch space
+
+	j := &job{b: b, p: p, dir: dir, tmp: tmp, emit: emit}
 
 	switch p.Output.Kind {
 	case KindKernel:
 		emit(Event{Phase: "assemble", Message: "kernel"})
 
-		return copyFile(ctx, w, assetPath(dir, arch, release.KernelAsset))
+		return copyFile(ctx, w, j.asset(release.KernelAsset))
+	case KindCmdline:
+		line, err := kernelCmdline(p)
+		if err != nil {
+			return err
+		}
+
+		_, err = w.Write([]byte(line))
+
+		return err
+	case KindInitramfs:
+		return j.initramfs(ctx, w)
+	case KindUKI:
+		_, err := j.uki(ctx, w)
+
+		return err
+	case KindISO:
+		return j.iso(ctx, w.File())
+	case KindDisk:
+		return j.disk(ctx, w)
 	default:
 		return &UnsupportedError{What: string(p.Output.Kind) + " assets"}
 	}
 }
 
-func copyFile(ctx context.Context, w storage.AssetWriter, path string) error {
+// initramfs writes the release initramfs with the schematic's extensions,
+// the schematic's virtual extension and, if any, the embedded machine
+// configuration (talos-formats §2).
+func (j *job) initramfs(ctx context.Context, out io.Writer) error {
+	p := j.p
+
+	var exts []initramfs.Extension
+
+	for i, ref := range p.extRefs {
+		j.emit(Event{Phase: "fetch", Artifact: ref.String(), Message: "extension " + p.Extensions[i].Name})
+
+		img, err := j.b.deps.Releases.Source().Image(ctx, ref, p.Output.Arch)
+		if err != nil {
+			return fmt.Errorf("extension %s: %w", p.Extensions[i].Name, err)
+		}
+
+		exts = append(exts, initramfs.FromImage(img))
+	}
+
+	exts = append(exts, initramfs.SchematicExtension(p.SchematicID, p.canonical, p.FactoryURL))
+
+	if cfg := p.schematic.Customization.EmbeddedMachineConfiguration; cfg != "" {
+		exts = append(exts, initramfs.EmbeddedConfigExtension([]byte(cfg)))
+	}
+
+	base, err := os.Open(j.asset(release.InitramfsAsset))
+	if err != nil {
+		return fmt.Errorf("release initramfs: %w", err)
+	}
+	defer base.Close()
+
+	j.emit(Event{Phase: "assemble", Message: fmt.Sprintf("initramfs with %d extensions", len(exts))})
+
+	return initramfs.Build(ctx, base, exts, initramfs.Options{
+		Arch: p.Output.Arch, TalosVersion: p.Version, ModTime: time.Unix(p.Epoch, 0), TempDir: j.tmp,
+	}, out)
+}
+
+// uki assembles the unified kernel image: the release's systemd stub with
+// the kernel, the initramfs with extensions and the command line.
+func (j *job) uki(ctx context.Context, out io.Writer) (int64, error) {
+	p := j.p
+
+	initrd, err := os.Create(filepath.Join(j.tmp, "initramfs"))
+	if err != nil {
+		return 0, err
+	}
+	defer initrd.Close()
+
+	if err := j.initramfs(ctx, initrd); err != nil {
+		return 0, err
+	}
+
+	line, err := kernelCmdline(p)
+	if err != nil {
+		return 0, err
+	}
+
+	osrel, err := uki.OSRelease("Talos", p.Version)
+	if err != nil {
+		return 0, err
+	}
+
+	stub, err := os.Open(j.asset(release.SDStubAsset))
+	if err != nil {
+		return 0, fmt.Errorf("release systemd stub: %w", err)
+	}
+	defer stub.Close()
+
+	kernel, err := os.Open(j.asset(release.KernelAsset))
+	if err != nil {
+		return 0, fmt.Errorf("release kernel: %w", err)
+	}
+	defer kernel.Close()
+
+	ksize, err := sizeOf(kernel)
+	if err != nil {
+		return 0, err
+	}
+
+	isize, err := sizeOf(initrd)
+	if err != nil {
+		return 0, err
+	}
+
+	if _, err := initrd.Seek(0, io.SeekStart); err != nil {
+		return 0, err
+	}
+
+	j.emit(Event{Phase: "assemble", Message: "UKI"})
+
+	// Single profile: the reset profiles Talos 1.10+ adds need systemd 257
+	// stubs; kiln does not add them yet.
+	res, err := uki.Assemble(ctx, stub, uki.Sections{
+		OSRel:   osrel,
+		Cmdline: line,
+		Linux:   uki.Blob{R: kernel, Size: ksize},
+		Initrd:  uki.Blob{R: initrd, Size: isize},
+	}, out, uki.Options{StripSymbols: true})
+	if err != nil {
+		return 0, fmt.Errorf("assemble UKI: %w", err)
+	}
+
+	return res.Size, nil
+}
+
+// bootFiles are the systemd-boot files of an ISO or a disk's ESP; the UKI
+// is built into the scratch directory.
+func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
+	p := j.p
+
+	ukiPath := filepath.Join(j.tmp, "uki.efi")
+
+	f, err := os.Create(ukiPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if _, err := j.uki(ctx, f); err != nil {
+		f.Close()
+
+		return nil, err
+	}
+
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+
+	bootName := "BOOTX64.EFI"
+	if p.Output.Arch == "arm64" {
+		bootName = "BOOTAA64.EFI"
+	}
+
+	loader := "# systemd-boot configuration\n\ntimeout 10\n"
+	if forISO {
+		loader += "\nsecure-boot-enroll off\n"
+	}
+
+	files := []esp.File{
+		fileFrom("EFI/BOOT/"+bootName, j.asset(release.SDBootAsset)),
+		fileFrom("EFI/Linux/Talos-"+p.Version+".efi", ukiPath),
+		fileBytes("loader/loader.conf", []byte(loader), false),
+	}
+
+	if forISO {
+		files = append(files, fileBytes("loader/random-seed", make([]byte, 32), true))
+	}
+
+	for i := range files {
+		if files[i].Size < 0 {
+			return nil, fmt.Errorf("boot file %s is missing", files[i].Path)
+		}
+	}
+
+	return files, nil
+}
+
+// iso writes a UEFI-bootable ISO: the boot files in the ISO tree and in an
+// ESP image that is both the El Torito EFI entry and partition 2 of the
+// hybrid MBR/GPT, so the same file boots as a CD and from a USB stick.
+func (j *job) iso(ctx context.Context, out *os.File) error {
+	files, err := j.bootFiles(ctx, true)
+	if err != nil {
+		return err
+	}
+
+	var size int64
+	for _, f := range files {
+		size += roundMiB(f.Size)
+	}
+
+	espPath := filepath.Join(j.tmp, "efiboot.img")
+
+	espFile, err := os.Create(espPath)
+	if err != nil {
+		return err
+	}
+
+	j.emit(Event{Phase: "assemble", Message: "ESP"})
+
+	if _, err := esp.Build(ctx, espFile, files, esp.Options{MinSize: 10<<20 + size}); err != nil {
+		espFile.Close()
+
+		return fmt.Errorf("build ESP: %w", err)
+	}
+
+	if err := espFile.Close(); err != nil {
+		return err
+	}
+
+	tree := make([]iso.File, 0, len(files))
+	for _, f := range files {
+		tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
+	}
+
+	j.emit(Event{Phase: "assemble", Message: "ISO"})
+
+	if _, err := iso.Write(ctx, out, iso.Params{
+		VolumeID: iso.VolumeID(j.p.Version), Files: tree, ESP: espPath,
+		ModTime: time.Unix(j.p.Epoch, 0), TempDir: j.tmp,
+	}); err != nil {
+		return fmt.Errorf("write ISO: %w", err)
+	}
+
+	return nil
+}
+
+// disk writes the sd-boot raw disk: EFI and META (holding the schematic's
+// META values), sparse; compressed while streaming for .xz and .zst.
+func (j *job) disk(ctx context.Context, w storage.AssetWriter) error {
+	p := j.p
+
+	files, err := j.bootFiles(ctx, false)
+	if err != nil {
+		return err
+	}
+
+	params := disk.Params{
+		SectorSize: int(p.schematic.Customization.DiskImage.SectorSize),
+		EFI:        disk.ESP(files, esp.Options{}),
+	}
+
+	if values := metaValues(p); len(values) > 0 {
+		part, err := meta.Partition(values)
+		if err != nil {
+			return &invalidSchematicError{fmt.Sprintf("customization.meta: %v", err)}
+		}
+
+		params.META = bytes.NewReader(part)
+	}
+
+	raw := w.File()
+
+	if p.Output.Compression != "" {
+		if raw, err = os.Create(filepath.Join(j.tmp, "disk.raw")); err != nil {
+			return err
+		}
+		defer raw.Close()
+	}
+
+	j.emit(Event{Phase: "assemble", Message: "disk image"})
+
+	if err := disk.Write(ctx, raw, params); err != nil {
+		return fmt.Errorf("write disk image: %w", err)
+	}
+
+	if p.Output.Compression == "" {
+		return nil
+	}
+
+	if _, err := raw.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+
+	j.emit(Event{Phase: "compress", Message: p.Output.Compression})
+
+	return compress.Compress(ctx, w, raw, compress.Format(p.Output.Compression), compress.Options{})
+}
+
+func metaValues(p *Plan) []meta.Value {
+	c := p.schematic.Customization
+
+	values := make([]meta.Value, len(c.Meta))
+	for i, m := range c.Meta {
+		values[i] = meta.Value{Key: m.Key, Value: m.Value}
+	}
+
+	return values
+}
+
+// kernelCmdline is the command line of the plan's output: extra kernel
+// args for every kind that has a command line, META as an environment
+// argument where there is no META partition to hold it (§7.1, §4.5).
+func kernelCmdline(p *Plan) (string, error) {
+	c := p.schematic.Customization
+	values := metaValues(p)
+
+	return cmdline.Build(cmdline.Options{
+		Platform:     p.Output.Platform,
+		Arch:         p.Output.Arch,
+		TalosVersion: p.Version,
+		ISO:          p.Output.Kind == KindISO,
+		SecureBoot:   p.Output.SecureBoot,
+		ExtraArgs:    c.ExtraKernelArgs,
+		Meta:         values,
+		IncludeMeta:  p.Output.Kind != KindDisk && len(values) > 0,
+	})
+}
+
+func fileFrom(path, src string) esp.File {
+	st, err := os.Stat(src)
+	if err != nil {
+		return esp.File{Path: path, Size: -1}
+	}
+
+	return esp.File{Path: path, Size: st.Size(), Open: func() (io.ReadCloser, error) { return os.Open(src) }}
+}
+
+func fileBytes(path string, data []byte, readOnly bool) esp.File {
+	return esp.File{Path: path, Size: int64(len(data)), ReadOnly: readOnly,
+		Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }}
+}
+
+func roundMiB(n int64) int64 { return (n + 1<<20 - 1) &^ (1<<20 - 1) }
+
+func sizeOf(f *os.File) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+
+	return st.Size(), nil
+}
+
+func copyFile(ctx context.Context, w io.Writer, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("release asset: %w", err)

@@ -322,6 +322,7 @@ func TestREADMEExamples(t *testing.T) {
 	}
 
 	sawVector := false
+	workDir := t.TempDir()
 
 	for _, c := range commands {
 		script := strings.ReplaceAll(c, "127.0.0.1:8080", k.addr)
@@ -331,6 +332,7 @@ func TestREADMEExamples(t *testing.T) {
 		}
 		cmd := exec.Command("bash", "-o", "pipefail", "-c", script)
 		cmd.Env = append(os.Environ(), "PATH="+grpcurlDir+":"+os.Getenv("PATH"))
+		cmd.Dir = workDir // downloads land here
 
 		out, err := cmd.CombinedOutput()
 		if err != nil {

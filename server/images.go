@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"mime"
 	"net/http"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/builder/cmdline"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -18,6 +20,9 @@ import (
 type images struct {
 	builder     *builder.Builder
 	externalURL string
+	// pxeURL is where iPXE clients fetch kernels: the PXE base URL, which
+	// may differ from the external URL (iPXE often cannot do modern TLS).
+	pxeURL string
 }
 
 func (im *images) url(schematicID, version, path string) string {
@@ -27,6 +32,48 @@ func (im *images) url(schematicID, version, path string) string {
 func (f *factoryRoutes) registerImages(mux *http.ServeMux) {
 	mux.HandleFunc("GET /image/{schematic}/{version}/{path}", f.image)
 	mux.HandleFunc("HEAD /image/{schematic}/{version}/{path}", f.image)
+	mux.HandleFunc("GET /pxe/{schematic}/{version}/{path}", f.pxe)
+}
+
+// pxe answers the public factory's iPXE script for <platform>-<arch>[-secureboot]:
+// it builds the matching cmdline asset and chains to kernel and initramfs
+// (or the UKI for SecureBoot) under the PXE base URL.
+func (f *factoryRoutes) pxe(w http.ResponseWriter, r *http.Request) {
+	req := builder.Request{SchematicID: r.PathValue("schematic"), Version: r.PathValue("version"), Path: "cmdline-" + r.PathValue("path")}
+
+	res, err := f.images.builder.Build(r.Context(), req, nil)
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	defer res.Asset.Close()
+
+	line, err := io.ReadAll(io.LimitReader(res.Asset, 64<<10))
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	script, err := cmdline.PXEScript(cmdline.PXEOptions{
+		BaseURL:     f.images.pxeURL,
+		SchematicID: req.SchematicID,
+		Version:     res.Plan.Version,
+		Platform:    res.Plan.Output.Platform,
+		Arch:        res.Plan.Output.Arch,
+		Cmdline:     string(line),
+		SecureBoot:  res.Plan.Output.SecureBoot,
+	})
+	if err != nil {
+		f.writeError(w, r, err)
+
+		return
+	}
+
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, script) //nolint:errcheck // the client is gone
 }
 
 // image serves an asset. Unlike the public factory it answers Range,

@@ -163,3 +163,32 @@ func TestImageServiceBuild(t *testing.T) {
 }
 
 func itoa(n int) string { return fmtInt(n) }
+
+func TestPXEAndCmdline(t *testing.T) {
+	ts := startServer(t, Config{Demo: true, ExternalURL: "https://kiln.example", ExternalPXEURL: "http://10.0.0.5:8080"})
+
+	resp, body := ts.do(t, "POST", "/schematics", "customization: {extraKernelArgs: [console=ttyS0, kiln.test=1], meta: [{key: 0xa, value: foo}]}")
+	if resp.StatusCode != 201 {
+		t.Fatal(body)
+	}
+
+	id := body[7:71]
+
+	resp, line := ts.do(t, "GET", "/image/"+id+"/v1.13.0/cmdline-metal-amd64", "")
+	want := "talos.platform=metal console=ttyS0 init_on_alloc=1 slab_nomerge pti=on consoleblank=0 nvme_core.io_timeout=4294967295 " +
+		"printk.devkmsg=on selinux=1 module.sig_enforce=1 proc_mem.force_override=never talos.environment=INSTALLER_META_BASE64=MHhhPWZvbw== kiln.test=1"
+
+	if resp.StatusCode != 200 || line != want {
+		t.Fatalf("cmdline = %d\n%q\nwant\n%q", resp.StatusCode, line, want)
+	}
+
+	for _, path := range []string{"metal-amd64", "metal-x86_64"} {
+		resp, script := ts.do(t, "GET", "/pxe/"+id+"/v1.13.0/"+path, "")
+		wantScript := "#!ipxe\n\nimgfree\nkernel http://10.0.0.5:8080/image/" + id + "/v1.13.0/kernel-amd64 " + want +
+			"\ninitrd http://10.0.0.5:8080/image/" + id + "/v1.13.0/initramfs-amd64.xz\nboot\n"
+
+		if resp.StatusCode != 200 || script != wantScript {
+			t.Errorf("PXE %s = %d\n%s\nwant\n%s", path, resp.StatusCode, script, wantScript)
+		}
+	}
+}

@@ -40,6 +40,9 @@ type Config struct {
 	// ExternalURL is how clients reach kiln (links, catalog refs into the
 	// embedded registry); empty means http(s)://<listen>.
 	ExternalURL string
+	// ExternalPXEURL is the base of the URLs in iPXE scripts; empty means
+	// ExternalURL.
+	ExternalPXEURL string
 	// Source is where releases are read from.
 	Source SourceConfig
 	// BrokenVersions are hidden from /versions and refused.
@@ -203,7 +206,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 
 	domain := &schematics{store: deps.Schematics}
 	rel := &releases{manager: deps.Releases}
-	img := &images{builder: deps.Builder, externalURL: cfg.externalURL()}
+	img := &images{builder: deps.Builder, externalURL: cfg.externalURL(), pxeURL: cfg.externalURL()}
+	if cfg.ExternalPXEURL != "" {
+		img.pxeURL = strings.TrimSuffix(cfg.ExternalPXEURL, "/")
+	}
 	s.grpc = newGRPCServer(logger, domain, rel, img, s.health)
 
 	gateway, gwLis, gwConn, err := newGateway(ctx)

@@ -26,6 +26,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may finish on SIGTERM")
 	fs.StringVar(&cfg.ExternalURL, "external-url", "", "how clients reach kiln, e.g. https://kiln.example:8080 (default: http(s)://<listen>)")
+	fs.StringVar(&cfg.ExternalPXEURL, "external-pxe-url", "", "base URL in iPXE scripts, e.g. http://10.0.0.5:8080 (default: --external-url)")
 	fs.StringVar(&cfg.Source.Registry, "registry", "", "read releases from this registry, host[:port] (default: the embedded registry)")
 	fs.StringVar(&cfg.Source.Namespace, "registry-namespace", "", "path prefix of the release repositories in --registry")
 	fs.BoolVar(&cfg.Source.Insecure, "registry-insecure", false, "talk plain HTTP to --registry")

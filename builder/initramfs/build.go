@@ -1,0 +1,543 @@
+package initramfs
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/blang/semver/v4"
+	"github.com/klauspost/compress/zstd"
+	"go.yaml.in/yaml/v4"
+
+	"github.com/kiln-dev/kiln/builder/cpio"
+	"github.com/kiln-dev/kiln/builder/initramfs/internal/squashfs"
+)
+
+// Options are the build settings that are not inputs.
+type Options struct {
+	// Arch is the target architecture, "amd64" or "arm64"; required. It
+	// does not change the layout: microcode goes to kernel/x86/microcode
+	// whatever the arch (there are no microcode extensions for arm64).
+	Arch string
+	// TalosVersion ("v1.13.0") is checked against each extension's
+	// compatibility constraint.
+	TalosVersion string
+	// ModTime is stamped on every cpio entry and squashfs inode, like
+	// SOURCE_DATE_EPOCH; the zero value means the Unix epoch.
+	ModTime time.Time
+	// TempDir is where scratch files go (one squashfs per extension and the
+	// firmware and microcode files, removed before Build returns); empty
+	// means os.TempDir().
+	TempDir string
+}
+
+const (
+	// copyBuf is the chunk size for every copy of bulk data.
+	copyBuf = 1 << 20
+	// maxManifest bounds manifest.yaml, which is read into memory.
+	maxManifest = 1 << 20
+
+	firmwareDir  = "usr/lib/firmware"
+	modulesDir   = "usr/lib/modules"
+	microcodeDir = "kernel/x86/microcode"
+	intelUcode   = "GenuineIntel.bin"
+	amdUcode     = "AuthenticAMD.bin"
+)
+
+// Build writes the initramfs: [uncompressed microcode cpio] + base + [zstd
+// cpio: <i>.sqsh..., extensions.yaml, usr/lib/firmware/**]. base is the
+// release initramfs and is copied unchanged. exts become layers in the
+// given order (put the schematic and embedded-config virtual extensions
+// last, as Talos does). Nothing is written to out until every extension
+// has been read and validated, so a refused extension leaves out empty.
+//
+// Not implemented: Talos re-runs depmod over the base modules plus the
+// extensions' modules and appends a "modules.dep" layer. Doing that needs
+// the base rootfs.sqsh's module tree and kmod's binary index format
+// (modules.dep.bin, which kmod prefers over the text files); writing a
+// modules.dep from .modinfo alone would shadow the base one and break
+// every base module. So extension modules are shipped unchanged in their
+// layer, and modprobe will not find them by name until that is done;
+// insmod with a path works.
+func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, out io.Writer) error {
+	talos, err := semver.ParseTolerant(opts.TalosVersion)
+	if err != nil {
+		return fmt.Errorf("initramfs: Talos version %q: %w", opts.TalosVersion, err)
+	}
+
+	if opts.Arch == "" {
+		return errors.New("initramfs: no architecture")
+	}
+
+	tmp, err := os.MkdirTemp(opts.TempDir, "kiln-initramfs-")
+	if err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+
+	defer os.RemoveAll(tmp) //nolint:errcheck // best effort; the error that matters is returned
+
+	b := &builder{
+		tmp:      tmp,
+		talos:    talos,
+		mtime:    opts.ModTime,
+		firmware: map[string]*stagedFile{},
+		buf:      make([]byte, copyBuf),
+	}
+
+	if b.mtime.IsZero() {
+		b.mtime = time.Unix(0, 0)
+	}
+
+	for i, ext := range exts {
+		if err := b.addExtension(ctx, i, ext); err != nil {
+			return err
+		}
+	}
+
+	bw := bufio.NewWriterSize(out, copyBuf)
+
+	if err := b.writeMicrocode(ctx, bw); err != nil {
+		return err
+	}
+
+	// Hide base's WriterTo so the copy goes through bw in 1 MiB chunks.
+	if _, err := io.CopyBuffer(bw, struct{ io.Reader }{base}, b.buf); err != nil {
+		return fmt.Errorf("initramfs: copy base initramfs: %w", err)
+	}
+
+	if len(exts) > 0 {
+		if err := b.writeExtensions(ctx, bw); err != nil {
+			return err
+		}
+	}
+
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("initramfs: write: %w", err)
+	}
+
+	return nil
+}
+
+// stagedFile is a file, directory or symlink waiting in tmp for a cpio.
+type stagedFile struct {
+	name string // path in the archive
+	mode uint32 // cpio type and permission bits
+	link string
+	data string // scratch file holding the content, for regular files
+	size int64
+}
+
+type builder struct {
+	tmp      string
+	talos    semver.Version
+	mtime    time.Time
+	layers   []Layer
+	sqsh     []stagedFile
+	firmware map[string]*stagedFile
+	// microcode parts by target file name, in extension order, each
+	// extension's files sorted by name.
+	microcode map[string][]stagedFile
+	scratch   int
+	buf       []byte
+}
+
+// extensionError names the extension in an error.
+func extensionError(i int, name string, err error) error {
+	return fmt.Errorf("initramfs: extension %d (%s): %w", i, name, err)
+}
+
+// addExtension reads one extension's tar stream once: rootfs/ goes into
+// <i>.sqsh as it streams by, firmware and microcode into scratch files.
+func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error {
+	name := ext.Name()
+
+	rc, err := ext.Open(ctx)
+	if err != nil {
+		return extensionError(i, name, err)
+	}
+	defer rc.Close() //nolint:errcheck // read-only stream
+
+	sqshPath := filepath.Join(b.tmp, strconv.Itoa(i)+".sqsh")
+
+	f, err := os.Create(sqshPath)
+	if err != nil {
+		return extensionError(i, name, err)
+	}
+	defer f.Close() //nolint:errcheck // closed explicitly on success
+
+	sq, err := squashfs.NewWriter(f, b.mtime)
+	if err != nil {
+		return extensionError(i, name, err)
+	}
+
+	var (
+		manifest  *Manifest
+		hasRootfs bool
+		ucode     = map[string][]stagedFile{}
+	)
+
+	tr := tar.NewReader(rc)
+
+	for {
+		if err := ctx.Err(); err != nil {
+			return extensionError(i, name, err)
+		}
+
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+
+		if err != nil {
+			return extensionError(i, name, fmt.Errorf("read: %w", err))
+		}
+
+		p := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
+		if p == "." || p == "/" {
+			continue
+		}
+
+		p = strings.TrimPrefix(p, "/")
+
+		switch {
+		case p == "manifest.yaml":
+			if manifest, err = b.readManifest(tr, hdr); err != nil {
+				return extensionError(i, name, err)
+			}
+
+			name = fmt.Sprintf("%s, %s", name, manifest.Metadata.Name)
+		case p == "rootfs":
+			hasRootfs = true
+		case strings.HasPrefix(p, "rootfs/"):
+			hasRootfs = true
+
+			if err := b.addRootfsEntry(sq, ucode, strings.TrimPrefix(p, "rootfs/"), hdr, tr); err != nil {
+				return extensionError(i, name, err)
+			}
+		default:
+			return extensionError(i, name, fmt.Errorf("%w: unexpected file %q at the top level (only manifest.yaml and rootfs/ are allowed)",
+				ErrInvalidExtension, p))
+		}
+	}
+
+	if manifest == nil {
+		return extensionError(i, name, fmt.Errorf("%w: no manifest.yaml", ErrInvalidExtension))
+	}
+
+	if !hasRootfs {
+		return extensionError(i, name, fmt.Errorf("%w: no rootfs/", ErrInvalidExtension))
+	}
+
+	size, err := sq.Close()
+	if err != nil {
+		return extensionError(i, name, err)
+	}
+
+	if err := f.Close(); err != nil {
+		return extensionError(i, name, err)
+	}
+
+	for target, parts := range ucode {
+		sort.Slice(parts, func(a, c int) bool { return parts[a].name < parts[c].name })
+
+		if b.microcode == nil {
+			b.microcode = map[string][]stagedFile{}
+		}
+
+		b.microcode[target] = append(b.microcode[target], parts...)
+	}
+
+	image := strconv.Itoa(i) + ".sqsh"
+	b.layers = append(b.layers, Layer{Image: image, Metadata: manifest.Metadata})
+	b.sqsh = append(b.sqsh, stagedFile{name: image, mode: cpio.TypeReg | 0o644, data: sqshPath, size: size})
+
+	return nil
+}
+
+func (b *builder) readManifest(tr io.Reader, hdr *tar.Header) (*Manifest, error) {
+	if hdr.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("%w: manifest.yaml is not a regular file", ErrInvalidExtension)
+	}
+
+	if hdr.Size > maxManifest {
+		return nil, fmt.Errorf("%w: manifest.yaml is %d bytes", ErrInvalidExtension, hdr.Size)
+	}
+
+	data, err := io.ReadAll(tr)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest.yaml: %w", err)
+	}
+
+	return parseManifest(data, b.talos)
+}
+
+// microcodeTarget says which microcode bundle a rootfs path belongs to:
+// every file directly in intel-ucode/, and amd-ucode/microcode_amd*.bin
+// (Talos's globs).
+func microcodeTarget(rel string) string {
+	dir, file := path.Split(rel)
+
+	switch strings.TrimSuffix(dir, "/") {
+	case firmwareDir + "/intel-ucode":
+		return intelUcode
+	case firmwareDir + "/amd-ucode":
+		if strings.HasPrefix(file, "microcode_amd") && strings.HasSuffix(file, ".bin") {
+			return amdUcode
+		}
+	}
+
+	return ""
+}
+
+func (b *builder) addRootfsEntry(sq *squashfs.Writer, ucode map[string][]stagedFile, rel string, hdr *tar.Header, r io.Reader) error {
+	perm := fs.FileMode(hdr.Mode & 0o7777)
+
+	var xattrs map[string]string
+
+	// Only the SELinux label: Talos drops every other xattr
+	// (mksquashfs -xattrs-exclude .*) and re-adds labels from the PAX records.
+	if label, ok := hdr.PAXRecords[paxSELinux]; ok {
+		xattrs = map[string]string{"security.selinux": label}
+	}
+
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
+	case tar.TypeLink:
+		return fmt.Errorf("%w: %s: hard links are not supported", ErrInvalidExtension, rel)
+	default:
+		return fmt.Errorf("%w: %s: unsupported tar entry type %q", ErrInvalidExtension, rel, hdr.Typeflag)
+	}
+
+	if target := microcodeTarget(rel); target != "" && hdr.Typeflag == tar.TypeReg {
+		sf, err := b.stage(rel, cpio.TypeReg|0o644, hdr, r)
+		if err != nil {
+			return err
+		}
+
+		ucode[target] = append(ucode[target], sf)
+
+		return nil
+	}
+
+	if rel == firmwareDir || strings.HasPrefix(rel, firmwareDir+"/") {
+		mode := uint32(perm)
+
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			mode |= cpio.TypeDir
+		case tar.TypeSymlink:
+			mode |= cpio.TypeSymlink
+		default:
+			mode |= cpio.TypeReg
+		}
+
+		sf, err := b.stage(rel, mode, hdr, r)
+		if err != nil {
+			return err
+		}
+
+		// A later extension's firmware replaces an earlier one's, as the
+		// later layer would.
+		b.firmware[rel] = &sf
+
+		return nil
+	}
+
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		return sq.Mkdir(rel, perm, xattrs)
+	case tar.TypeSymlink:
+		return sq.Symlink(rel, hdr.Linkname, xattrs)
+	default:
+		return sq.Create(rel, perm, r, xattrs)
+	}
+}
+
+// stage copies a regular file's content to a scratch file; directories
+// and symlinks need only their header.
+func (b *builder) stage(rel string, mode uint32, hdr *tar.Header, r io.Reader) (stagedFile, error) {
+	sf := stagedFile{name: rel, mode: mode, link: hdr.Linkname}
+	if hdr.Typeflag != tar.TypeReg {
+		return sf, nil
+	}
+
+	b.scratch++
+	sf.data = filepath.Join(b.tmp, "f"+strconv.Itoa(b.scratch))
+
+	f, err := os.Create(sf.data)
+	if err != nil {
+		return sf, err
+	}
+
+	n, err := io.CopyBuffer(struct{ io.Writer }{f}, struct{ io.Reader }{r}, b.buf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+
+	if err != nil {
+		return sf, fmt.Errorf("%s: %w", rel, err)
+	}
+
+	sf.size = n
+
+	return sf, nil
+}
+
+// writeMicrocode writes the uncompressed microcode cpio, if any extension
+// had microcode. The kernel only finds early microcode in an uncompressed
+// archive at the very start of the initramfs.
+func (b *builder) writeMicrocode(ctx context.Context, w io.Writer) error {
+	if len(b.microcode) == 0 {
+		return nil
+	}
+
+	cw := cpio.NewWriter(w)
+
+	for _, d := range []string{"kernel", "kernel/x86", microcodeDir} {
+		if err := cw.WriteHeader(&cpio.Header{Name: d, Mode: cpio.TypeDir | 0o755, ModTime: b.mtime}); err != nil {
+			return fmt.Errorf("initramfs: microcode cpio: %w", err)
+		}
+	}
+
+	for _, target := range []string{amdUcode, intelUcode} {
+		parts := b.microcode[target]
+		if len(parts) == 0 {
+			continue
+		}
+
+		var size int64
+		for _, p := range parts {
+			size += p.size
+		}
+
+		h := &cpio.Header{Name: microcodeDir + "/" + target, Mode: cpio.TypeReg | 0o644, ModTime: b.mtime, Size: size}
+		if err := cw.WriteHeader(h); err != nil {
+			return fmt.Errorf("initramfs: microcode cpio: %w", err)
+		}
+
+		for _, p := range parts {
+			if err := b.copyFile(ctx, cw, p.data); err != nil {
+				return fmt.Errorf("initramfs: microcode %s: %w", p.name, err)
+			}
+		}
+	}
+
+	if err := cw.Close(); err != nil {
+		return fmt.Errorf("initramfs: microcode cpio: %w", err)
+	}
+
+	return nil
+}
+
+// writeExtensions writes the zstd-compressed cpio with the layers,
+// extensions.yaml and the firmware.
+func (b *builder) writeExtensions(ctx context.Context, w io.Writer) error {
+	cfg, err := yaml.Marshal(Config{Layers: b.layers})
+	if err != nil {
+		return fmt.Errorf("initramfs: extensions.yaml: %w", err)
+	}
+
+	cfgPath := filepath.Join(b.tmp, "extensions.yaml")
+	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+
+	entries := append([]stagedFile{}, b.sqsh...)
+	entries = append(entries, stagedFile{name: "extensions.yaml", mode: cpio.TypeReg | 0o644, data: cfgPath, size: int64(len(cfg))})
+
+	// Firmware, with every parent directory (tar streams may omit them).
+	have := map[string]bool{}
+	for name, f := range b.firmware {
+		entries = append(entries, *f)
+		have[name] = true
+	}
+
+	for name := range b.firmware {
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			if !have[d] {
+				have[d] = true
+				entries = append(entries, stagedFile{name: d, mode: cpio.TypeDir | 0o755})
+			}
+		}
+	}
+
+	// The order of a sorted directory walk, like Talos's filepath.Walk:
+	// parents first, siblings by name.
+	sort.Slice(entries, func(i, j int) bool { return walkLess(entries[i].name, entries[j].name) })
+
+	// Talos compresses with zstd -18; the layers inside are already
+	// compressed, so the default level loses little and is much faster.
+	// One goroutine keeps the output independent of scheduling, and an
+	// 8 MiB window is what zstd -18 uses, well within what the kernel's
+	// decompressor accepts.
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(8<<20), zstd.WithEncoderCRC(true))
+	if err != nil {
+		return fmt.Errorf("initramfs: zstd: %w", err)
+	}
+
+	cw := cpio.NewWriter(zw)
+
+	for _, e := range entries {
+		h := &cpio.Header{Name: e.name, Mode: e.mode, ModTime: b.mtime, Size: e.size, Linkname: e.link}
+		if err := cw.WriteHeader(h); err != nil {
+			return fmt.Errorf("initramfs: extension cpio: %s: %w", e.name, err)
+		}
+
+		if e.data != "" {
+			if err := b.copyFile(ctx, cw, e.data); err != nil {
+				return fmt.Errorf("initramfs: extension cpio: %s: %w", e.name, err)
+			}
+		}
+	}
+
+	if err := cw.Close(); err != nil {
+		return fmt.Errorf("initramfs: extension cpio: %w", err)
+	}
+
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("initramfs: zstd: %w", err)
+	}
+
+	return nil
+}
+
+func (b *builder) copyFile(ctx context.Context, w io.Writer, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close() //nolint:errcheck // read-only
+
+	_, err = io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{f}, b.buf)
+
+	return err
+}
+
+// walkLess orders paths component by component, so that "a/b" comes
+// before "a-b" as in a directory walk ("a" < "a-b").
+func walkLess(a, b string) bool {
+	pa, pb := strings.Split(a, "/"), strings.Split(b, "/")
+	for i := range min(len(pa), len(pb)) {
+		if pa[i] != pb[i] {
+			return pa[i] < pb[i]
+		}
+	}
+
+	return len(pa) < len(pb)
+}

@@ -1,0 +1,184 @@
+//go:build e2e
+
+package iso_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/builder/cpio"
+	"github.com/kiln-dev/kiln/builder/uki"
+	"github.com/kiln-dev/kiln/internal/testfixture"
+)
+
+var kernel = testfixture.Kernel()
+
+const (
+	stub       = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+	busybox    = "/usr/bin/busybox"
+	ovmfCode   = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars   = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	bootMarker = "KILN-ISO-BOOTED"
+	// bootTimeout bounds one QEMU run; a boot takes ~10 s under TCG on an
+	// idle machine, the rest is headroom for a shared one.
+	bootTimeout = 240 * time.Second
+)
+
+// initrd is a busybox initramfs whose /init prints the marker and the
+// kernel command line on the console, then powers off.
+func initrd(t *testing.T) []byte {
+	t.Helper()
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := "#!/bin/busybox sh\n" +
+		"/bin/busybox mkdir -p /proc\n" +
+		"/bin/busybox mount -t proc proc /proc\n" +
+		"/bin/busybox echo \"" + bootMarker + " cmdline=[$(/bin/busybox cat /proc/cmdline)]\"\n" +
+		"/bin/busybox poweroff -f\n"
+	var buf bytes.Buffer
+	w := cpio.NewWriter(&buf)
+	entries := []struct {
+		h    cpio.Header
+		data []byte
+	}{
+		{cpio.Header{Name: "bin", Mode: cpio.TypeDir | 0o755}, nil},
+		{cpio.Header{Name: "dev", Mode: cpio.TypeDir | 0o755}, nil},
+		{cpio.Header{Name: "dev/console", Mode: cpio.TypeChar | 0o600, RDevMajor: 5, RDevMinor: 1}, nil},
+		{cpio.Header{Name: "bin/busybox", Mode: cpio.TypeReg | 0o755, Size: int64(len(bb))}, bb},
+		{cpio.Header{Name: "init", Mode: cpio.TypeReg | 0o755, Size: int64(len(script))}, []byte(script)},
+	}
+	for _, e := range entries {
+		h := e.h
+		if err := w.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(e.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// makeUKI assembles a single-profile UKI with kiln's builder/uki from
+// Debian's stub and kernel (Debian's 252 stub knows no profiles).
+func makeUKI(t *testing.T, dir, cmdline string) string {
+	t.Helper()
+	st, err := os.Open(stub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	k, err := os.Open(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	ki, _ := k.Stat()
+	rd := initrd(t)
+	osrel, err := uki.OSRelease("Talos", talosVer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "uki.efi")
+	out, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	_, err = uki.Assemble(context.Background(), st, uki.Sections{
+		OSRel:   osrel,
+		Cmdline: cmdline,
+		Uname:   strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-"),
+		Linux:   uki.Blob{R: k, Size: ki.Size()},
+		Initrd:  uki.Blob{R: bytes.NewReader(rd), Size: int64(len(rd))},
+	}, out, uki.Options{StripSymbols: true})
+	if err != nil {
+		t.Fatalf("uki.Assemble: %v", err)
+	}
+	return p
+}
+
+func TestBootQEMU(t *testing.T) {
+	mustTool(t, "qemu-system-x86_64")
+	dir := t.TempDir()
+	cmdline := "console=ttyS0 talos.platform=metal kiln.test=iso"
+	ukiPath := makeUKI(t, dir, cmdline)
+	// timeout 0: boot the default entry at once (Talos uses 10 s).
+	bt := newBootTree(t, dir, ukiPath, "# systemd-boot configuration\n\ntimeout 0\n\nsecure-boot-enroll off\n", nil)
+	img, l := buildISO(t, dir, bt, 0)
+	t.Logf("ISO %s: %+v (FAT16 ESP, El Torito count exact)", img, l)
+	// A FAT32 ESP over 32 MiB: El Torito sector count 0, "to the end of the volume".
+	dir32 := filepath.Join(dir, "fat32")
+	if err := os.Mkdir(dir32, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img32, l32 := buildISO(t, dir32, bt, 64<<20)
+	t.Logf("ISO %s: %+v (FAT32 ESP, El Torito count 0)", img32, l32)
+
+	usb := func(p string) []string {
+		return []string{"-drive", "if=none,id=stick,format=raw,file=" + p, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"}
+	}
+	for _, tc := range []struct {
+		name  string
+		media []string
+	}{
+		{"cdrom", []string{"-cdrom", img}},
+		{"usb-disk", usb(img)},
+		{"cdrom-fat32-esp", []string{"-cdrom", img32}},
+		{"usb-disk-fat32-esp", usb(img32)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
+			b, err := os.ReadFile(ovmfVars)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(vars, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args := append([]string{
+				"-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+				"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
+				"-drive", "if=pflash,format=raw,file=" + vars,
+			}, tc.media...)
+			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+			defer cancel()
+			start := time.Now()
+			cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			err = cmd.Run()
+			got := out.String()
+			line := ""
+			sc := bufio.NewScanner(strings.NewReader(got))
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), bootMarker) {
+					line = sc.Text()
+				}
+			}
+			if line == "" {
+				tail := got
+				if len(tail) > 4000 {
+					tail = tail[len(tail)-4000:]
+				}
+				t.Fatalf("no %s on serial after %s (err %v):\n%s", bootMarker, time.Since(start).Round(time.Second), err, tail)
+			}
+			if !strings.Contains(line, cmdline) {
+				t.Fatalf("booted with another command line: %s", line)
+			}
+			t.Logf("booted in %s: %s", time.Since(start).Round(100*time.Millisecond), line)
+		})
+	}
+}

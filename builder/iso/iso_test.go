@@ -1,0 +1,223 @@
+package iso_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kiln-dev/kiln/builder/iso"
+)
+
+func TestVolumeID(t *testing.T) {
+	for in, want := range map[string]string{
+		"v1.13.0":                     "TALOS_V1_13_0",
+		"v1.12.0-beta.1":              "TALOS_V1_12_0_BETA_1",
+		"v1.14.0+dirty/x":             "TALOS_V1_14_0DIRTYX",
+		"v1.14.0-alpha.0-84-gabcdefg": "TALOS_V1_14_0_ALPHA_0_84_GABCDEF",
+	} {
+		if got := iso.VolumeID(in); got != want {
+			t.Errorf("VolumeID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func fakeTree(t *testing.T, dir string) bootTree {
+	uki := filepath.Join(dir, "fake-uki.efi")
+	if err := os.WriteFile(uki, randBytes(1, 3<<20+5), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	extra := map[string][]byte{
+		"imagecache/blob/sha256-" + strings.Repeat("ab", 32):                randBytes(2, 70_001),
+		"imagecache/manifests/ghcr.io/siderolabs/kubelet/reference/v1.36.0": []byte(`{"schemaVersion":2}`),
+		"a/b/c/d/e/f/g/h/i/j/deep.txt":                                      []byte("ten levels deep\n"),
+		"exact-block":                                                       randBytes(3, 4096),
+		"empty":                                                             {},
+	}
+	return newBootTree(t, dir, uki, loaderConf, extra)
+}
+
+func TestWriteReaders(t *testing.T) {
+	for _, espMin := range []int64{0, 64 << 20} { // FAT16 ESP < 32 MiB; FAT32 ESP (El Torito count 0)
+		t.Run(fmt.Sprintf("esp%dMiB", espMin>>20), func(t *testing.T) {
+			dir := t.TempDir()
+			bt := fakeTree(t, dir)
+			img, l := buildISO(t, dir, bt, espMin)
+			t.Logf("layout %+v", l)
+
+			toc := run(t, "xorriso", "-indev", img, "-toc")
+			for _, want := range []string{"TALOS_V1_13_0", "El Torito"} {
+				if !strings.Contains(toc, want) {
+					t.Errorf("xorriso -toc lacks %q:\n%s", want, toc)
+				}
+			}
+			if strings.Contains(toc, "Joliet") {
+				t.Errorf("xorriso -toc reports Joliet:\n%s", toc)
+			}
+			find := run(t, "xorriso", "-indev", img, "-find", "/")
+			for _, want := range []string{"'/imagecache'", "'/EFI/BOOT/BOOTX64.EFI'", "'/EFI/Linux/Talos-v1.13.0.efi'", "'/loader/loader.conf'"} {
+				if !strings.Contains(find, want) {
+					t.Errorf("xorriso -find lacks %s:\n%s", want, find)
+				}
+			}
+			if strings.Contains(find, "placeholder") || strings.Contains(find, "boot.catalog") {
+				t.Errorf("xorriso -find shows hidden files:\n%s", find)
+			}
+			rep := run(t, "xorriso", "-indev", img, "-report_el_torito", "plain", "-report_system_area", "plain")
+			t.Logf("xorriso reports:\n%s", rep)
+			count := l.ESPSize / 512
+			if count > 0xFFFF {
+				count = 0
+			}
+			wantImg := fmt.Sprintf("El Torito boot img : 1 UEFI y none 0x0000 0x00 %d %d", count, l.ESPStart/2048)
+			if !strings.Contains(strings.Join(strings.Fields(rep), " "), wantImg) {
+				t.Errorf("El Torito report lacks %q", wantImg)
+			}
+			for _, want := range []string{"GPT", "ISO9660", "0xef"} {
+				if !strings.Contains(rep, want) {
+					t.Errorf("system area report lacks %q", want)
+				}
+			}
+
+			info := run(t, "isoinfo", "-d", "-i", img)
+			for _, want := range []string{"Volume id: TALOS_V1_13_0", "Rock Ridge signatures version 1 found", "El Torito VD version 1 found"} {
+				if !strings.Contains(info, want) {
+					t.Errorf("isoinfo -d lacks %q:\n%s", want, info)
+				}
+			}
+
+			if v := run(t, "sgdisk", "-v", img); !strings.Contains(v, "No problems found") {
+				t.Errorf("sgdisk -v:\n%s", v)
+			}
+			fd := run(t, "fdisk", "-l", img)
+			t.Logf("fdisk -l:\n%s", fd)
+
+			// The ESP partition, extracted, is a clean FAT.
+			part := filepath.Join(dir, "p2.img")
+			extract(t, img, part, l.ESPStart, l.ESPSize)
+			fsck := run(t, "fsck.vfat", "-n", part)
+			t.Logf("fsck.vfat -n p2:\n%s", fsck)
+			got := run(t, "mcopy", "-n", "-i", part, "::/loader/loader.conf", "-")
+			if got != loaderConf {
+				t.Errorf("loader.conf from the ESP partition = %q", got)
+			}
+
+			// Every file reads back byte-exact through xorriso.
+			out := filepath.Join(dir, "x")
+			run(t, "xorriso", "-osirrox", "on", "-indev", img, "-extract", "/", out)
+			for p, want := range bt.bytes {
+				got, err := os.ReadFile(filepath.Join(out, p))
+				if err != nil {
+					t.Fatalf("extracted %s: %v", p, err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("extracted %s: %d bytes differ from the %d written", p, len(got), len(want))
+				}
+			}
+			// The staging directory is gone.
+			if m, _ := filepath.Glob(filepath.Join(dir, ".kiln-iso-*")); len(m) != 0 {
+				t.Fatalf("staging directory left behind: %v", m)
+			}
+		})
+	}
+}
+
+func extract(t *testing.T, img, dst string, off, size int64) {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, size)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReproducible(t *testing.T) {
+	dir := t.TempDir()
+	bt := fakeTree(t, dir)
+	a, _ := buildISO(t, dir, bt, 0)
+	ab, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir2 := t.TempDir()
+	b, _ := buildISO(t, dir2, bt, 0)
+	bb, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(ab, bb) {
+		for i := range ab {
+			if ab[i] != bb[i] {
+				t.Fatalf("two builds differ, first at byte %d (block %d)", i, i/2048)
+			}
+		}
+		t.Fatal("two builds differ in length")
+	}
+}
+
+func TestWriteErrors(t *testing.T) {
+	dir := t.TempDir()
+	espPath := filepath.Join(dir, "esp.img")
+	if err := os.WriteFile(espPath, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	never := func() (io.ReadCloser, error) { t.Fatal("Open called"); return nil, nil }
+	f, err := os.Create(filepath.Join(dir, "out.iso"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, tc := range []struct {
+		name string
+		p    iso.Params
+		want error
+	}{
+		{"4GiB", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "big", Size: 1 << 32, Open: never}}}, iso.ErrFileTooLarge},
+		{"longroot", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: strings.Repeat("n", 128), Open: never}}}, iso.ErrInvalidPath},
+		{"reserved", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "imagecache", Open: never}}}, iso.ErrInvalidPath},
+		{"abs", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "/x", Open: never}}}, iso.ErrInvalidPath},
+		{"lowercase", iso.Params{VolumeID: "talos", ESP: espPath}, iso.ErrInvalidVolumeID},
+		{"volid33", iso.Params{VolumeID: strings.Repeat("A", 33), ESP: espPath}, iso.ErrInvalidVolumeID},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := iso.Write(context.Background(), f, tc.p); !errors.Is(err, tc.want) {
+				t.Fatalf("Write: err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	t.Run("cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		data := []byte("x")
+		_, err := iso.Write(ctx, f, iso.Params{VolumeID: "X", ESP: espPath, TempDir: dir, Files: []iso.File{{Path: "x", Size: 1,
+			Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }}}})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, ".kiln-iso-*")); len(m) != 0 {
+			t.Fatalf("staging directory left behind: %v", m)
+		}
+	})
+}

@@ -1,0 +1,216 @@
+package iso
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"time"
+)
+
+// volumeDescriptors is what the post-Finalize passes need from the volume
+// descriptor set.
+type volumeDescriptors struct {
+	pvdBlock     int64
+	bootBlock    int64 // 0: none
+	volumeBlocks uint32
+	catalogBlock uint32
+}
+
+func readVolumeDescriptors(f *os.File) (*volumeDescriptors, error) {
+	vd := &volumeDescriptors{}
+	b := make([]byte, blockSize)
+	for blk := int64(16); blk < 64; blk++ {
+		if _, err := f.ReadAt(b, blk*blockSize); err != nil {
+			return nil, fmt.Errorf("iso: read volume descriptor %d: %w", blk, err)
+		}
+		if string(b[1:6]) != "CD001" {
+			return nil, fmt.Errorf("iso: block %d is not a volume descriptor", blk)
+		}
+		switch b[0] {
+		case 0:
+			vd.bootBlock = blk
+			vd.catalogBlock = binary.LittleEndian.Uint32(b[0x47:])
+		case 1:
+			vd.pvdBlock = blk
+			vd.volumeBlocks = binary.LittleEndian.Uint32(b[80:])
+		case 2:
+			return nil, fmt.Errorf("iso: unexpected supplementary (Joliet) volume descriptor")
+		case 255:
+			if vd.pvdBlock == 0 || vd.bootBlock == 0 {
+				return nil, fmt.Errorf("iso: no primary or boot record volume descriptor")
+			}
+			return vd, nil
+		}
+	}
+	return nil, fmt.Errorf("iso: no volume descriptor set terminator")
+}
+
+// patchElTorito points the single catalog entry at the appended ESP and
+// makes the volume space cover the whole image: with a sector count below
+// 2, EDK2 takes the boot image to run from its LBA to the end of the
+// volume space (ElTorito.c), so it must not end before the ESP.
+func patchElTorito(f *os.File, vd *volumeDescriptors, l Layout) error {
+	cat := make([]byte, blockSize)
+	off := int64(vd.catalogBlock) * blockSize
+	if _, err := f.ReadAt(cat, off); err != nil {
+		return fmt.Errorf("iso: read boot catalog: %w", err)
+	}
+	e := cat[32:64]
+	if cat[0] != 1 || e[0] != 0x88 || e[1] != 0 {
+		return fmt.Errorf("iso: unexpected boot catalog from go-diskfs")
+	}
+	count := l.ESPSize / sectorSize
+	if count > 0xFFFF {
+		count = 0 // "to the end of the volume": see above
+	}
+	binary.LittleEndian.PutUint16(e[6:], uint16(count))
+	binary.LittleEndian.PutUint32(e[8:], uint32(l.ESPStart/blockSize))
+	if _, err := f.WriteAt(cat, off); err != nil {
+		return fmt.Errorf("iso: write boot catalog: %w", err)
+	}
+	blocks := uint32(l.Size / blockSize)
+	var both [8]byte
+	binary.LittleEndian.PutUint32(both[0:], blocks)
+	binary.BigEndian.PutUint32(both[4:], blocks)
+	if _, err := f.WriteAt(both[:], vd.pvdBlock*blockSize+80); err != nil {
+		return fmt.Errorf("iso: write volume size: %w", err)
+	}
+	vd.volumeBlocks = blocks
+	return nil
+}
+
+// normalize sets every time stamp of the ISO9660 structures to t.
+func normalize(f *os.File, vd *volumeDescriptors, l Layout, t time.Time) error {
+	if t.IsZero() || t.Year() < 1980 {
+		t = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
+	}
+	t = t.UTC()
+	rec := []byte{byte(t.Year() - 1900), byte(t.Month()), byte(t.Day()), byte(t.Hour()), byte(t.Minute()), byte(t.Second()), 0}
+	dec := []byte(t.Format("20060102150405") + "00\x00")
+	unset := []byte("0000000000000000\x00")
+
+	pvd := make([]byte, blockSize)
+	if _, err := f.ReadAt(pvd, vd.pvdBlock*blockSize); err != nil {
+		return fmt.Errorf("iso: read PVD: %w", err)
+	}
+	copy(pvd[813:], dec)   // creation
+	copy(pvd[830:], dec)   // modification
+	copy(pvd[847:], unset) // expiration: go-diskfs writes "now"
+	copy(pvd[864:], unset) // effective
+	root := pvd[156 : 156+34]
+	copy(root[18:25], rec)
+	if _, err := f.WriteAt(pvd, vd.pvdBlock*blockSize); err != nil {
+		return fmt.Errorf("iso: write PVD: %w", err)
+	}
+
+	n := &normalizer{f: f, rec: rec, limit: l.ISOSize, seen: map[uint32]bool{}}
+	return n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:]))
+}
+
+type normalizer struct {
+	f     *os.File
+	rec   []byte
+	limit int64
+	seen  map[uint32]bool
+}
+
+func (n *normalizer) dir(lba, size uint32) error {
+	if n.seen[lba] {
+		return nil
+	}
+	n.seen[lba] = true
+	off := int64(lba) * blockSize
+	if off+int64(size) > n.limit {
+		return fmt.Errorf("iso: directory at block %d beyond the volume", lba)
+	}
+	d := make([]byte, size)
+	if _, err := n.f.ReadAt(d, off); err != nil {
+		return fmt.Errorf("iso: read directory: %w", err)
+	}
+	type sub struct{ lba, size uint32 }
+	var subs []sub
+	for i := 0; i < len(d); {
+		l := int(d[i])
+		if l == 0 { // records do not cross blocks: skip to the next one
+			i = (i/blockSize + 1) * blockSize
+			continue
+		}
+		if l < 34 || i+l > len(d) {
+			return fmt.Errorf("iso: bad directory record at block %d+%d", lba, i)
+		}
+		r := d[i : i+l]
+		copy(r[18:25], n.rec)
+		nameLen := int(r[32])
+		su := 33 + nameLen
+		if nameLen%2 == 0 {
+			su++
+		}
+		if su < l {
+			if err := n.susp(r[su:]); err != nil {
+				return err
+			}
+		}
+		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
+		if r[25]&2 != 0 && !isDot {
+			subs = append(subs, sub{binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:])})
+		}
+		i += l
+	}
+	if _, err := n.f.WriteAt(d, off); err != nil {
+		return fmt.Errorf("iso: write directory: %w", err)
+	}
+	for _, s := range subs {
+		if err := n.dir(s.lba, s.size); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// susp rewrites the TF entries of a System Use area, following CE
+// continuation areas.
+func (n *normalizer) susp(b []byte) error {
+	for i := 0; i+4 <= len(b); {
+		sig, l := string(b[i:i+2]), int(b[i+2])
+		if l < 4 || i+l > len(b) {
+			return nil // padding
+		}
+		e := b[i : i+l]
+		switch sig {
+		case "TF":
+			size := 7
+			if e[4]&0x80 != 0 {
+				size = 17
+			}
+			for p := 5; p+size <= len(e); p += size {
+				if size == 7 {
+					copy(e[p:p+7], n.rec)
+				} else {
+					return fmt.Errorf("iso: long-form Rock Ridge TF not expected")
+				}
+			}
+		case "CE":
+			blk := binary.LittleEndian.Uint32(e[4:])
+			at := binary.LittleEndian.Uint32(e[12:])
+			cl := binary.LittleEndian.Uint32(e[20:])
+			off := int64(blk)*blockSize + int64(at)
+			if off+int64(cl) > n.limit {
+				return fmt.Errorf("iso: continuation area beyond the volume")
+			}
+			c := make([]byte, cl)
+			if _, err := n.f.ReadAt(c, off); err != nil {
+				return fmt.Errorf("iso: read continuation area: %w", err)
+			}
+			if err := n.susp(c); err != nil {
+				return err
+			}
+			if _, err := n.f.WriteAt(c, off); err != nil {
+				return fmt.Errorf("iso: write continuation area: %w", err)
+			}
+		case "ST":
+			return nil
+		}
+		i += l
+	}
+	return nil
+}

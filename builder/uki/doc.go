@@ -1,0 +1,39 @@
+// Package uki assembles a Unified Kernel Image: a systemd-stub EFI program
+// (x86_64 or aarch64) with the kernel, initramfs, command line and
+// os-release appended as PE sections, in pure Go.
+//
+// Section order follows the Talos imager: the stub's own sections (with its
+// .sbat), then .osrel .cmdline .uname [.splash] [.pcrpkey] .linux .initrd,
+// then optional .profile/.cmdline pairs (multi-profile UKIs, systemd >= 257;
+// off by default because older stubs, such as Debian 12's systemd 252, boot
+// the last .cmdline they find). New sections get consecutive virtual
+// addresses after the stub's image, aligned to the stub's SectionAlignment,
+// and file offsets aligned to its FileAlignment; SizeOfImage,
+// SizeOfInitializedData, SizeOfHeaders, NumberOfSections and CheckSum are
+// fixed up.
+//
+// The kernel and initramfs are streamed from io.Readers in 1 MiB chunks and
+// never held in memory; only the stub (tens of KiB) is read whole.
+//
+// What is changed in the stub and why:
+//
+//   - A COFF symbol table (Debian's stub has one) is refused with
+//     ErrSymbolTable unless Options.StripSymbols is set. Stripping clears
+//     PointerToSymbolTable and NumberOfSymbols and drops the table and its
+//     string table, which sit after the last section's raw data; it is
+//     refused if a section name refers to the string table ("/n" names).
+//   - An Authenticode signature (the Security data directory) is dropped: it
+//     would not match the new image, which must be signed afterwards.
+//   - Bytes after the last section's raw data (symbols, signature, any other
+//     overlay) are not copied.
+//   - If the section table outgrows SizeOfHeaders, the headers are enlarged
+//     by whole FileAlignment units and every raw-data pointer (sections and
+//     debug directory entries) is moved by the same amount; virtual
+//     addresses never change.
+//
+// CheckSum: Assemble computes the PE checksum while writing. When the
+// destination implements io.WriterAt (an *os.File positioned at offset 0,
+// for instance) the final value is written into the header at the end;
+// otherwise the header carries 0 ("not computed", which UEFI accepts) and the
+// value is returned in Result.
+package uki

@@ -1,0 +1,89 @@
+// Package testfixture locates the Debian parts tests boot and read: the
+// linux-image package unpacked by `make e2e-tools` (or KILN_E2E_KERNEL),
+// systemd-boot-efi, busybox-static and OVMF.
+package testfixture
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// KernelDir is the root of the unpacked linux-image package: KILN_E2E_KERNEL,
+// else <repo>/_e2e/kernel.
+func KernelDir() string {
+	if d := os.Getenv("KILN_E2E_KERNEL"); d != "" {
+		return d
+	}
+
+	dir, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "_e2e", "kernel")
+		}
+
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+
+		dir = parent
+	}
+}
+
+// Kernel is the path of the fixture's vmlinuz, or "" if it is not there.
+func Kernel() string {
+	m, _ := filepath.Glob(filepath.Join(KernelDir(), "boot", "vmlinuz-*"))
+	if len(m) != 1 {
+		return ""
+	}
+
+	return m[0]
+}
+
+// ModulesDir is lib/modules/<version> of the fixture kernel.
+func ModulesDir() string {
+	m, _ := filepath.Glob(filepath.Join(KernelDir(), "lib", "modules", "*"))
+	if len(m) != 1 {
+		return ""
+	}
+
+	return m[0]
+}
+
+// Require stops the test when a fixture file is missing: a failure under
+// make (KILN_REQUIRE_FIXTURES=1, so CI never silently skips), a skip for a
+// plain `go test` on a machine without them.
+func Require(tb testing.TB, paths ...string) {
+	tb.Helper()
+
+	for _, p := range paths {
+		if _, err := os.Stat(p); p == "" || err != nil {
+			if os.Getenv("KILN_REQUIRE_FIXTURES") == "1" {
+				tb.Fatalf("test fixture %q missing (make e2e-tools installs it): %v", p, err)
+			}
+
+			tb.Skipf("test fixture %q missing; run make e2e-tools", p)
+		}
+	}
+}
+
+// RequireTool is Require for a command on PATH.
+func RequireTool(tb testing.TB, names ...string) {
+	tb.Helper()
+
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			if os.Getenv("KILN_REQUIRE_FIXTURES") == "1" {
+				tb.Fatalf("%s is not installed (make e2e-tools installs it): %v", n, err)
+			}
+
+			tb.Skipf("%s is not installed; run make e2e-tools", n)
+		}
+	}
+}
