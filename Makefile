@@ -21,7 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate lint fmt vet staticcheck buf-lint \
-        test unit integration e2e bench fuzz tools e2e-tools registry-process e2e-debs clean
+        test unit integration e2e bench fuzz tools e2e-tools registry-process e2e-debs compare-talosctl clean
 
 all: build
 
@@ -114,6 +114,26 @@ E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DO
 
 e2e: build e2e-tools
 	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
+	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e cosigncli' -count=1 -timeout 20m \
+		./signing/... ./mirror/... ./imagecache/... ./builder/...
+
+# Talos's own image-cache writer (pkg/imager/cache.Generate, what
+# `talosctl images cache-create` runs), built from the Talos module for the
+# file-for-file comparison in imagecache/talosctl_test.go. By hand: the full
+# talosctl does not build from the module proxy (some of its modules are not
+# served), and this takes minutes.
+TALOS_VERSION := v1.13.9
+TALOSCTL_CACHE := $(TOOLS)/talosctl-cache
+
+$(TALOSCTL_CACHE): hack/talosctl-cache/main.go.txt
+	rm -rf _tools/talos-src && mkdir -p _tools
+	src=$$($(GO) mod download -json github.com/siderolabs/talos@$(TALOS_VERSION) | sed -n 's/.*"Dir": "\(.*\)",/\1/p') && \
+		cp -r "$$src" _tools/talos-src && chmod -R u+w _tools/talos-src
+	mkdir -p _tools/talos-src/cmd/talosctl-cache && cp hack/talosctl-cache/main.go.txt _tools/talos-src/cmd/talosctl-cache/main.go
+	cd _tools/talos-src && $(GO) build -o $(TALOSCTL_CACHE) ./cmd/talosctl-cache
+
+compare-talosctl: $(TALOSCTL_CACHE) e2e-tools
+	TALOSCTL=$(TALOSCTL_CACHE) $(E2E_ENV) $(GO) test -tags 'integration talosctl' -count=1 -v -run Talosctl ./imagecache/...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

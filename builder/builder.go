@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
@@ -159,6 +161,12 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 		return p, nil // extensions do not change these
 	}
 
+	if ic := sc.Customization.ImageCache; ic.Enabled() && (out.Kind == KindISO || out.Kind == KindDisk) {
+		if err := b.planImageCache(ctx, p, ic); err != nil {
+			return nil, err
+		}
+	}
+
 	if names := sc.Customization.SystemExtensions.OfficialExtensions; len(names) > 0 {
 		catalog, err := b.deps.Releases.Extensions(ctx, version)
 		if err != nil {
@@ -190,6 +198,42 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 	}
 
 	return p, nil
+}
+
+// planImageCache resolves every image of the schematic's image cache in
+// the mirror and verifies it, so that a missing image or platform fails the
+// request, naming it, before anything is built.
+func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.ImageCache) error {
+	var refs []string
+
+	if ic.Kubernetes {
+		k8s, err := mirror.KubernetesImages(p.Version)
+		if err != nil {
+			return &UnsupportedError{What: fmt.Sprintf("the Kubernetes image list of Talos %s (%v)", p.Version, err)}
+		}
+
+		refs = append(refs, k8s...)
+	}
+
+	refs = append(refs, ic.Images...)
+
+	opts := imagecache.DefaultOptions()
+	opts.Layout = imagecache.Flat
+	opts.Platforms = ic.Platforms
+
+	if len(opts.Platforms) == 0 {
+		opts.Platforms = []string{"linux/" + p.Output.Arch}
+	}
+
+	cp, err := imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
+		imagecache.VerifierFunc(b.deps.Releases.Verify), opts)
+	if err != nil {
+		return fmt.Errorf("image cache: %w", err)
+	}
+
+	p.ImageCache, p.cachePlan, p.cacheOpts = cp.ID(), cp, opts
+
+	return nil
 }
 
 // supportedSchematic refuses what kiln would otherwise silently build

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 )
@@ -30,12 +31,17 @@ type Plan struct {
 	Output      Output      `json:"output"`
 	Imager      string      `json:"imager"`
 	Extensions  []PlanInput `json:"extensions,omitempty"`
-	Epoch       int64       `json:"epoch"`
-	FactoryURL  string      `json:"factoryURL"`
-	schematic   *schematic.Schematic
-	canonical   []byte
-	imagerRef   name.Digest
-	extRefs     []name.Digest
+	// ImageCache is the ID of the resolved image cache (every image by
+	// digest), for ISOs and disks of schematics that ask for one.
+	ImageCache string `json:"imageCache,omitempty"`
+	Epoch      int64  `json:"epoch"`
+	FactoryURL string `json:"factoryURL"`
+	schematic  *schematic.Schematic
+	canonical  []byte
+	imagerRef  name.Digest
+	extRefs    []name.Digest
+	cachePlan  *imagecache.Plan
+	cacheOpts  imagecache.Options
 }
 
 // PlanInput is one verified input image.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,10 +14,12 @@ import (
 	"github.com/kiln-dev/kiln/builder/compress"
 	"github.com/kiln-dev/kiln/builder/disk"
 	"github.com/kiln-dev/kiln/builder/esp"
+	"github.com/kiln-dev/kiln/builder/ext4"
 	"github.com/kiln-dev/kiln/builder/initramfs"
 	"github.com/kiln-dev/kiln/builder/iso"
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/builder/uki"
+	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -278,6 +281,19 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
 	}
 
+	// The image cache goes under /imagecache/ of a volume labelled TALOS_*,
+	// where Talos looks for it (talos-formats §3.6, §5.2).
+	if cacheDir, err := j.imageCache(ctx); err != nil {
+		return err
+	} else if cacheDir != "" {
+		cached, err := treeFiles(cacheDir, "imagecache/")
+		if err != nil {
+			return err
+		}
+
+		tree = append(tree, cached...)
+	}
+
 	j.emit(Event{Phase: "assemble", Message: "ISO"})
 
 	if _, err := iso.Write(ctx, out, iso.Params{
@@ -314,6 +330,20 @@ func (j *job) disk(ctx context.Context, w storage.AssetWriter) error {
 		params.META = bytes.NewReader(part)
 	}
 
+	// The image cache is an ext4 IMAGECACHE partition after META, sized
+	// as Talos sizes it; the disk grows by as much (talos-formats §4.7).
+	if cacheDir, err := j.imageCache(ctx); err != nil {
+		return err
+	} else if cacheDir != "" {
+		part, err := ext4.Partition(cacheDir)
+		if err != nil {
+			return fmt.Errorf("image cache partition: %w", err)
+		}
+
+		params.Extra = append(params.Extra, part)
+		params.Size = disk.SDBootDiskSize + part.Size
+	}
+
 	raw := w.File()
 
 	if p.Output.Compression != "" {
@@ -340,6 +370,56 @@ func (j *job) disk(ctx context.Context, w storage.AssetWriter) error {
 	j.emit(Event{Phase: "compress", Message: p.Output.Compression})
 
 	return compress.Compress(ctx, w, raw, compress.Format(p.Output.Compression), compress.Options{})
+}
+
+// imageCache writes the plan's image cache tree into the scratch directory
+// and returns it, or "" when the schematic asks for none.
+func (j *job) imageCache(ctx context.Context) (string, error) {
+	p := j.p
+	if p.cachePlan == nil {
+		return "", nil
+	}
+
+	dir := filepath.Join(j.tmp, "imagecache")
+	opts := p.cacheOpts
+	opts.Progress = func(e imagecache.Event) {
+		j.emit(Event{Phase: "fetch", Artifact: e.Image, Message: "image cache: " + string(e.Phase), Done: e.Done, Total: e.Total})
+	}
+
+	j.emit(Event{Phase: "fetch", Message: fmt.Sprintf("image cache of %d images", len(p.cachePlan.Images()))})
+
+	if _, err := imagecache.Write(ctx, p.cachePlan, dir, opts); err != nil {
+		return "", fmt.Errorf("image cache: %w", err)
+	}
+
+	return dir, nil
+}
+
+// treeFiles lists the regular files under root as ISO files under prefix.
+func treeFiles(root, prefix string) ([]iso.File, error) {
+	var files []iso.File
+
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return err
+		}
+
+		files = append(files, iso.File{Path: prefix + filepath.ToSlash(rel), Size: info.Size(), Source: path})
+
+		return nil
+	})
+
+	return files, err
 }
 
 func metaValues(p *Plan) []meta.Value {

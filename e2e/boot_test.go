@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,12 @@ const bootSchematic = `customization:
     - {key: 0xc, value: kiln-meta-proof}
   systemExtensions:
     officialExtensions: [siderolabs/gvisor, siderolabs/i915]
+`
+
+// cacheSchematic is bootSchematic with an image cache of the version's
+// Kubernetes images embedded (issue 5).
+const cacheSchematic = bootSchematic + `  imageCache:
+    kubernetes: true
 `
 
 func download(t *testing.T, client *http.Client, url, dst string) {
@@ -82,28 +89,55 @@ func TestBootProof(t *testing.T) {
 	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
 	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--arch", "amd64",
-		"--kubernetes=false", "--trust-policy", policy); err != nil {
+		"--trust-policy", policy); err != nil {
 		t.Fatalf("kiln mirror: %v\n%s", err, out)
 	}
 
 	client := &http.Client{Timeout: 10 * time.Minute}
 
-	code, _, body := httpDo(t, client, "POST", "http://"+k.addr+"/schematics", bootSchematic)
-	if code != 201 {
-		t.Fatalf("create schematic = %d %s", code, body)
+	create := func(body string) string {
+		code, _, resp := httpDo(t, client, "POST", "http://"+k.addr+"/schematics", body)
+		if code != 201 {
+			t.Fatalf("create schematic = %d %s", code, resp)
+		}
+
+		var created struct{ ID string }
+		if err := json.Unmarshal([]byte(resp), &created); err != nil {
+			t.Fatal(err)
+		}
+
+		return created.ID
 	}
 
-	var created struct{ ID string }
-	if err := json.Unmarshal([]byte(body), &created); err != nil {
-		t.Fatal(err)
-	}
+	plain, cached := create(bootSchematic), create(cacheSchematic)
 
 	dir := t.TempDir()
-	base := "http://" + k.addr + "/image/" + created.ID + "/v1.13.0/"
-	iso, raw := filepath.Join(dir, "metal-amd64.iso"), filepath.Join(dir, "metal-amd64.raw")
+	iso := filepath.Join(dir, "metal-amd64.iso")
+	cacheISO, raw := filepath.Join(dir, "metal-amd64-cache.iso"), filepath.Join(dir, "metal-amd64-cache.raw")
 
-	download(t, client, base+"metal-amd64.iso", iso)
-	download(t, client, base+"metal-amd64.raw", raw)
+	download(t, client, "http://"+k.addr+"/image/"+plain+"/v1.13.0/metal-amd64.iso", iso)
+	download(t, client, "http://"+k.addr+"/image/"+cached+"/v1.13.0/metal-amd64.iso", cacheISO)
+	download(t, client, "http://"+k.addr+"/image/"+cached+"/v1.13.0/metal-amd64.raw.zst", raw+".zst")
+	run(t, "zstd", "-d", "-q", raw+".zst", "-o", raw)
+
+	// What a node's registryd would serve: the manifests of the
+	// Kubernetes images, under their upstream names.
+	wantCached := []string{"manifests/registry.k8s.io/kube-apiserver/reference/v1.36.0", "manifests/ghcr.io/siderolabs/kubelet/reference/v1.36.0"}
+
+	checkCache := func(t *testing.T, console, key string) {
+		t.Helper()
+
+		listing := consoleLine(console, key)
+		for _, want := range wantCached {
+			if !strings.Contains(listing, want) {
+				t.Errorf("the guest's image cache lacks %s: %q", want, tail(listing, 400))
+			}
+		}
+
+		if t.Failed() {
+			t.Logf("console:\n%s", tail(console, 3000))
+		}
+	}
 
 	checkConsole := func(t *testing.T, console string, wantMETAPartition bool) {
 		t.Helper()
@@ -149,19 +183,21 @@ func TestBootProof(t *testing.T) {
 		}
 	})
 
-	t.Run("iso as usb stick", func(t *testing.T) {
+	t.Run("iso with image cache as usb stick", func(t *testing.T) {
 		console := qemu(t, 4*time.Minute, true,
-			"-drive", "if=none,id=stick,format=raw,readonly=on,file="+iso, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick")
+			"-drive", "if=none,id=stick,format=raw,readonly=on,file="+cacheISO, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick")
 		checkConsole(t, console, false)
+		checkCache(t, console, "IMAGECACHE-ISO")
 
 		if disks := consoleLine(console, "DISKS"); !strings.Contains(disks, "sd") {
 			t.Errorf("the guest did not see its USB stick: %q", disks)
 		}
 	})
 
-	t.Run("raw disk", func(t *testing.T) {
+	t.Run("raw disk with image cache", func(t *testing.T) {
 		console := qemu(t, 4*time.Minute, true, "-drive", "file="+raw+",format=raw,if=virtio")
 		checkConsole(t, console, true)
+		checkCache(t, console, "IMAGECACHE-DISK")
 
 		if disks := consoleLine(console, "DISKS"); !strings.Contains(disks, "vda") {
 			t.Errorf("the guest did not see its disk: %q", disks)
@@ -183,10 +219,47 @@ func TestBootProof(t *testing.T) {
 			t.Errorf("sgdisk -v:\n%s", out)
 		}
 
-		if out := run(t, "sgdisk", "-p", raw); !strings.Contains(out, "META") || !strings.Contains(out, "EFI") {
-			t.Errorf("sgdisk -p: no EFI and META partitions:\n%s", out)
+		if out := run(t, "sgdisk", "-p", raw); !strings.Contains(out, "META") || !strings.Contains(out, "EFI") || !strings.Contains(out, "IMAGECACHE") {
+			t.Errorf("sgdisk -p: no EFI, META and IMAGECACHE partitions:\n%s", out)
+		}
+
+		// The IMAGECACHE partition, cut out of the disk, is clean ext4
+		// labelled IMAGECACHE.
+		part := filepath.Join(dir, "imagecache.img")
+		start, size := partitionExtent(t, raw, "IMAGECACHE")
+		run(t, "dd", "if="+raw, "of="+part, "bs=1M", "iflag=skip_bytes,count_bytes", "skip="+start, "count="+size, "status=none")
+		run(t, "e2fsck", "-fn", part)
+
+		if out := run(t, "blkid", part); !strings.Contains(out, `LABEL="IMAGECACHE"`) || !strings.Contains(out, `TYPE="ext4"`) {
+			t.Errorf("blkid on IMAGECACHE: %s", out)
+		}
+
+		if out := run(t, "isoinfo", "-R", "-f", "-i", cacheISO); !strings.Contains(out, "/imagecache/manifests/registry.k8s.io/kube-apiserver/reference/v1.36.0") {
+			t.Errorf("the ISO has no /imagecache tree:\n%s", tail(out, 2000))
 		}
 	})
+}
+
+// partitionExtent returns the byte offset and size of a named partition
+// as sgdisk reports them (512-byte sectors).
+func partitionExtent(t *testing.T, image, name string) (string, string) {
+	t.Helper()
+
+	for _, line := range strings.Split(run(t, "sgdisk", "-p", image), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 7 && f[len(f)-1] == name {
+			first, err1 := strconv.ParseInt(f[1], 10, 64)
+			last, err2 := strconv.ParseInt(f[2], 10, 64)
+
+			if err1 == nil && err2 == nil {
+				return strconv.FormatInt(first*512, 10), strconv.FormatInt((last-first+1)*512, 10)
+			}
+		}
+	}
+
+	t.Fatalf("no partition %s on %s", name, image)
+
+	return "", ""
 }
 
 // parseADV reads the entries of a Talos ADV from the start of a META

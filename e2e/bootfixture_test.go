@@ -53,6 +53,27 @@ for p in /sys/class/block/*; do
     echo "KILN-META: $(dd if=/dev/$(basename $p) bs=512 count=8 2>/dev/null | base64 | tr -d '\n')"
   fi
 done
+# The image cache, found the way Talos finds it: a partition labelled
+# IMAGECACHE (ext4), or an iso9660/vfat volume whose label starts TALOS_.
+mkdir -p /cache
+dev=$(findfs LABEL=IMAGECACHE 2>/dev/null)
+if [ -n "$dev" ]; then
+  if mount -t ext4 -o ro "$dev" /cache; then
+    echo "KILN-IMAGECACHE-DISK: $(cd /cache && find manifests -type f | sort | tr '\n' ' ')"
+    umount /cache
+  else
+    echo "KILN-IMAGECACHE-MOUNT-FAILED: $dev $(dmesg | tail -3 | tr '\n' ' ')"
+  fi
+fi
+for b in /sys/block/*; do
+  d=/dev/$(basename $b)
+  if mount -t iso9660 -o ro "$d" /cache 2>/dev/null; then
+    if [ -d /cache/imagecache ]; then
+      echo "KILN-IMAGECACHE-ISO: $(cd /cache/imagecache && find manifests -type f 2>/dev/null | sort | tr '\n' ' ')"
+    fi
+    umount /cache
+  fi
+done
 echo "KILN-BOOT-DONE"
 poweroff -f
 `
@@ -60,7 +81,7 @@ poweroff -f
 // bootModules are the drivers the fixture loads to see its boot medium:
 // virtio disks, AHCI CD-ROMs (q35) and USB sticks on xhci. The Debian
 // kernel builds them as modules; their dependencies come from .modinfo.
-var bootModules = []string{"virtio_pci", "virtio_blk", "ahci", "sr_mod", "sd_mod", "xhci_pci", "usb_storage", "uas"}
+var bootModules = []string{"virtio_pci", "virtio_blk", "ahci", "sr_mod", "sd_mod", "xhci_pci", "usb_storage", "uas", "isofs", "crc32c_generic", "ext4"}
 
 type bootInputs struct {
 	kernelDir string // root of the unpacked linux-image deb

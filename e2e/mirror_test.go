@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/testrelease"
 )
@@ -170,6 +172,53 @@ func TestMirror(t *testing.T) {
 
 		if _, err := exec.Command(crane, "manifest", "--platform", "linux/arm64", amd64.addr+"/siderolabs/imager:v1.13.0").CombinedOutput(); err == nil {
 			t.Error("arm64 child was copied although only amd64 was selected")
+		}
+	})
+
+	t.Run("image cache from the mirror", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "cache")
+
+		res, err := kilnRun(t, "cache", "create", "--mirror", k.addr, "--kubernetes", "v1.13.0", "--layout", "flat",
+			"--platform", "linux/amd64", "--output", out, "--trust-policy", policy)
+		if err != nil || !strings.Contains(res, "image cache ") {
+			t.Fatalf("kiln cache create: %v\n%s", err, res)
+		}
+
+		for _, f := range []string{"manifests/registry.k8s.io/kube-apiserver/reference/v1.36.0", "manifests/ghcr.io/siderolabs/kubelet/reference/v1.36.0"} {
+			if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+				t.Errorf("cache tree lacks %s: %v", f, err)
+			}
+		}
+
+		// Served by the rules a node's registryd uses, crane pulls every
+		// image back with the digest it has in the source registry.
+		srv := httptest.NewServer(imagecache.Handler(out))
+		defer srv.Close()
+
+		host := strings.TrimPrefix(srv.URL, "http://")
+
+		for _, d := range rel.KubernetesImages {
+			path := d.Context().RepositoryStr()
+			if got := strings.TrimSpace(run(t, crane, "digest", host+"/"+path+"@"+d.DigestStr())); got != d.DigestStr() {
+				t.Errorf("crane digest of %s from the cache = %s, want %s", path, got, d.DigestStr())
+			}
+		}
+
+		// A missing image fails before anything is written, naming it.
+		missing := filepath.Join(t.TempDir(), "missing")
+		images := filepath.Join(t.TempDir(), "images.txt")
+
+		if err := os.WriteFile(images, []byte("registry.k8s.io/no-such-image:v1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+
+		res, err = kilnRun(t, "cache", "create", "--mirror", k.addr, "--images", images, "--output", missing, "--trust-policy", policy)
+		if err == nil || !strings.Contains(res, "registry.k8s.io/no-such-image:v1") {
+			t.Fatalf("cache of a missing image: %v\n%s", err, res)
+		}
+
+		if _, err := os.Stat(missing); !os.IsNotExist(err) {
+			t.Errorf("a failed cache create left %s behind (%v)", missing, err)
 		}
 	})
 

@@ -42,7 +42,27 @@ type Customization struct {
 	SecureBoot SecureBoot `yaml:"secureboot,omitempty"`
 	// DiskImage customises disk images.
 	DiskImage DiskImage `yaml:"diskImage,omitempty"`
+	// ImageCache embeds container images into ISOs and disk images, so a
+	// node boots and installs with no registry. It is kiln's own section:
+	// a schematic that omits it keeps the public factory's ID, one that uses
+	// it has an ID of its own (and is refused by the public factory).
+	ImageCache ImageCache `yaml:"imageCache,omitempty"`
 }
+
+// ImageCache says which images an ISO or disk image carries.
+type ImageCache struct {
+	// Kubernetes adds the Kubernetes images of the target Talos version
+	// (what `talosctl images default` lists for it).
+	Kubernetes bool `yaml:"kubernetes,omitempty"`
+	// Images are more image references, e.g. "docker.io/library/nginx:1.27".
+	Images []string `yaml:"images,omitempty"`
+	// Platforms are the cached platforms ("linux/amd64", "all"); empty
+	// means the architecture of the asset being built.
+	Platforms []string `yaml:"platforms,omitempty"`
+}
+
+// Enabled reports whether the schematic asks for an image cache.
+func (c ImageCache) Enabled() bool { return c.Kubernetes || len(c.Images) > 0 }
 
 // MetaValue is one META key and its value.
 type MetaValue struct {

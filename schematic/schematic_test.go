@@ -219,3 +219,46 @@ func TestBootloaderText(t *testing.T) {
 		t.Errorf(`ParseBootloader("none") = %v, want auto`, got)
 	}
 }
+
+func TestImageCacheSection(t *testing.T) {
+	// Absent, or present but empty, the section changes no public-factory ID.
+	for _, v := range vectors {
+		s, err := schematic.Parse([]byte(v.in))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if s.Customization.ImageCache.Enabled() {
+			t.Fatalf("%s: image cache enabled", v.name)
+		}
+	}
+
+	empty, err := schematic.Parse([]byte("customization: {imageCache: {images: [], platforms: []}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if id, _ := empty.ID(); id != vectors[0].id {
+		t.Errorf("an empty imageCache section changed the ID to %s", id)
+	}
+
+	s, err := schematic.Parse([]byte("customization:\n  extraKernelArgs: [noapic, nolapic]\n  imageCache:\n    kubernetes: true\n    images: [docker.io/library/nginx:1.27]\n    platforms: [linux/amd64]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	got, _ := s.Marshal()
+	want := "customization:\n    extraKernelArgs:\n        - noapic\n        - nolapic\n    imageCache:\n        kubernetes: true\n        images:\n            - docker.io/library/nginx:1.27\n        platforms:\n            - linux/amd64\n"
+
+	if string(got) != want {
+		t.Fatalf("canonical form:\n%s\nwant\n%s", got, want)
+	}
+
+	if id, _ := s.ID(); id == vectors[1].id || id != schematic.IDOf([]byte(want)) {
+		t.Errorf("ID with an image cache = %s; it must differ from the same schematic without one and be stable", id)
+	}
+
+	if _, err := schematic.Parse([]byte("customization: {imageCache: {kubernets: true}}")); err == nil || !strings.Contains(err.Error(), "kubernets") {
+		t.Errorf("typo in imageCache accepted: %v", err)
+	}
+}

@@ -39,6 +39,11 @@ func fromProto(p *kilnv1.Schematic) (*schematic.Schematic, error) {
 			IncludeWellKnownCertificates: c.GetSecureboot().GetIncludeWellKnownCertificates(),
 		},
 		DiskImage: schematic.DiskImage{SectorSize: uint(c.GetDiskImage().GetSectorSize())},
+		ImageCache: schematic.ImageCache{
+			Kubernetes: c.GetImageCache().GetKubernetes(),
+			Images:     c.GetImageCache().GetImages(),
+			Platforms:  c.GetImageCache().GetPlatforms(),
+		},
 	}
 
 	for i, m := range c.GetMeta() {
@@ -119,6 +124,10 @@ func toProto(sc *schematic.Schematic) *kilnv1.Schematic {
 
 	if c.DiskImage.SectorSize != 0 {
 		p.Customization.DiskImage = &kilnv1.DiskImage{SectorSize: uint32(c.DiskImage.SectorSize)}
+	}
+
+	if ic := c.ImageCache; ic.Kubernetes || len(ic.Images) > 0 || len(ic.Platforms) > 0 {
+		p.Customization.ImageCache = &kilnv1.ImageCache{Kubernetes: ic.Kubernetes, Images: ic.Images, Platforms: ic.Platforms}
 	}
 
 	if sc.Overlay.Image != "" || sc.Overlay.Name != "" || len(sc.Overlay.Options) > 0 {

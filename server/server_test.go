@@ -284,6 +284,7 @@ customization:
   bootloader: sd-boot
   secureboot: {enrollKeys: force, includeWellKnownCertificates: true}
   diskImage: {sectorSize: 4096}
+  imageCache: {kubernetes: true, images: [docker.io/library/nginx:1.27], platforms: [linux/amd64]}
 `
 
 	fromYAML, err := ts.grpc.CreateSchematic(ctx, &kilnv1.CreateSchematicRequest{Source: &kilnv1.CreateSchematicRequest_Yaml{Yaml: yamlForm}})

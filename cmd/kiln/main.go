@@ -23,6 +23,7 @@ const usage = `kiln: a local, air-gapped Image Factory for Talos Linux
 Usage:
   kiln serve [flags]            serve gRPC, REST and the Image Factory routes on one port
   kiln mirror --from SRC --to DST --version V   copy Talos releases with their signatures
+  kiln cache create --images FILE|- --output DIR   write a talosctl-compatible image cache
   kiln schematic id [FILE|-]    print the ID and canonical form of a schematic, offline
   kiln version                  print kiln's version
 
@@ -43,6 +44,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "serve":
 		err = serve(ctx, args[1:], stderr, getenv)
+	case "cache":
+		err = cacheCmd(ctx, args[1:], stdin, stdout, stderr, getenv)
 	case "mirror":
 		err = mirrorCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "schematic":

@@ -204,8 +204,10 @@ type Customization struct {
 	Bootloader       Bootloader  `protobuf:"varint,5,opt,name=bootloader,proto3,enum=kiln.v1.Bootloader" json:"bootloader,omitempty"`
 	Secureboot       *SecureBoot `protobuf:"bytes,6,opt,name=secureboot,proto3" json:"secureboot,omitempty"`
 	DiskImage        *DiskImage  `protobuf:"bytes,7,opt,name=disk_image,json=diskImage,proto3" json:"disk_image,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// kiln's own section: images embedded into ISOs and disk images.
+	ImageCache    *ImageCache `protobuf:"bytes,8,opt,name=image_cache,json=imageCache,proto3" json:"image_cache,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Customization) Reset() {
@@ -287,6 +289,78 @@ func (x *Customization) GetDiskImage() *DiskImage {
 	return nil
 }
 
+func (x *Customization) GetImageCache() *ImageCache {
+	if x != nil {
+		return x.ImageCache
+	}
+	return nil
+}
+
+// ImageCache says which container images an ISO or disk image carries, so
+// a node boots and installs with no registry.
+type ImageCache struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Kubernetes images of the target Talos version.
+	Kubernetes bool `protobuf:"varint,1,opt,name=kubernetes,proto3" json:"kubernetes,omitempty"`
+	// More image references, e.g. "docker.io/library/nginx:1.27".
+	Images []string `protobuf:"bytes,2,rep,name=images,proto3" json:"images,omitempty"`
+	// "linux/amd64", ..., or "all"; empty means the asset's architecture.
+	Platforms     []string `protobuf:"bytes,3,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageCache) Reset() {
+	*x = ImageCache{}
+	mi := &file_kiln_v1_schematic_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageCache) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageCache) ProtoMessage() {}
+
+func (x *ImageCache) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_schematic_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageCache.ProtoReflect.Descriptor instead.
+func (*ImageCache) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ImageCache) GetKubernetes() bool {
+	if x != nil {
+		return x.Kubernetes
+	}
+	return false
+}
+
+func (x *ImageCache) GetImages() []string {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+func (x *ImageCache) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
+	}
+	return nil
+}
+
 // MetaValue is one META partition key (0-255) and its value.
 type MetaValue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -298,7 +372,7 @@ type MetaValue struct {
 
 func (x *MetaValue) Reset() {
 	*x = MetaValue{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[3]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -310,7 +384,7 @@ func (x *MetaValue) String() string {
 func (*MetaValue) ProtoMessage() {}
 
 func (x *MetaValue) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[3]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -323,7 +397,7 @@ func (x *MetaValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaValue.ProtoReflect.Descriptor instead.
 func (*MetaValue) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MetaValue) GetKey() uint32 {
@@ -351,7 +425,7 @@ type SecureBoot struct {
 
 func (x *SecureBoot) Reset() {
 	*x = SecureBoot{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[4]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +437,7 @@ func (x *SecureBoot) String() string {
 func (*SecureBoot) ProtoMessage() {}
 
 func (x *SecureBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[4]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +450,7 @@ func (x *SecureBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecureBoot.ProtoReflect.Descriptor instead.
 func (*SecureBoot) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SecureBoot) GetEnrollKeys() string {
@@ -404,7 +478,7 @@ type DiskImage struct {
 
 func (x *DiskImage) Reset() {
 	*x = DiskImage{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[5]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +490,7 @@ func (x *DiskImage) String() string {
 func (*DiskImage) ProtoMessage() {}
 
 func (x *DiskImage) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[5]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +503,7 @@ func (x *DiskImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskImage.ProtoReflect.Descriptor instead.
 func (*DiskImage) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DiskImage) GetSectorSize() uint32 {
@@ -453,7 +527,7 @@ type CreateSchematicRequest struct {
 
 func (x *CreateSchematicRequest) Reset() {
 	*x = CreateSchematicRequest{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[6]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +539,7 @@ func (x *CreateSchematicRequest) String() string {
 func (*CreateSchematicRequest) ProtoMessage() {}
 
 func (x *CreateSchematicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[6]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +552,7 @@ func (x *CreateSchematicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSchematicRequest.ProtoReflect.Descriptor instead.
 func (*CreateSchematicRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateSchematicRequest) GetSource() isCreateSchematicRequest_Source {
@@ -539,7 +613,7 @@ type CreateSchematicResponse struct {
 
 func (x *CreateSchematicResponse) Reset() {
 	*x = CreateSchematicResponse{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[7]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +625,7 @@ func (x *CreateSchematicResponse) String() string {
 func (*CreateSchematicResponse) ProtoMessage() {}
 
 func (x *CreateSchematicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[7]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +638,7 @@ func (x *CreateSchematicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSchematicResponse.ProtoReflect.Descriptor instead.
 func (*CreateSchematicResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateSchematicResponse) GetId() string {
@@ -605,7 +679,7 @@ type GetSchematicRequest struct {
 
 func (x *GetSchematicRequest) Reset() {
 	*x = GetSchematicRequest{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[8]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +691,7 @@ func (x *GetSchematicRequest) String() string {
 func (*GetSchematicRequest) ProtoMessage() {}
 
 func (x *GetSchematicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[8]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +704,7 @@ func (x *GetSchematicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSchematicRequest.ProtoReflect.Descriptor instead.
 func (*GetSchematicRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetSchematicRequest) GetId() string {
@@ -652,7 +726,7 @@ type GetSchematicResponse struct {
 
 func (x *GetSchematicResponse) Reset() {
 	*x = GetSchematicResponse{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[9]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +738,7 @@ func (x *GetSchematicResponse) String() string {
 func (*GetSchematicResponse) ProtoMessage() {}
 
 func (x *GetSchematicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[9]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +751,7 @@ func (x *GetSchematicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSchematicResponse.ProtoReflect.Descriptor instead.
 func (*GetSchematicResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetSchematicResponse) GetId() string {
@@ -714,7 +788,7 @@ type ListSchematicsRequest struct {
 
 func (x *ListSchematicsRequest) Reset() {
 	*x = ListSchematicsRequest{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[10]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +800,7 @@ func (x *ListSchematicsRequest) String() string {
 func (*ListSchematicsRequest) ProtoMessage() {}
 
 func (x *ListSchematicsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[10]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +813,7 @@ func (x *ListSchematicsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchematicsRequest.ProtoReflect.Descriptor instead.
 func (*ListSchematicsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListSchematicsRequest) GetPageSize() int32 {
@@ -768,7 +842,7 @@ type ListSchematicsResponse struct {
 
 func (x *ListSchematicsResponse) Reset() {
 	*x = ListSchematicsResponse{}
-	mi := &file_kiln_v1_schematic_proto_msgTypes[11]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +854,7 @@ func (x *ListSchematicsResponse) String() string {
 func (*ListSchematicsResponse) ProtoMessage() {}
 
 func (x *ListSchematicsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_schematic_proto_msgTypes[11]
+	mi := &file_kiln_v1_schematic_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +867,7 @@ func (x *ListSchematicsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchematicsResponse.ProtoReflect.Descriptor instead.
 func (*ListSchematicsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_schematic_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListSchematicsResponse) GetIds() []string {
@@ -821,7 +895,7 @@ const file_kiln_v1_schematic_proto_rawDesc = "" +
 	"\aOverlay\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x121\n" +
-	"\aoptions\x18\x03 \x01(\v2\x17.google.protobuf.StructR\aoptions\"\xf3\x02\n" +
+	"\aoptions\x18\x03 \x01(\v2\x17.google.protobuf.StructR\aoptions\"\xa9\x03\n" +
 	"\rCustomization\x12D\n" +
 	"\x1eembedded_machine_configuration\x18\x01 \x01(\tR\x1cembeddedMachineConfiguration\x12*\n" +
 	"\x11extra_kernel_args\x18\x02 \x03(\tR\x0fextraKernelArgs\x12&\n" +
@@ -834,7 +908,16 @@ const file_kiln_v1_schematic_proto_rawDesc = "" +
 	"secureboot\x18\x06 \x01(\v2\x13.kiln.v1.SecureBootR\n" +
 	"secureboot\x121\n" +
 	"\n" +
-	"disk_image\x18\a \x01(\v2\x12.kiln.v1.DiskImageR\tdiskImage\"3\n" +
+	"disk_image\x18\a \x01(\v2\x12.kiln.v1.DiskImageR\tdiskImage\x124\n" +
+	"\vimage_cache\x18\b \x01(\v2\x13.kiln.v1.ImageCacheR\n" +
+	"imageCache\"b\n" +
+	"\n" +
+	"ImageCache\x12\x1e\n" +
+	"\n" +
+	"kubernetes\x18\x01 \x01(\bR\n" +
+	"kubernetes\x12\x16\n" +
+	"\x06images\x18\x02 \x03(\tR\x06images\x12\x1c\n" +
+	"\tplatforms\x18\x03 \x03(\tR\tplatforms\"3\n" +
 	"\tMetaValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"t\n" +
@@ -892,45 +975,47 @@ func file_kiln_v1_schematic_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_schematic_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_schematic_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_kiln_v1_schematic_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_kiln_v1_schematic_proto_goTypes = []any{
 	(Bootloader)(0),                 // 0: kiln.v1.Bootloader
 	(*Schematic)(nil),               // 1: kiln.v1.Schematic
 	(*Overlay)(nil),                 // 2: kiln.v1.Overlay
 	(*Customization)(nil),           // 3: kiln.v1.Customization
-	(*MetaValue)(nil),               // 4: kiln.v1.MetaValue
-	(*SecureBoot)(nil),              // 5: kiln.v1.SecureBoot
-	(*DiskImage)(nil),               // 6: kiln.v1.DiskImage
-	(*CreateSchematicRequest)(nil),  // 7: kiln.v1.CreateSchematicRequest
-	(*CreateSchematicResponse)(nil), // 8: kiln.v1.CreateSchematicResponse
-	(*GetSchematicRequest)(nil),     // 9: kiln.v1.GetSchematicRequest
-	(*GetSchematicResponse)(nil),    // 10: kiln.v1.GetSchematicResponse
-	(*ListSchematicsRequest)(nil),   // 11: kiln.v1.ListSchematicsRequest
-	(*ListSchematicsResponse)(nil),  // 12: kiln.v1.ListSchematicsResponse
-	(*structpb.Struct)(nil),         // 13: google.protobuf.Struct
+	(*ImageCache)(nil),              // 4: kiln.v1.ImageCache
+	(*MetaValue)(nil),               // 5: kiln.v1.MetaValue
+	(*SecureBoot)(nil),              // 6: kiln.v1.SecureBoot
+	(*DiskImage)(nil),               // 7: kiln.v1.DiskImage
+	(*CreateSchematicRequest)(nil),  // 8: kiln.v1.CreateSchematicRequest
+	(*CreateSchematicResponse)(nil), // 9: kiln.v1.CreateSchematicResponse
+	(*GetSchematicRequest)(nil),     // 10: kiln.v1.GetSchematicRequest
+	(*GetSchematicResponse)(nil),    // 11: kiln.v1.GetSchematicResponse
+	(*ListSchematicsRequest)(nil),   // 12: kiln.v1.ListSchematicsRequest
+	(*ListSchematicsResponse)(nil),  // 13: kiln.v1.ListSchematicsResponse
+	(*structpb.Struct)(nil),         // 14: google.protobuf.Struct
 }
 var file_kiln_v1_schematic_proto_depIdxs = []int32{
 	2,  // 0: kiln.v1.Schematic.overlay:type_name -> kiln.v1.Overlay
 	3,  // 1: kiln.v1.Schematic.customization:type_name -> kiln.v1.Customization
-	13, // 2: kiln.v1.Overlay.options:type_name -> google.protobuf.Struct
-	4,  // 3: kiln.v1.Customization.meta:type_name -> kiln.v1.MetaValue
+	14, // 2: kiln.v1.Overlay.options:type_name -> google.protobuf.Struct
+	5,  // 3: kiln.v1.Customization.meta:type_name -> kiln.v1.MetaValue
 	0,  // 4: kiln.v1.Customization.bootloader:type_name -> kiln.v1.Bootloader
-	5,  // 5: kiln.v1.Customization.secureboot:type_name -> kiln.v1.SecureBoot
-	6,  // 6: kiln.v1.Customization.disk_image:type_name -> kiln.v1.DiskImage
-	1,  // 7: kiln.v1.CreateSchematicRequest.schematic:type_name -> kiln.v1.Schematic
-	1,  // 8: kiln.v1.CreateSchematicResponse.schematic:type_name -> kiln.v1.Schematic
-	1,  // 9: kiln.v1.GetSchematicResponse.schematic:type_name -> kiln.v1.Schematic
-	7,  // 10: kiln.v1.SchematicService.CreateSchematic:input_type -> kiln.v1.CreateSchematicRequest
-	9,  // 11: kiln.v1.SchematicService.GetSchematic:input_type -> kiln.v1.GetSchematicRequest
-	11, // 12: kiln.v1.SchematicService.ListSchematics:input_type -> kiln.v1.ListSchematicsRequest
-	8,  // 13: kiln.v1.SchematicService.CreateSchematic:output_type -> kiln.v1.CreateSchematicResponse
-	10, // 14: kiln.v1.SchematicService.GetSchematic:output_type -> kiln.v1.GetSchematicResponse
-	12, // 15: kiln.v1.SchematicService.ListSchematics:output_type -> kiln.v1.ListSchematicsResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	6,  // 5: kiln.v1.Customization.secureboot:type_name -> kiln.v1.SecureBoot
+	7,  // 6: kiln.v1.Customization.disk_image:type_name -> kiln.v1.DiskImage
+	4,  // 7: kiln.v1.Customization.image_cache:type_name -> kiln.v1.ImageCache
+	1,  // 8: kiln.v1.CreateSchematicRequest.schematic:type_name -> kiln.v1.Schematic
+	1,  // 9: kiln.v1.CreateSchematicResponse.schematic:type_name -> kiln.v1.Schematic
+	1,  // 10: kiln.v1.GetSchematicResponse.schematic:type_name -> kiln.v1.Schematic
+	8,  // 11: kiln.v1.SchematicService.CreateSchematic:input_type -> kiln.v1.CreateSchematicRequest
+	10, // 12: kiln.v1.SchematicService.GetSchematic:input_type -> kiln.v1.GetSchematicRequest
+	12, // 13: kiln.v1.SchematicService.ListSchematics:input_type -> kiln.v1.ListSchematicsRequest
+	9,  // 14: kiln.v1.SchematicService.CreateSchematic:output_type -> kiln.v1.CreateSchematicResponse
+	11, // 15: kiln.v1.SchematicService.GetSchematic:output_type -> kiln.v1.GetSchematicResponse
+	13, // 16: kiln.v1.SchematicService.ListSchematics:output_type -> kiln.v1.ListSchematicsResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_schematic_proto_init() }
@@ -938,7 +1023,7 @@ func file_kiln_v1_schematic_proto_init() {
 	if File_kiln_v1_schematic_proto != nil {
 		return
 	}
-	file_kiln_v1_schematic_proto_msgTypes[6].OneofWrappers = []any{
+	file_kiln_v1_schematic_proto_msgTypes[7].OneofWrappers = []any{
 		(*CreateSchematicRequest_Yaml)(nil),
 		(*CreateSchematicRequest_Schematic)(nil),
 	}
@@ -948,7 +1033,7 @@ func file_kiln_v1_schematic_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_schematic_proto_rawDesc), len(file_kiln_v1_schematic_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

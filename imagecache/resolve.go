@@ -1,0 +1,77 @@
+package imagecache
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/release"
+)
+
+// zeroTime disables Last-Modified in http.ServeContent.
+var zeroTime time.Time
+
+// MirrorResolver fetches upstream references from kiln's mirror: ghcr.io/x
+// from <mirror>/x, registry.k8s.io/x from <mirror>/registry.k8s.io/x (see
+// release.MirrorReference).
+type MirrorResolver struct {
+	Source *artifacts.Source
+}
+
+var _ Resolver = MirrorResolver{}
+
+// Resolve implements Resolver.
+func (m MirrorResolver) Resolve(ref string) (name.Reference, []remote.Option, error) {
+	r, err := release.MirrorReference(ref, m.Source.Registry, m.Source.Namespace, m.Source.NameOptions...)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	return r, m.Source.Remote, nil
+}
+
+// DirectResolver fetches each reference from where it names.
+type DirectResolver struct {
+	NameOptions []name.Option // e.g. name.Insecure (talosctl --insecure)
+	Remote      []remote.Option
+}
+
+var _ Resolver = DirectResolver{}
+
+// Resolve implements Resolver.
+func (d DirectResolver) Resolve(ref string) (name.Reference, []remote.Option, error) {
+	r, err := name.ParseReference(ref, d.NameOptions...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reference %q: %w", ref, err)
+	}
+
+	return r, d.Remote, nil
+}
+
+// ReadImages reads an image list as talosctl does for --images -: one
+// reference per line; blank lines and "#" comments are skipped.
+func ReadImages(r io.Reader) ([]string, error) {
+	var refs []string
+
+	s := bufio.NewScanner(r)
+	for s.Scan() {
+		line := strings.TrimSpace(s.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+
+		refs = append(refs, line)
+	}
+
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("image list: %w", err)
+	}
+
+	return refs, nil
+}
