@@ -218,6 +218,7 @@ func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.Imag
 	refs = append(refs, ic.Images...)
 
 	opts := imagecache.DefaultOptions()
+	opts.Logger = b.deps.Logger
 	opts.Layout = imagecache.Flat
 	opts.Platforms = ic.Platforms
 
@@ -340,14 +341,36 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 		return nil, err
 	}
 
-	key := p.Key()
+	a, hit, err := b.cached(ctx, p.Key(), progress, func(ctx context.Context, emit func(Event)) error {
+		start := time.Now()
 
+		if err := b.assemble(ctx, p, emit); err != nil {
+			b.deps.Logger.ErrorContext(ctx, "build failed", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version, "error", err)
+
+			return err
+		}
+
+		b.deps.Logger.InfoContext(ctx, "built", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version,
+			"key", p.Key(), "duration", time.Since(start))
+
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	return &Result{Plan: p, Asset: a, CacheHit: hit}, nil
+}
+
+// cached returns the asset under key, running work to make it when it is
+// not in the cache: once for all concurrent callers, in a build slot.
+func (b *Builder) cached(ctx context.Context, key string, progress func(Event), work func(context.Context, func(Event)) error) (storage.Asset, bool, error) {
 	if a, err := b.deps.Assets.Open(ctx, key); err == nil {
 		progress(Event{CacheHit: true})
 
-		return &Result{Plan: p, Asset: a, CacheHit: true}, nil
+		return a, true, nil
 	} else if !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrCorrupt) {
-		return nil, err
+		return nil, false, err
 	}
 
 	b.mu.Lock()
@@ -364,33 +387,31 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 	b.mu.Unlock()
 
 	if !running {
-		go b.run(ctx, p, bd)
+		go b.run(ctx, key, bd, work)
 	}
 
 	select {
 	case <-bd.done:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 
 	if bd.err != nil {
-		return nil, bd.err
+		return nil, false, bd.err
 	}
 
 	a, err := b.deps.Assets.Open(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("open built asset: %w", err)
+		return nil, false, fmt.Errorf("open built asset: %w", err)
 	}
 
-	return &Result{Plan: p, Asset: a}, nil
+	return a, false, nil
 }
 
-// run builds p detached from the request that started it: the build keeps
-// the request's values (request ID) but not its cancellation, ends after
-// BuildTimeout, and stops when the builder's life ends.
-func (b *Builder) run(reqCtx context.Context, p *Plan, bd *build) {
-	key := p.Key()
-
+// run does the work for key detached from the request that started it: it
+// keeps the request's values (request ID) but not its cancellation, ends
+// after BuildTimeout, and stops when the builder's life ends.
+func (b *Builder) run(reqCtx context.Context, key string, bd *build, work func(context.Context, func(Event)) error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), b.cfg.BuildTimeout)
 	stop := context.AfterFunc(b.life, cancel)
 
@@ -414,18 +435,8 @@ func (b *Builder) run(reqCtx context.Context, p *Plan, bd *build) {
 		return
 	}
 
-	start := time.Now()
 	b.builds.Add(1)
-	bd.err = b.assemble(ctx, p, bd.emit)
-
-	if bd.err != nil {
-		b.deps.Logger.ErrorContext(ctx, "build failed", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version, "error", bd.err)
-
-		return
-	}
-
-	b.deps.Logger.InfoContext(ctx, "built", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version,
-		"key", key, "duration", time.Since(start))
+	bd.err = work(ctx, bd.emit)
 }
 
 // assemble writes the asset of p into the cache.

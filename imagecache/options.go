@@ -74,7 +74,7 @@ type Options struct {
 	NoSync bool
 	// Progress, when set, receives events; calls are serialised.
 	Progress func(Event)
-	// Logger defaults to slog.Default().
+	// Logger defaults to discarding (no process-wide logger is used).
 	Logger *slog.Logger
 }
 
@@ -137,7 +137,7 @@ func (o Options) logger() *slog.Logger {
 		return o.Logger
 	}
 
-	return slog.Default()
+	return slog.New(slog.DiscardHandler)
 }
 
 func (o Options) jobs() int {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
@@ -43,12 +44,14 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case errors.Is(err, schematic.ErrInvalid), errors.As(err, &invalidArg), errors.As(err, &invalidVersion),
-		errors.Is(err, builder.ErrInvalidPath), errors.As(err, &badExtension):
+		errors.Is(err, builder.ErrInvalidPath), errors.As(err, &badExtension),
+		errors.Is(err, builder.ErrInvalidCacheRequest), errors.Is(err, imagecache.ErrInvalid):
 		return codes.InvalidArgument
 	case errors.Is(err, builder.ErrUnsupported):
 		return codes.Unimplemented
 	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound),
-		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored):
+		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored),
+		errors.Is(err, imagecache.ErrNotFound):
 		return codes.NotFound
 	case errors.Is(err, signing.ErrUntrusted), errors.Is(err, release.ErrInvalidCatalog):
 		return codes.FailedPrecondition
@@ -91,7 +94,7 @@ func toStatus(err error) error {
 		return status.Error(code, pathErr.Error())
 	case errors.As(err, &unsupErr):
 		return status.Error(code, unsupErr.Error())
-	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound) && code == codes.NotFound && !errors.Is(err, artifacts.ErrNotMirrored):
+	case errors.Is(err, errSchematicNotFound):
 		return status.Error(code, errSchematicNotFound.Error())
 	case code == codes.NotFound, code == codes.InvalidArgument, code == codes.FailedPrecondition, code == codes.Unimplemented,
 		code == codes.Canceled, code == codes.DeadlineExceeded:

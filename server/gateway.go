@@ -68,6 +68,7 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 		kilnv1.RegisterSchematicServiceHandler,
 		kilnv1.RegisterReleaseServiceHandler,
 		kilnv1.RegisterImageServiceHandler,
+		kilnv1.RegisterImageCacheServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			conn.Close() //nolint:errcheck // already failing

@@ -30,6 +30,7 @@ func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, img *
 	kilnv1.RegisterSchematicServiceServer(srv, &schematicService{domain: domain})
 	kilnv1.RegisterReleaseServiceServer(srv, &releaseService{domain: rel})
 	kilnv1.RegisterImageServiceServer(srv, &imageService{domain: img})
+	kilnv1.RegisterImageCacheServiceServer(srv, &imageCacheService{domain: img})
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	reflection.Register(srv)
 

@@ -33,6 +33,7 @@ func (f *factoryRoutes) registerImages(mux *http.ServeMux) {
 	mux.HandleFunc("GET /image/{schematic}/{version}/{path}", f.image)
 	mux.HandleFunc("HEAD /image/{schematic}/{version}/{path}", f.image)
 	mux.HandleFunc("GET /pxe/{schematic}/{version}/{path}", f.pxe)
+	mux.HandleFunc("GET /imagecache/{file}", f.imageCacheDownload)
 }
 
 // pxe answers the public factory's iPXE script for <platform>-<arch>[-secureboot]:

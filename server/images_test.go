@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 )
 
@@ -190,5 +193,70 @@ func TestPXEAndCmdline(t *testing.T) {
 		if resp.StatusCode != 200 || script != wantScript {
 			t.Errorf("PXE %s = %d\n%s\nwant\n%s", path, resp.StatusCode, script, wantScript)
 		}
+	}
+}
+
+func TestImageCacheService(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+	ctx := context.Background()
+	client := kilnv1.NewImageCacheServiceClient(ts.conn)
+
+	var id string
+
+	for round, wantHit := range []bool{false, true} {
+		stream, err := client.Create(ctx, &kilnv1.CreateRequest{KubernetesForTalos: "v1.13.0", Platforms: []string{"linux/amd64"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		var (
+			done *kilnv1.CacheDone
+			hit  bool
+		)
+
+		for {
+			ev, err := stream.Recv()
+			if err == io.EOF {
+				break
+			}
+
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+
+			if d := ev.GetDone(); d != nil {
+				done = d
+			}
+
+			hit = hit || ev.GetCacheHit()
+		}
+
+		if done == nil || len(done.GetCacheId()) != 64 || done.GetImages() == 0 || hit != wantHit {
+			t.Fatalf("round %d: done %v, cache hit %v", round, done, hit)
+		}
+
+		if id != "" && done.GetCacheId() != id {
+			t.Fatalf("the same request gave cache IDs %s and %s", id, done.GetCacheId())
+		}
+
+		id = done.GetCacheId()
+	}
+
+	resp, body := ts.do(t, "GET", "/imagecache/"+id+".tar", "")
+	if resp.StatusCode != 200 || !strings.Contains(body, "oci-layout") || !strings.Contains(body, "index.json") {
+		t.Fatalf("download = %d, %d bytes", resp.StatusCode, len(body))
+	}
+
+	if resp, body := ts.do(t, "GET", "/imagecache/"+strings.Repeat("0", 64)+".tar", ""); resp.StatusCode != 404 || strings.Contains(body, "schematic") {
+		t.Fatalf("unknown cache = %d %q", resp.StatusCode, body)
+	}
+
+	stream, err := client.Create(ctx, &kilnv1.CreateRequest{Images: []string{"registry.k8s.io/not-mirrored:v1"}})
+	for err == nil {
+		_, err = stream.Recv()
+	}
+
+	if st := status.Convert(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), "registry.k8s.io/not-mirrored:v1") {
+		t.Fatalf("missing image: %v %q", st.Code(), st.Message())
 	}
 }

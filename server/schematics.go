@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -63,6 +64,10 @@ func (s *schematics) get(ctx context.Context, id string) ([]byte, *schematic.Sch
 	}
 
 	canonical, err := s.store.Get(ctx, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil, errSchematicNotFound
+	}
+
 	if err != nil {
 		return nil, nil, err
 	}

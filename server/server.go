@@ -296,6 +296,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.health.SetServingStatus(kilnv1.SchematicService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kilnv1.ReleaseService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kilnv1.ImageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(kilnv1.ImageCacheService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
 	s.logger.Info("kiln serving", "address", lis.Addr().String(), "tls", s.tls != nil, "data_dir", s.cfg.DataDir)
 

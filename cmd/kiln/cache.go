@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -119,6 +120,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	opts.LayerCache = *layerCache
 	opts.Signatures = *signatures
 	opts.Progress = newCacheProgress(stderr)
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	remoteOpts := []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain)}
 

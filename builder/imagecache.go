@@ -1,0 +1,206 @@
+package builder
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/storage"
+)
+
+// CacheRequest asks for an image cache built from the mirror.
+type CacheRequest struct {
+	// Images as upstream names them.
+	Images []string
+	// KubernetesForTalos adds that Talos version's Kubernetes images.
+	KubernetesForTalos string
+	// Platforms; empty is linux/amd64.
+	Platforms []string
+	// Layout is "oci" (default) or "flat".
+	Layout string
+}
+
+// CacheResult is a built image cache: a tar of its layout or tree.
+type CacheResult struct {
+	ID       string
+	Images   int
+	Asset    storage.Asset
+	CacheHit bool
+}
+
+// ErrInvalidCacheRequest marks a cache request that names nothing to cache
+// or a bad layout.
+var ErrInvalidCacheRequest = errors.New("invalid image cache request")
+
+// cacheKey is the asset key of an image cache: its content address.
+func cacheKey(id string) string { return "imagecache-" + id }
+
+// ImageCache builds (or finds) the image cache req describes. Every image
+// is resolved in the mirror and verified before anything is written; the
+// result is content-addressed, so the same request is built once.
+func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress func(Event)) (*CacheResult, error) {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+
+	refs := append([]string(nil), req.Images...)
+
+	if req.KubernetesForTalos != "" {
+		k8s, err := mirror.KubernetesImages(req.KubernetesForTalos)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
+		}
+
+		refs = append(refs, k8s...)
+	}
+
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("%w: no images: give images and/or kubernetes_for_talos", ErrInvalidCacheRequest)
+	}
+
+	opts := imagecache.DefaultOptions()
+	opts.Logger = b.deps.Logger
+
+	if len(req.Platforms) > 0 {
+		opts.Platforms = req.Platforms
+	}
+
+	if req.Layout != "" {
+		l, err := imagecache.ParseLayout(req.Layout)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
+		}
+
+		opts.Layout = l
+	}
+
+	progress(Event{Phase: "resolve", Message: fmt.Sprintf("resolving %d images", len(refs))})
+
+	plan, err := imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
+		imagecache.VerifierFunc(b.deps.Releases.Verify), opts)
+	if err != nil {
+		return nil, err
+	}
+
+	a, hit, err := b.cached(ctx, cacheKey(plan.ID()), progress, func(ctx context.Context, emit func(Event)) error {
+		return b.writeCache(ctx, plan, opts, emit)
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	return &CacheResult{ID: plan.ID(), Images: len(plan.Images()), Asset: a, CacheHit: hit}, nil
+}
+
+// OpenImageCache opens a built cache by ID.
+func (b *Builder) OpenImageCache(ctx context.Context, id string) (storage.Asset, error) {
+	if len(id) != 64 || strings.Trim(id, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("image cache %q: %w", id, storage.ErrNotFound)
+	}
+
+	return b.deps.Assets.Open(ctx, cacheKey(id))
+}
+
+func (b *Builder) writeCache(ctx context.Context, plan *imagecache.Plan, opts imagecache.Options, emit func(Event)) error {
+	scratch := filepath.Join(b.cfg.DataDir, "tmp")
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return err
+	}
+
+	tmp, err := os.MkdirTemp(scratch, "imagecache-")
+	if err != nil {
+		return err
+	}
+
+	defer os.RemoveAll(tmp) //nolint:errcheck // scratch space
+
+	dir := filepath.Join(tmp, "cache")
+	opts.NoSync = true // the tar below is what is kept, and it is synced on commit
+	opts.Progress = func(e imagecache.Event) {
+		emit(Event{Phase: "fetch", Artifact: e.Image, Message: "image cache: " + string(e.Phase), Done: e.Done, Total: e.Total})
+	}
+
+	if _, err := imagecache.Write(ctx, plan, dir, opts); err != nil {
+		return err
+	}
+
+	w, err := b.deps.Assets.Create(ctx, cacheKey(plan.ID()))
+	if err != nil {
+		return err
+	}
+
+	emit(Event{Phase: "publish", Message: "packing the image cache"})
+
+	if err := tarTree(ctx, w, dir); err != nil {
+		w.Cancel() //nolint:errcheck // already failing
+
+		return err
+	}
+
+	return w.Commit()
+}
+
+// tarTree writes dir as a tar with sorted, owner-less entries.
+func tarTree(ctx context.Context, w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+
+		hdr.Name = filepath.ToSlash(rel)
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+		hdr.ModTime = hdr.ModTime.Truncate(0).UTC()
+
+		if d.IsDir() {
+			hdr.Name += "/"
+		}
+
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+
+		_, err = copyBuffer(ctx, tw, f)
+
+		return err
+	})
+	if err != nil {
+		return err
+	}
+
+	return tw.Close()
+}
