@@ -160,6 +160,48 @@ func TestMirror(t *testing.T) {
 		}
 	})
 
+	t.Run("kiln reads an external registry", func(t *testing.T) {
+		ext := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy, "--registry", upstream)
+
+		if code, _, body := httpDo(t, client, "GET", "http://"+ext.addr+"/version/v1.13.0/extensions/official", ""); code != 200 || !strings.Contains(body, upstream+"/siderolabs/gvisor:") {
+			t.Fatalf("extensions from an external registry = %d %s", code, body)
+		}
+
+		code, _, id := httpDo(t, client, "POST", "http://"+ext.addr+"/schematics", "{}")
+		if code != 201 {
+			t.Fatal(id)
+		}
+
+		if code, _, body := httpDo(t, client, "GET", "http://"+ext.addr+"/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.13.0/kernel-amd64", ""); code != 200 || len(body) == 0 {
+			t.Fatalf("kernel from an external registry = %d", code)
+		}
+	})
+
+	t.Run("kiln reads an OCI layout", func(t *testing.T) {
+		layoutDir := filepath.Join(t.TempDir(), "layout")
+
+		if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", "oci:"+layoutDir, "--version", "v1.13.0", "--trust-policy", policy); err != nil {
+			t.Fatalf("mirror to a layout: %v\n%s", err, out)
+		}
+
+		data := t.TempDir()
+
+		for round := range 2 {
+			lk := startKiln(t, nil, "--data-dir", data, "--trust-policy", policy, "--oci-layout", layoutDir)
+
+			if code, _, body := httpDo(t, client, "GET", "http://"+lk.addr+"/version/v1.13.0/overlays/official", ""); code != 200 || !strings.Contains(body, "rpi_generic") {
+				t.Fatalf("round %d: overlays from a layout = %d %s", round, code, body)
+			}
+
+			lk.stop(t)
+
+			// Restarting imports nothing new.
+			if round == 1 && !strings.Contains(lk.logs.String(), " 0 blobs copied") {
+				t.Errorf("second start copied blobs again:\n%s", lk.logs.String())
+			}
+		}
+	})
+
 	t.Run("one architecture", func(t *testing.T) {
 		amd64 := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 

@@ -71,6 +71,9 @@ type SourceConfig struct {
 	Insecure bool
 	// CAFile is a PEM bundle trusted for the registry's TLS certificate.
 	CAFile string
+	// Layout is an OCI image-layout directory (as `kiln mirror --to oci:DIR`
+	// writes it) imported into the embedded registry at start.
+	Layout string
 	// Username and Password are basic-auth credentials.
 	Username string
 	Password string
@@ -118,6 +121,10 @@ func (c Config) Validate() error {
 
 	if c.Source.Registry == "" && (c.Source.Namespace != "" || c.Source.Insecure || c.Source.CAFile != "" || c.Source.Username != "") {
 		return errors.New("registry settings given without --registry: the embedded registry takes none")
+	}
+
+	if c.Source.Layout != "" && c.Source.Registry != "" {
+		return errors.New("--oci-layout is imported into the embedded registry: it cannot be combined with --registry")
 	}
 
 	if c.Demo && c.Source.Registry != "" {

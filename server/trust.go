@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/artifacts"
@@ -18,7 +19,10 @@ import (
 // newVerifier returns the verifier of the trust policy: the configured file,
 // with the demo rule first in demo mode. With no policy at all nothing is
 // trusted: kiln never uses an artifact whose signature it has not checked.
-func newVerifier(cfg Config, src *artifacts.Source, demoKey []byte, logger *slog.Logger) (artifacts.Verifier, error) {
+//
+// remoteOpts reach the registry the verified images are in (and so their
+// signatures): the source's options for serving, plain HTTP for an import.
+func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger *slog.Logger) (artifacts.Verifier, error) {
 	var rules []any
 
 	baseDir := "."
@@ -61,7 +65,7 @@ func newVerifier(cfg Config, src *artifacts.Source, demoKey []byte, logger *slog
 		return nil, fmt.Errorf("trust policy %s: %w", cfg.TrustPolicy, err)
 	}
 
-	v, err := signing.NewVerifier(policy, signing.WithRemoteOptions(src.Remote...), signing.WithLogger(logger))
+	v, err := signing.NewVerifier(policy, signing.WithRemoteOptions(remoteOpts...), signing.WithLogger(logger))
 	if err != nil {
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}

@@ -66,7 +66,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 //     registry is configured;
 //  3. the artifact source over that registry; in demo mode, the signed demo
 //     release seeded into it when missing;
-//  4. the verifier of the trust policy (with the demo key's rule in demo mode);
+//  4. the verifier of the trust policy (with the demo key's rule in demo mode),
+//     and the import of --oci-layout, verified, into the embedded registry;
 //  5. the release manager over both;
 //  6. the asset cache under <data-dir>/assets and the builder over all of it.
 func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
@@ -102,9 +103,22 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 		src.Namespace = demoNamespace
 	}
 
-	verifier, err := newVerifier(cfg, src, demoKey, logger)
+	verifier, err := newVerifier(cfg, src.Remote, demoKey, logger)
 	if err != nil {
 		return deps, err
+	}
+
+	if cfg.Source.Layout != "" {
+		// The mirror engine serves the layout on a loopback port while it
+		// verifies; that verifier must reach it, not the embedded registry.
+		importVerifier, err := newVerifier(cfg, nil, demoKey, logger)
+		if err != nil {
+			return deps, err
+		}
+
+		if err := importLayout(ctx, cfg.Source.Layout, src, importVerifier, logger); err != nil {
+			return deps, err
+		}
 	}
 
 	deps.Releases = artifacts.NewManager(src, verifier, artifacts.Config{BrokenVersions: cfg.BrokenVersions}, logger)

@@ -28,6 +28,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	fs.StringVar(&cfg.ExternalURL, "external-url", "", "how clients reach kiln, e.g. https://kiln.example:8080 (default: http(s)://<listen>)")
 	fs.StringVar(&cfg.ExternalPXEURL, "external-pxe-url", "", "base URL in iPXE scripts, e.g. http://10.0.0.5:8080 (default: --external-url)")
 	fs.StringVar(&cfg.Source.Registry, "registry", "", "read releases from this registry, host[:port] (default: the embedded registry)")
+	fs.StringVar(&cfg.Source.Layout, "oci-layout", "", "import releases from this OCI layout directory (kiln mirror --to oci:DIR) at start")
 	fs.StringVar(&cfg.Source.Namespace, "registry-namespace", "", "path prefix of the release repositories in --registry")
 	fs.BoolVar(&cfg.Source.Insecure, "registry-insecure", false, "talk plain HTTP to --registry")
 	fs.StringVar(&cfg.Source.CAFile, "registry-ca", "", "PEM CA bundle for --registry's TLS certificate")

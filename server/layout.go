@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/mirror"
+)
+
+// importLayout copies every tagged image of an OCI image-layout directory
+// (as `kiln mirror --to oci:DIR` writes it) with its signatures into the
+// embedded registry, verifying each image first. It is incremental: what
+// the registry already has is skipped, so a restart copies nothing.
+func importLayout(ctx context.Context, dir string, src *artifacts.Source, v artifacts.Verifier, logger *slog.Logger) error {
+	refs, err := layoutRefs(dir)
+	if err != nil {
+		return err
+	}
+
+	if len(refs) == 0 {
+		return fmt.Errorf("OCI layout %s holds no tagged images", dir)
+	}
+
+	plan, err := mirror.NewPlan(ctx, mirror.Layout{Dir: dir}, mirror.Selection{Images: refs})
+	if err != nil {
+		return fmt.Errorf("OCI layout %s: %w", dir, err)
+	}
+
+	dst := mirror.Registry{Registry: src.Registry, Namespace: src.Namespace, Options: src.Remote}
+
+	stats, err := mirror.Copy(ctx, plan, dst, mirror.Options{Verifier: v, Logger: logger})
+	if err != nil {
+		return fmt.Errorf("OCI layout %s: %w", dir, err)
+	}
+
+	logger.Info("imported the OCI layout into the embedded registry", "dir", dir, "stats", stats.String())
+
+	return nil
+}
+
+// layoutRefs lists the upstream references of the layout's tagged images,
+// signature tags left out (they travel with their images).
+func layoutRefs(dir string) ([]string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout: %w", err)
+	}
+
+	var index struct {
+		Manifests []struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+
+	if err := json.Unmarshal(data, &index); err != nil {
+		return nil, fmt.Errorf("OCI layout %s/index.json: %w", dir, err)
+	}
+
+	var refs []string
+
+	for _, m := range index.Manifests {
+		pathTag := m.Annotations["org.opencontainers.image.ref.name"]
+
+		i := strings.LastIndex(pathTag, ":")
+		if i <= 0 || strings.HasPrefix(pathTag[i+1:], "sha256-") {
+			continue
+		}
+
+		refs = append(refs, upstreamRef(pathTag[:i])+":"+pathTag[i+1:])
+	}
+
+	slices.Sort(refs)
+
+	return slices.Compact(refs), nil
+}
+
+// upstreamRef inverts release.MirrorPath: a path whose first element is a
+// host keeps it, any other lives on ghcr.io.
+func upstreamRef(path string) string {
+	first, _, _ := strings.Cut(path, "/")
+	if strings.ContainsAny(first, ".:") || first == "localhost" {
+		return path
+	}
+
+	return "ghcr.io/" + path
+}
