@@ -20,6 +20,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
@@ -601,44 +602,13 @@ func writeFile(ctx context.Context, path string, r io.Reader) error {
 		return err
 	}
 
-	if _, err := copyBuffer(ctx, f, r); err != nil {
+	if _, err := iox.Copy(ctx, f, r); err != nil {
 		f.Close()
 
 		return err
 	}
 
 	return f.Close()
-}
-
-// copyBuffer copies in 1 MiB chunks (go-diskfs and disks want big writes)
-// and stops when ctx ends.
-func copyBuffer(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
-	buf := make([]byte, 1<<20)
-
-	var n int64
-
-	for {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-
-		m, err := r.Read(buf)
-		if m > 0 {
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				return n, werr
-			}
-
-			n += int64(m)
-		}
-
-		if errors.Is(err, io.EOF) {
-			return n, nil
-		}
-
-		if err != nil {
-			return n, err
-		}
-	}
 }
 
 // assetPath is a file of the extracted imager.

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -194,7 +195,7 @@ func tarTree(ctx context.Context, w io.Writer, dir string) error {
 		}
 		defer f.Close()
 
-		_, err = copyBuffer(ctx, tw, f)
+		_, err = iox.Copy(ctx, tw, f)
 
 		return err
 	})

@@ -20,6 +20,7 @@ import (
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -484,7 +485,7 @@ func copyFile(ctx context.Context, w io.Writer, path string) error {
 	}
 	defer f.Close()
 
-	_, err = copyBuffer(ctx, w, f)
+	_, err = iox.Copy(ctx, w, f)
 
 	return err
 }

@@ -5,17 +5,9 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"fmt"
+	"github.com/kiln-dev/kiln/internal/testfixture"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -407,7 +399,7 @@ func TestConfigLayersAndRestart(t *testing.T) {
 
 func TestTLS(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := selfSigned(t, dir)
+	cert, key := testfixture.SelfSignedCert(t, dir)
 	k := startKiln(t, nil, "--data-dir", filepath.Join(dir, "data"), "--tls-cert", cert, "--tls-key", key)
 
 	out := run(t, binary(t, "GRPCURL"), "-insecure", "-d", `{"yaml":"{}"}`, k.addr, "kiln.v1.SchematicService/CreateSchematic")
@@ -431,44 +423,4 @@ func TestSchematicIDCommand(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), argsID+"\n") {
 		t.Fatalf("kiln schematic id: %v %s", err, out)
 	}
-}
-
-func selfSigned(t *testing.T, dir string) (string, string) {
-	t.Helper()
-
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	keyDER, err := x509.MarshalECPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-
-	for path, block := range map[string]*pem.Block{
-		certPath: {Type: "CERTIFICATE", Bytes: der},
-		keyPath:  {Type: "EC PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(fmt.Errorf("write %s: %w", path, err))
-		}
-	}
-
-	return certPath, keyPath
 }

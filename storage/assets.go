@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 // Assets caches built boot assets under their build-plan key.
@@ -197,41 +199,11 @@ func (a *FSAssets) drop(key string) {
 
 func hashFile(ctx context.Context, f *os.File) (string, error) {
 	h := sha256.New()
-	if _, err := copyCtx(ctx, h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
+	if _, err := iox.Copy(ctx, h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
 		return "", err
 	}
 
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// copyCtx copies in 1 MiB chunks and stops when ctx ends.
-func copyCtx(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
-	buf := make([]byte, 1<<20)
-
-	var n int64
-
-	for {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-
-		m, err := r.Read(buf)
-		if m > 0 {
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				return n, werr
-			}
-
-			n += int64(m)
-		}
-
-		if errors.Is(err, io.EOF) {
-			return n, nil
-		}
-
-		if err != nil {
-			return n, err
-		}
-	}
 }
 
 type fsAsset struct {
