@@ -76,7 +76,7 @@ $(COSIGN):
 
 # Debian packages the e2e suite talks to: a real registry process, the
 # readers of what kiln writes, QEMU with OVMF, and the boot fixture's parts.
-E2E_DEBS := docker-registry xorriso genisoimage mtools dosfstools gdisk fdisk squashfs-tools e2fsprogs \
+E2E_DEBS := docker-registry skopeo xorriso genisoimage mtools dosfstools gdisk fdisk squashfs-tools e2fsprogs \
 	qemu-system-x86 ovmf systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
 
