@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/kiln-dev/kiln/internal/regerr"
 )
 
 // ErrNotMirrored is returned for a repository or tag the source does not hold.
@@ -72,7 +72,7 @@ func (s *Source) Tags(ctx context.Context, path string) ([]string, error) {
 	}
 
 	tags, err := remote.List(repo, s.opts(ctx)...)
-	if isNotFound(err) {
+	if regerr.IsNotFound(err) {
 		return nil, nil
 	}
 
@@ -91,7 +91,7 @@ func (s *Source) Resolve(ctx context.Context, path, tag string) (name.Digest, er
 	}
 
 	desc, err := remote.Head(repo.Tag(tag), s.opts(ctx)...)
-	if isNotFound(err) {
+	if regerr.IsNotFound(err) {
 		return name.Digest{}, fmt.Errorf("%s:%s: %w", path, tag, ErrNotMirrored)
 	}
 
@@ -108,7 +108,7 @@ func (s *Source) Image(ctx context.Context, ref name.Digest, arch string) (v1.Im
 	opts := append(s.opts(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}))
 
 	img, err := remote.Image(ref, opts...)
-	if isNotFound(err) {
+	if regerr.IsNotFound(err) {
 		return nil, fmt.Errorf("%s: %w", ref, ErrNotMirrored)
 	}
 
@@ -117,10 +117,4 @@ func (s *Source) Image(ctx context.Context, ref name.Digest, arch string) (v1.Im
 	}
 
 	return img, nil
-}
-
-func isNotFound(err error) bool {
-	var terr *transport.Error
-
-	return errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -15,8 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-dev/kiln/internal/regerr"
 )
 
 // Resolver says where to fetch an upstream reference from: kiln's mirror
@@ -490,7 +490,7 @@ func (pl *planner) signatures(src string, upstream, repo name.Repository, puller
 
 	for _, tag := range []string{base + ".sig", base} {
 		desc, err := puller.Get(pl.ctx, repo.Tag(tag))
-		if isNotFound(err) {
+		if regerr.IsNotFound(err) {
 			continue
 		}
 
@@ -584,30 +584,9 @@ func (p *Plan) computeID() string {
 	return hex.EncodeToString(sum[:])
 }
 
-// isNotFound is true for a registry's 404 (or a NAME/MANIFEST_UNKNOWN code).
-func isNotFound(err error) bool {
-	var te *transport.Error
-	if !errors.As(err, &te) {
-		return false
-	}
-
-	if te.StatusCode == http.StatusNotFound {
-		return true
-	}
-
-	for _, d := range te.Errors {
-		switch d.Code {
-		case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
-			return true
-		}
-	}
-
-	return false
-}
-
 // classify adds ErrNotFound to a registry's not-found error.
 func classify(err error) error {
-	if isNotFound(err) {
+	if regerr.IsNotFound(err) {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
 

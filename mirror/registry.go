@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-dev/kiln/internal/regerr"
 )
 
 // registryStore reads and writes a registry through ggcr's remote package.
@@ -42,27 +42,6 @@ func (s registryStore) ref(repo, ref string) (name.Reference, error) {
 	return rp.Tag(ref), nil
 }
 
-// isNotFound reports a registry 404 / *_UNKNOWN answer.
-func isNotFound(err error) bool {
-	var terr *transport.Error
-	if !errors.As(err, &terr) {
-		return false
-	}
-
-	if terr.StatusCode == http.StatusNotFound {
-		return true
-	}
-
-	for _, e := range terr.Errors {
-		switch e.Code {
-		case transport.ManifestUnknownErrorCode, transport.BlobUnknownErrorCode, transport.NameUnknownErrorCode:
-			return true
-		}
-	}
-
-	return false
-}
-
 func (s registryStore) manifest(ctx context.Context, repo, ref string) (manifestData, error) {
 	r, err := s.ref(repo, ref)
 	if err != nil {
@@ -71,7 +50,7 @@ func (s registryStore) manifest(ctx context.Context, repo, ref string) (manifest
 
 	desc, err := remote.Get(r, s.opts(ctx)...)
 	if err != nil {
-		if isNotFound(err) {
+		if regerr.IsNotFound(err) {
 			return manifestData{}, fmt.Errorf("%s: %w", r, ErrNotFound)
 		}
 
@@ -94,7 +73,7 @@ func (s registryStore) blob(ctx context.Context, repo string, d v1.Hash) (io.Rea
 
 	rc, err := l.Compressed() // ggcr checks the digest at EOF
 	if err != nil {
-		if isNotFound(err) {
+		if regerr.IsNotFound(err) {
 			return nil, fmt.Errorf("blob %s@%s: %w", rp, d, ErrNotFound)
 		}
 
@@ -112,7 +91,7 @@ func (s registryStore) referrers(ctx context.Context, repo string, d v1.Hash) ([
 
 	idx, err := remote.Referrers(rp.Digest(d.String()), s.opts(ctx)...)
 	if err != nil {
-		if isNotFound(err) {
+		if regerr.IsNotFound(err) {
 			return nil, nil
 		}
 
@@ -154,7 +133,7 @@ func (s registryStore) hasBlob(ctx context.Context, repo string, d v1.Hash) (boo
 
 	found, err := ex.Exists()
 	if err != nil {
-		if isNotFound(err) {
+		if regerr.IsNotFound(err) {
 			return false, nil
 		}
 
@@ -184,7 +163,7 @@ func (s registryStore) hasManifest(ctx context.Context, repo string, d v1.Hash) 
 	}
 
 	if _, err := remote.Head(r, s.opts(ctx)...); err != nil {
-		if isNotFound(err) {
+		if regerr.IsNotFound(err) {
 			return false, nil
 		}
 
@@ -210,7 +189,7 @@ func (s registryStore) putManifest(ctx context.Context, repo string, m manifestD
 		return false, nil
 	}
 
-	if err != nil && !isNotFound(err) {
+	if err != nil && !regerr.IsNotFound(err) {
 		return false, fmt.Errorf("%s: %w", r, err)
 	}
 

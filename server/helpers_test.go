@@ -1,11 +1,8 @@
 package server
 
 import (
-	"fmt"
 	"log/slog"
 )
-
-func fmtErr(format string, a ...any) error { return fmt.Errorf(format, a...) }
 
 func withDefaults(c Config) Config {
 	if c.Listen == "" {
@@ -16,5 +13,3 @@ func withDefaults(c Config) Config {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-func fmtInt(n int) string { return fmt.Sprint(n) }

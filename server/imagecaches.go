@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/kiln-dev/kiln/builder"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
@@ -18,46 +19,29 @@ type imageCacheService struct {
 var _ kilnv1.ImageCacheServiceServer = (*imageCacheService)(nil)
 
 func (s *imageCacheService) Create(req *kilnv1.CreateRequest, stream kilnv1.ImageCacheService_CreateServer) error {
-	ctx := stream.Context()
+	out := newEventStream(stream.Send)
 
-	// One goroutine writes the stream; progress from the build goroutine
-	// is dropped rather than blocking it when the client is slow.
-	events := make(chan *kilnv1.CreateResponse, 64)
-	sendDone := make(chan error, 1)
-
-	go func() {
-		var err error
-
-		for ev := range events {
-			if err == nil {
-				err = stream.Send(ev)
-			}
-		}
-
-		sendDone <- err
-	}()
-
-	res, err := s.domain.builder.ImageCache(ctx, builder.CacheRequest{
+	res, err := s.domain.builder.ImageCache(stream.Context(), builder.CacheRequest{
 		Images: req.GetImages(), KubernetesForTalos: req.GetKubernetesForTalos(),
 		Platforms: req.GetPlatforms(), Layout: req.GetLayout(),
 	}, func(e builder.Event) {
-		ev := &kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_Progress{Progress: &kilnv1.Progress{
-			Phase: e.Phase, Artifact: e.Artifact, BytesDone: e.Done, BytesTotal: e.Total, Message: e.Message,
-		}}}
 		if e.CacheHit {
-			ev = &kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_CacheHit{CacheHit: true}}
+			out.progress(&kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_CacheHit{CacheHit: true}})
+
+			return
 		}
 
-		select {
-		case events <- ev:
-		default:
-		}
+		out.progress(&kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_Progress{
+			Progress: progressEvent(e.Phase, e.Artifact, e.Message, e.Done, e.Total),
+		}})
 	})
+
+	var last *kilnv1.CreateResponse
 
 	if err == nil {
 		defer res.Asset.Close()
 
-		events <- &kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_Done{Done: &kilnv1.CacheDone{
+		last = &kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_Done{Done: &kilnv1.CacheDone{
 			CacheId: res.ID,
 			Url:     s.domain.externalURL + "/imagecache/" + res.ID + ".tar",
 			Size:    res.Asset.Size(),
@@ -66,18 +50,12 @@ func (s *imageCacheService) Create(req *kilnv1.CreateRequest, stream kilnv1.Imag
 		}}}
 	}
 
-	close(events)
-
-	if sendErr := <-sendDone; err == nil {
-		err = sendErr
-	}
-
-	return err
+	return out.finish(last, err)
 }
 
 // imageCacheDownload serves a built cache as a tar.
 func (f *factoryRoutes) imageCacheDownload(w http.ResponseWriter, r *http.Request) {
-	id, ok := cutSuffix(r.PathValue("file"), ".tar")
+	id, ok := strings.CutSuffix(r.PathValue("file"), ".tar")
 	if !ok {
 		http.NotFound(w, r)
 
@@ -97,12 +75,4 @@ func (f *factoryRoutes) imageCacheDownload(w http.ResponseWriter, r *http.Reques
 	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
 	http.ServeContent(w, r, "", asset.ModTime(), asset)
-}
-
-func cutSuffix(s, suffix string) (string, bool) {
-	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
-		return s[:len(s)-len(suffix)], true
-	}
-
-	return "", false
 }

@@ -151,62 +151,34 @@ var _ kilnv1.ImageServiceServer = (*imageService)(nil)
 func (s *imageService) Build(req *kilnv1.BuildRequest, stream kilnv1.ImageService_BuildServer) error {
 	ctx := stream.Context()
 	breq := builder.Request{SchematicID: req.GetSchematicId(), Version: req.GetVersion(), Path: req.GetPath()}
+	out := newEventStream(stream.Send)
 
-	// Events come from the build goroutine; a stream must be written by
-	// one goroutine at a time.
-	events := make(chan *kilnv1.BuildResponse, 64)
-	sendDone := make(chan error, 1)
-
-	go func() {
-		var err error
-
-		for ev := range events {
-			if err == nil {
-				err = stream.Send(ev)
-			}
-		}
-
-		sendDone <- err
-	}()
-
-	progress := func(e builder.Event) {
-		var ev *kilnv1.BuildResponse
+	res, err := s.domain.builder.Build(ctx, breq, func(e builder.Event) {
 		if e.CacheHit {
-			ev = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_CacheHit{CacheHit: true}}
-		} else {
-			ev = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Progress{Progress: &kilnv1.Progress{
-				Phase: e.Phase, Artifact: e.Artifact, BytesDone: e.Done, BytesTotal: e.Total, Message: e.Message,
-			}}}
+			out.progress(&kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_CacheHit{CacheHit: true}})
+
+			return
 		}
 
-		select {
-		case events <- ev:
-		case <-ctx.Done():
-		default: // a slow client skips progress, never the result
-		}
-	}
+		out.progress(&kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Progress{
+			Progress: progressEvent(e.Phase, e.Artifact, e.Message, e.Done, e.Total),
+		}})
+	})
 
-	res, err := s.domain.builder.Build(ctx, breq, progress)
+	var last *kilnv1.BuildResponse
 
 	if err == nil {
 		defer res.Asset.Close()
 
-		version := res.Plan.Version
-		events <- &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Done{Done: &kilnv1.Done{
-			Url:      s.domain.url(breq.SchematicID, version, breq.Path),
+		last = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Done{Done: &kilnv1.Done{
+			Url:      s.domain.url(breq.SchematicID, res.Plan.Version, breq.Path),
 			Size:     res.Asset.Size(),
 			Sha256:   res.Asset.SHA256(),
 			Filename: breq.Path,
 		}}}
 	}
 
-	close(events)
-
-	if sendErr := <-sendDone; err == nil {
-		err = sendErr
-	}
-
-	return err
+	return out.finish(last, err)
 }
 
 func (s *imageService) GetBootAssetURL(ctx context.Context, req *kilnv1.GetBootAssetURLRequest) (*kilnv1.GetBootAssetURLResponse, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,7 +53,7 @@ func TestImageRoute(t *testing.T) {
 	half := len(full) / 2
 
 	req, _ := http.NewRequest("GET", "http://"+ts.addr+url, nil)
-	req.Header.Set("Range", "bytes="+itoa(half)+"-")
+	req.Header.Set("Range", "bytes="+strconv.Itoa(half)+"-")
 	req.Header.Set("If-Range", etag)
 
 	rresp, err := ts.http.Do(req)
@@ -83,7 +84,7 @@ func TestImageRoute(t *testing.T) {
 
 	// Now HEAD answers from the cache.
 	resp, _ = ts.do(t, "HEAD", url+"?filename=my-kernel", "")
-	if resp.StatusCode != 200 || resp.Header.Get("ETag") != etag || resp.Header.Get("Content-Length") != itoa(len(full)) ||
+	if resp.StatusCode != 200 || resp.Header.Get("ETag") != etag || resp.Header.Get("Content-Length") != strconv.Itoa(len(full)) ||
 		resp.Header.Get("Content-Disposition") != "attachment; filename=my-kernel" {
 		t.Fatalf("warm HEAD = %d etag %q length %q disposition %q", resp.StatusCode, resp.Header.Get("ETag"),
 			resp.Header.Get("Content-Length"), resp.Header.Get("Content-Disposition"))
@@ -96,7 +97,7 @@ func TestImageRoute(t *testing.T) {
 		"/image/" + emptyID + "/v1.13.0/aws-amd64.raw.xz": "501 platform aws (only metal) is not supported yet\n",
 	} {
 		resp, body := ts.do(t, "GET", path, "")
-		if got := itoa(resp.StatusCode) + " " + body; got != want {
+		if got := strconv.Itoa(resp.StatusCode) + " " + body; got != want {
 			t.Errorf("GET %s = %q, want %q", path, got, want)
 		}
 	}
@@ -164,8 +165,6 @@ func TestImageServiceBuild(t *testing.T) {
 		t.Fatalf("gateway build = %d %s", resp.StatusCode, body)
 	}
 }
-
-func itoa(n int) string { return fmtInt(n) }
 
 func TestPXEAndCmdline(t *testing.T) {
 	ts := startServer(t, Config{Demo: true, ExternalURL: "https://kiln.example", ExternalPXEURL: "http://10.0.0.5:8080"})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -449,13 +450,13 @@ func TestCodeOf(t *testing.T) {
 	}{
 		{nil, codes.OK},
 		{context.Canceled, codes.Canceled},
-		{fmtErr("wrapped: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
-		{fmtErr("schematic x: %w", storage.ErrNotFound), codes.NotFound},
+		{fmt.Errorf("wrapped: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+		{fmt.Errorf("schematic x: %w", storage.ErrNotFound), codes.NotFound},
 		{errSchematicNotFound, codes.NotFound},
 		{&invalidArgumentError{"x"}, codes.InvalidArgument},
-		{fmtErr("deep: %w", &invalidArgumentError{"x"}), codes.InvalidArgument},
+		{fmt.Errorf("deep: %w", &invalidArgumentError{"x"}), codes.InvalidArgument},
 		{status.Error(codes.Unavailable, "x"), codes.Unavailable},
-		{fmtErr("disk: %w", storage.ErrCorrupt), codes.Internal},
+		{fmt.Errorf("disk: %w", storage.ErrCorrupt), codes.Internal},
 		{io.ErrUnexpectedEOF, codes.Internal},
 	} {
 		if got := codeOf(tc.err); got != tc.code {

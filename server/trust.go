@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -70,16 +71,7 @@ func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger 
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}
 
-	return verifier{v}, nil
-}
-
-// verifier adapts signing.Verifier to the artifact manager's interface.
-type verifier struct{ v *signing.Verifier }
-
-func (v verifier) Verify(ctx context.Context, ref name.Digest) error {
-	_, err := v.v.Verify(ctx, ref)
-
-	return err
+	return imagecache.VerifierFunc(v.Check), nil
 }
 
 type denyAll struct{}

@@ -165,6 +165,15 @@ func describeIdentity(id cosign.Identity) string {
 	return fmt.Sprintf("identity %q issuer %q", s, i)
 }
 
+// Check is Verify for callers that only need the verdict, such as the
+// artifact manager, the mirror and the image cache, whose Verifier
+// interfaces take an error alone.
+func (v *Verifier) Check(ctx context.Context, ref name.Digest) error {
+	_, err := v.Verify(ctx, ref)
+
+	return err
+}
+
 // Verify checks that ref carries a signature trusted for its repository by
 // the policy. It resolves nothing by tag: the caller passes the digest it
 // will use. Every refusal matches ErrUntrusted.

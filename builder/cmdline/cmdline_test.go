@@ -3,37 +3,20 @@ package cmdline_test
 import (
 	"errors"
 	"flag"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	talosmeta "github.com/siderolabs/talos/pkg/machinery/meta"
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-
-	path := filepath.Join("testdata", name+".golden")
-
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-
-	if got != string(want) {
-		t.Errorf("%s:\ngot  %q\nwant %q", name, got, want)
-	}
+	testfixture.Golden(t, name, got, *update)
 }
 
 // Exact strings from the Talos imager tests and the reference (§7.1); these

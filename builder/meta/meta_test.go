@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"flag"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,29 +14,14 @@ import (
 	talosmeta "github.com/siderolabs/talos/pkg/machinery/meta"
 
 	"github.com/kiln-dev/kiln/builder/meta"
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-
-	path := filepath.Join("testdata", name+".golden")
-
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-
-	if got != string(want) {
-		t.Errorf("%s: got\n%q\nwant\n%q", name, got, want)
-	}
+	testfixture.Golden(t, name, got, *update)
 }
 
 var sample = []meta.Value{

@@ -31,23 +31,7 @@ var debianKernel = testfixture.Kernel()
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-
-	path := filepath.Join("testdata", name+".golden")
-
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-
-	if got != string(want) {
-		t.Errorf("%s: got %q, want %q", name, got, want)
-	}
+	testfixture.Golden(t, name, got, *update)
 }
 
 func need(t *testing.T, paths ...string) {

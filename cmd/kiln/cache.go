@@ -157,11 +157,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			return err
 		}
 
-		verifier = imagecache.VerifierFunc(func(ctx context.Context, ref name.Digest) error {
-			_, err := v.Verify(ctx, ref)
-
-			return err
-		})
+		verifier = imagecache.VerifierFunc(v.Check)
 	}
 
 	plan, err := imagecache.NewPlan(ctx, refs, resolver, verifier, opts)

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/cli"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/signing"
@@ -117,7 +118,7 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			return err
 		}
 
-		copyOpts.Verifier = mirrorVerifier{v}
+		copyOpts.Verifier = imagecache.VerifierFunc(v.Check)
 	}
 
 	plan, err := mirror.NewPlan(ctx, src, sel)
@@ -142,14 +143,6 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	}
 
 	_, err = fmt.Fprintf(stdout, "%s %s -> %s: %s\n", prefix, src, dst, stats)
-
-	return err
-}
-
-type mirrorVerifier struct{ v *signing.Verifier }
-
-func (m mirrorVerifier) Verify(ctx context.Context, ref name.Digest) error {
-	_, err := m.v.Verify(ctx, ref)
 
 	return err
 }

@@ -61,11 +61,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 
 	cfg.AssetCacheBytes = size
 
-	for _, v := range strings.Split(*broken, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			cfg.BrokenVersions = append(cfg.BrokenVersions, v)
-		}
-	}
+	cfg.BrokenVersions = splitList(*broken)
 
 	logger, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
