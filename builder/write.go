@@ -383,6 +383,9 @@ func (j *job) imageCache(ctx context.Context) (string, error) {
 
 	dir := filepath.Join(j.tmp, "imagecache")
 	opts := p.cacheOpts
+	// Scratch, read back at once into the image, which is synced when the
+	// asset is committed: a sync here would only write it to disk twice.
+	opts.NoSync = true
 	opts.Progress = func(e imagecache.Event) {
 		j.emit(Event{Phase: "fetch", Artifact: e.Image, Message: "image cache: " + string(e.Phase), Done: e.Done, Total: e.Total})
 	}

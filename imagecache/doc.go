@@ -9,8 +9,19 @@
 // image, missing platform or refused signature fails here, before a byte is
 // written, with an error naming the image. Write then fetches every blob
 // once (in parallel, bounded, streamed in 1 MiB chunks, checked against its
-// digest) into a temporary directory next to the output and renames it into
-// place, either as the flat tree or packed into a one-layer OCI image layout.
+// digest) into a temporary directory next to the output, syncs it and
+// renames it into place, either as the flat tree or as a one-layer OCI
+// image layout.
+//
+// Where the time goes, and so how Write is built: every byte is hashed
+// (once to check the blob; for OCI twice more, for the layer's diffID and
+// digest) and written once. Synced output is written with O_DIRECT, so it
+// costs no page cache and leaves the final syncfs almost nothing to do.
+// With OCI the flat tree is never written out: blobs are fetched in tar
+// order into memory spools (bounded, spilling to files) and packed as they
+// arrive; the layer is gzip with stored blocks (the blobs are compressed
+// already) and its two hashes and the file writes run on goroutines of
+// their own. bench_test.go measures it against crane and skopeo.
 //
 // Flat tree (the output directory itself with --layout flat, the single layer
 // of the OCI image otherwise); names are the upstream names even when the
@@ -31,5 +42,5 @@
 //	index.json                 one manifest descriptor with a platform, no annotations
 //	blobs/sha256/<manifest>    OCI manifest
 //	blobs/sha256/<config>      OCI config, created = Options.Created
-//	blobs/sha256/<layer>       gzip tar of the flat tree (sorted, with directory entries)
+//	blobs/sha256/<layer>       gzip (stored blocks) tar of the flat tree (sorted, with directory entries)
 package imagecache

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -323,46 +324,59 @@ func TestFailBeforeWrite(t *testing.T) {
 	}
 }
 
-// TestWriteAtomic: a blob that cannot be fetched fails Write and leaves
+// TestWriteAtomic: a blob that cannot be fetched, or whose bytes are not
+// what the plan says, fails Write with an error naming it and leaves
 // nothing behind; an existing non-empty output is refused.
 func TestWriteAtomic(t *testing.T) {
 	f := newFixture(t, 1024, 1)
-	opts := Options{Layout: Flat, Logger: quiet(), Signatures: true}
-	p := f.plan(t, opts)
 
-	parent := t.TempDir()
-	out := filepath.Join(parent, "cache")
+	for _, layout := range []Layout{Flat, OCI} {
+		t.Run(layout.String(), func(t *testing.T) {
+			opts := Options{Layout: layout, Logger: quiet(), Signatures: true}
+			p := f.plan(t, opts)
 
-	// Corrupt the plan: a blob that does not exist.
-	bad := *p
-	bad.blobs = map[v1.Hash]*blobSource{}
-	for k, v := range p.blobs {
-		bad.blobs[k] = v
-	}
+			parent := t.TempDir()
+			out := filepath.Join(parent, "cache")
 
-	var any *blobSource
-	for _, b := range p.blobs {
-		any = b
-		break
-	}
+			var any *blobSource
+			for _, b := range p.blobs {
+				if _, ok := p.inline[b.digest]; !ok {
+					any = b
+				}
+			}
 
-	missing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}
-	bad.blobs[missing] = &blobSource{digest: missing, size: 10, repo: any.repo, puller: any.puller}
+			missing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}
 
-	if _, err := Write(t.Context(), &bad, out, opts); !errors.Is(err, ErrNotFound) {
-		t.Errorf("write with missing blob: %v", err)
-	}
+			for _, tc := range []struct {
+				name string
+				blob *blobSource
+				want error
+			}{
+				{"missing", &blobSource{digest: missing, size: 10, repo: any.repo, puller: any.puller}, ErrNotFound},
+				{"short", &blobSource{digest: any.digest, size: any.size + 1, repo: any.repo, puller: any.puller}, ErrDigest},
+			} {
+				bad := *p
+				bad.blobs = maps.Clone(p.blobs)
+				bad.blobs[tc.blob.digest] = tc.blob
 
-	if entries, _ := os.ReadDir(parent); len(entries) != 0 {
-		t.Errorf("left behind: %v", entries)
-	}
+				_, err := Write(t.Context(), &bad, out, opts)
+				if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.blob.digest.Hex) {
+					t.Errorf("%s blob: %v, want %v naming it", tc.name, err, tc.want)
+				}
 
-	if _, err := Write(t.Context(), p, out, opts); err != nil {
-		t.Fatal(err)
-	}
+				if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+					t.Errorf("%s blob: left behind: %v", tc.name, entries)
+				}
+			}
 
-	if _, err := Write(t.Context(), p, out, opts); !errors.Is(err, ErrExists) {
-		t.Errorf("second write: %v", err)
+			if _, err := Write(t.Context(), p, out, opts); err != nil {
+				t.Fatal(err)
+			}
+
+			if _, err := Write(t.Context(), p, out, opts); !errors.Is(err, ErrExists) {
+				t.Errorf("second write: %v", err)
+			}
+		})
 	}
 }
 
@@ -402,6 +416,20 @@ func TestDeterministicAndLayerCache(t *testing.T) {
 	if s1.CachedBlobs != 0 || s2.CachedBlobs == 0 || s2.Fetched != 0 {
 		t.Errorf("layer cache: first %+v second %+v", s1, s2)
 	}
+
+	// The flat tree takes the same entries, linked from the cache.
+	fl := filepath.Join(t.TempDir(), "flat")
+
+	s3, err := Write(t.Context(), f.plan(t, flat), fl, flat)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if s3.CachedBlobs == 0 || s3.Fetched != 0 {
+		t.Errorf("layer cache, flat: %+v", s3)
+	}
+
+	diffTrees(t, readTree(t, fl), untar(t, ociLayer(t, readTree(t, a))))
 
 	ta, tb := readTree(t, a), readTree(t, b)
 	if len(ta) != len(tb) {

@@ -39,7 +39,7 @@ func serve(t testing.TB, dir string) string {
 func crane(t *testing.T, args ...string) string {
 	t.Helper()
 
-	bin := binary(t, "CRANE", "/work/main/_tools/bin/crane")
+	bin := toolPath(t, "CRANE", "/work/main/_tools/bin/crane")
 	cmd := exec.Command(bin, append(args, "--insecure")...)
 	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+t.TempDir())
 
@@ -60,7 +60,7 @@ func crane(t *testing.T, args ...string) string {
 // kiln's mirror) is served by Handler, and crane pulls every image back
 // with the digests of the sources, every platform and blob validating.
 func TestIntegrationCranePullsBack(t *testing.T) {
-	f := newFixtureAt(t, startRegistry(t, binary(t, "DOCKER_REGISTRY", "")), 64<<10, 2)
+	f := newFixtureAt(t, startRegistry(t, toolPath(t, "DOCKER_REGISTRY", "")), 64<<10, 2)
 
 	opts := Options{Platforms: []string{"all"}, Layout: Flat, Signatures: true, Logger: quiet()}
 	p := f.plan(t, opts)
@@ -125,7 +125,7 @@ func sigLayer(t *testing.T, manifest string) string {
 	return m.Layers[0].Digest
 }
 
-func binary(t testing.TB, env, def string) string {
+func toolPath(t testing.TB, env, def string) string {
 	t.Helper()
 
 	bin := os.Getenv(env)

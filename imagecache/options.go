@@ -68,14 +68,18 @@ type Options struct {
 	// epoch, so that the same plan always gives the same bytes; talosctl
 	// writes time.Now(). It is not part of the plan's ID.
 	Created time.Time
-	// NoSync skips the syncfs before the output is renamed into place
-	// (benchmarks, throwaway outputs): faster, but a crash may leave a
-	// complete-looking directory whose files were not flushed.
+	// NoSync skips the syncfs before the output is renamed into place and
+	// writes through the page cache (scratch that is read back at once):
+	// a crash may leave a complete-looking directory whose files were not
+	// flushed.
 	NoSync bool
 	// Progress, when set, receives events; calls are serialised.
 	Progress func(Event)
 	// Logger defaults to discarding (no process-wide logger is used).
 	Logger *slog.Logger
+
+	// spoolMemory overrides the spools' memory bound (tests).
+	spoolMemory int
 }
 
 // DefaultOptions are talosctl's defaults: linux/amd64, OCI layout,
@@ -140,6 +144,14 @@ func (o Options) logger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
+func (o Options) spoolLimit() int {
+	if o.spoolMemory > 0 {
+		return o.spoolMemory
+	}
+
+	return spoolMemory
+}
+
 func (o Options) jobs() int {
 	if o.Jobs > 0 {
 		return o.Jobs
@@ -155,7 +167,7 @@ type Phase string
 const (
 	PhaseResolve Phase = "resolve" // an image was resolved and verified (Plan)
 	PhaseBlob    Phase = "blob"    // a blob was written (Write)
-	PhasePack    Phase = "pack"    // the tree is being packed into the OCI layout (Write)
+	PhasePack    Phase = "pack"    // every blob is fetched; the OCI layer is being finished (Write, OCI only)
 	PhaseDone    Phase = "done"    // the output is in place (Write)
 )
 

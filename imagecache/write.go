@@ -1,27 +1,22 @@
 package imagecache
 
 import (
-	"archive/tar"
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
@@ -52,8 +47,8 @@ type Stats struct {
 // p was planned with Layout OCI. dir must not exist or be empty. Everything
 // is written to temporary directories beside dir, synced, and renamed into
 // place only when complete; on error nothing is left behind. Write uses
-// opts for Jobs, LayerCache, Created, Progress and Logger; the layout and
-// platforms are the plan's.
+// opts for Jobs, LayerCache, Created, NoSync, Progress and Logger; the
+// layout and platforms are the plan's.
 func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error) {
 	start := time.Now()
 
@@ -69,21 +64,35 @@ func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error
 		return st, fmt.Errorf("output parent: %w", err)
 	}
 
-	tree, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tree-")
+	out, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+"."+p.layout.String()+"-")
 	if err != nil {
 		return st, fmt.Errorf("temp dir: %w", err)
 	}
-	defer os.RemoveAll(tree) //nolint:errcheck // gone after the rename, else cleanup
+	defer os.RemoveAll(out) //nolint:errcheck // gone after the rename, else cleanup
 
-	w := &writer{p: p, opts: opts, root: tree, progress: opts.Progress}
+	w := &writer{p: p, opts: opts, root: out, progress: opts.Progress, bufs: newChunks(-1)}
 	w.total = p.Size()
 
-	if err := w.writeManifests(); err != nil {
-		return st, err
-	}
+	if p.layout == OCI {
+		spools, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".spool-")
+		if err != nil {
+			return st, fmt.Errorf("temp dir: %w", err)
+		}
+		defer os.RemoveAll(spools) //nolint:errcheck // scratch
 
-	if err := w.writeBlobs(ctx); err != nil {
-		return st, err
+		if st.OutputBytes, err = w.writeOCI(ctx, spools); err != nil {
+			return st, err
+		}
+	} else {
+		if err := w.writeManifests(); err != nil {
+			return st, err
+		}
+
+		if err := w.writeBlobs(ctx); err != nil {
+			return st, err
+		}
+
+		st.OutputBytes = p.Size()
 	}
 
 	st.Manifests = len(p.manifests)
@@ -91,28 +100,6 @@ func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error
 	st.CachedBlobs = int(w.cached)
 	st.Fetched = w.fetched
 	st.TreeBytes = p.Size()
-
-	out := tree
-
-	if p.layout == OCI {
-		w.emit(Event{Phase: PhasePack, Done: w.done, Total: w.total})
-
-		layoutDir, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".oci-")
-		if err != nil {
-			return st, fmt.Errorf("temp dir: %w", err)
-		}
-		defer os.RemoveAll(layoutDir) //nolint:errcheck // as above
-
-		n, err := pack(ctx, tree, layoutDir, p.outer, opts.Created)
-		if err != nil {
-			return st, err
-		}
-
-		st.OutputBytes = n
-		out = layoutDir
-	} else {
-		st.OutputBytes = st.TreeBytes
-	}
 
 	if !opts.NoSync {
 		if err := syncDir(out); err != nil {
@@ -166,6 +153,8 @@ type writer struct {
 	total   int64
 	fetched int64
 	cached  int64
+	left    int     // blobs not yet written
+	bufs    *chunks // staging buffers of output files
 }
 
 func (w *writer) emit(e Event) {
@@ -201,8 +190,9 @@ func (w *writer) writeManifests() error {
 	return os.MkdirAll(filepath.Join(w.root, blobDir), 0o755)
 }
 
-// writeBlobs fetches every blob once, largest first, at most Jobs at a time.
-func (w *writer) writeBlobs(ctx context.Context) error {
+// sortedBlobs lists the plan's blobs largest first, so that the longest
+// downloads start first.
+func (w *writer) sortedBlobs() []*blobSource {
 	list := make([]*blobSource, 0, len(w.p.blobs))
 	for _, b := range w.p.blobs {
 		list = append(list, b)
@@ -216,11 +206,63 @@ func (w *writer) writeBlobs(ctx context.Context) error {
 		return list[i].digest.Hex < list[j].digest.Hex
 	})
 
-	if w.opts.LayerCache != "" {
-		if err := os.MkdirAll(filepath.Join(w.opts.LayerCache, "sha256"), 0o755); err != nil {
-			return fmt.Errorf("layer cache: %w", err)
-		}
+	return list
+}
+
+func (w *writer) layerCache() error {
+	if w.opts.LayerCache == "" {
+		return nil
 	}
+
+	if err := os.MkdirAll(filepath.Join(w.opts.LayerCache, "sha256"), 0o755); err != nil {
+		return fmt.Errorf("layer cache: %w", err)
+	}
+
+	return nil
+}
+
+// cachePath is b's file in the layer cache, or "" without one.
+func (w *writer) cachePath(b *blobSource) string {
+	if w.opts.LayerCache == "" {
+		return ""
+	}
+
+	return filepath.Join(w.opts.LayerCache, b.digest.Algorithm, b.digest.Hex)
+}
+
+// blobDone counts a written blob and reports it; it reports the end of the
+// fetches (PhasePack) with the last blob of an OCI write.
+func (w *writer) blobDone(b *blobSource, cached bool) {
+	w.mu.Lock()
+	w.done += b.size
+	w.left--
+
+	if cached {
+		w.cached++
+	} else if _, ok := w.p.inline[b.digest]; !ok {
+		w.fetched += b.size
+	}
+
+	e := Event{Phase: PhaseBlob, Digest: b.digest.String(), Cached: cached, Done: w.done, Total: w.total}
+	last := w.left == 0
+	w.mu.Unlock()
+
+	w.emit(e)
+
+	if last && w.p.layout == OCI {
+		w.emit(Event{Phase: PhasePack, Done: e.Done, Total: e.Total})
+	}
+}
+
+// writeBlobs writes every blob of the flat tree once, largest first, at
+// most Jobs at a time.
+func (w *writer) writeBlobs(ctx context.Context) error {
+	if err := w.layerCache(); err != nil {
+		return err
+	}
+
+	list := w.sortedBlobs()
+	w.left = len(list)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(w.opts.jobs())
@@ -237,17 +279,7 @@ func (w *writer) writeBlobs(ctx context.Context) error {
 				return fmt.Errorf("blob %s (from %s): %w", b.digest, b.repo, err)
 			}
 
-			w.mu.Lock()
-			w.done += b.size
-			if cached {
-				w.cached++
-			} else if _, ok := w.p.inline[b.digest]; !ok {
-				w.fetched += b.size
-			}
-			e := Event{Phase: PhaseBlob, Digest: b.digest.String(), Cached: cached, Done: w.done, Total: w.total}
-			w.mu.Unlock()
-
-			w.emit(e)
+			w.blobDone(b, cached)
 
 			return nil
 		})
@@ -257,7 +289,7 @@ func (w *writer) writeBlobs(ctx context.Context) error {
 }
 
 // blob writes one blob into the tree: from the plan's memory, the layer
-// cache, or the registry, checking digest and size while copying.
+// cache (linked when it can be), or the registry.
 func (w *writer) blob(ctx context.Context, b *blobSource, buf []byte) (cached bool, err error) {
 	dst := filepath.Join(w.root, filepath.FromSlash(blobPath(b.digest)))
 
@@ -265,36 +297,43 @@ func (w *writer) blob(ctx context.Context, b *blobSource, buf []byte) (cached bo
 		return false, os.WriteFile(dst, data, 0o644)
 	}
 
-	var cachePath string
-	if w.opts.LayerCache != "" {
-		cachePath = filepath.Join(w.opts.LayerCache, b.digest.Algorithm, b.digest.Hex)
-
-		if ok, err := copyFromCache(cachePath, dst, b, buf); err != nil {
+	cachePath := w.cachePath(b)
+	if cachePath != "" {
+		f, err := openCached(cachePath, b, buf)
+		if err != nil {
 			return false, err
-		} else if ok {
-			return true, nil
+		}
+
+		if f != nil {
+			defer f.Close()
+
+			// The entry was just verified, and entries are never written in
+			// place, so the tree can share it.
+			if os.Link(cachePath, dst) == nil {
+				return true, nil
+			}
+
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return false, err
+			}
+
+			return true, writeFile(dst, f, b, buf, !w.opts.NoSync, w.bufs)
 		}
 	}
 
-	if err := ctx.Err(); err != nil {
+	f, err := createOut(dst, !w.opts.NoSync, w.bufs)
+	if err != nil {
 		return false, err
 	}
 
-	l, err := b.puller.Layer(ctx, b.repo.Digest(b.digest.String()))
-	if err != nil {
-		return false, classify(err)
+	if err := w.fetch(ctx, b, f, buf); err != nil {
+		f.Close() //nolint:errcheck // already failing
+
+		return false, err
 	}
 
-	rc, err := l.Compressed()
-	if err != nil {
-		return false, classify(err)
-	}
-	defer rc.Close()
-
-	// go-containerregistry's remote layer already checks the digest and
-	// size at EOF (and fails the read); hashing twice costs a core.
-	if err := writeFileTrusted(dst, rc, b, buf); err != nil {
-		return false, classify(err)
+	if err := f.Close(); err != nil {
+		return false, err
 	}
 
 	if cachePath != "" {
@@ -304,31 +343,58 @@ func (w *writer) blob(ctx context.Context, b *blobSource, buf []byte) (cached bo
 	return false, nil
 }
 
-// copyFromCache copies a cached blob, verifying it; a bad entry is removed
-// and reported as a miss.
-func copyFromCache(cachePath, dst string, b *blobSource, buf []byte) (bool, error) {
+// fetch copies b from the registry into dst.
+func (w *writer) fetch(ctx context.Context, b *blobSource, dst io.Writer, buf []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	l, err := b.puller.Layer(ctx, b.repo.Digest(b.digest.String()))
+	if err != nil {
+		return classify(err)
+	}
+
+	rc, err := l.Compressed()
+	if err != nil {
+		return classify(err)
+	}
+	defer rc.Close()
+
+	// go-containerregistry's remote layer already checks the digest and
+	// size at EOF (and fails the read); hashing twice costs a core.
+	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{rc}, buf)
+	if err == nil && b.size >= 0 && n != b.size {
+		err = fmt.Errorf("%s: %d bytes, want %d: %w", b.digest, n, b.size, ErrDigest)
+	}
+
+	return classify(err)
+}
+
+// openCached opens and verifies b's layer-cache entry; it returns nil for a
+// miss. A bad entry is removed and is a miss.
+func openCached(cachePath string, b *blobSource, buf []byte) (*os.File, error) {
 	f, err := os.Open(cachePath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return nil, nil
 	}
 
 	if err != nil {
-		return false, fmt.Errorf("layer cache: %w", err)
+		return nil, fmt.Errorf("layer cache: %w", err)
 	}
-	defer f.Close()
 
-	if err := writeFile(dst, f, b, buf); err != nil {
+	if _, err := copyVerified(io.Discard, f, b.digest, b.size, buf); err != nil {
+		f.Close() //nolint:errcheck // read-only
+
 		if errors.Is(err, ErrDigest) {
 			os.Remove(cachePath) //nolint:errcheck // a corrupt entry, refetch
-			os.Remove(dst)       //nolint:errcheck // rewritten below
 
-			return false, nil
+			return nil, nil
 		}
 
-		return false, err
+		return nil, fmt.Errorf("layer cache: %w", err)
 	}
 
-	return true, nil
+	return f, nil
 }
 
 // toCache adds a verified blob to the layer cache (hard link, else copy),
@@ -343,7 +409,7 @@ func (w *writer) toCache(src, cachePath string, b *blobSource, buf []byte) {
 		}
 		defer in.Close()
 
-		if err := writeFile(tmp, in, b, buf); err != nil {
+		if err := writeFile(tmp, in, b, buf, false, w.bufs); err != nil {
 			os.Remove(tmp) //nolint:errcheck // best effort
 
 			return
@@ -358,35 +424,13 @@ func (w *writer) toCache(src, cachePath string, b *blobSource, buf []byte) {
 
 // writeFile copies r to a new file at dst in chunk-sized writes, checking
 // the digest and size at EOF.
-func writeFile(dst string, r io.Reader, b *blobSource, buf []byte) error {
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+func writeFile(dst string, r io.Reader, b *blobSource, buf []byte, sync bool, pool *chunks) error {
+	f, err := createOut(dst, sync, pool)
 	if err != nil {
 		return err
 	}
 
 	if _, err := copyVerified(f, r, b.digest, b.size, buf); err != nil {
-		f.Close() //nolint:errcheck // already failing
-
-		return err
-	}
-
-	return f.Close()
-}
-
-// writeFileTrusted is writeFile for a reader that verifies the digest
-// itself; only the size is checked here.
-func writeFileTrusted(dst string, r io.Reader, b *blobSource, buf []byte) error {
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-
-	n, err := io.CopyBuffer(onlyWriter{f}, onlyReader{r}, buf)
-	if err == nil && b.size >= 0 && n != b.size {
-		err = fmt.Errorf("%s: %d bytes, want %d: %w", b.digest, n, b.size, ErrDigest)
-	}
-
-	if err != nil {
 		f.Close() //nolint:errcheck // already failing
 
 		return err
@@ -442,269 +486,188 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// pack writes the OCI layout of the tree into out, as talosctl does: an
-// OCI image (OCI manifest and config, created, one gzip layer of the tree)
-// in a layout whose index.json has a single descriptor with the platform.
-// It returns the bytes written.
-func pack(ctx context.Context, tree, out string, platform v1.Platform, created time.Time) (int64, error) {
-	blobs := filepath.Join(out, "blobs", "sha256")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
+// writeOCI writes the OCI layout into w.root. The blobs are fetched in the
+// order the layer's tar holds them, Jobs at a time, each into a spool under
+// scratch, and packed as they arrive: the flat tree is never written out.
+// It returns the bytes of the layout.
+func (w *writer) writeOCI(ctx context.Context, scratch string) (int64, error) {
+	if err := w.layerCache(); err != nil {
 		return 0, err
 	}
 
-	layer, err := packLayer(ctx, tree, blobs)
-	if err != nil {
-		return 0, fmt.Errorf("pack tree: %w", err)
-	}
-
-	if created.IsZero() {
-		created = time.Unix(0, 0)
-	}
-
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-
-	img, err = mutate.CreatedAt(img, v1.Time{Time: created.UTC()})
-	if err != nil {
+	dir := filepath.Join(w.root, "blobs", "sha256")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, err
 	}
 
-	img, err = mutate.AppendLayers(img, layer)
-	if err != nil {
-		return 0, err
+	entries, blobs := w.p.treeEntries()
+	w.left = len(blobs)
+
+	if len(blobs) == 0 {
+		w.emit(Event{Phase: PhasePack, Total: w.total})
 	}
 
-	cfg, err := img.RawConfigFile()
-	if err != nil {
-		return 0, err
+	pool := newChunks(w.opts.spoolLimit())
+	spools := make([]*spool, len(blobs))
+
+	for i, b := range blobs {
+		spools[i] = newSpool(pool, func() (*os.File, string, error) {
+			path := filepath.Join(scratch, fileName(b.digest))
+			f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+
+			return f, path, err
+		})
 	}
 
-	cfgName, err := img.ConfigName()
-	if err != nil {
-		return 0, err
-	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 
-	man, err := img.RawManifest()
-	if err != nil {
-		return 0, err
-	}
+	var (
+		wg   sync.WaitGroup
+		next atomic.Int64
+	)
 
-	manDigest, err := img.Digest()
-	if err != nil {
-		return 0, err
-	}
+	for range min(w.opts.jobs(), len(blobs)) {
+		wg.Go(func() {
+			buf := make([]byte, chunk)
 
-	idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
-		Add: img,
-		Descriptor: v1.Descriptor{
-			MediaType: types.OCIManifestSchema1,
-			Size:      int64(len(man)),
-			Digest:    manDigest,
-			Platform:  &platform,
-		},
-	})
+			// Every spool is finished, even after a failure, so that the
+			// packer never waits for one that nobody will fill.
+			for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
+				b := blobs[i]
 
-	index, err := idx.RawManifest()
-	if err != nil {
-		return 0, err
-	}
+				cached, err := w.spoolBlob(ctx, b, spools[i], buf)
+				if err != nil {
+					err = fmt.Errorf("blob %s (from %s): %w", b.digest, b.repo, err)
+					spools[i].finish(err)
+					cancel(err)
 
-	files := []struct {
-		path string
-		data []byte
-	}{
-		{filepath.Join(blobs, cfgName.Hex), cfg},
-		{filepath.Join(blobs, manDigest.Hex), man},
-		{filepath.Join(out, "oci-layout"), []byte(ociLayoutFile)},
-		{filepath.Join(out, "index.json"), index},
-	}
+					continue
+				}
 
-	n := layer.size
-
-	for _, f := range files {
-		if err := os.WriteFile(f.path, f.data, 0o644); err != nil {
-			return 0, err
-		}
-
-		n += int64(len(f.data))
-	}
-
-	return n, nil
-}
-
-// fileLayer is the packed tree: a gzip file whose digests were computed
-// while it was written.
-type fileLayer struct {
-	path           string
-	digest, diffID v1.Hash
-	size           int64
-}
-
-var _ v1.Layer = (*fileLayer)(nil)
-
-func (l *fileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
-func (l *fileLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *fileLayer) Size() (int64, error)                { return l.size, nil }
-func (l *fileLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
-func (l *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
-
-func (l *fileLayer) Uncompressed() (io.ReadCloser, error) {
-	f, err := os.Open(l.path)
-	if err != nil {
-		return nil, err
-	}
-
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		f.Close() //nolint:errcheck // already failing
-
-		return nil, err
-	}
-
-	return struct {
-		io.Reader
-		io.Closer
-	}{zr, f}, nil
-}
-
-// packLayer streams the tree as a tar (entries sorted by path, directories
-// included, modes 0755/0644, no times or owners: what talosctl's filemap
-// writes) through gzip into blobs/<digest>, hashing both streams.
-func packLayer(ctx context.Context, tree, blobs string) (*fileLayer, error) {
-	type entry struct {
-		rel  string
-		full string
-		dir  bool
-		size int64
-	}
-
-	var entries []entry
-
-	err := filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-
-		rel, err := filepath.Rel(tree, p)
-		if err != nil || rel == "." {
-			return err
-		}
-
-		e := entry{rel: filepath.ToSlash(rel), full: p, dir: d.IsDir()}
-		if !e.dir {
-			info, err := d.Info()
-			if err != nil {
-				return err
+				w.blobDone(b, cached)
 			}
+		})
+	}
 
-			e.size = info.Size()
-		}
-
-		entries = append(entries, e)
-
-		return nil
-	})
+	layer, err := w.packTar(ctx, entries, blobs, spools, dir)
 	if err != nil {
-		return nil, err
+		cancel(err)
 	}
 
-	slices.SortFunc(entries, func(a, b entry) int {
-		switch {
-		case a.rel < b.rel:
-			return -1
-		case a.rel > b.rel:
-			return 1
-		}
+	wg.Wait()
 
-		return 0
-	})
+	for _, s := range spools {
+		s.close()
+	}
 
-	tmp, err := os.CreateTemp(blobs, ".layer-")
 	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // renamed on success
-
-	compressed := sha256.New()
-	cw := &countWriter{h: compressed}
-	bw := bufio.NewWriterSize(io.MultiWriter(tmp, cw), chunk)
-
-	zw, err := gzip.NewWriterLevel(bw, gzip.BestSpeed)
-	if err != nil {
-		return nil, err
-	}
-
-	uncompressed := sha256.New()
-	tw := tar.NewWriter(io.MultiWriter(zw, uncompressed))
-	buf := make([]byte, chunk)
-
-	for _, e := range entries {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+		// The first failure is the cause; the packer may only have seen the
+		// cancellation it caused.
+		if cause := context.Cause(ctx); cause != nil && errors.Is(err, context.Canceled) {
+			err = cause
 		}
 
-		if e.dir {
-			if err := tw.WriteHeader(&tar.Header{Name: e.rel, Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
-				return nil, err
-			}
-
-			continue
-		}
-
-		if err := tw.WriteHeader(&tar.Header{Name: e.rel, Mode: 0o644, Size: e.size}); err != nil {
-			return nil, err
-		}
-
-		f, err := os.Open(e.full)
-		if err != nil {
-			return nil, err
-		}
-
-		_, err = io.CopyBuffer(onlyWriter{tw}, onlyReader{f}, buf)
-		f.Close() //nolint:errcheck // read-only
-
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", e.rel, err)
-		}
+		return 0, err
 	}
 
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-
-	if err := zw.Close(); err != nil {
-		return nil, err
-	}
-
-	if err := bw.Flush(); err != nil {
-		return nil, err
-	}
-
-	if err := tmp.Close(); err != nil {
-		return nil, err
-	}
-
-	l := &fileLayer{
-		digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(compressed.Sum(nil))},
-		diffID: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(uncompressed.Sum(nil))},
-		size:   cw.n,
-	}
-	l.path = filepath.Join(blobs, l.digest.Hex)
-
-	if err := os.Rename(tmp.Name(), l.path); err != nil {
-		return nil, err
-	}
-
-	return l, os.Chmod(l.path, 0o644)
+	return writeLayout(w.root, layer, w.p.outer, w.opts.Created)
 }
 
-type countWriter struct {
-	h hash.Hash
-	n int64
+// spoolBlob fills s with b: from the plan's memory, the layer cache (the
+// verified entry itself), or the registry (copied into the layer cache on
+// the way, when there is one).
+func (w *writer) spoolBlob(ctx context.Context, b *blobSource, s *spool, buf []byte) (cached bool, err error) {
+	if data, ok := w.p.inline[b.digest]; ok {
+		s.complete(data, nil, int64(len(data)))
+
+		return false, nil
+	}
+
+	cachePath := w.cachePath(b)
+	if cachePath == "" {
+		if err := w.fetch(ctx, b, s, buf); err != nil {
+			return false, err
+		}
+
+		s.finish(nil)
+
+		return false, nil
+	}
+
+	f, err := openCached(cachePath, b, buf)
+	if err != nil {
+		return false, err
+	}
+
+	if f != nil {
+		s.complete(nil, f, b.size)
+
+		return true, nil
+	}
+
+	entry := newCacheEntry(cachePath)
+	if err := w.fetch(ctx, b, io.MultiWriter(s, entry), buf); err != nil {
+		entry.discard()
+
+		return false, err
+	}
+
+	s.finish(nil)
+	entry.commit(w.opts.logger(), b)
+
+	return false, nil
 }
 
-func (c *countWriter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
+// cacheEntry writes a layer-cache entry beside its final name. It never
+// fails the write it rides along with: a cache that cannot be written only
+// costs a later download.
+type cacheEntry struct {
+	path string
+	tmp  string
+	f    *os.File
+	err  error
+}
 
-	return c.h.Write(p)
+func newCacheEntry(path string) *cacheEntry {
+	e := &cacheEntry{path: path, tmp: fmt.Sprintf("%s.tmp-%d-%d", path, os.Getpid(), time.Now().UnixNano())}
+	e.f, e.err = os.OpenFile(e.tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+
+	return e
+}
+
+func (e *cacheEntry) Write(p []byte) (int, error) {
+	if e.err == nil {
+		_, e.err = e.f.Write(p)
+	}
+
+	return len(p), nil
+}
+
+func (e *cacheEntry) discard() {
+	if e.f != nil {
+		e.f.Close()      //nolint:errcheck // discarded
+		os.Remove(e.tmp) //nolint:errcheck // best effort
+	}
+}
+
+// commit renames a complete entry into place; the blob was verified by the
+// fetch it rode along with.
+func (e *cacheEntry) commit(log *slog.Logger, b *blobSource) {
+	if e.f == nil {
+		return
+	}
+
+	if err := e.f.Close(); e.err == nil {
+		e.err = err
+	}
+
+	if e.err == nil {
+		e.err = os.Rename(e.tmp, e.path)
+	}
+
+	if e.err != nil {
+		os.Remove(e.tmp) //nolint:errcheck // best effort
+		log.Warn("layer cache", "blob", b.digest.String(), "err", e.err)
+	}
 }

@@ -1,0 +1,312 @@
+package imagecache
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(uint64(n), 7))
+
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+
+	return b
+}
+
+// TestSpool reads spools while they are written, in memory, spilled to a
+// file part way, or on file from the start, and checks every byte and that
+// nothing is left behind.
+func TestSpool(t *testing.T) {
+	sizes := []int{0, 1, chunk - 1, chunk, chunk + 1, 3*chunk + chunk/2}
+
+	for _, limit := range []int{0, chunk, 100 * chunk} {
+		for _, size := range sizes {
+			t.Run(fmt.Sprintf("mem%d/%d", limit/chunk, size), func(t *testing.T) {
+				dir := t.TempDir()
+				pool := newChunks(limit)
+				spilled := filepath.Join(dir, "spill")
+				s := newSpool(pool, func() (*os.File, string, error) {
+					f, err := os.OpenFile(spilled, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+
+					return f, spilled, err
+				})
+
+				want := pattern(size)
+
+				go func() {
+					r := rand.New(rand.NewPCG(1, uint64(size)))
+					for p := want; len(p) > 0; {
+						n := min(len(p), 1+r.IntN(300_000))
+						if _, err := s.Write(p[:n]); err != nil {
+							s.finish(err)
+
+							return
+						}
+
+						p = p[n:]
+
+						if r.IntN(4) == 0 {
+							time.Sleep(time.Millisecond)
+						}
+					}
+
+					s.finish(nil)
+				}()
+
+				got, err := io.ReadAll(s.reader())
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				if !bytes.Equal(got, want) {
+					t.Fatalf("read %d bytes, want %d (equal prefix: %v)", len(got), len(want), bytes.HasPrefix(want, got))
+				}
+
+				s.close()
+
+				if _, err := os.Stat(spilled); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("spill file left: %v", err)
+				}
+
+				// Every buffer taken went back.
+				if limit > 0 && len(pool.free)+pool.left != limit/chunk {
+					t.Errorf("pool: %d free + %d left, want %d", len(pool.free), pool.left, limit/chunk)
+				}
+			})
+		}
+	}
+}
+
+// TestSpoolFailsAfterLastByte: a fetch whose digest turns out wrong at EOF
+// fails the reader, never ends it cleanly.
+func TestSpoolFailsAfterLastByte(t *testing.T) {
+	s := newSpool(newChunks(4*chunk), nil)
+	data := pattern(1000)
+
+	if _, err := s.Write(data); err != nil {
+		t.Fatal(err)
+	}
+
+	bad := fmt.Errorf("blob: %w", ErrDigest)
+	s.finish(bad)
+
+	got, err := io.ReadAll(s.reader())
+	if !errors.Is(err, ErrDigest) {
+		t.Fatalf("read %d bytes, err %v; want ErrDigest", len(got), err)
+	}
+}
+
+// TestLayerWriter: the layer is a gzip stream of the input that Go's
+// reader and gzip(1) accept, and its digest, diffID and size are right.
+func TestLayerWriter(t *testing.T) {
+	gz, err := exec.LookPath("gzip")
+	if err != nil {
+		t.Fatal("gzip(1) is needed to check the layer:", err)
+	}
+
+	for _, size := range []int{0, 1, maxStored, maxStored + 1, chunk, chunk + 1, 3*chunk + 12345} {
+		for _, sync := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%d/sync=%v", size, sync), func(t *testing.T) {
+				data := pattern(size)
+				path := filepath.Join(t.TempDir(), "layer.gz")
+				pool := newChunks(-1)
+
+				f, err := createOut(path, sync, pool)
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				lw := newLayerWriter(f, pool)
+				// Odd-sized writes, as tar's headers and padding make.
+				for p := data; len(p) > 0; {
+					n := min(len(p), 511)
+					if len(p) > 5*chunk/4 {
+						n = chunk + 3
+					}
+
+					if _, err := lw.Write(p[:n]); err != nil {
+						t.Fatal(err)
+					}
+
+					p = p[n:]
+				}
+
+				l, err := lw.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+
+				blob, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				if d := sha256.Sum256(blob); l.digest.Hex != hex.EncodeToString(d[:]) || l.size != int64(len(blob)) {
+					t.Errorf("digest/size %s %d, file %x %d", l.digest, l.size, d, len(blob))
+				}
+
+				if d := sha256.Sum256(data); l.diffID.Hex != hex.EncodeToString(d[:]) {
+					t.Errorf("diffID %s, want %x", l.diffID, d)
+				}
+
+				zr, err := gzip.NewReader(bytes.NewReader(blob))
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				got, err := io.ReadAll(zr)
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("gunzip: %d bytes, %v", len(got), err)
+				}
+
+				if out, err := exec.Command(gz, "-t", path).CombinedOutput(); err != nil {
+					t.Errorf("gzip -t: %v\n%s", err, out)
+				}
+			})
+		}
+	}
+}
+
+// TestOutFile: direct writes, the buffered tail, and a switch to buffered
+// part way (what a file system refusing O_DIRECT writes causes) all give
+// the bytes written.
+func TestOutFile(t *testing.T) {
+	data := pattern(3*chunk + 777)
+
+	for _, tc := range []struct {
+		name       string
+		sync       bool
+		switchAt   int
+		pieceBytes int
+	}{
+		{"direct", true, -1, chunk},
+		{"direct-odd", true, -1, 70_001},
+		{"switch", true, chunk + chunk/2, 4096},
+		{"buffered", false, -1, 70_001},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "out")
+			pool := newChunks(-1)
+
+			f, err := createOut(path, tc.sync, pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			for off := 0; off < len(data); {
+				if off == tc.switchAt && f.direct {
+					if err := f.flush(); err != nil {
+						t.Fatal(err)
+					}
+
+					if err := f.buffered(); err != nil {
+						t.Fatal(err)
+					}
+				}
+
+				n := min(tc.pieceBytes, len(data)-off)
+				if tc.switchAt > off {
+					n = min(n, tc.switchAt-off)
+				}
+
+				// A whole aligned chunk takes the unstaged path.
+				p := data[off : off+n]
+				if n == chunk {
+					p = alignedChunk()
+					copy(p, data[off:off+n])
+				}
+
+				if _, err := f.Write(p); err != nil {
+					t.Fatal(err)
+				}
+
+				off += n
+			}
+
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if !bytes.Equal(got, data) {
+				t.Fatalf("read %d bytes, want %d", len(got), len(data))
+			}
+		})
+	}
+}
+
+// TestOCISpill: blobs larger than the spools' memory spill to files, and
+// the layer still holds exactly the flat tree.
+func TestOCISpill(t *testing.T) {
+	f := newFixture(t, 3*chunk/2, 2)
+	refs := []string{"ghcr.io/siderolabs/kubelet:v1.36.0", "busybox:1.37"}
+
+	flatOpts := Options{Platforms: []string{"linux/amd64"}, Layout: Flat, Signatures: true, Logger: quiet()}
+	pf, err := NewPlan(t.Context(), refs, f.resolver(), nil, flatOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	flat := filepath.Join(t.TempDir(), "flat")
+	if _, err := Write(t.Context(), pf, flat, flatOpts); err != nil {
+		t.Fatal(err)
+	}
+
+	opts := flatOpts
+	opts.Layout = OCI
+	opts.spoolMemory = chunk
+
+	p, err := NewPlan(t.Context(), refs, f.resolver(), nil, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	out := filepath.Join(t.TempDir(), "oci")
+	if _, err := Write(t.Context(), p, out, opts); err != nil {
+		t.Fatal(err)
+	}
+
+	diffTrees(t, untar(t, ociLayer(t, readTree(t, out))), readTree(t, flat))
+}
+
+// ociLayer is the one layer of an OCI layout read by readTree.
+func ociLayer(t *testing.T, files map[string][]byte) []byte {
+	t.Helper()
+
+	var idx v1.IndexManifest
+	if err := json.Unmarshal(files["index.json"], &idx); err != nil || len(idx.Manifests) != 1 {
+		t.Fatalf("index.json: %v", err)
+	}
+
+	var m v1.Manifest
+	if err := json.Unmarshal(files["blobs/sha256/"+idx.Manifests[0].Digest.Hex], &m); err != nil || len(m.Layers) != 1 {
+		t.Fatalf("manifest: %v", err)
+	}
+
+	return files["blobs/sha256/"+m.Layers[0].Digest.Hex]
+}
