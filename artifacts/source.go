@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -31,6 +32,16 @@ type Source struct {
 	PublicHost string
 	// NameOptions are used to parse references (name.Insecure for plain HTTP).
 	NameOptions []name.Option
+	// Blobs, when set, opens blobs of the registry's storage directly
+	// (the embedded registry's): readers that verify digests themselves
+	// may take them from there instead of through /v2/.
+	Blobs BlobOpener
+}
+
+// BlobOpener opens a stored blob by digest; a blob it does not hold is an
+// error matching fs.ErrNotExist. The bytes are not verified.
+type BlobOpener interface {
+	OpenBlob(d v1.Hash) (*os.File, error)
 }
 
 // Repo is the repository of a mirror path, e.g. "siderolabs/imager".

@@ -99,7 +99,8 @@ func BenchmarkCreate(b *testing.B) {
 
 // BenchmarkCreateEmbedded is BenchmarkCreate with kiln's own mirror as the
 // source, as ImageCacheService and schematic builds use it: kiln reads it
-// in process, the peers through its /v2/ over TCP.
+// in process (manifests through the registry, blobs from its storage), the
+// peers through its /v2/ over TCP.
 func BenchmarkCreateEmbedded(b *testing.B) {
 	e, err := kilnregistry.NewEmbedded(b.Context(), b.TempDir())
 	if err != nil {
@@ -114,7 +115,7 @@ func BenchmarkCreateEmbedded(b *testing.B) {
 	host := strings.TrimPrefix(srv.URL, "http://")
 	f := newFixtureAt(b, host, 24<<20, 4)
 	refs := f.benchRefs()
-	resolver := DirectResolver{NameOptions: []name.Option{name.Insecure}, Remote: []remote.Option{remote.WithTransport(kilnregistry.Transport(e))}}
+	resolver := DirectResolver{NameOptions: []name.Option{name.Insecure}, Remote: []remote.Option{remote.WithTransport(kilnregistry.Transport(e))}, LocalBlobs: e}
 
 	var size int64
 

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/internal/regerr"
 )
 
@@ -69,6 +70,7 @@ type blobSource struct {
 	size   int64
 	repo   name.Repository
 	puller *remote.Puller
+	local  artifacts.BlobOpener // nil: only the registry
 }
 
 // Images lists the resolved input lines, in input order.
@@ -439,7 +441,12 @@ func (pl *planner) addBlob(repo name.Repository, puller *remote.Puller, d v1.Des
 		return
 	}
 
-	pl.p.blobs[d.Digest] = &blobSource{digest: d.Digest, size: d.Size, repo: repo, puller: puller}
+	b := &blobSource{digest: d.Digest, size: d.Size, repo: repo, puller: puller}
+	if lb, ok := pl.r.(LocalBlobs); ok {
+		b.local = lb.Blobs()
+	}
+
+	pl.p.blobs[d.Digest] = b
 }
 
 // fetchSmall reads a small blob (a config) and keeps it for Write.

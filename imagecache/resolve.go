@@ -36,10 +36,25 @@ func (m MirrorResolver) Resolve(ref string) (name.Reference, []remote.Option, er
 	return r, m.Source.Remote, nil
 }
 
+// Blobs implements LocalBlobs: the mirror's storage, when kiln holds it.
+func (m MirrorResolver) Blobs() artifacts.BlobOpener { return m.Source.Blobs }
+
 // DirectResolver fetches each reference from where it names.
 type DirectResolver struct {
 	NameOptions []name.Option // e.g. name.Insecure (talosctl --insecure)
 	Remote      []remote.Option
+	// LocalBlobs, when set, is tried for every blob before the registry.
+	LocalBlobs artifacts.BlobOpener
+}
+
+// Blobs implements LocalBlobs.
+func (d DirectResolver) Blobs() artifacts.BlobOpener { return d.LocalBlobs }
+
+// LocalBlobs is a Resolver that can also open blobs from local storage:
+// Write reads them from there, verifying each against its digest, and
+// falls back to the registry for blobs the storage does not hold.
+type LocalBlobs interface {
+	Blobs() artifacts.BlobOpener
 }
 
 var _ Resolver = DirectResolver{}

@@ -343,10 +343,27 @@ func (w *writer) blob(ctx context.Context, b *blobSource, buf []byte) (cached bo
 	return false, nil
 }
 
-// fetch copies b from the registry into dst.
+// fetch copies b into dst: from local storage when the resolver offers
+// it and holds b, else from the registry.
 func (w *writer) fetch(ctx context.Context, b *blobSource, dst io.Writer, buf []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+
+	if b.local != nil {
+		f, err := b.local.OpenBlob(b.digest)
+		if err == nil {
+			defer f.Close()
+
+			// Storage is not the registry's word for the bytes: check them.
+			_, err = copyVerified(dst, ctxReader{ctx, f}, b.digest, b.size, buf)
+
+			return err
+		}
+
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("local blob: %w", err)
+		}
 	}
 
 	l, err := b.puller.Layer(ctx, b.repo.Digest(b.digest.String()))
@@ -437,6 +454,20 @@ func writeFile(dst string, r io.Reader, b *blobSource, buf []byte, sync bool, po
 	}
 
 	return f.Close()
+}
+
+// ctxReader stops reading when ctx ends (a file read does not).
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+
+	return c.r.Read(p)
 }
 
 // onlyWriter and onlyReader hide ReadFrom/WriteTo so that io.CopyBuffer

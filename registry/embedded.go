@@ -6,13 +6,16 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the driver registers itself by name
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sirupsen/logrus"
 )
 
@@ -89,6 +92,18 @@ func httpSecret(dir string) (string, error) {
 
 // ServeHTTP answers /v2/ requests.
 func (e *Embedded) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.app.ServeHTTP(w, r) }
+
+// OpenBlob opens a blob in the registry's storage, where distribution's
+// filesystem driver keeps it (docker/registry/v2/blobs/<alg>/<hex[:2]>/<hex>/data).
+// It is what the registry would serve for the digest, unverified, as the
+// registry serves it.
+func (e *Embedded) OpenBlob(d v1.Hash) (*os.File, error) {
+	if d.Algorithm != "sha256" || len(d.Hex) != 64 || strings.Trim(d.Hex, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("blob %s: %w", d, fs.ErrNotExist)
+	}
+
+	return os.Open(filepath.Join(e.dir, "docker", "registry", "v2", "blobs", d.Algorithm, d.Hex[:2], d.Hex, "data"))
+}
 
 // Close stops the registry's background work.
 func (e *Embedded) Close() error { return e.app.Shutdown() }

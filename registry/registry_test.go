@@ -1,15 +1,20 @@
 package registry_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
+	"io/fs"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/kiln-dev/kiln/registry"
 )
@@ -99,5 +104,58 @@ func TestEmbeddedInProcessAndOverHTTP(t *testing.T) {
 	missing, _ := name.NewTag("kiln.internal/siderolabs/imager:v0.0.0", name.Insecure)
 	if _, err := remote.Head(missing, inproc); err == nil {
 		t.Fatal("Head of a missing tag succeeded")
+	}
+}
+
+// TestOpenBlob: a pushed layer opens from storage with the bytes the
+// registry serves; a digest it does not hold, or one that is not a sha256
+// hex string, is fs.ErrNotExist (never a path outside the storage).
+func TestOpenBlob(t *testing.T) {
+	reg, err := registry.NewEmbedded(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+
+	layer, err := random.Layer(100_000, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	repo, err := name.NewRepository("kiln.internal/x/y", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := remote.WriteLayer(repo, layer, remote.WithTransport(registry.Transport(reg))); err != nil {
+		t.Fatal(err)
+	}
+
+	d, _ := layer.Digest()
+
+	f, err := reg.OpenBlob(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	got, _ := io.ReadAll(f)
+
+	rc, _ := layer.Compressed()
+	want, _ := io.ReadAll(rc)
+
+	if !bytes.Equal(got, want) {
+		t.Errorf("stored blob: %d bytes, want %d", len(got), len(want))
+	}
+
+	for _, h := range []v1.Hash{
+		{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)},
+		{Algorithm: "sha256", Hex: "../../../../etc/passwd"},
+		{Algorithm: "sha512", Hex: d.Hex},
+		{Algorithm: "sha256", Hex: strings.ToUpper(d.Hex)},
+	} {
+		if _, err := reg.OpenBlob(h); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("OpenBlob(%s): %v, want fs.ErrNotExist", h, err)
+		}
 	}
 }

@@ -159,6 +159,7 @@ func newSource(ctx context.Context, cfg Config) (*artifacts.Source, *registry.Em
 			Remote:      []remote.Option{remote.WithTransport(registry.Transport(embedded))},
 			PublicHost:  ext.Host,
 			NameOptions: []name.Option{name.Insecure},
+			Blobs:       embedded,
 		}, embedded, nil
 	}
 
