@@ -135,8 +135,9 @@ $(TALOSCTL_CACHE): hack/talosctl-cache/main.go.txt
 compare-talosctl: $(TALOSCTL_CACHE) e2e-tools
 	TALOSCTL=$(TALOSCTL_CACHE) $(E2E_ENV) $(GO) test -tags 'integration talosctl' -count=1 -v -run Talosctl ./imagecache/...
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# The image cache benchmark compares with crane and skopeo, from Debian's registry.
+bench: $(CRANE) e2e-debs
+	DOCKER_REGISTRY=$$(command -v docker-registry) CRANE=$(CRANE) $(GO) test -run '^$$' -bench . -benchmem ./...
 
 # Fuzz each parser for FUZZTIME (default 2m); new crashers land in testdata/fuzz.
 FUZZTIME ?= 2m

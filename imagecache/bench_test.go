@@ -1,11 +1,13 @@
 package imagecache
 
 // Cache creation throughput against `crane pull --format=oci` and `skopeo
-// copy` of the same images (linux/amd64, about 320 MB), from a local
+// copy` of the same images (linux/amd64, about 430 MB), from a local
 // registry: docker-registry when DOCKER_REGISTRY is set, else an in-process
-// one. Run by hand:
+// one; and from kiln's embedded mirror. `make bench` runs it with the tools
+// it installs; by hand:
 //
-//	DOCKER_REGISTRY=/usr/bin/docker-registry go test -run '^$' -bench Create -benchtime 3x ./imagecache/
+//	DOCKER_REGISTRY=/usr/bin/docker-registry CRANE=$PWD/_tools/bin/crane \
+//		go test -run '^$' -bench Create -benchtime 5x ./imagecache/
 
 import (
 	"context"
@@ -146,12 +148,14 @@ func BenchmarkCreateEmbedded(b *testing.B) {
 
 // benchPeers runs crane and skopeo on refs, with and without a sync.
 func benchPeers(b *testing.B, f *fixture, refs []string, size int64) {
-	crane := "/work/main/_tools/bin/crane"
-	if v := os.Getenv("CRANE"); v != "" {
-		crane = v
+	crane := os.Getenv("CRANE")
+	if crane == "" {
+		crane, _ = exec.LookPath("crane")
 	}
 
-	if _, err := os.Stat(crane); err == nil {
+	if crane == "" {
+		b.Log("crane: not found (set CRANE or use make bench)")
+	} else {
 		for _, sync := range []bool{false, true} {
 			benchOutput(b, "crane-pull-oci"+syncLabel(sync), size, func(out string) error {
 				args := append([]string{"pull", "--insecure", "--platform", "linux/amd64", "--format", "oci"}, refs...)
@@ -167,7 +171,9 @@ func benchPeers(b *testing.B, f *fixture, refs []string, size int64) {
 		}
 	}
 
-	if skopeo, err := exec.LookPath("skopeo"); err == nil {
+	if skopeo, err := exec.LookPath("skopeo"); err != nil {
+		b.Log("skopeo: not found (make e2e-debs installs it)")
+	} else {
 		for _, sync := range []bool{false, true} {
 			benchOutput(b, "skopeo-copy"+syncLabel(sync), size, func(out string) error {
 				for i, ref := range refs {

@@ -451,25 +451,7 @@ func TestOCILayout(t *testing.T) {
 	for _, platforms := range [][]string{{"linux/arm64", "linux/amd64"}, {"all"}} {
 		t.Run(platforms[0], func(t *testing.T) {
 			refs := []string{"ghcr.io/siderolabs/kubelet:v1.36.0", "busybox:1.37"}
-			opts := Options{Platforms: platforms, Layout: OCI, Signatures: true, Logger: quiet()}
-
-			p, err := NewPlan(t.Context(), refs, f.resolver(), nil, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-
-			out := filepath.Join(t.TempDir(), "oci")
-			if _, err := Write(t.Context(), p, out, opts); err != nil {
-				t.Fatal(err)
-			}
-
-			flatOpts := opts
-			flatOpts.Layout = Flat
-			pf, _ := NewPlan(t.Context(), refs, f.resolver(), nil, flatOpts)
-			flat := filepath.Join(t.TempDir(), "flat")
-			if _, err := Write(t.Context(), pf, flat, flatOpts); err != nil {
-				t.Fatal(err)
-			}
+			out, flat := writeLayouts(t, f, refs, Options{Platforms: platforms, Signatures: true, Logger: quiet()})
 
 			files := readTree(t, out)
 			if string(files["oci-layout"]) != ociLayoutFile {
@@ -530,6 +512,35 @@ func TestOCILayout(t *testing.T) {
 			diffTrees(t, got, readTree(t, flat))
 		})
 	}
+}
+
+// writeLayouts writes refs with opts as the OCI layout and as the flat
+// tree, and returns both directories.
+func writeLayouts(t *testing.T, f *fixture, refs []string, opts Options) (oci, flat string) {
+	t.Helper()
+
+	for _, l := range []Layout{OCI, Flat} {
+		o := opts
+		o.Layout = l
+
+		p, err := NewPlan(t.Context(), refs, f.resolver(), nil, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		dir := filepath.Join(t.TempDir(), l.String())
+		if _, err := Write(t.Context(), p, dir, o); err != nil {
+			t.Fatal(err)
+		}
+
+		if l == OCI {
+			oci = dir
+		} else {
+			flat = dir
+		}
+	}
+
+	return oci, flat
 }
 
 func untar(t testing.TB, gz []byte) map[string][]byte {

@@ -265,31 +265,7 @@ func TestOutFile(t *testing.T) {
 func TestOCISpill(t *testing.T) {
 	f := newFixture(t, 3*chunk/2, 2)
 	refs := []string{"ghcr.io/siderolabs/kubelet:v1.36.0", "busybox:1.37"}
-
-	flatOpts := Options{Platforms: []string{"linux/amd64"}, Layout: Flat, Signatures: true, Logger: quiet()}
-	pf, err := NewPlan(t.Context(), refs, f.resolver(), nil, flatOpts)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	flat := filepath.Join(t.TempDir(), "flat")
-	if _, err := Write(t.Context(), pf, flat, flatOpts); err != nil {
-		t.Fatal(err)
-	}
-
-	opts := flatOpts
-	opts.Layout = OCI
-	opts.spoolMemory = chunk
-
-	p, err := NewPlan(t.Context(), refs, f.resolver(), nil, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	out := filepath.Join(t.TempDir(), "oci")
-	if _, err := Write(t.Context(), p, out, opts); err != nil {
-		t.Fatal(err)
-	}
+	out, flat := writeLayouts(t, f, refs, Options{Platforms: []string{"linux/amd64"}, Signatures: true, Logger: quiet(), spoolMemory: chunk})
 
 	diffTrees(t, untar(t, ociLayer(t, readTree(t, out))), readTree(t, flat))
 }
