@@ -150,12 +150,7 @@ func (lw *layerWriter) Write(p []byte) (int, error) {
 			lw.cur.b = lw.cur.b[:0]
 		}
 
-		b := lw.cur.b
-		k := copy(b[len(b):cap(b)], p)
-		lw.cur.b = b[:len(b)+k]
-		p = p[k:]
-
-		if len(lw.cur.b) == cap(lw.cur.b) {
+		if p = fill(&lw.cur.b, p); len(lw.cur.b) == cap(lw.cur.b) {
 			lw.send()
 		}
 	}
@@ -193,6 +188,16 @@ func (lw *layerWriter) Close() (*fileLayer, error) {
 	}, nil
 }
 
+// fill appends to *b as much of p as its capacity takes and returns the
+// rest of p.
+func fill(b *[]byte, p []byte) []byte {
+	n := len(*b)
+	k := copy((*b)[n:cap(*b)], p)
+	*b = (*b)[:n+k]
+
+	return p[k:]
+}
+
 // framer writes a gzip stream of stored deflate blocks into chunk-sized
 // buffers and sends each one, full, to out (the last one short).
 type framer struct {
@@ -210,11 +215,7 @@ func (f *framer) put(p []byte) {
 			f.buf = f.pool.get()[:0]
 		}
 
-		k := copy(f.buf[len(f.buf):cap(f.buf)], p)
-		f.buf = f.buf[:len(f.buf)+k]
-		p = p[k:]
-
-		if len(f.buf) == cap(f.buf) {
+		if p = fill(&f.buf, p); len(f.buf) == cap(f.buf) {
 			f.out <- f.buf
 			f.buf = nil
 		}

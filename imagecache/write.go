@@ -92,14 +92,14 @@ func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error
 			return st, err
 		}
 
-		st.OutputBytes = p.Size()
+		st.OutputBytes = w.total
 	}
 
 	st.Manifests = len(p.manifests)
 	st.Blobs = len(p.blobs)
 	st.CachedBlobs = int(w.cached)
 	st.Fetched = w.fetched
-	st.TreeBytes = p.Size()
+	st.TreeBytes = w.total
 
 	if !opts.NoSync {
 		if err := syncDir(out); err != nil {
@@ -414,10 +414,16 @@ func openCached(cachePath string, b *blobSource, buf []byte) (*os.File, error) {
 	return f, nil
 }
 
+// cacheTemp is a name beside a layer-cache entry, unique to this write, to
+// rename into place: concurrent runs may share the cache.
+func cacheTemp(path string) string {
+	return fmt.Sprintf("%s.tmp-%d-%d", path, os.Getpid(), time.Now().UnixNano())
+}
+
 // toCache adds a verified blob to the layer cache (hard link, else copy),
 // through a temp name; failures only cost a later download.
 func (w *writer) toCache(src, cachePath string, b *blobSource, buf []byte) {
-	tmp := fmt.Sprintf("%s.tmp-%d-%d", cachePath, os.Getpid(), time.Now().UnixNano())
+	tmp := cacheTemp(cachePath)
 
 	if err := os.Link(src, tmp); err != nil {
 		in, err := os.Open(src)
@@ -661,7 +667,7 @@ type cacheEntry struct {
 }
 
 func newCacheEntry(path string) *cacheEntry {
-	e := &cacheEntry{path: path, tmp: fmt.Sprintf("%s.tmp-%d-%d", path, os.Getpid(), time.Now().UnixNano())}
+	e := &cacheEntry{path: path, tmp: cacheTemp(path)}
 	e.f, e.err = os.OpenFile(e.tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 
 	return e
