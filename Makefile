@@ -130,7 +130,8 @@ $(TALOSCTL_CACHE): hack/talosctl-cache/main.go.txt
 	src=$$($(GO) mod download -json github.com/siderolabs/talos@$(TALOS_VERSION) | sed -n 's/.*"Dir": "\(.*\)",/\1/p') && \
 		cp -r "$$src" _tools/talos-src && chmod -R u+w _tools/talos-src
 	mkdir -p _tools/talos-src/cmd/talosctl-cache && cp hack/talosctl-cache/main.go.txt _tools/talos-src/cmd/talosctl-cache/main.go
-	cd _tools/talos-src && $(GO) build -o $(TALOSCTL_CACHE) ./cmd/talosctl-cache
+	# The module's go.work names modules its zip does not hold.
+	cd _tools/talos-src && GOWORK=off $(GO) build -o $(TALOSCTL_CACHE) ./cmd/talosctl-cache
 
 compare-talosctl: $(TALOSCTL_CACHE) e2e-tools
 	TALOSCTL=$(TALOSCTL_CACHE) $(E2E_ENV) $(GO) test -tags 'integration talosctl' -count=1 -v -run Talosctl ./imagecache/...
