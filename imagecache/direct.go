@@ -2,7 +2,9 @@ package imagecache
 
 import (
 	"errors"
+	"io"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -115,22 +117,31 @@ func (o *outFile) flush() error {
 		return nil
 	}
 
-	if o.n%directAlign == 0 {
-		k, err := o.f.Write(o.buf[:o.n])
+	err := o.put(o.buf[:o.n])
+	o.n = 0
+
+	return err
+}
+
+// put writes b at the end of the file: directly while it is whole blocks
+// and the file system takes it, else through the page cache.
+func (o *outFile) put(b []byte) error {
+	if o.direct && len(b)%directAlign == 0 {
+		k, err := o.f.Write(b)
 		if !errors.Is(err, unix.EINVAL) {
-			o.n = 0
 			o.off += int64(k)
 
 			return err
 		}
 	}
 
-	if err := o.buffered(); err != nil {
-		return err
+	if o.direct {
+		if err := o.buffered(); err != nil {
+			return err
+		}
 	}
 
-	k, err := o.wb.Write(o.buf[:o.n])
-	o.n = 0
+	k, err := o.wb.Write(b)
 	o.off += int64(k)
 
 	return err
@@ -209,4 +220,93 @@ func (w *writeback) kick() {
 		unix.SyncFileRange(int(w.f.Fd()), w.started, w.off-w.started, unix.SYNC_FILE_RANGE_WRITE) //nolint:errcheck // a hint
 		w.started = w.off
 	}
+}
+
+// readFrom copies r to the end of the file. Direct output is read into
+// aligned chunks, each written on a goroutine while the next is read: the
+// network and the hash need not wait for the device, and no copy into
+// staging is made. Other output goes through buf.
+func (o *outFile) readFrom(r io.Reader, buf []byte) (int64, error) {
+	var spare []byte
+	if o.direct && o.n == 0 {
+		spare = o.pool.get()
+	}
+
+	if spare == nil {
+		return io.CopyBuffer(onlyWriter{o}, onlyReader{r}, buf)
+	}
+
+	free := make(chan []byte, 2)
+	free <- o.buf
+	free <- spare
+
+	full := make(chan []byte, 1)
+	werr := make(chan error, 1)
+
+	var failed atomic.Bool
+
+	go func() {
+		var err error
+
+		for b := range full {
+			if err == nil {
+				if err = o.put(b); err != nil {
+					failed.Store(true)
+				}
+			}
+
+			free <- b
+		}
+
+		werr <- err
+	}()
+
+	var (
+		n    int64
+		rerr error
+		last []byte // the buffer holding the tail, kept as staging
+	)
+
+	for !failed.Load() {
+		b := <-free
+
+		k, err := io.ReadFull(r, b)
+		n += int64(k)
+
+		if err == nil {
+			full <- b
+
+			continue
+		}
+
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			last, o.n = b, k
+		} else {
+			rerr = err
+
+			free <- b
+		}
+
+		break
+	}
+
+	close(full)
+
+	err := <-werr
+	if err == nil {
+		err = rerr
+	}
+
+	if last == nil {
+		last = <-free
+		o.n = 0
+	}
+
+	o.buf = last
+
+	for len(free) > 0 {
+		o.pool.put(<-free)
+	}
+
+	return n, err
 }

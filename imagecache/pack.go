@@ -111,7 +111,7 @@ func (w *writer) packTar(ctx context.Context, entries []treeEntry, blobs []*blob
 					return err
 				}
 
-				_, err := io.CopyBuffer(onlyWriter{tw}, onlyReader{s.reader()}, buf)
+				_, err := s.reader().writeTo(tw, buf)
 				s.close()
 
 				if err != nil {

@@ -16,19 +16,23 @@ const spoolMemory = 256 << 20
 // reused buffer costs nothing, where fresh pages (of memory or of page
 // cache) cost more than the copy into them.
 type chunks struct {
-	mu   sync.Mutex
-	free [][]byte
-	left int // buffers that may still be allocated
+	mu    sync.Mutex
+	freed sync.Cond // a buffer came back, or wake was called
+	free  [][]byte
+	left  int // buffers that may still be allocated
 }
 
 // newChunks returns a pool of at most limit bytes; limit < 0 means no
 // limit.
 func newChunks(limit int) *chunks {
-	if limit < 0 {
-		return &chunks{left: -1}
+	c := &chunks{left: -1}
+	if limit >= 0 {
+		c.left = limit / chunk
 	}
 
-	return &chunks{left: limit / chunk}
+	c.freed.L = &c.mu
+
+	return c
 }
 
 // get returns a buffer, or nil when the limit is reached.
@@ -36,6 +40,33 @@ func (c *chunks) get() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
+	return c.take()
+}
+
+// wait is get that, at the limit, waits for a buffer to come back as long
+// as give() is false; it returns nil once give() is true.
+func (c *chunks) wait(give func() bool) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	for {
+		if b := c.take(); b != nil || give() {
+			return b
+		}
+
+		c.freed.Wait()
+	}
+}
+
+// wake makes waiters look at their give func again.
+func (c *chunks) wake() {
+	c.mu.Lock()
+	c.freed.Broadcast()
+	c.mu.Unlock()
+}
+
+// take is get with c.mu held.
+func (c *chunks) take() []byte {
 	if n := len(c.free); n > 0 {
 		b := c.free[n-1]
 		c.free = c.free[:n-1]
@@ -57,6 +88,7 @@ func (c *chunks) get() []byte {
 func (c *chunks) put(b []byte) {
 	c.mu.Lock()
 	c.free = append(c.free, b)
+	c.freed.Broadcast()
 	c.mu.Unlock()
 }
 
@@ -80,7 +112,17 @@ type spool struct {
 	n       int64  // bytes readable
 	done    bool
 	err     error
+	// waitMem: the writer waits for memory rather than spill until the
+	// spool is read, so that fetches running ahead of the packer do not
+	// fill the disk twice; the spool being read spills, so the packer
+	// always makes progress.
+	waitMem bool
+	read    bool // reader was called, or nobody will read
+	gone    bool // nobody will read: writes fail
 }
+
+// errAbandoned fails the writes of a spool nobody will read.
+var errAbandoned = errors.New("image cache: write abandoned")
 
 // newSpool returns a spool taking memory from pool and, once pool is
 // exhausted, writing to the file spill creates.
@@ -114,36 +156,101 @@ func (s *spool) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// write puts a prefix of p at offset s.n. Only the worker changes n, mem
-// and f, so they are read here without the lock; the reader only reads
-// bytes below n.
+// write puts a prefix of p at offset s.n.
 func (s *spool) write(p []byte) (int, error) {
-	if s.spilled >= 0 {
+	dst, err := s.space()
+	if err != nil {
+		return 0, err
+	}
+
+	if dst == nil {
 		return s.f.Write(p)
 	}
 
-	if s.n < int64(len(s.mem))*chunk {
-		return copy(s.mem[len(s.mem)-1][s.n%chunk:], p), nil
+	return copy(dst, p), nil
+}
+
+// readFrom reads r to EOF into the spool: straight into its memory
+// chunks, then, once spilled, through buf into the file.
+func (s *spool) readFrom(r io.Reader, buf []byte) (int64, error) {
+	var n int64
+
+	for {
+		dst, err := s.space()
+		if err != nil {
+			return n, err
+		}
+
+		if dst == nil {
+			k, err := io.CopyBuffer(onlyWriter{s}, onlyReader{r}, buf)
+
+			return n + k, err
+		}
+
+		k, err := r.Read(dst)
+		if k > 0 {
+			n += int64(k)
+
+			s.mu.Lock()
+			s.n += int64(k)
+			s.mu.Unlock()
+			s.cond.Broadcast()
+		}
+
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// space returns the free part of the last memory chunk, adding a chunk
+// when it is full, or nil once the spool writes to its file. Only the
+// worker changes n, mem and f, so they are read here without the lock;
+// the reader only reads bytes below n.
+func (s *spool) space() ([]byte, error) {
+	if s.spilled >= 0 {
+		return nil, nil
 	}
 
-	if b := s.pool.get(); b != nil {
+	if s.n < int64(len(s.mem))*chunk {
+		return s.mem[len(s.mem)-1][s.n%chunk:], nil
+	}
+
+	b := s.pool.get()
+	if b == nil && s.waitMem {
+		b = s.pool.wait(s.reading)
+	}
+
+	if b != nil {
 		s.mu.Lock()
 		s.mem = append(s.mem, b)
 		s.mu.Unlock()
 
-		return copy(b, p), nil
+		return b, nil
+	}
+
+	s.mu.Lock()
+	gone := s.gone
+	s.mu.Unlock()
+
+	if gone {
+		return nil, errAbandoned
 	}
 
 	f, own, err := s.spill()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 
 	s.mu.Lock()
 	s.f, s.own, s.spilled = f, own, s.n
 	s.mu.Unlock()
 
-	return f.Write(p)
+	return nil, nil
 }
 
 // finish ends the spool: readers get EOF after the last byte, or err.
@@ -169,7 +276,31 @@ func (s *spool) complete(data []byte, f *os.File, n int64) {
 
 // reader reads the spool from the start, waiting for bytes not yet
 // written; it releases memory as it goes, so read it only once.
-func (s *spool) reader() io.Reader { return &spoolReader{s: s} }
+func (s *spool) reader() *spoolReader {
+	s.mu.Lock()
+	s.read = true
+	s.mu.Unlock()
+	s.pool.wake()
+
+	return &spoolReader{s: s}
+}
+
+// reading reports whether reader was called (or abandon).
+func (s *spool) reading() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	return s.read
+}
+
+// abandon fails the spool's further writes (no waiting for memory): nobody
+// will read it.
+func (s *spool) abandon() {
+	s.mu.Lock()
+	s.read, s.gone = true, true
+	s.mu.Unlock()
+	s.pool.wake()
+}
 
 // close releases memory and the file (removing it if it is ours). Call it
 // only when no worker writes to the spool any more.
@@ -200,6 +331,52 @@ type spoolReader struct {
 }
 
 func (r *spoolReader) Read(p []byte) (int, error) {
+	v, done, err := r.next(p)
+
+	if len(v) > 0 && &v[0] != &p[0] {
+		copy(p, v)
+	}
+
+	if done != nil {
+		r.s.pool.put(done)
+	}
+
+	return len(v), err
+}
+
+// writeTo writes the rest of the spool to w: memory and inline bytes as
+// they are, file bytes through buf.
+func (r *spoolReader) writeTo(w io.Writer, buf []byte) (int64, error) {
+	var n int64
+
+	for {
+		v, done, err := r.next(buf)
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+
+		if err != nil {
+			return n, err
+		}
+
+		k, err := w.Write(v)
+		n += int64(k)
+
+		if done != nil {
+			r.s.pool.put(done)
+		}
+
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// next waits for and returns the next at most len(buf) bytes: a view of
+// the spool's memory (or inline data), or bytes read from its file into
+// buf. A memory chunk the view finishes is returned as done, to be put back
+// in the pool once the view is used.
+func (r *spoolReader) next(buf []byte) (v, done []byte, err error) {
 	s := r.s
 
 	s.mu.Lock()
@@ -214,51 +391,45 @@ func (r *spoolReader) Read(p []byte) (int, error) {
 	if err != nil {
 		s.mu.Unlock()
 
-		return 0, err
+		return nil, nil, err
 	}
 
 	if r.off >= n {
 		s.mu.Unlock()
 
-		return 0, io.EOF
+		return nil, nil, io.EOF
 	}
 
-	m := min(int64(len(p)), n-r.off)
+	m := min(int64(len(buf)), n-r.off)
 
 	switch {
 	case s.data != nil:
-		k := copy(p[:m], s.data[r.off:])
-		s.mu.Unlock()
-		r.off += int64(k)
-
-		return k, nil
+		v = s.data[r.off : r.off+m]
 	case s.spilled < 0 || r.off < s.spilled:
-		i := int(r.off / chunk)
-		k := copy(p[:m], s.mem[i][r.off%chunk:])
-		r.off += int64(k)
+		// Spills start at a chunk boundary: the chunk is all memory.
+		i, lo := int(r.off/chunk), r.off%chunk
+		m = min(m, chunk-lo)
+		v = s.mem[i][lo : lo+m]
 
-		var done []byte
-		if r.off%chunk == 0 {
+		if (lo+m)%chunk == 0 {
 			done, s.mem[i] = s.mem[i], nil
 		}
+	default:
+		f, base := s.f, s.spilled
 		s.mu.Unlock()
 
-		if done != nil {
-			s.pool.put(done)
+		k, err := f.ReadAt(buf[:m], r.off-base)
+		if errors.Is(err, io.EOF) && k > 0 {
+			err = nil
 		}
 
-		return k, nil
+		r.off += int64(k)
+
+		return buf[:k], nil, err
 	}
 
-	f, base := s.f, s.spilled
 	s.mu.Unlock()
+	r.off += int64(len(v))
 
-	k, err := f.ReadAt(p[:m], r.off-base)
-	if errors.Is(err, io.EOF) && k > 0 {
-		err = nil
-	}
-
-	r.off += int64(k)
-
-	return k, err
+	return v, done, nil
 }

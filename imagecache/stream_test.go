@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -38,59 +39,162 @@ func TestSpool(t *testing.T) {
 
 	for _, limit := range []int{0, chunk, 100 * chunk} {
 		for _, size := range sizes {
-			t.Run(fmt.Sprintf("mem%d/%d", limit/chunk, size), func(t *testing.T) {
-				dir := t.TempDir()
-				pool := newChunks(limit)
-				spilled := filepath.Join(dir, "spill")
-				s := newSpool(pool, func() (*os.File, string, error) {
-					f, err := os.OpenFile(spilled, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+			for _, views := range []bool{false, true} {
+				t.Run(fmt.Sprintf("mem%d/%d/views=%v", limit/chunk, size, views), func(t *testing.T) {
+					dir := t.TempDir()
+					pool := newChunks(limit)
+					spilled := filepath.Join(dir, "spill")
+					s := newSpool(pool, func() (*os.File, string, error) {
+						f, err := os.OpenFile(spilled, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
 
-					return f, spilled, err
-				})
+						return f, spilled, err
+					})
 
-				want := pattern(size)
+					want := pattern(size)
 
-				go func() {
-					r := rand.New(rand.NewPCG(1, uint64(size)))
-					for p := want; len(p) > 0; {
-						n := min(len(p), 1+r.IntN(300_000))
-						if _, err := s.Write(p[:n]); err != nil {
+					go func() {
+						r := rand.New(rand.NewPCG(1, uint64(size)))
+						if views {
+							// Reads of random length, straight into the chunks.
+							_, err := s.readFrom(&pieces{r: bytes.NewReader(want), rnd: r}, make([]byte, 70_001))
 							s.finish(err)
 
 							return
 						}
 
-						p = p[n:]
+						for p := want; len(p) > 0; {
+							n := min(len(p), 1+r.IntN(300_000))
+							if _, err := s.Write(p[:n]); err != nil {
+								s.finish(err)
 
-						if r.IntN(4) == 0 {
-							time.Sleep(time.Millisecond)
+								return
+							}
+
+							p = p[n:]
+
+							if r.IntN(4) == 0 {
+								time.Sleep(time.Millisecond)
+							}
 						}
+
+						s.finish(nil)
+					}()
+
+					var (
+						got []byte
+						err error
+					)
+
+					if views {
+						var out bytes.Buffer
+						_, err = s.reader().writeTo(&out, make([]byte, 70_001))
+						got = out.Bytes()
+					} else {
+						got, err = io.ReadAll(s.reader())
 					}
 
-					s.finish(nil)
-				}()
+					if err != nil {
+						t.Fatal(err)
+					}
 
-				got, err := io.ReadAll(s.reader())
-				if err != nil {
-					t.Fatal(err)
-				}
+					if !bytes.Equal(got, want) {
+						t.Fatalf("read %d bytes, want %d (equal prefix: %v)", len(got), len(want), bytes.HasPrefix(want, got))
+					}
 
-				if !bytes.Equal(got, want) {
-					t.Fatalf("read %d bytes, want %d (equal prefix: %v)", len(got), len(want), bytes.HasPrefix(want, got))
-				}
+					s.close()
 
-				s.close()
+					if _, err := os.Stat(spilled); !errors.Is(err, os.ErrNotExist) {
+						t.Errorf("spill file left: %v", err)
+					}
 
-				if _, err := os.Stat(spilled); !errors.Is(err, os.ErrNotExist) {
-					t.Errorf("spill file left: %v", err)
-				}
-
-				// Every buffer taken went back.
-				if limit > 0 && len(pool.free)+pool.left != limit/chunk {
-					t.Errorf("pool: %d free + %d left, want %d", len(pool.free), pool.left, limit/chunk)
-				}
-			})
+					// Every buffer taken went back.
+					if limit > 0 && len(pool.free)+pool.left != limit/chunk {
+						t.Errorf("pool: %d free + %d left, want %d", len(pool.free), pool.left, limit/chunk)
+					}
+				})
+			}
 		}
+	}
+}
+
+// pieces reads r in pieces of random length, now and then after a pause.
+type pieces struct {
+	r   io.Reader
+	rnd *rand.Rand
+}
+
+func (p *pieces) Read(b []byte) (int, error) {
+	if p.rnd.IntN(4) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+
+	return p.r.Read(b[:min(len(b), 1+p.rnd.IntN(300_000))])
+}
+
+// TestSpoolWaitsForMemory: a spool that waits for memory does so until it
+// is read (then spills) or abandoned (then fails), never spills ahead.
+func TestSpoolWaitsForMemory(t *testing.T) {
+	for _, end := range []string{"read", "abandon"} {
+		t.Run(end, func(t *testing.T) {
+			pool := newChunks(chunk)
+			held := pool.get()
+			spilled := filepath.Join(t.TempDir(), "spill")
+
+			s := newSpool(pool, func() (*os.File, string, error) {
+				f, err := os.OpenFile(spilled, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+
+				return f, spilled, err
+			})
+			s.waitMem = true
+			defer s.close()
+
+			data := pattern(chunk / 2)
+			wrote := make(chan error, 1)
+
+			go func() {
+				_, err := s.Write(data)
+				wrote <- err
+			}()
+
+			select {
+			case err := <-wrote:
+				t.Fatalf("write returned (%v) with no memory and no reader", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+
+			if _, err := os.Stat(spilled); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("spilled while waiting: %v", err)
+			}
+
+			if end == "abandon" {
+				s.abandon()
+
+				if err := <-wrote; !errors.Is(err, errAbandoned) {
+					t.Fatalf("err = %v, want errAbandoned", err)
+				}
+
+				return
+			}
+
+			r := s.reader()
+
+			if err := <-wrote; err != nil {
+				t.Fatal(err)
+			}
+
+			s.finish(nil)
+
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read %d bytes, %v", len(got), err)
+			}
+
+			if _, err := os.Stat(spilled); err != nil {
+				t.Fatalf("the spool being read did not spill: %v", err)
+			}
+
+			pool.put(held)
+		})
 	}
 }
 
@@ -259,6 +363,80 @@ func TestOutFile(t *testing.T) {
 		})
 	}
 }
+
+// TestOutFileReadFrom: readFrom gives the bytes read, with chunks written
+// behind the reads, through buf when no second chunk is to be had, and
+// stops on a read or a write error.
+func TestOutFileReadFrom(t *testing.T) {
+	for _, size := range []int{0, 1, chunk - 1, chunk, chunk + 1, 3*chunk + 777} {
+		for _, tc := range []struct {
+			name  string
+			sync  bool
+			limit int
+		}{{"direct", true, -1}, {"direct-one-chunk", true, chunk}, {"buffered", false, -1}} {
+			t.Run(fmt.Sprintf("%s-%d", tc.name, size), func(t *testing.T) {
+				data := pattern(size)
+				path := filepath.Join(t.TempDir(), "out")
+
+				f, err := createOut(path, tc.sync, newChunks(tc.limit))
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				n, err := f.readFrom(iotest.HalfReader(bytes.NewReader(data)), make([]byte, 70_001))
+				if err != nil || n != int64(size) {
+					t.Fatalf("readFrom = %d, %v; want %d", n, err, size)
+				}
+
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+
+				got, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				if !bytes.Equal(got, data) {
+					t.Fatalf("read %d bytes, want %d", len(got), len(data))
+				}
+			})
+		}
+	}
+
+	t.Run("read-error", func(t *testing.T) {
+		f, err := createOut(filepath.Join(t.TempDir(), "out"), true, newChunks(-1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+
+		boom := errors.New("boom")
+		r := io.MultiReader(bytes.NewReader(pattern(2*chunk+5)), iotest.ErrReader(boom))
+
+		if _, err := f.readFrom(r, nil); !errors.Is(err, boom) {
+			t.Fatalf("err = %v, want %v", err, boom)
+		}
+	})
+
+	t.Run("write-error", func(t *testing.T) {
+		f, err := createOut(filepath.Join(t.TempDir(), "out"), true, newChunks(-1))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		f.f.Close() //nolint:errcheck // the writes must fail
+
+		// An endless reader: only the failed write ends the copy.
+		if _, err := f.readFrom(endless{}, nil); !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("err = %v, want %v", err, os.ErrClosed)
+		}
+	})
+}
+
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) { return len(p), nil }
 
 // TestOCISpill: blobs larger than the spools' memory spill to files, and
 // the layer still holds exactly the flat tree.

@@ -379,7 +379,7 @@ func (w *writer) fetch(ctx context.Context, b *blobSource, dst io.Writer, buf []
 
 	// go-containerregistry's remote layer already checks the digest and
 	// size at EOF (and fails the read); hashing twice costs a core.
-	n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{rc}, buf)
+	n, err := copyTo(dst, rc, buf)
 	if err == nil && b.size >= 0 && n != b.size {
 		err = fmt.Errorf("%s: %d bytes, want %d: %w", b.digest, n, b.size, ErrDigest)
 	}
@@ -482,6 +482,19 @@ type onlyWriter struct{ io.Writer }
 
 type onlyReader struct{ io.Reader }
 
+// copyTo copies src to dst through buf, or, for an output file or a
+// spool, into their own chunks.
+func copyTo(dst io.Writer, src io.Reader, buf []byte) (int64, error) {
+	switch d := dst.(type) {
+	case *outFile:
+		return d.readFrom(src, buf)
+	case *spool:
+		return d.readFrom(src, buf)
+	}
+
+	return io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, buf)
+}
+
 // copyVerified copies src to dst through buf, hashing as it goes, and fails
 // with ErrDigest if the bytes are not want (or not size bytes, size ≥ 0).
 func copyVerified(dst io.Writer, src io.Reader, want v1.Hash, size int64, buf []byte) (int64, error) {
@@ -491,7 +504,7 @@ func copyVerified(dst io.Writer, src io.Reader, want v1.Hash, size int64, buf []
 
 	h := sha256.New()
 
-	n, err := io.CopyBuffer(onlyWriter{io.MultiWriter(dst, h)}, onlyReader{src}, buf)
+	n, err := copyTo(dst, io.TeeReader(src, h), buf)
 	if err != nil {
 		return n, err
 	}
@@ -554,6 +567,7 @@ func (w *writer) writeOCI(ctx context.Context, scratch string) (int64, error) {
 
 			return f, path, err
 		})
+		spools[i].waitMem = true
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -590,6 +604,11 @@ func (w *writer) writeOCI(ctx context.Context, scratch string) (int64, error) {
 	layer, err := w.packTar(ctx, entries, blobs, spools, dir)
 	if err != nil {
 		cancel(err)
+
+		// Workers waiting for memory the packer will not free.
+		for _, s := range spools {
+			s.abandon()
+		}
 	}
 
 	wg.Wait()
