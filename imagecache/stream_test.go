@@ -348,19 +348,26 @@ func TestOutFile(t *testing.T) {
 				off += n
 			}
 
-			if err := f.Close(); err != nil {
-				t.Fatal(err)
-			}
-
-			got, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-
-			if !bytes.Equal(got, data) {
-				t.Fatalf("read %d bytes, want %d", len(got), len(data))
-			}
+			closeHolds(t, f, path, data)
 		})
+	}
+}
+
+// closeHolds closes f and checks that the file at path holds data.
+func closeHolds(t *testing.T, f *outFile, path string, data []byte) {
+	t.Helper()
+
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, want %d", len(got), len(data))
 	}
 }
 
@@ -388,18 +395,7 @@ func TestOutFileReadFrom(t *testing.T) {
 					t.Fatalf("readFrom = %d, %v; want %d", n, err, size)
 				}
 
-				if err := f.Close(); err != nil {
-					t.Fatal(err)
-				}
-
-				got, err := os.ReadFile(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-
-				if !bytes.Equal(got, data) {
-					t.Fatalf("read %d bytes, want %d", len(got), len(data))
-				}
+				closeHolds(t, f, path, data)
 			})
 		}
 	}
