@@ -2,10 +2,10 @@
 
 package imagecache
 
-// Against Debian's distribution registry (DOCKER_REGISTRY=/usr/bin/docker-registry)
-// and crane (CRANE, default /work/main/_tools/bin/crane):
+// Against Debian's distribution registry (DOCKER_REGISTRY, else
+// docker-registry on PATH) and crane (CRANE, else _tools/bin/crane):
 //
-//	DOCKER_REGISTRY=/usr/bin/docker-registry go test -tags integration -run Integration ./imagecache/
+//	go test -tags integration -run Integration ./imagecache/
 
 import (
 	"encoding/json"
@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 // serve runs Handler(dir) on 127.0.0.1 and returns host:port.
@@ -39,8 +41,7 @@ func serve(t testing.TB, dir string) string {
 func crane(t *testing.T, args ...string) string {
 	t.Helper()
 
-	bin := toolPath(t, "CRANE", "/work/main/_tools/bin/crane")
-	cmd := exec.Command(bin, append(args, "--insecure")...)
+	cmd := exec.Command(testfixture.Crane(t), append(args, "--insecure")...)
 	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+t.TempDir())
 
 	out, err := cmd.Output()
@@ -60,7 +61,7 @@ func crane(t *testing.T, args ...string) string {
 // kiln's mirror) is served by Handler, and crane pulls every image back
 // with the digests of the sources, every platform and blob validating.
 func TestIntegrationCranePullsBack(t *testing.T) {
-	f := newFixtureAt(t, startRegistry(t, toolPath(t, "DOCKER_REGISTRY", "")), 64<<10, 2)
+	f := newFixtureAt(t, startRegistry(t, testfixture.DockerRegistry(t)), 64<<10, 2)
 
 	opts := Options{Platforms: []string{"all"}, Layout: Flat, Signatures: true, Logger: quiet()}
 	p := f.plan(t, opts)
@@ -123,23 +124,4 @@ func sigLayer(t *testing.T, manifest string) string {
 	}
 
 	return m.Layers[0].Digest
-}
-
-func toolPath(t testing.TB, env, def string) string {
-	t.Helper()
-
-	bin := os.Getenv(env)
-	if bin == "" {
-		bin = def
-	}
-
-	if bin == "" {
-		t.Skipf("%s not set", env)
-	}
-
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("%s: %v", env, err)
-	}
-
-	return bin
 }

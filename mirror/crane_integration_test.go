@@ -3,14 +3,13 @@
 package mirror
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/kiln-dev/kiln/release"
 )
 
@@ -18,17 +17,7 @@ import (
 func crane(t *testing.T, args ...string) string {
 	t.Helper()
 
-	bin := os.Getenv("CRANE")
-	if bin == "" {
-		_, file, _, _ := runtime.Caller(0)
-		bin = filepath.Join(filepath.Dir(file), "..", "_tools", "bin", "crane")
-	}
-
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("crane not installed: %v", err)
-	}
-
-	out, err := exec.CommandContext(t.Context(), bin, append(args, "--insecure")...).CombinedOutput()
+	out, err := exec.CommandContext(t.Context(), testfixture.Crane(t), append(args, "--insecure")...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("crane %v: %v\n%s", args, err, out)
 	}

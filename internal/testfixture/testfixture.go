@@ -17,6 +17,12 @@ func KernelDir() string {
 		return d
 	}
 
+	return inRepo("_e2e", "kernel")
+}
+
+// inRepo joins elem to the repository root (the directory holding go.mod
+// above the working directory), or returns "" outside the repository.
+func inRepo(elem ...string) string {
 	dir, err := os.Getwd()
 	if err != nil {
 		return ""
@@ -24,7 +30,7 @@ func KernelDir() string {
 
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "_e2e", "kernel")
+			return filepath.Join(append([]string{dir}, elem...)...)
 		}
 
 		parent := filepath.Dir(dir)
@@ -34,6 +40,36 @@ func KernelDir() string {
 
 		dir = parent
 	}
+}
+
+// Crane is the crane CLI tests run as a peer: $CRANE, else the one
+// `make e2e-tools` installs in <repo>/_tools/bin; see Require.
+func Crane(tb testing.TB) string {
+	tb.Helper()
+
+	bin := os.Getenv("CRANE")
+	if bin == "" {
+		bin = inRepo("_tools", "bin", "crane")
+	}
+
+	Require(tb, bin)
+
+	return bin
+}
+
+// DockerRegistry is Debian's distribution registry: $DOCKER_REGISTRY, else
+// docker-registry on PATH; see Require.
+func DockerRegistry(tb testing.TB) string {
+	tb.Helper()
+
+	bin := os.Getenv("DOCKER_REGISTRY")
+	if bin == "" {
+		bin, _ = exec.LookPath("docker-registry")
+	}
+
+	Require(tb, bin)
+
+	return bin
 }
 
 // Kernel is the path of the fixture's vmlinuz, or "" if it is not there.
