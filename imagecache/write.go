@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 // ociLayoutFile is the oci-layout file as go-containerregistry (and so
@@ -356,7 +358,7 @@ func (w *writer) fetch(ctx context.Context, b *blobSource, dst io.Writer, buf []
 			defer f.Close()
 
 			// Storage is not the registry's word for the bytes: check them.
-			_, err = copyVerified(dst, ctxReader{ctx, f}, b.digest, b.size, buf)
+			_, err = copyVerified(dst, iox.ContextReader(ctx, f), b.digest, b.size, buf)
 
 			return err
 		}
@@ -460,20 +462,6 @@ func writeFile(dst string, r io.Reader, b *blobSource, buf []byte, sync bool, po
 	}
 
 	return f.Close()
-}
-
-// ctxReader stops reading when ctx ends (a file read does not).
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-
-	return c.r.Read(p)
 }
 
 // onlyWriter and onlyReader hide ReadFrom/WriteTo so that io.CopyBuffer

@@ -45,6 +45,8 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
+
+	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 const (
@@ -333,7 +335,7 @@ func copyIn(ctx context.Context, dst string, f File, buf []byte) (err error) {
 			err = fmt.Errorf("iso: stage %s: %w", f.Path, cerr)
 		}
 	}()
-	n, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{&ctxReader{ctx, io.LimitReader(src, f.Size+1)}}, buf)
+	n, err := io.CopyBuffer(struct{ io.Writer }{w}, iox.ContextReader(ctx, io.LimitReader(src, f.Size+1)), buf)
 	if err != nil {
 		return fmt.Errorf("iso: stage %s: %w", f.Path, err)
 	}
@@ -343,18 +345,6 @@ func copyIn(ctx context.Context, dst string, f File, buf []byte) (err error) {
 	return nil
 }
 
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
-
 func appendESP(ctx context.Context, out *os.File, espPath string, l Layout) error {
 	src, err := os.Open(espPath)
 	if err != nil {
@@ -362,7 +352,7 @@ func appendESP(ctx context.Context, out *os.File, espPath string, l Layout) erro
 	}
 	defer src.Close()
 	w := io.NewOffsetWriter(out, l.ESPStart)
-	n, err := io.CopyBuffer(w, struct{ io.Reader }{&ctxReader{ctx, src}}, make([]byte, copyChunk))
+	n, err := io.CopyBuffer(w, iox.ContextReader(ctx, src), make([]byte, copyChunk))
 	if err != nil {
 		return fmt.Errorf("iso: append ESP: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"slices"
 
 	"github.com/siderolabs/talos/pkg/machinery/version"
+
+	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 // Blob is section content streamed from R, exactly Size bytes long.
@@ -314,7 +316,7 @@ func writeSection(ctx context.Context, w io.Writer, n *newSection, buf []byte) e
 		return err
 	}
 
-	copied, err := io.CopyBuffer(w, &ctxReader{ctx: ctx, r: io.LimitReader(n.blob.R, n.size)}, buf)
+	copied, err := io.CopyBuffer(w, iox.ContextReader(ctx, io.LimitReader(n.blob.R, n.size)), buf)
 	if err != nil {
 		return fmt.Errorf("%s: %w", n.name, err)
 	}
@@ -352,19 +354,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 
 	return n, err
-}
-
-// ctxReader stops a copy when ctx is done. It only has Read, so io.CopyBuffer
-// cannot bypass the buffer through WriterTo.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-
-	return c.r.Read(p)
 }

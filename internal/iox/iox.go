@@ -42,3 +42,21 @@ func Copy(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
 		}
 	}
 }
+
+// ContextReader reads r until ctx ends, then fails with ctx's error: a
+// file read does not notice cancellation. It has only Read, so a copy
+// through it keeps to its buffer.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+
+	return c.r.Read(p)
+}
