@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -32,7 +33,7 @@ import (
 	kilnregistry "github.com/kiln-dev/kiln/registry"
 )
 
-func benchFixture(b *testing.B) *fixture {
+func benchFixture(b *testing.B, layerSize int64) *fixture {
 	var host string
 
 	if bin := os.Getenv("DOCKER_REGISTRY"); bin != "" {
@@ -45,7 +46,7 @@ func benchFixture(b *testing.B) *fixture {
 		host = u.Host
 	}
 
-	return settled(newFixtureAt(b, host, 24<<20, 4))
+	return settled(newFixtureAt(b, host, layerSize, 4))
 }
 
 // settled flushes the fixture's writes: their writeback would otherwise
@@ -72,7 +73,7 @@ func (f *fixture) benchRefs() []string {
 // copy). The "+sync" peers flush their output with one syncfs, the
 // durability kiln gives by default; "-nosync" kiln skips it as the peers do.
 func BenchmarkCreate(b *testing.B) {
-	f := benchFixture(b)
+	f := benchFixture(b, 24<<20)
 	refs := f.benchRefs()
 
 	var size int64
@@ -109,6 +110,45 @@ func BenchmarkCreate(b *testing.B) {
 
 	benchPeers(b, f, refs, size)
 	benchCeiling(b, refs)
+}
+
+// BenchmarkPlan is the planning part of BenchmarkCreate: every manifest,
+// signature and config of the fixture's images fetched from the registry.
+// It is round trips, not bytes: "rtt-5ms" delays each request as a mirror
+// across a WAN link would.
+func BenchmarkPlan(b *testing.B) {
+	f := benchFixture(b, 1<<10)
+	refs := f.benchRefs()
+	opts := Options{Platforms: []string{"linux/amd64"}, Signatures: true, Jobs: 4, Logger: quiet()}
+
+	for _, rtt := range []time.Duration{0, 5 * time.Millisecond} {
+		label := "local"
+		if rtt > 0 {
+			label = "rtt-" + rtt.String()
+		}
+
+		r := DirectResolver{Remote: []remote.Option{remote.WithTransport(delayed{http.DefaultTransport, rtt})}}
+
+		b.Run(label, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := NewPlan(context.Background(), refs, r, nil, opts); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// delayed waits d before each request.
+type delayed struct {
+	http.RoundTripper
+	d time.Duration
+}
+
+func (t delayed) RoundTrip(r *http.Request) (*http.Response, error) {
+	time.Sleep(t.d)
+
+	return t.RoundTripper.RoundTrip(r)
 }
 
 // benchCeiling is the most any client that checks digests can do from the

@@ -13,11 +13,13 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -681,4 +683,119 @@ func validateImage(img v1.Image) error {
 	}
 
 	return nil
+}
+
+// countingResolver is the fixture's resolver with every request counted by
+// method and path.
+type countingResolver struct {
+	Resolver
+	mu   sync.Mutex
+	hits map[string]int
+}
+
+func (c *countingResolver) Resolve(ref string) (name.Reference, []remote.Option, error) {
+	r, opts, err := c.Resolver.Resolve(ref)
+
+	return r, append(opts, remote.WithTransport(c)), err
+}
+
+func (c *countingResolver) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.hits[r.Method+" "+r.URL.Path]++
+	c.mu.Unlock()
+
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestPlanInParallel: lines planned at once give the plan that one at a
+// time gives (the later line's file wins, the first line's signatures and
+// blob sources are kept), fetch each manifest and config once, and verify
+// each source image once.
+func TestPlanInParallel(t *testing.T) {
+	f := newFixture(t, 1024, 2)
+	// Two lines name kubelet, two busybox.
+	refs := slices.Concat(f.refs()[:1], []string{"ghcr.io/siderolabs/kubelet@" + f.digests["ghcr.io/siderolabs/kubelet:v1.36.0"].String()},
+		f.refs()[1:], []string{"docker.io/library/busybox:1.37"})
+
+	type result struct {
+		id        string
+		images    []Image
+		sigs      []Image
+		manifests map[string][]byte
+		blobs     map[v1.Hash]string
+	}
+
+	plan := func(jobs int, platforms ...string) (result, map[string]int, map[string]int) {
+		var mu sync.Mutex
+
+		verified := map[string]int{}
+		v := VerifierFunc(func(_ context.Context, d name.Digest) error {
+			mu.Lock()
+			verified[d.String()]++
+			mu.Unlock()
+
+			return nil
+		})
+
+		r := &countingResolver{Resolver: f.resolver(), hits: map[string]int{}}
+		opts := Options{Platforms: platforms, Layout: Flat, Signatures: true, Jobs: jobs, Logger: quiet()}
+
+		p, err := NewPlan(t.Context(), refs, r, v, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		res := result{id: p.ID(), images: p.Images(), sigs: p.sigs, manifests: p.manifests, blobs: map[v1.Hash]string{}}
+		for d, b := range p.blobs {
+			res.blobs[d] = b.repo.String()
+		}
+
+		return res, r.hits, verified
+	}
+
+	for _, platforms := range [][]string{{"linux/amd64"}, {"linux/arm64", "linux/amd64"}, {AllPlatforms}} {
+		if slices.Contains(platforms, "linux/arm64") {
+			// pause is linux/amd64 only.
+			refs = slices.DeleteFunc(slices.Clone(refs), func(r string) bool { return strings.HasPrefix(r, "registry.k8s.io/pause") })
+		}
+
+		want, _, _ := plan(1, platforms...)
+
+		// The shared layer is in every image: its source is the first line's.
+		first, _, _ := f.resolver().Resolve(refs[0])
+		if src := want.blobs[mustDigest(t, f.shared)]; src != first.Context().String() {
+			t.Errorf("%v: shared layer from %s, want %s", platforms, src, first.Context())
+		}
+
+		// kubelet's two lines are one source image: its signature once.
+		sigs := map[string]bool{}
+		for _, s := range want.sigs {
+			if sigs[s.Source] {
+				t.Errorf("%v: signature %s cached twice", platforms, s.Source)
+			}
+
+			sigs[s.Source] = true
+		}
+
+		for range 5 {
+			got, hits, verified := plan(8, platforms...)
+
+			if got.id != want.id || !slices.Equal(got.images, want.images) || !slices.Equal(got.sigs, want.sigs) ||
+				!maps.EqualFunc(got.manifests, want.manifests, bytes.Equal) || !maps.Equal(got.blobs, want.blobs) {
+				t.Fatalf("%v: planned in parallel:\n%+v\none at a time:\n%+v", platforms, got, want)
+			}
+
+			for req, n := range hits {
+				if n > 1 && !strings.HasSuffix(req, "/v2/") {
+					t.Errorf("%v: %s requested %d times", platforms, req, n)
+				}
+			}
+
+			for d, n := range verified {
+				if n != 1 {
+					t.Errorf("%v: %s verified %d times", platforms, d, n)
+				}
+			}
+		}
+	}
 }

@@ -56,7 +56,8 @@ type Options struct {
 	Platforms []string
 	// Layout is the output format; it is part of the plan's ID.
 	Layout Layout
-	// Jobs bounds parallel blob downloads (default 4).
+	// Jobs bounds parallel blob downloads, and images planned at once
+	// (default 4).
 	Jobs int
 	// LayerCache is an optional directory of blobs by digest, reused across
 	// runs (layout: <dir>/sha256/<hex>). It only saves downloads.

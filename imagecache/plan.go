@@ -10,25 +10,29 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/internal/regerr"
 )
 
 // Resolver says where to fetch an upstream reference from: kiln's mirror
-// (MirrorResolver) or the reference itself (DirectResolver).
+// (MirrorResolver) or the reference itself (DirectResolver). NewPlan calls
+// it from several goroutines.
 type Resolver interface {
 	// Resolve maps an input line such as "registry.k8s.io/pause:3.10" to the
 	// reference to fetch and the remote options to fetch it with.
 	Resolve(ref string) (name.Reference, []remote.Option, error)
 }
 
-// Verifier checks an image against the trust policy.
+// Verifier checks an image against the trust policy. NewPlan calls it from
+// several goroutines, once per image.
 type Verifier interface {
 	// Verify returns nil if the image at ref (as fetched, repository@digest)
 	// is trusted; a refusal should match signing.ErrUntrusted.
@@ -96,16 +100,93 @@ func (p *Plan) Size() int64 {
 	return n
 }
 
-// planner carries the state of one Plan call.
+// planner carries the state of one NewPlan call that its tasks share:
+// every fetch and verification is done once, whichever task asks first.
 type planner struct {
-	ctx      context.Context
-	r        Resolver
-	v        Verifier
-	opts     Options
-	p        *Plan
+	ctx  context.Context
+	r    Resolver
+	v    Verifier
+	opts Options
+
+	mu       sync.Mutex
 	pullers  map[string]*remote.Puller
-	verified map[string]bool
-	sigsDone map[string]bool
+	gets     map[string]*result[*remote.Descriptor]
+	configs  map[v1.Hash]*result[[]byte]
+	verified map[string]*result[struct{}]
+}
+
+// result is a value computed once and shared.
+type result[T any] struct {
+	once sync.Once
+	v    T
+	err  error
+}
+
+// once runs f the first time key is asked for in m, and returns its result
+// to every caller.
+func once[K comparable, T any](mu *sync.Mutex, m map[K]*result[T], key K, f func() (T, error)) (T, error) {
+	mu.Lock()
+
+	r, ok := m[key]
+	if !ok {
+		r = &result[T]{}
+		m[key] = r
+	}
+
+	mu.Unlock()
+
+	r.once.Do(func() { r.v, r.err = f() })
+
+	return r.v, r.err
+}
+
+// task plans one input line for one platform. Tasks run in parallel; each
+// records what it adds to the plan, and the records are applied in input
+// order, so that the plan is the one planning line by line would give.
+type task struct {
+	*planner
+	rec *record
+}
+
+// record is what a task adds to the plan, in order.
+type record struct{ steps []step }
+
+// step is one addition: a manifest file, a blob, a cached signature, or
+// the signatures of one image (applied once per source digest, by the
+// first task to record them).
+type step struct {
+	path   string
+	data   []byte
+	blob   *blobSource
+	sig    *Image
+	sigKey string
+	sigs   *record
+}
+
+func (r *record) manifest(path string, data []byte) {
+	r.steps = append(r.steps, step{path: path, data: data})
+}
+
+// apply adds r to p: a later manifest file replaces an earlier one, the
+// first source of a blob is kept.
+func (p *Plan) apply(r *record, sigsDone map[string]bool) {
+	for _, s := range r.steps {
+		switch {
+		case s.sigs != nil:
+			if !sigsDone[s.sigKey] {
+				sigsDone[s.sigKey] = true
+				p.apply(s.sigs, sigsDone)
+			}
+		case s.blob != nil:
+			if _, ok := p.blobs[s.blob.digest]; !ok {
+				p.blobs[s.blob.digest] = s.blob
+			}
+		case s.sig != nil:
+			p.sigs = append(p.sigs, *s.sig)
+		default:
+			p.manifests[s.path] = s.data
+		}
+	}
 }
 
 // NewPlan resolves refs (input lines as talosctl reads them) for
@@ -134,30 +215,28 @@ func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Op
 
 	pl := &planner{
 		ctx: ctx, r: r, v: v, opts: opts,
-		p: &Plan{
-			manifests: map[string][]byte{},
-			blobs:     map[v1.Hash]*blobSource{},
-			inline:    map[v1.Hash][]byte{},
-			layout:    opts.Layout,
-			outer:     opts.outerPlatform(),
-			sigsOn:    opts.Signatures,
-		},
 		pullers:  map[string]*remote.Puller{},
-		verified: map[string]bool{},
-		sigsDone: map[string]bool{},
+		gets:     map[string]*result[*remote.Descriptor]{},
+		configs:  map[v1.Hash]*result[[]byte]{},
+		verified: map[string]*result[struct{}]{},
+	}
+
+	p := &Plan{
+		manifests: map[string][]byte{},
+		blobs:     map[v1.Hash]*blobSource{},
+		inline:    map[v1.Hash][]byte{},
+		layout:    opts.Layout,
+		outer:     opts.outerPlatform(),
+		sigsOn:    opts.Signatures,
 	}
 
 	if all {
-		pl.p.platforms = []string{AllPlatforms}
+		p.platforms = []string{AllPlatforms}
 	} else {
 		for _, pf := range platforms {
-			pl.p.platforms = append(pl.p.platforms, pf.String())
+			p.platforms = append(p.platforms, pf.String())
 		}
 	}
-
-	// Like talosctl: platforms outside, images inside, so that when two
-	// lines write the same file the later one wins in the same way.
-	var errs []error
 
 	seen := map[string]bool{}
 	lines := make([]string, 0, len(refs))
@@ -172,36 +251,65 @@ func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Op
 		lines = append(lines, ref)
 	}
 
-	failed := map[string]bool{}
-	images := map[string]*Image{}
+	// Like talosctl: platforms outside, images inside, so that when two
+	// lines write the same file the later one wins in the same way.
+	type planned struct {
+		src string
+		pf  *v1.Platform
+		rec record
+		img *Image
+		err error
+	}
 
-	run := func(pf *v1.Platform) {
+	var tasks []*planned
+
+	if all {
 		for _, src := range lines {
-			if failed[src] {
-				continue
-			}
-
-			img, err := pl.image(src, pf, all)
-			if err != nil {
-				failed[src] = true
-				errs = append(errs, err)
-
-				continue
-			}
-
-			if prev, ok := images[src]; ok {
-				prev.Platform += "," + img.Platform
-			} else {
-				images[src] = img
+			tasks = append(tasks, &planned{src: src})
+		}
+	} else {
+		for i := range platforms {
+			for _, src := range lines {
+				tasks = append(tasks, &planned{src: src, pf: &platforms[i]})
 			}
 		}
 	}
 
-	if all {
-		run(nil)
-	} else {
-		for i := range platforms {
-			run(&platforms[i])
+	// Planning is round trips, not bytes: overlap them.
+	var g errgroup.Group
+	g.SetLimit(opts.jobs())
+
+	for _, t := range tasks {
+		g.Go(func() error {
+			t.img, t.err = (&task{planner: pl, rec: &t.rec}).image(t.src, t.pf, all)
+
+			return nil
+		})
+	}
+
+	g.Wait() //nolint:errcheck // tasks keep their own errors
+
+	var errs []error
+
+	failed := map[string]bool{}
+	images := map[string]*Image{}
+	sigsDone := map[string]bool{}
+
+	for _, t := range tasks {
+		switch {
+		case failed[t.src]:
+			// One error per line, from its first platform that failed.
+		case t.err != nil:
+			failed[t.src] = true
+			errs = append(errs, t.err)
+		default:
+			p.apply(&t.rec, sigsDone)
+
+			if prev, ok := images[t.src]; ok {
+				prev.Platform += "," + t.img.Platform
+			} else {
+				images[t.src] = t.img
+			}
 		}
 	}
 
@@ -210,46 +318,51 @@ func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Op
 	}
 
 	for _, src := range lines {
-		pl.p.images = append(pl.p.images, *images[src])
+		p.images = append(p.images, *images[src])
 	}
 
-	pl.p.id = pl.p.computeID()
+	for d, c := range pl.configs {
+		if c.err == nil {
+			p.inline[d] = c.v
+		}
+	}
 
-	return pl.p, nil
+	p.id = p.computeID()
+
+	return p, nil
 }
 
 // image plans one input line for one platform (pf nil: all platforms).
-func (pl *planner) image(src string, pf *v1.Platform, all bool) (*Image, error) {
+func (t *task) image(src string, pf *v1.Platform, all bool) (*Image, error) {
 	upstream, err := name.ParseReference(src)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w: %w", src, ErrInvalid, err)
 	}
 
-	fetch, ropts, err := pl.r.Resolve(src)
+	fetch, ropts, err := t.r.Resolve(src)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: resolve: %w", src, err)
 	}
 
-	puller, err := pl.puller(fetch.Context(), ropts)
+	puller, err := t.puller(fetch.Context(), ropts)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", src, err)
 	}
 
-	desc, err := puller.Get(pl.ctx, fetch)
+	desc, err := t.get(puller, fetch)
 	if err != nil {
 		return nil, fmt.Errorf("image %q (from %s): %w", src, fetch, classify(err))
 	}
 
 	source := fetch.Context().Digest(desc.Digest.String())
 
-	if !pl.verified[source.String()] {
-		if pl.v != nil {
-			if err := pl.v.Verify(pl.ctx, source); err != nil {
-				return nil, fmt.Errorf("image %q (%s): %w", src, source, err)
-			}
+	if t.v != nil {
+		_, err := once(&t.mu, t.verified, source.String(), func() (struct{}, error) {
+			return struct{}{}, t.v.Verify(t.ctx, source)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("image %q (%s): %w", src, source, err)
 		}
-
-		pl.verified[source.String()] = true
 	}
 
 	img := &Image{Ref: src, Source: source.String(), Digest: desc.Digest.String()}
@@ -259,38 +372,55 @@ func (pl *planner) image(src string, pf *v1.Platform, all bool) (*Image, error) 
 	// the part before "@" re-read as a tag (which is "latest" when it has
 	// none: talosctl does the same).
 	tag := ""
-	if t, ok := upstream.(name.Tag); ok {
-		tag = t.TagStr()
+	if tg, ok := upstream.(name.Tag); ok {
+		tag = tg.TagStr()
 	} else if base, _, ok := strings.Cut(src, "@"); ok {
-		if t, err := name.NewTag(base); err == nil {
-			tag = t.TagStr()
+		if tg, err := name.NewTag(base); err == nil {
+			tag = tg.TagStr()
 		}
 	}
 
-	top := func() error {
+	// The signatures are fetched while the image's manifests are.
+	var sigs chan error
+
+	top := func() {
 		if tag != "" {
-			pl.p.manifests[referencePath(dir, tag)] = desc.Manifest
+			t.rec.manifest(referencePath(dir, tag), desc.Manifest)
 		}
 
-		pl.p.manifests[digestPath(dir, desc.Digest)] = desc.Manifest
+		t.rec.manifest(digestPath(dir, desc.Digest), desc.Manifest)
 
-		if pl.opts.Signatures {
-			return pl.signatures(src, upstream.Context(), fetch.Context(), puller, desc.Digest)
+		if t.opts.Signatures {
+			st := t.signatureTask(fetch.Context(), desc.Digest)
+			sigs = make(chan error, 1)
+
+			go func() { sigs <- st.signatures(src, upstream.Context(), fetch.Context(), puller, desc.Digest) }()
 		}
-
-		return nil
 	}
+
+	img, err = t.manifests(src, pf, all, img, desc, dir, fetch.Context(), puller, top)
+
+	if sigs != nil {
+		if serr := <-sigs; serr != nil {
+			return nil, fmt.Errorf("image %q: %w", src, serr)
+		}
+	}
+
+	return img, err
+}
+
+// manifests plans the manifests below desc, the top manifest of an input
+// line; top records desc itself, and is called before the first child.
+func (t *task) manifests(src string, pf *v1.Platform, all bool, img *Image, desc *remote.Descriptor, dir string, repo name.Repository, puller *remote.Puller, top func()) (*Image, error) {
 
 	isIndex := desc.MediaType == types.OCIImageIndex || desc.MediaType == types.DockerManifestList
 
 	switch {
 	case all && !isIndex:
 		img.Platform = AllPlatforms
-		if err := top(); err != nil {
-			return nil, fmt.Errorf("image %q: %w", src, err)
-		}
+		top()
 
-		return img, pl.manifest(src, dir, fetch.Context(), puller, desc.Digest, desc.Manifest, nil)
+		return img, t.manifest(src, dir, repo, puller, desc.Digest, desc.Manifest, nil)
 
 	case all:
 		img.Platform = AllPlatforms
@@ -307,9 +437,7 @@ func (pl *planner) image(src string, pf *v1.Platform, all bool) (*Image, error) 
 				// talosctl caches the index and signatures with the first
 				// platform child, then the child picked by its platform.
 				if first {
-					if err := top(); err != nil {
-						return nil, fmt.Errorf("image %q: %w", src, err)
-					}
+					top()
 
 					first = false
 				}
@@ -322,7 +450,7 @@ func (pl *planner) image(src string, pf *v1.Platform, all bool) (*Image, error) 
 				child = pick
 			}
 
-			if err := pl.child(src, dir, fetch.Context(), puller, child); err != nil {
+			if err := t.child(src, dir, repo, puller, child); err != nil {
 				return nil, err
 			}
 		}
@@ -331,9 +459,7 @@ func (pl *planner) image(src string, pf *v1.Platform, all bool) (*Image, error) 
 
 	case isIndex:
 		img.Platform = pf.String()
-		if err := top(); err != nil {
-			return nil, fmt.Errorf("image %q: %w", src, err)
-		}
+		top()
 
 		idx, err := v1.ParseIndexManifest(strings.NewReader(string(desc.Manifest)))
 		if err != nil {
@@ -345,15 +471,13 @@ func (pl *planner) image(src string, pf *v1.Platform, all bool) (*Image, error) 
 			return nil, fmt.Errorf("image %q: platform %s: %w", src, pf, ErrNotFound)
 		}
 
-		return img, pl.child(src, dir, fetch.Context(), puller, child)
+		return img, t.child(src, dir, repo, puller, child)
 
 	default:
 		img.Platform = pf.String()
-		if err := top(); err != nil {
-			return nil, fmt.Errorf("image %q: %w", src, err)
-		}
+		top()
 
-		return img, pl.manifest(src, dir, fetch.Context(), puller, desc.Digest, desc.Manifest, pf)
+		return img, t.manifest(src, dir, repo, puller, desc.Digest, desc.Manifest, pf)
 	}
 }
 
@@ -377,23 +501,23 @@ func pickChild(idx *v1.IndexManifest, want v1.Platform) (v1.Descriptor, bool) {
 }
 
 // child fetches a child manifest of an index and plans it.
-func (pl *planner) child(src, dir string, repo name.Repository, puller *remote.Puller, d v1.Descriptor) error {
+func (t *task) child(src, dir string, repo name.Repository, puller *remote.Puller, d v1.Descriptor) error {
 	if d.MediaType == types.OCIImageIndex || d.MediaType == types.DockerManifestList {
 		return fmt.Errorf("image %q: child %s is an index: %w", src, d.Digest, ErrInvalid)
 	}
 
-	got, err := puller.Get(pl.ctx, repo.Digest(d.Digest.String()))
+	got, err := t.get(puller, repo.Digest(d.Digest.String()))
 	if err != nil {
 		return fmt.Errorf("image %q: child %s: %w", src, d.Digest, classify(err))
 	}
 
-	return pl.manifest(src, dir, repo, puller, d.Digest, got.Manifest, nil)
+	return t.manifest(src, dir, repo, puller, d.Digest, got.Manifest, nil)
 }
 
 // manifest plans an image manifest: its digest file, its config and layers.
 // With want set (a single-platform image asked for one platform), the
 // config's platform must match it when the config names one.
-func (pl *planner) manifest(src, dir string, repo name.Repository, puller *remote.Puller, dgst v1.Hash, raw []byte, want *v1.Platform) error {
+func (t *task) manifest(src, dir string, repo name.Repository, puller *remote.Puller, dgst v1.Hash, raw []byte, want *v1.Platform) error {
 	m, err := v1.ParseManifest(strings.NewReader(string(raw)))
 	if err != nil {
 		return fmt.Errorf("image %q: manifest %s: %w: %w", src, dgst, ErrInvalid, err)
@@ -405,10 +529,10 @@ func (pl *planner) manifest(src, dir string, repo name.Repository, puller *remot
 
 	// talosctl names the file by the hash of the bytes.
 	sum := sha256.Sum256(raw)
-	pl.p.manifests[digestPath(dir, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])})] = raw
+	t.rec.manifest(digestPath(dir, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}), raw)
 
 	if want != nil {
-		cfg, err := pl.fetchSmall(repo, puller, m.Config)
+		cfg, err := t.fetchSmall(repo, puller, m.Config)
 		if err != nil {
 			return fmt.Errorf("image %q: config %s: %w", src, m.Config.Digest, err)
 		}
@@ -427,34 +551,32 @@ func (pl *planner) manifest(src, dir string, repo name.Repository, puller *remot
 		}
 	}
 
-	pl.addBlob(repo, puller, m.Config)
+	t.addBlob(repo, puller, m.Config)
 
 	for _, l := range m.Layers {
-		pl.addBlob(repo, puller, l)
+		t.addBlob(repo, puller, l)
 	}
 
 	return nil
 }
 
-func (pl *planner) addBlob(repo name.Repository, puller *remote.Puller, d v1.Descriptor) {
-	if _, ok := pl.p.blobs[d.Digest]; ok {
-		return
-	}
-
+func (t *task) addBlob(repo name.Repository, puller *remote.Puller, d v1.Descriptor) {
 	b := &blobSource{digest: d.Digest, size: d.Size, repo: repo, puller: puller}
-	if lb, ok := pl.r.(LocalBlobs); ok {
+	if lb, ok := t.r.(LocalBlobs); ok {
 		b.local = lb.Blobs()
 	}
 
-	pl.p.blobs[d.Digest] = b
+	t.rec.steps = append(t.rec.steps, step{blob: b})
 }
 
 // fetchSmall reads a small blob (a config) and keeps it for Write.
 func (pl *planner) fetchSmall(repo name.Repository, puller *remote.Puller, d v1.Descriptor) ([]byte, error) {
-	if b, ok := pl.p.inline[d.Digest]; ok {
-		return b, nil
-	}
+	return once(&pl.mu, pl.configs, d.Digest, func() ([]byte, error) {
+		return pl.fetchConfig(repo, puller, d)
+	})
+}
 
+func (pl *planner) fetchConfig(repo name.Repository, puller *remote.Puller, d v1.Descriptor) ([]byte, error) {
 	const maxConfig = 16 << 20
 	if d.Size > maxConfig {
 		return nil, fmt.Errorf("config of %d bytes: %w", d.Size, ErrInvalid)
@@ -476,27 +598,36 @@ func (pl *planner) fetchSmall(repo name.Repository, puller *remote.Puller, d v1.
 		return nil, classify(err)
 	}
 
-	b := []byte(sb.String())
-	pl.p.inline[d.Digest] = b
+	return []byte(sb.String()), nil
+}
 
-	return b, nil
+// get fetches the manifest ref names, once per NewPlan.
+func (pl *planner) get(puller *remote.Puller, ref name.Reference) (*remote.Descriptor, error) {
+	return once(&pl.mu, pl.gets, ref.String(), func() (*remote.Descriptor, error) {
+		return puller.Get(pl.ctx, ref)
+	})
+}
+
+// signatureTask records, at this point of t's record, the signatures of
+// image repo@d, to be planned by the task it returns (on its own
+// goroutine). Recorded apart: the signatures of a source image are cached
+// once, by the first line (in input order) that names it.
+func (t *task) signatureTask(repo name.Repository, d v1.Hash) *task {
+	sigs := &record{}
+	t.rec.steps = append(t.rec.steps, step{sigKey: repo.String() + "@" + d.String(), sigs: sigs})
+
+	return &task{planner: t.planner, rec: sigs}
 }
 
 // signatures caches the cosign signature of digest d: the tag
 // sha256-<hex>.sig, else sha256-<hex> (the referrers tag), as talosctl
 // does: written under the upstream repository, fetched from the source's.
-func (pl *planner) signatures(src string, upstream, repo name.Repository, puller *remote.Puller, d v1.Hash) error {
-	key := repo.String() + "@" + d.String()
-	if pl.sigsDone[key] {
-		return nil
-	}
-
-	pl.sigsDone[key] = true
+func (t *task) signatures(src string, upstream, repo name.Repository, puller *remote.Puller, d v1.Hash) error {
 	dir := repoDir(upstream, src)
 	base := d.Algorithm + "-" + d.Hex
 
 	for _, tag := range []string{base + ".sig", base} {
-		desc, err := puller.Get(pl.ctx, repo.Tag(tag))
+		desc, err := t.get(puller, repo.Tag(tag))
 		if regerr.IsNotFound(err) {
 			continue
 		}
@@ -505,9 +636,9 @@ func (pl *planner) signatures(src string, upstream, repo name.Repository, puller
 			return fmt.Errorf("signature %s: %w", repo.Tag(tag), classify(err))
 		}
 
-		pl.p.manifests[referencePath(dir, tag)] = desc.Manifest
-		pl.p.manifests[digestPath(dir, desc.Digest)] = desc.Manifest
-		pl.p.sigs = append(pl.p.sigs, Image{Ref: upstream.Tag(tag).String(), Source: repo.Digest(desc.Digest.String()).String(), Digest: desc.Digest.String()})
+		t.rec.manifest(referencePath(dir, tag), desc.Manifest)
+		t.rec.manifest(digestPath(dir, desc.Digest), desc.Manifest)
+		t.rec.steps = append(t.rec.steps, step{sig: &Image{Ref: upstream.Tag(tag).String(), Source: repo.Digest(desc.Digest.String()).String(), Digest: desc.Digest.String()}})
 
 		if desc.MediaType == types.OCIImageIndex || desc.MediaType == types.DockerManifestList {
 			idx, err := v1.ParseIndexManifest(strings.NewReader(string(desc.Manifest)))
@@ -516,7 +647,7 @@ func (pl *planner) signatures(src string, upstream, repo name.Repository, puller
 			}
 
 			for _, c := range idx.Manifests {
-				if err := pl.child(src, dir, repo, puller, c); err != nil {
+				if err := t.child(src, dir, repo, puller, c); err != nil {
 					return fmt.Errorf("signature %s: %w", repo.Tag(tag), err)
 				}
 			}
@@ -524,7 +655,7 @@ func (pl *planner) signatures(src string, upstream, repo name.Repository, puller
 			return nil
 		}
 
-		return pl.manifest(src, dir, repo, puller, desc.Digest, desc.Manifest, nil)
+		return t.manifest(src, dir, repo, puller, desc.Digest, desc.Manifest, nil)
 	}
 
 	return nil
@@ -533,6 +664,9 @@ func (pl *planner) signatures(src string, upstream, repo name.Repository, puller
 // puller returns one puller per source repository, so that the ping and
 // token of a registry are reused.
 func (pl *planner) puller(repo name.Repository, ropts []remote.Option) (*remote.Puller, error) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+
 	if p, ok := pl.pullers[repo.String()]; ok {
 		return p, nil
 	}
