@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/iox"
@@ -149,8 +150,12 @@ func (b *Builder) writeCache(ctx context.Context, plan *imagecache.Plan, opts im
 	return w.Commit()
 }
 
-// tarTree writes dir as a tar with sorted, owner-less entries.
+// tarTree writes dir as a tar with sorted entries and nothing of the
+// build's own (owner, umask, time): kilns that build the same cache ID
+// serve the same bytes, with the same SHA-256.
 func tarTree(ctx context.Context, w io.Writer, dir string) error {
+	epoch := time.Unix(SourceDateEpoch, 0).UTC()
+
 	tw := tar.NewWriter(w)
 
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
@@ -168,24 +173,21 @@ func tarTree(ctx context.Context, w io.Writer, dir string) error {
 			return err
 		}
 
-		hdr, err := tar.FileInfoHeader(info, "")
-		if err != nil {
-			return err
-		}
+		hdr := &tar.Header{Name: filepath.ToSlash(rel), Mode: 0o644, ModTime: epoch, Typeflag: tar.TypeReg, Size: info.Size()}
 
-		hdr.Name = filepath.ToSlash(rel)
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-		hdr.ModTime = hdr.ModTime.Truncate(0).UTC()
-
-		if d.IsDir() {
+		switch {
+		case d.IsDir():
 			hdr.Name += "/"
+			hdr.Mode, hdr.Typeflag, hdr.Size = 0o755, tar.TypeDir, 0
+		case !info.Mode().IsRegular():
+			return fmt.Errorf("image cache: %s is not a regular file", rel)
 		}
 
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
 
-		if !info.Mode().IsRegular() {
+		if d.IsDir() {
 			return nil
 		}
 
