@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sys/unix"
 )
 
 // readTree maps every file of dir (slash paths) to its bytes.
@@ -795,6 +796,78 @@ func TestPlanInParallel(t *testing.T) {
 				if n != 1 {
 					t.Errorf("%v: %s verified %d times", platforms, d, n)
 				}
+			}
+		}
+	}
+}
+
+// TestLayerCacheEntries: a flat tree takes layer-cache entries on the same
+// file system (linked) and on another (/dev/shm, copied), and a corrupt
+// entry is replaced by a fresh download, in both cases.
+func TestLayerCacheEntries(t *testing.T) {
+	f := newFixture(t, 8192, 2)
+	shm, err := os.MkdirTemp("/dev/shm", "kiln-layers-")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Cleanup(func() { os.RemoveAll(shm) }) //nolint:errcheck // test teardown
+
+	out := t.TempDir()
+
+	var st1, st2 unix.Stat_t
+	if unix.Stat(shm, &st1) != nil || unix.Stat(out, &st2) != nil || st1.Dev == st2.Dev {
+		t.Fatalf("/dev/shm and %s must be two file systems", out)
+	}
+
+	for _, cache := range []string{filepath.Join(out, "layers"), shm} {
+		opts := DefaultOptions()
+		opts.Logger = quiet()
+		opts.Layout = Flat
+		opts.LayerCache = cache
+
+		p := f.plan(t, opts)
+		want := filepath.Join(out, "want")
+
+		if _, err := Write(t.Context(), p, want, opts); err != nil {
+			t.Fatal(err)
+		}
+
+		// The largest blob, its entry overwritten with other bytes of its size.
+		var bad *blobSource
+		for _, b := range p.blobs {
+			if bad == nil || b.size > bad.size {
+				bad = b
+			}
+		}
+
+		entry := filepath.Join(cache, "sha256", bad.digest.Hex)
+		if err := os.Remove(entry); err != nil {
+			t.Fatal(err)
+		}
+
+		if err := os.WriteFile(entry, make([]byte, bad.size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+
+		for round, fetched := range []int64{bad.size, 0} {
+			got := filepath.Join(out, fmt.Sprintf("got-%d", round))
+
+			st, err := Write(t.Context(), p, got, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if st.Fetched != fetched || st.CachedBlobs != len(p.blobs)-len(p.inline)-int(fetched/bad.size) {
+				t.Errorf("%s, round %d: %+v, want %d bytes fetched", cache, round, st, fetched)
+			}
+
+			diffTrees(t, readTree(t, got), readTree(t, want))
+		}
+
+		for _, d := range []string{want, filepath.Join(out, "got-0"), filepath.Join(out, "got-1")} {
+			if err := os.RemoveAll(d); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}

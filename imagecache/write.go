@@ -301,25 +301,9 @@ func (w *writer) blob(ctx context.Context, b *blobSource, buf []byte) (cached bo
 
 	cachePath := w.cachePath(b)
 	if cachePath != "" {
-		f, err := openCached(cachePath, b, buf)
-		if err != nil {
-			return false, err
-		}
-
-		if f != nil {
-			defer f.Close()
-
-			// The entry was just verified, and entries are never written in
-			// place, so the tree can share it.
-			if os.Link(cachePath, dst) == nil {
-				return true, nil
-			}
-
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
-				return false, err
-			}
-
-			return true, writeFile(dst, f, b, buf, !w.opts.NoSync, w.bufs)
+		hit, err := w.fromCache(cachePath, dst, b, buf)
+		if hit || err != nil {
+			return hit, err
 		}
 	}
 
@@ -387,6 +371,42 @@ func (w *writer) fetch(ctx context.Context, b *blobSource, dst io.Writer, buf []
 	}
 
 	return classify(err)
+}
+
+// fromCache puts b's layer-cache entry at dst, reading it once to check
+// it: linked when the cache shares dst's file system (entries are never
+// written in place, so the tree can share them), else copied. A bad entry
+// is removed and is a miss.
+func (w *writer) fromCache(cachePath, dst string, b *blobSource, buf []byte) (hit bool, err error) {
+	f, err := os.Open(cachePath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+
+	if err != nil {
+		return false, fmt.Errorf("layer cache: %w", err)
+	}
+	defer f.Close()
+
+	if os.Link(cachePath, dst) == nil {
+		_, err = copyVerified(io.Discard, f, b.digest, b.size, buf)
+	} else {
+		err = writeFile(dst, f, b, buf, !w.opts.NoSync, w.bufs)
+	}
+
+	if err == nil {
+		return true, nil
+	}
+
+	os.Remove(dst) //nolint:errcheck // refetched, or failing
+
+	if errors.Is(err, ErrDigest) {
+		os.Remove(cachePath) //nolint:errcheck // a corrupt entry, refetch
+
+		return false, nil
+	}
+
+	return false, fmt.Errorf("from layer cache %s: %w", cachePath, err)
 }
 
 // openCached opens and verifies b's layer-cache entry; it returns nil for a
