@@ -51,7 +51,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	from := fs.String("mirror", "", "resolve images in this kiln mirror, host[:port][/namespace] (default: where each reference names)")
 	kubernetes := fs.String("kubernetes", "", "also cache the Kubernetes images of this Talos version, e.g. v1.13.0")
 	layerCache := fs.String("layer-cache", "", "directory of blobs reused across runs")
-	jobs := fs.Int("jobs", 4, "blobs fetched at once")
+	jobs := fs.Int("jobs", 4, "blobs fetched, and images resolved, at once")
 	signatures := fs.Bool("cosign-signatures", true, "cache the images' cosign signatures too")
 	policy := fs.String("trust-policy", "", "signature trust policy (required unless --insecure-skip-verify)")
 	skipVerify := fs.Bool("insecure-skip-verify", false, "cache without verifying signatures")
