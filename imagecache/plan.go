@@ -152,8 +152,8 @@ type task struct {
 type record struct{ steps []step }
 
 // step is one addition: a manifest file, a blob, a cached signature, or
-// the signatures of one image (applied once per source digest, by the
-// first task to record them).
+// the signatures of one image (applied once per source digest, from the
+// first task in input order that records them).
 type step struct {
 	path   string
 	data   []byte
@@ -195,6 +195,8 @@ func (p *Plan) apply(r *record, sigsDone map[string]bool) {
 // collects the blobs to fetch. A nil v verifies nothing and logs a warning.
 // All failures are joined; each names its image (and platform) and matches
 // ErrNotFound, ErrInvalid or the verifier's error. Nothing is written.
+// Up to opts.Jobs images are resolved at once; the plan does not depend on
+// the order the answers come in.
 func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Options) (*Plan, error) {
 	platforms, all, err := opts.platforms()
 	if err != nil {
