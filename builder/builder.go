@@ -227,8 +227,7 @@ func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.Imag
 		opts.Platforms = []string{"linux/" + p.Output.Arch}
 	}
 
-	cp, err := imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
-		imagecache.VerifierFunc(b.deps.Releases.Verify), opts)
+	cp, err := b.planCache(ctx, refs, opts)
 	if err != nil {
 		return fmt.Errorf("image cache: %w", err)
 	}

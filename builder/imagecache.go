@@ -86,8 +86,7 @@ func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress fun
 
 	progress(Event{Phase: "resolve", Message: fmt.Sprintf("resolving %d images", len(refs))})
 
-	plan, err := imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
-		imagecache.VerifierFunc(b.deps.Releases.Verify), opts)
+	plan, err := b.planCache(ctx, refs, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -111,13 +110,28 @@ func (b *Builder) OpenImageCache(ctx context.Context, id string) (storage.Asset,
 	return b.deps.Assets.Open(ctx, cacheKey(id))
 }
 
-func (b *Builder) writeCache(ctx context.Context, plan *imagecache.Plan, opts imagecache.Options, emit func(Event)) error {
-	scratch := filepath.Join(b.cfg.DataDir, "tmp")
-	if err := os.MkdirAll(scratch, 0o755); err != nil {
-		return err
+// planCache resolves refs in the mirror and verifies every image.
+func (b *Builder) planCache(ctx context.Context, refs []string, opts imagecache.Options) (*imagecache.Plan, error) {
+	return imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
+		imagecache.VerifierFunc(b.deps.Releases.Verify), opts)
+}
+
+// writeCacheTree writes plan into dir, a scratch directory that is read
+// back at once into the asset, which is synced when it is committed: a
+// sync here would only write the cache to disk twice.
+func writeCacheTree(ctx context.Context, plan *imagecache.Plan, opts imagecache.Options, dir string, emit func(Event)) error {
+	opts.NoSync = true
+	opts.Progress = func(e imagecache.Event) {
+		emit(Event{Phase: "fetch", Artifact: e.Image, Message: "image cache: " + string(e.Phase), Done: e.Done, Total: e.Total})
 	}
 
-	tmp, err := os.MkdirTemp(scratch, "imagecache-")
+	_, err := imagecache.Write(ctx, plan, dir, opts)
+
+	return err
+}
+
+func (b *Builder) writeCache(ctx context.Context, plan *imagecache.Plan, opts imagecache.Options, emit func(Event)) error {
+	tmp, err := b.scratch("imagecache-")
 	if err != nil {
 		return err
 	}
@@ -125,12 +139,7 @@ func (b *Builder) writeCache(ctx context.Context, plan *imagecache.Plan, opts im
 	defer os.RemoveAll(tmp) //nolint:errcheck // scratch space
 
 	dir := filepath.Join(tmp, "cache")
-	opts.NoSync = true // the tar below is what is kept, and it is synced on commit
-	opts.Progress = func(e imagecache.Event) {
-		emit(Event{Phase: "fetch", Artifact: e.Image, Message: "image cache: " + string(e.Phase), Done: e.Done, Total: e.Total})
-	}
-
-	if _, err := imagecache.Write(ctx, plan, dir, opts); err != nil {
+	if err := writeCacheTree(ctx, plan, opts, dir, emit); err != nil {
 		return err
 	}
 

@@ -19,7 +19,6 @@ import (
 	"github.com/kiln-dev/kiln/builder/iso"
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/builder/uki"
-	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
@@ -37,6 +36,17 @@ type job struct {
 
 func (j *job) asset(file string) string { return assetPath(j.dir, j.p.Output.Arch, file) }
 
+// scratch makes a new directory under the data directory's tmp/, for the
+// caller to remove.
+func (b *Builder) scratch(prefix string) (string, error) {
+	dir := filepath.Join(b.cfg.DataDir, "tmp")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+
+	return os.MkdirTemp(dir, prefix)
+}
+
 // write assembles the asset of p into w.
 func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emit func(Event)) error {
 	dir, err := b.imagerFiles(ctx, p, emit)
@@ -44,12 +54,7 @@ func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emi
 		return err
 	}
 
-	scratch := filepath.Join(b.cfg.DataDir, "tmp")
-	if err := os.MkdirAll(scratch, 0o755); err != nil {
-		return err
-	}
-
-	tmp, err := os.MkdirTemp(scratch, "build-")
+	tmp, err := b.scratch("build-")
 	if err != nil {
 		return err
 	}
@@ -382,17 +387,10 @@ func (j *job) imageCache(ctx context.Context) (string, error) {
 	}
 
 	dir := filepath.Join(j.tmp, "imagecache")
-	opts := p.cacheOpts
-	// Scratch, read back at once into the image, which is synced when the
-	// asset is committed: a sync here would only write it to disk twice.
-	opts.NoSync = true
-	opts.Progress = func(e imagecache.Event) {
-		j.emit(Event{Phase: "fetch", Artifact: e.Image, Message: "image cache: " + string(e.Phase), Done: e.Done, Total: e.Total})
-	}
 
 	j.emit(Event{Phase: "fetch", Message: fmt.Sprintf("image cache of %d images", len(p.cachePlan.Images()))})
 
-	if _, err := imagecache.Write(ctx, p.cachePlan, dir, opts); err != nil {
+	if err := writeCacheTree(ctx, p.cachePlan, p.cacheOpts, dir, j.emit); err != nil {
 		return "", fmt.Errorf("image cache: %w", err)
 	}
 

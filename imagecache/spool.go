@@ -139,12 +139,7 @@ func (s *spool) Write(p []byte) (int, error) {
 
 	for len(p) > 0 {
 		k, err := s.write(p)
-		if k > 0 {
-			s.mu.Lock()
-			s.n += int64(k)
-			s.mu.Unlock()
-			s.cond.Broadcast()
-		}
+		s.grew(k)
 
 		if err != nil {
 			return n - len(p) + k, err
@@ -188,14 +183,8 @@ func (s *spool) readFrom(r io.Reader, buf []byte) (int64, error) {
 		}
 
 		k, err := r.Read(dst)
-		if k > 0 {
-			n += int64(k)
-
-			s.mu.Lock()
-			s.n += int64(k)
-			s.mu.Unlock()
-			s.cond.Broadcast()
-		}
+		n += int64(k)
+		s.grew(k)
 
 		if errors.Is(err, io.EOF) {
 			return n, nil
@@ -205,6 +194,18 @@ func (s *spool) readFrom(r io.Reader, buf []byte) (int64, error) {
 			return n, err
 		}
 	}
+}
+
+// grew makes k more written bytes readable.
+func (s *spool) grew(k int) {
+	if k <= 0 {
+		return
+	}
+
+	s.mu.Lock()
+	s.n += int64(k)
+	s.mu.Unlock()
+	s.cond.Broadcast()
 }
 
 // space returns the free part of the last memory chunk, adding a chunk
