@@ -872,3 +872,26 @@ func TestLayerCacheEntries(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanProgress: NewPlan reports each image as it is resolved.
+func TestPlanProgress(t *testing.T) {
+	f := newFixture(t, 1024, 1)
+
+	var got []string
+
+	opts := Options{Platforms: []string{"linux/amd64"}, Layout: Flat, Logger: quiet(), Progress: func(e Event) {
+		if e.Phase != PhaseResolve || e.Digest == "" {
+			t.Errorf("event %+v", e)
+		}
+
+		got = append(got, e.Image)
+	}}
+
+	f.plan(t, opts)
+
+	slices.Sort(got)
+
+	if want := slices.Sorted(slices.Values(f.refs())); !slices.Equal(got, want) {
+		t.Errorf("resolved %q, want %q", got, want)
+	}
+}

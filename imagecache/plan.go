@@ -196,7 +196,8 @@ func (p *Plan) apply(r *record, sigsDone map[string]bool) {
 // All failures are joined; each names its image (and platform) and matches
 // ErrNotFound, ErrInvalid or the verifier's error. Nothing is written.
 // Up to opts.Jobs images are resolved at once; the plan does not depend on
-// the order the answers come in.
+// the order the answers come in. opts.Progress receives a PhaseResolve
+// event per image (and platform) as it is resolved and verified.
 func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Options) (*Plan, error) {
 	platforms, all, err := opts.platforms()
 	if err != nil {
@@ -281,9 +282,17 @@ func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Op
 	var g errgroup.Group
 	g.SetLimit(opts.jobs())
 
+	var progress sync.Mutex
+
 	for _, t := range tasks {
 		g.Go(func() error {
 			t.img, t.err = (&task{planner: pl, rec: &t.rec}).image(t.src, t.pf, all)
+
+			if t.err == nil && opts.Progress != nil {
+				progress.Lock()
+				opts.Progress(Event{Phase: PhaseResolve, Image: t.src, Digest: t.img.Digest})
+				progress.Unlock()
+			}
 
 			return nil
 		})
