@@ -3,12 +3,16 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -257,5 +261,85 @@ func TestImageCacheService(t *testing.T) {
 
 	if st := status.Convert(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), "registry.k8s.io/not-mirrored:v1") {
 		t.Fatalf("missing image: %v %q", st.Code(), st.Message())
+	}
+}
+
+// TestStreamsValidateFirst: what can be refused before a build or an image
+// cache starts is answered with its own status, on gRPC before any message
+// and on the gateway as the HTTP status, not as a 200 whose last line is
+// the error.
+func TestStreamsValidateFirst(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+
+	if resp, _ := ts.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
+		t.Fatal(resp.Status)
+	}
+
+	// An unsigned image where the demo key is trusted: present, but refused.
+	unsigned, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ref, err := name.NewTag(ts.addr+"/kiln-demo/docker.io/acme/unsigned:1.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := remote.Write(ref, unsigned); err != nil {
+		t.Fatal(err)
+	}
+
+	build := func(schematicID, version, path string) string {
+		return `{"schematicId":"` + schematicID + `","version":"` + version + `","path":"` + path + `"}`
+	}
+
+	for _, tc := range []struct {
+		route, body string
+		code        codes.Code
+		status      int
+		message     string
+	}{
+		{"/v1/images:build", build(strings.Repeat("0", 64), "v1.13.0", "kernel-amd64"), codes.NotFound, 404, "not found"},
+		{"/v1/images:build", build(emptyID, "v1.99.0", "kernel-amd64"), codes.NotFound, 404, "version v1.99.0 is not available"},
+		{"/v1/images:build", build(emptyID, "banana", "kernel-amd64"), codes.InvalidArgument, 400, "banana"},
+		{"/v1/images:build", build(emptyID, "v1.13.0", "metal-amd64.ssd"), codes.InvalidArgument, 400, `invalid profile path: "metal-amd64.ssd"`},
+		{"/v1/images:build", build(emptyID, "v1.13.0", "aws-amd64.raw.xz"), codes.Unimplemented, 501, "platform aws"},
+		{"/v1/imagecaches", `{"images":["registry.k8s.io/not-mirrored:v1"]}`, codes.NotFound, 404, "registry.k8s.io/not-mirrored:v1"},
+		{"/v1/imagecaches", `{"images":["docker.io/acme/unsigned:1.0"]}`, codes.FailedPrecondition, 412, "acme/unsigned"},
+		{"/v1/imagecaches", `{}`, codes.InvalidArgument, 400, "no images"},
+	} {
+		resp, body := ts.do(t, "POST", tc.route, tc.body)
+
+		var got struct {
+			Error struct {
+				Code    codes.Code `json:"code"`
+				Message string     `json:"message"`
+			} `json:"error"`
+		}
+
+		if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != tc.status || got.Error.Code != tc.code ||
+			!strings.Contains(got.Error.Message, tc.message) {
+			t.Errorf("POST %s %s = %d %s; want %d, code %s, a message with %q", tc.route, tc.body, resp.StatusCode, body, tc.status, tc.code, tc.message)
+		}
+	}
+
+	// gRPC: the status comes before any message.
+	stream, err := kilnv1.NewImageServiceClient(ts.conn).Build(t.Context(), &kilnv1.BuildRequest{SchematicId: emptyID, Version: "v1.99.0", Path: "kernel-amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if ev, err := stream.Recv(); status.Code(err) != codes.NotFound {
+		t.Errorf("Build of a missing version: first Recv = %v, %v; want NotFound before any event", ev, err)
+	}
+
+	cstream, err := kilnv1.NewImageCacheServiceClient(ts.conn).Create(t.Context(), &kilnv1.CreateRequest{Images: []string{"docker.io/acme/unsigned:1.0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if ev, err := cstream.Recv(); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("image cache of an unsigned image: first Recv = %v, %v; want FailedPrecondition before any event", ev, err)
 	}
 }
