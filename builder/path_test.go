@@ -68,7 +68,7 @@ func TestSupported(t *testing.T) {
 func TestContentType(t *testing.T) {
 	for path, want := range map[string]string{
 		"metal-amd64.iso": "application/x-iso9660-image", "initramfs-amd64.xz": "application/x-xz", "metal-amd64-uki.efi": "application/efi",
-		"kernel-amd64": "application/octet-stream", "metal-amd64.raw.zst": "application/octet-stream", "cmdline-metal-amd64": "application/octet-stream",
+		"kernel-amd64": "application/octet-stream", "metal-amd64.raw.zst": "application/zstd", "cmdline-metal-amd64": "application/octet-stream",
 	} {
 		if got := ContentType(path); got != want {
 			t.Errorf("ContentType(%s) = %s, want %s", path, got, want)
