@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -342,4 +344,46 @@ func TestStreamsValidateFirst(t *testing.T) {
 	if ev, err := cstream.Recv(); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("image cache of an unsigned image: first Recv = %v, %v; want FailedPrecondition before any event", ev, err)
 	}
+}
+
+// TestUnsupportedIsNotAnError: a 501 is a client asking for what kiln does
+// not build yet, logged below ERROR; an internal failure still is ERROR.
+func TestUnsupportedIsNotAnError(t *testing.T) {
+	var logs syncLog
+
+	ts := startServerLogged(t, Config{Demo: true}, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+
+	if resp, _ := ts.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
+		t.Fatal(resp.Status)
+	}
+
+	for _, path := range []string{"/image/" + emptyID + "/v1.13.0/aws-amd64.raw.xz", "/pxe/" + emptyID + "/v1.13.0/aws-amd64"} {
+		if resp, _ := ts.do(t, "GET", path, ""); resp.StatusCode != http.StatusNotImplemented {
+			t.Fatalf("GET %s = %s, want 501", path, resp.Status)
+		}
+	}
+
+	if out := logs.String(); strings.Contains(out, `"level":"ERROR"`) || !strings.Contains(out, "aws-amd64.raw.xz") {
+		t.Errorf("a 501 was logged at ERROR (or not at all):\n%s", out)
+	}
+}
+
+// syncLog is a log sink the server writes from many goroutines.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncLog) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	return s.b.Write(p)
+}
+
+func (s *syncLog) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	return s.b.String()
 }

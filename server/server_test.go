@@ -46,6 +46,13 @@ type testServer struct {
 func startServer(t *testing.T, cfg Config) *testServer {
 	t.Helper()
 
+	return startServerLogged(t, cfg, slog.New(slog.DiscardHandler))
+}
+
+// startServerLogged is startServer logging to logger.
+func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServer {
+	t.Helper()
+
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -54,8 +61,6 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	cfg.ShutdownTimeout = 5 * time.Second
 
 	ctx, cancel := context.WithCancel(context.Background())
-
-	logger := slog.New(slog.DiscardHandler)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
