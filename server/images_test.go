@@ -387,3 +387,42 @@ func (s *syncLog) String() string {
 
 	return s.b.String()
 }
+
+// TestBuildProgressCountsRequestedExtensions: the initramfs progress names
+// the extensions the schematic asked for, not the schematic's own virtual one.
+func TestBuildProgressCountsRequestedExtensions(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+
+	created, err := ts.grpc.CreateSchematic(t.Context(), &kilnv1.CreateSchematicRequest{Source: &kilnv1.CreateSchematicRequest_Yaml{
+		Yaml: "customization: {systemExtensions: {officialExtensions: [siderolabs/gvisor]}}",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	stream, err := kilnv1.NewImageServiceClient(ts.conn).Build(t.Context(), &kilnv1.BuildRequest{SchematicId: created.GetId(), Version: "v1.13.0", Path: "initramfs-amd64.xz"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var assemble []string
+
+	for {
+		ev, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if p := ev.GetProgress(); p.GetPhase() == "assemble" {
+			assemble = append(assemble, p.GetMessage())
+		}
+	}
+
+	if len(assemble) != 1 || !strings.HasPrefix(assemble[0], "initramfs with 1 extension ") {
+		t.Errorf("assemble events %q, want one saying the initramfs has 1 extension", assemble)
+	}
+}
