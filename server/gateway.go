@@ -41,6 +41,15 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 
 			return runtime.DefaultHeaderMatcher(key)
 		}),
+		// gRPC's own content-type (application/grpc) is transport, not a
+		// header for REST clients; metadata a handler sets still goes out.
+		runtime.WithOutgoingHeaderMatcher(func(key string) (string, bool) {
+			if strings.EqualFold(key, "content-type") {
+				return "", false
+			}
+
+			return runtime.MetadataHeaderPrefix + key, true
+		}),
 		// Unset fields are left out rather than sent as null/""/[]: a typed
 		// schematic then reads like its YAML, which also omits them.
 		// Statuses come from the one classifier, so REST and the public

@@ -426,3 +426,26 @@ func TestBuildProgressCountsRequestedExtensions(t *testing.T) {
 		t.Errorf("assemble events %q, want one saying the initramfs has 1 extension", assemble)
 	}
 }
+
+// TestGatewayHeaders: gateway responses carry no gRPC transport metadata
+// (grpc-gateway forwards every header as Grpc-Metadata-*, content-type
+// application/grpc among them).
+func TestGatewayHeaders(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/v1/versions", ""},
+		{"GET", "/v1/schematics/" + emptyID, ""},
+		{"POST", "/v1/schematics", `{"yaml":"{}"}`},
+		{"POST", "/v1/images:build", `{"schematicId":"` + emptyID + `","version":"v1.13.0","path":"cmdline-metal-amd64"}`},
+		{"POST", "/v1/images:build", `{"schematicId":"` + emptyID + `","version":"v1.99.0","path":"cmdline-metal-amd64"}`},
+	} {
+		resp, body := ts.do(t, tc.method, tc.path, tc.body)
+
+		for h := range resp.Header {
+			if strings.HasPrefix(h, "Grpc-") {
+				t.Errorf("%s %s = %d %q: header %s: %s", tc.method, tc.path, resp.StatusCode, body, h, resp.Header.Get(h))
+			}
+		}
+	}
+}
