@@ -479,3 +479,38 @@ func TestCodeOf(t *testing.T) {
 		}
 	}
 }
+
+// TestRootAndLifecycle: / points a person at the README and the routes
+// (there is no UI), other unknown paths stay 404, and the log says when kiln
+// has stopped.
+func TestRootAndLifecycle(t *testing.T) {
+	var logs syncLog
+
+	t.Run("serve", func(t *testing.T) {
+		ts := startServerLogged(t, Config{}, slog.New(slog.NewJSONHandler(&logs, nil)))
+
+		resp, body := ts.do(t, "GET", "/", "")
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Fatalf("GET / = %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+
+		for _, want := range []string{"README", "POST /schematics", "/image/", "/pxe/", "/v2/", "/v1/", "gRPC"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("GET / does not mention %q:\n%s", want, body)
+			}
+		}
+
+		if resp, _ := ts.do(t, "HEAD", "/", ""); resp.StatusCode != 200 {
+			t.Errorf("HEAD / = %d", resp.StatusCode)
+		}
+
+		if resp, _ := ts.do(t, "GET", "/nope", ""); resp.StatusCode != 404 {
+			t.Errorf("GET /nope = %d", resp.StatusCode)
+		}
+	})
+
+	out := logs.String()
+	if i, j := strings.Index(out, `"msg":"shutting down"`), strings.Index(out, `"msg":"kiln stopped"`); i < 0 || j < i {
+		t.Errorf("no \"kiln stopped\" line after \"shutting down\":\n%s", out)
+	}
+}
