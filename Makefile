@@ -21,7 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate lint fmt vet staticcheck buf-lint \
-        test unit integration e2e bench fuzz tools e2e-tools registry-process e2e-debs compare-talosctl clean
+        test deps test-debs unit integration e2e bench fuzz tools e2e-tools registry-process e2e-debs compare-talosctl clean
 
 all: build
 
@@ -32,8 +32,10 @@ run: build
 	$(KILN) serve --listen 127.0.0.1:8080 --data-dir ./_data --demo
 
 ## Code generation: buf from tools/package.json, plugins pinned as go.mod tools.
+# npm ci installs exactly the lock and never rewrites it (npm install would,
+# leaving a fresh clone dirty); it fails if package.json and the lock disagree.
 $(BUF): tools/package.json tools/package-lock.json
-	cd tools && npm install --no-audit --no-fund --loglevel=error
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	touch $(BUF)
 
 generate: $(BUF)
@@ -74,15 +76,38 @@ $(CRANE):
 $(COSIGN):
 	GOBIN=$(TOOLS) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
-# Debian packages the e2e suite talks to: a real registry process, the
-# readers of what kiln writes, QEMU with OVMF, and the boot fixture's parts.
-E2E_DEBS := docker-registry skopeo xorriso genisoimage mtools dosfstools gdisk fdisk squashfs-tools e2fsprogs \
-	qemu-system-x86 ovmf systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux
+# Debian packages the unit tests read kiln's output with (make deps installs
+# them; each is the real reader of something kiln writes):
+#   cpio, squashfs-tools, zstd, xz-utils   initramfs archives, extension squashfs, compressed assets
+#   xorriso, genisoimage (isoinfo)         ISO9660 / El Torito images
+#   gdisk (sgdisk), fdisk, util-linux      GPT disks (also blkid, losetup, mount, unshare)
+#   dosfstools (fsck.vfat), mtools         the EFI system partition
+#   e2fsprogs                              the IMAGECACHE ext4 partition
+#   binutils (objdump, objcopy)            UKI PE sections
+#   systemd-boot-efi, busybox-static       parts of the boot fixture
+#   curl                                   the integration suite runs the README's curl examples
+TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
+	e2fsprogs binutils systemd-boot-efi busybox-static curl
+# make e2e adds a real registry process, skopeo and QEMU with OVMF.
+E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
 
+# apt-get install what is missing (as root, from Debian's archive); nothing
+# when everything is there.
+define install-debs
+@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+	echo "installing Debian packages the tests need:" $$missing; \
+	if [ "$$(id -u)" != 0 ]; then echo "not root: run as root, or: sudo apt-get install" $$missing; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+fi
+endef
+
+test-debs:
+	$(call install-debs,$(TEST_DEBS))
+
 registry-process e2e-debs:
-	@missing=$$(for p in $(E2E_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(call install-debs,$(E2E_DEBS))
 
 # Debian's kernel for the boot fixture, unpacked without installing it.
 $(E2E_KERNEL)/.done:
@@ -92,17 +117,21 @@ $(E2E_KERNEL)/.done:
 		apt-get download "$$K" && dpkg -x "$$K"_*.deb $(E2E_KERNEL) && rm -f "$$K"_*.deb
 	touch $@
 
+# Everything the unit tests read with that is not Go: the only step of
+# make test that needs root and Debian's archive.
+deps: test-debs $(E2E_KERNEL)/.done
+
 tools: $(BUF) $(GRPCURL)
 
 e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done
 
 ## Tests.
-test: tools check-generate lint unit integration
+test: deps tools check-generate lint unit integration
 
-# The builder's tests read what it writes with Debian's tools (cpio,
-# unsquashfs, xorriso, sgdisk, fsck.vfat, objdump, ...) and the fixture
-# kernel; under make a missing one fails the test instead of skipping it.
-unit: e2e-debs $(E2E_KERNEL)/.done
+# The builder's tests read what it writes with Debian's tools (TEST_DEBS) and
+# the fixture kernel, which make deps installs; under make a missing one fails
+# the test naming it (KILN_REQUIRE_FIXTURES=1), a plain go test skips it.
+unit:
 	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) $(GO) test -race -count=1 -timeout 12m ./...
 
 # The real binary on a real port, driven by curl-like HTTP, grpcurl and a gRPC client.

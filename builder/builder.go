@@ -334,12 +334,15 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 		progress = func(Event) {}
 	}
 
-	progress(Event{Phase: "resolve", Message: "resolving " + req.Path})
-
+	// The plan is all that can refuse the request, so no event goes out
+	// before it: a stream that has sent nothing can still answer with the
+	// refusal's own status (a 404 or 400, not a 200 ending in an error).
 	p, err := b.Plan(ctx, req)
 	if err != nil {
 		return nil, err
 	}
+
+	progress(Event{Phase: "resolve", Message: "resolved " + req.Path})
 
 	a, hit, err := b.cached(ctx, p.Key(), progress, func(ctx context.Context, emit func(Event)) error {
 		start := time.Now()

@@ -84,12 +84,13 @@ func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress fun
 		opts.Layout = l
 	}
 
-	progress(Event{Phase: "resolve", Message: fmt.Sprintf("resolving %d images", len(refs))})
-
+	// As in Build: nothing is sent before the plan, which is what can refuse.
 	plan, err := b.planCache(ctx, refs, opts)
 	if err != nil {
 		return nil, err
 	}
+
+	progress(Event{Phase: "resolve", Message: fmt.Sprintf("resolved %d images", len(plan.Images()))})
 
 	a, hit, err := b.cached(ctx, cacheKey(plan.ID()), progress, func(ctx context.Context, emit func(Event)) error {
 		return b.writeCache(ctx, plan, opts, emit)

@@ -37,11 +37,26 @@ type Output struct {
 // ErrInvalidPath is matched by every path the grammar refuses.
 var ErrInvalidPath = errors.New("invalid profile path")
 
+// pathForms are the forms of an asset path ParsePath takes, for the error
+// of a path of none of them.
+var pathForms = []string{
+	"kernel-<arch>",
+	"initramfs-<arch>.xz",
+	"cmdline-<platform>-<arch>[-secureboot]",
+	"<platform>-<arch>[-secureboot].iso",
+	"<platform>-<arch>[-secureboot]-uki.efi",
+	"[<platform>-]installer-<arch>[-secureboot].tar",
+	"<platform>-<arch>[-secureboot].<raw|qcow2|vhd|ova>[.<gz|xz|zst|tar.gz>]",
+}
+
 // PathError is the public factory's error for a path it cannot parse.
 type PathError struct{ Path string }
 
+// Error starts with the public factory's text, which clients may compare,
+// and goes on with the forms a path can take.
 func (e *PathError) Error() string {
-	return fmt.Sprintf("error parsing profile from path: invalid profile path: %q", e.Path)
+	return fmt.Sprintf("error parsing profile from path: invalid profile path: %q; valid paths: %s (<arch> amd64 or arm64, <platform> e.g. metal)",
+		e.Path, strings.Join(pathForms, ", "))
 }
 
 func (e *PathError) Is(target error) bool { return target == ErrInvalidPath }
@@ -254,6 +269,10 @@ func ContentType(path string) string {
 		return "application/x-xz"
 	case strings.HasSuffix(path, ".gz"):
 		return "application/gzip"
+	case strings.HasSuffix(path, ".zst"):
+		// Not in the factory's own table: it comes from the system's MIME
+		// types there, and its integration tests assert it.
+		return "application/zstd"
 	case strings.HasSuffix(path, ".qcow2"):
 		return "application/x-qemu-disk"
 	case strings.HasSuffix(path, ".tar"):

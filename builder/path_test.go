@@ -2,6 +2,7 @@ package builder
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -41,10 +42,71 @@ func TestParsePath(t *testing.T) {
 		}
 	}
 
+	// The public factory's text first (clients compare it), then the forms.
 	_, err := ParsePath("metal-amd64.ssd")
-	if err.Error() != `error parsing profile from path: invalid profile path: "metal-amd64.ssd"` {
-		t.Errorf("error text = %q, want the public factory's", err)
+	msg := err.Error()
+
+	if !strings.HasPrefix(msg, `error parsing profile from path: invalid profile path: "metal-amd64.ssd"`) {
+		t.Errorf("error text = %q, want the public factory's first", msg)
 	}
+
+	for _, form := range pathForms {
+		if !strings.Contains(msg, form) {
+			t.Errorf("error text %q does not name the form %s", msg, form)
+		}
+	}
+}
+
+// TestPathFormsParse: every form the error names is one ParsePath takes,
+// in each of its spellings.
+func TestPathFormsParse(t *testing.T) {
+	if len(pathForms) < 7 {
+		t.Fatalf("pathForms = %v", pathForms)
+	}
+
+	for _, form := range pathForms {
+		paths := expandForm(form)
+		if len(paths) < 1 {
+			t.Fatalf("%s expands to nothing", form)
+		}
+
+		for _, p := range paths {
+			if _, err := ParsePath(p); err != nil {
+				t.Errorf("%s: ParsePath(%q) = %v", form, p, err)
+			}
+		}
+	}
+}
+
+// expandForm spells out a form: [x] with and without x, <a|b> as each of
+// a and b, <arch> as amd64 and <platform> as metal.
+func expandForm(form string) []string {
+	if i := strings.Index(form, "["); i >= 0 {
+		j := i + strings.Index(form[i:], "]")
+
+		return append(expandForm(form[:i]+form[j+1:]), expandForm(form[:i]+form[i+1:j]+form[j+1:])...)
+	}
+
+	for i := strings.Index(form, "<"); i >= 0; {
+		j := i + strings.Index(form[i:], ">")
+		if alts := strings.Split(form[i+1:j], "|"); len(alts) > 1 {
+			var out []string
+			for _, a := range alts {
+				out = append(out, expandForm(form[:i]+a+form[j+1:])...)
+			}
+
+			return out
+		}
+
+		next := strings.Index(form[j:], "<")
+		if next < 0 {
+			break
+		}
+
+		i = j + next
+	}
+
+	return []string{strings.NewReplacer("<arch>", "amd64", "<platform>", "metal").Replace(form)}
 }
 
 func TestSupported(t *testing.T) {
@@ -68,7 +130,7 @@ func TestSupported(t *testing.T) {
 func TestContentType(t *testing.T) {
 	for path, want := range map[string]string{
 		"metal-amd64.iso": "application/x-iso9660-image", "initramfs-amd64.xz": "application/x-xz", "metal-amd64-uki.efi": "application/efi",
-		"kernel-amd64": "application/octet-stream", "metal-amd64.raw.zst": "application/octet-stream", "cmdline-metal-amd64": "application/octet-stream",
+		"kernel-amd64": "application/octet-stream", "metal-amd64.raw.zst": "application/zstd", "cmdline-metal-amd64": "application/octet-stream",
 	} {
 		if got := ContentType(path); got != want {
 			t.Errorf("ContentType(%s) = %s, want %s", path, got, want)

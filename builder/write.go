@@ -123,7 +123,9 @@ func (j *job) initramfs(ctx context.Context, out io.Writer) error {
 	}
 	defer base.Close()
 
-	j.emit(Event{Phase: "assemble", Message: fmt.Sprintf("initramfs with %d extensions", len(exts))})
+	// Counted as the schematic asked: its virtual extension (and the
+	// embedded machine configuration) are kiln's, not requested ones.
+	j.emit(Event{Phase: "assemble", Message: "initramfs with " + extensionCount(len(p.extRefs)) + " (and the schematic's own)"})
 
 	return initramfs.Build(ctx, base, exts, initramfs.Options{
 		Arch: p.Output.Arch, TalosVersion: p.Version, ModTime: time.Unix(p.Epoch, 0), TempDir: j.tmp,
@@ -489,4 +491,15 @@ func copyFile(ctx context.Context, w io.Writer, path string) error {
 	_, err = iox.Copy(ctx, w, f)
 
 	return err
+}
+
+func extensionCount(n int) string {
+	switch n {
+	case 0:
+		return "no extensions"
+	case 1:
+		return "1 extension"
+	}
+
+	return fmt.Sprintf("%d extensions", n)
 }

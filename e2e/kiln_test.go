@@ -292,9 +292,19 @@ func TestREADMEExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// As `make run` starts it.
-	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--demo")
+	// As `make run` starts it, from the directory the examples run in, so
+	// that ./_data and ./_bin/kiln in them name what they do after make run.
+	workDir := t.TempDir()
+	k := startKiln(t, nil, "--data-dir", filepath.Join(workDir, "_data"), "--demo")
 	grpcurlDir := filepath.Dir(binary(t, "GRPCURL"))
+
+	if err := os.Mkdir(filepath.Join(workDir, "_bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.Symlink(binary(t, "KILN_BIN"), filepath.Join(workDir, "_bin", "kiln")); err != nil {
+		t.Fatal(err)
+	}
 
 	var commands []string
 
@@ -304,7 +314,7 @@ func TestREADMEExamples(t *testing.T) {
 		switch {
 		case strings.HasPrefix(line, "```"):
 			inBlock = !inBlock
-		case inBlock && (strings.HasPrefix(line, "curl ") || strings.HasPrefix(line, "grpcurl ")):
+		case inBlock && (strings.HasPrefix(line, "curl ") || strings.HasPrefix(line, "grpcurl ") || strings.HasPrefix(line, "./_bin/kiln ")):
 			commands = append(commands, line)
 		}
 	}
@@ -313,8 +323,7 @@ func TestREADMEExamples(t *testing.T) {
 		t.Fatalf("found %d curl/grpcurl examples in README.md, want at least 3", len(commands))
 	}
 
-	sawVector := false
-	workDir := t.TempDir()
+	sawVector, sawKiln := false, false
 
 	for _, c := range commands {
 		script := strings.ReplaceAll(c, "127.0.0.1:8080", k.addr)
@@ -337,11 +346,17 @@ func TestREADMEExamples(t *testing.T) {
 			sawVector = true
 		}
 
+		sawKiln = sawKiln || strings.HasPrefix(c, "./_bin/kiln ")
+
 		t.Logf("$ %s\n%s", c, out)
 	}
 
 	if !sawVector {
 		t.Errorf("no README example printed the ID %s", argsID)
+	}
+
+	if !sawKiln {
+		t.Error("no README example runs ./_bin/kiln against the demo")
 	}
 }
 

@@ -19,6 +19,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
+// catalogMaxEntries bounds the repositories in one /v2/_catalog page.
+const catalogMaxEntries = 1000
+
 // Embedded is the distribution registry over <dir>.
 type Embedded struct {
 	app *handlers.App
@@ -52,6 +55,11 @@ func NewEmbedded(ctx context.Context, dir string) (e *Embedded, err error) {
 	// digest is what is signed) with only the amd64 children; the registry
 	// must accept an index whose other children are absent.
 	cfg.Validation.Manifests.Indexes.Platforms = "none"
+	// A configuration built in code misses the defaults distribution's YAML
+	// parser fills in: a catalog bound of 0 lists nothing and refuses any n.
+	// 1000 is distribution's default and the page crane asks for; it bounds
+	// one catalog response.
+	cfg.Catalog.MaxEntries = catalogMaxEntries
 	cfg.Log.Level = "warn"
 	cfg.Log.AccessLog.Disabled = true
 

@@ -159,3 +159,49 @@ func TestOpenBlob(t *testing.T) {
 		}
 	}
 }
+
+// TestCatalog: /v2/_catalog lists what the registry holds, in pages as
+// clients ask for them (crane catalog asks n=1000, curl users n=100); a
+// registry configured in code has no catalog unless its bound is set.
+func TestCatalog(t *testing.T) {
+	reg, err := registry.NewEmbedded(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+
+	inproc := remote.WithTransport(registry.Transport(reg))
+
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	want := []string{"kiln-demo/siderolabs/imager", "siderolabs/imager", "siderolabs/installer-base"}
+	for _, repo := range want {
+		ref, _ := name.NewTag("kiln.internal/"+repo+":v1.13.0", name.Insecure)
+		if err := remote.Write(ref, img, inproc); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	srv := httptest.NewServer(reg)
+	t.Cleanup(srv.Close)
+
+	r, err := name.NewRegistry(strings.TrimPrefix(srv.URL, "http://"), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	got, err := remote.Catalog(t.Context(), r)
+	if err != nil || strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("Catalog = %v, %v; want %v", got, err, want)
+	}
+
+	for _, n := range []int{1, 100, 1000} {
+		page, err := remote.CatalogPage(r, "", n)
+		if err != nil || len(page) != min(n, len(want)) {
+			t.Errorf("CatalogPage(n=%d) = %v, %v", n, page, err)
+		}
+	}
+}

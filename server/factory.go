@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -82,7 +83,19 @@ func (f *factoryRoutes) writeError(w http.ResponseWriter, r *http.Request, err e
 	code := httpStatus(st.Code())
 
 	if code >= http.StatusInternalServerError {
-		f.logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path,
+		// ERROR is for kiln's own failures, as on gRPC. A 501 is a client
+		// asking for what kiln does not build yet; a 503 or 504 is load or a
+		// slow peer.
+		level := slog.LevelWarn
+
+		switch st.Code() {
+		case codes.Unimplemented:
+			level = slog.LevelInfo
+		case codes.Internal, codes.Unknown, codes.DataLoss:
+			level = slog.LevelError
+		}
+
+		f.logger.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path, "status", code,
 			"request_id", requestIDFrom(r.Context()), "error", err)
 	}
 

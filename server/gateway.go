@@ -41,6 +41,15 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 
 			return runtime.DefaultHeaderMatcher(key)
 		}),
+		// gRPC's own content-type (application/grpc) is transport, not a
+		// header for REST clients; metadata a handler sets still goes out.
+		runtime.WithOutgoingHeaderMatcher(func(key string) (string, bool) {
+			if strings.EqualFold(key, "content-type") {
+				return "", false
+			}
+
+			return runtime.MetadataHeaderPrefix + key, true
+		}),
 		// Unset fields are left out rather than sent as null/""/[]: a typed
 		// schematic then reads like its YAML, which also omits them.
 		// Statuses come from the one classifier, so REST and the public
@@ -55,6 +64,17 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 			w.Header().Set("Content-Type", m.ContentType(st.Proto()))
 			w.WriteHeader(httpStatus(st.Code()))
 			_, _ = w.Write(body) //nolint:errcheck // the client is gone
+		}),
+		// A stream that fails before its first message gets the same HTTP
+		// status as any other error (the gateway's own table would answer
+		// FailedPrecondition with 400, not 412).
+		runtime.WithStreamErrorHandler(func(ctx context.Context, err error) *status.Status {
+			st := status.Convert(err)
+			if o, ok := ctx.Value(streamStatusKey{}).(*streamStatus); ok {
+				o.code = httpStatus(st.Code())
+			}
+
+			return st
 		}),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
 			Marshaler: &runtime.JSONPb{
@@ -77,5 +97,36 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 		}
 	}
 
-	return mux, lis, conn, nil
+	return withStreamStatus(mux), lis, conn, nil
 }
+
+type streamStatusKey struct{}
+
+// streamStatus carries the status of a stream's error from the gateway's
+// stream error handler to the WriteHeader that follows it.
+type streamStatus struct{ code int }
+
+// withStreamStatus lets the stream error handler choose the HTTP status.
+func withStreamStatus(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		o := &streamStatus{}
+		next.ServeHTTP(&streamStatusWriter{ResponseWriter: w, status: o}, r.WithContext(context.WithValue(r.Context(), streamStatusKey{}, o)))
+	})
+}
+
+type streamStatusWriter struct {
+	http.ResponseWriter
+
+	status *streamStatus
+}
+
+func (w *streamStatusWriter) WriteHeader(code int) {
+	if w.status.code != 0 {
+		code = w.status.code
+	}
+
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController flush each streamed line.
+func (w *streamStatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/version"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -233,6 +234,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		public.Handle("/v2/", deps.Registry)
 	}
 
+	public.HandleFunc("GET /{$}", rootPage)
 	public.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }) //nolint:errcheck
 	public.HandleFunc("GET /readyz", s.readyz)
 
@@ -345,5 +347,39 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return nil
 	})
 
-	return g.Wait()
+	err := g.Wait()
+	if err != nil {
+		s.logger.Error("kiln stopped", "error", err)
+	} else {
+		s.logger.Info("kiln stopped")
+	}
+
+	return err
+}
+
+// rootText answers GET / until kiln has a UI: what is served here, for a
+// person who opened the address in a browser or with curl.
+const rootText = `kiln %s: a local, air-gapped Image Factory for Talos Linux.
+
+There is no web UI (yet). On this port:
+
+  POST /schematics                              a schematic (YAML or JSON) -> {"id", "schematic"}
+  GET  /schematics/{id}                         its canonical YAML
+  GET  /versions                                the Talos versions of the mirror
+  GET  /version/{v}/extensions/official         a version's extensions (also /overlays/official)
+  GET  /image/{schematic}/{version}/{path}      boot assets: kernel-amd64, initramfs-amd64.xz,
+                                                cmdline-metal-amd64, metal-amd64.iso, metal-amd64.raw.zst, ...
+  GET  /pxe/{schematic}/{version}/metal-amd64   an iPXE script
+  GET  /imagecache/{id}.tar                     a built image cache
+  /v2/                                          the OCI registry of the mirror
+  /v1/...                                       the REST gateway of the gRPC API (gRPC itself, with
+                                                reflection, on this same port: grpcurl -plaintext HOST list)
+  GET  /healthz, /readyz
+
+The README of kiln's source (github.com/kiln-dev/kiln) describes each, with examples.
+`
+
+func rootPage(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, rootText, version.Version()) //nolint:errcheck // the client is gone
 }

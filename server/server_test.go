@@ -46,6 +46,13 @@ type testServer struct {
 func startServer(t *testing.T, cfg Config) *testServer {
 	t.Helper()
 
+	return startServerLogged(t, cfg, slog.New(slog.DiscardHandler))
+}
+
+// startServerLogged is startServer logging to logger.
+func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServer {
+	t.Helper()
+
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -54,8 +61,6 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	cfg.ShutdownTimeout = 5 * time.Second
 
 	ctx, cancel := context.WithCancel(context.Background())
-
-	logger := slog.New(slog.DiscardHandler)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -472,5 +477,40 @@ func TestCodeOf(t *testing.T) {
 		if got := httpStatus(code); got != want {
 			t.Errorf("httpStatus(%v) = %d, want %d", code, got, want)
 		}
+	}
+}
+
+// TestRootAndLifecycle: / points a person at the README and the routes
+// (there is no UI), other unknown paths stay 404, and the log says when kiln
+// has stopped.
+func TestRootAndLifecycle(t *testing.T) {
+	var logs syncLog
+
+	t.Run("serve", func(t *testing.T) {
+		ts := startServerLogged(t, Config{}, slog.New(slog.NewJSONHandler(&logs, nil)))
+
+		resp, body := ts.do(t, "GET", "/", "")
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Fatalf("GET / = %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+
+		for _, want := range []string{"README", "POST /schematics", "/image/", "/pxe/", "/v2/", "/v1/", "gRPC"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("GET / does not mention %q:\n%s", want, body)
+			}
+		}
+
+		if resp, _ := ts.do(t, "HEAD", "/", ""); resp.StatusCode != 200 {
+			t.Errorf("HEAD / = %d", resp.StatusCode)
+		}
+
+		if resp, _ := ts.do(t, "GET", "/nope", ""); resp.StatusCode != 404 {
+			t.Errorf("GET /nope = %d", resp.StatusCode)
+		}
+	})
+
+	out := logs.String()
+	if i, j := strings.Index(out, `"msg":"shutting down"`), strings.Index(out, `"msg":"kiln stopped"`); i < 0 || j < i {
+		t.Errorf("no \"kiln stopped\" line after \"shutting down\":\n%s", out)
 	}
 }

@@ -29,7 +29,7 @@ func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger 
 	baseDir := "."
 
 	if demoKey != nil {
-		rules = append(rules, demoRule(demoKey))
+		rules = append(rules, demoRule(map[string]any{"pem": string(demoKey)}))
 	}
 
 	if cfg.TrustPolicy != "" {

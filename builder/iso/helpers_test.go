@@ -12,6 +12,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/esp"
 	"github.com/kiln-dev/kiln/builder/iso"
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 const (
@@ -24,9 +25,8 @@ var modTime = time.Date(2026, 8, 1, 12, 0, 0, 0, time.UTC)
 
 func mustTool(t testing.TB, name string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s not installed: %v", name, err)
-	}
+	// Fails under make (KILN_REQUIRE_FIXTURES=1), skips for a plain go test.
+	testfixture.RequireTool(t, name)
 }
 
 func run(t testing.TB, name string, args ...string) string {

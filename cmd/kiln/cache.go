@@ -33,6 +33,10 @@ before anything is written; a missing image or platform fails naming it.
 `
 
 func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		args = []string{"create", "--help"} // create is the only subcommand
+	}
+
 	if len(args) == 0 || args[0] != "create" {
 		fmt.Fprint(stderr, cacheUsage)
 

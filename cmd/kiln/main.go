@@ -49,10 +49,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "mirror":
 		err = mirrorCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "schematic":
-		err = schematicCmd(args[1:], stdin, stdout)
+		err = schematicCmd(args[1:], stdin, stdout, stderr)
 	case "version":
 		err = versionCmd(stdout)
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 
 		return 0
@@ -69,4 +69,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 
 	return 0
+}
+
+// isHelp reports whether arg asks for help rather than naming something.
+func isHelp(arg string) bool {
+	switch arg {
+	case "help", "-h", "-help", "--help":
+		return true
+	}
+
+	return false
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,22 +11,58 @@ import (
 	"github.com/kiln-dev/kiln/schematic"
 )
 
+const schematicUsage = `Usage: kiln schematic id [FILE|-]
+
+Prints the ID factory.talos.dev gives the schematic in FILE (YAML or JSON; -
+or no FILE reads stdin), then its canonical form. Needs no server.
+`
+
+var errSchematicUsage = errors.New("usage: kiln schematic id [FILE|-]")
+
 // schematicCmd: `kiln schematic id [FILE|-]` computes an ID without a server,
 // the same one factory.talos.dev and `kiln serve` give.
-func schematicCmd(args []string, stdin io.Reader, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "id" || len(args) > 2 {
-		return errors.New("usage: kiln schematic id [FILE|-]")
+func schematicCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(stdout, schematicUsage)
+
+		return nil
 	}
+
+	if len(args) == 0 || args[0] != "id" {
+		fmt.Fprint(stderr, schematicUsage)
+
+		return errSchematicUsage
+	}
+
+	// A flag set, though id has no flags: -h is help, not a file name, and
+	// -- ends the flags for a file whose name starts with a dash.
+	fs := flag.NewFlagSet("kiln schematic id", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), schematicUsage) }
+
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+
+		return errSchematicUsage
+	}
+
+	if fs.NArg() > 1 {
+		return errSchematicUsage
+	}
+
+	file := fs.Arg(0)
 
 	var (
 		data []byte
 		err  error
 	)
 
-	if len(args) == 1 || args[1] == "-" {
+	if file == "" || file == "-" {
 		data, err = io.ReadAll(stdin)
 	} else {
-		data, err = os.ReadFile(args[1])
+		data, err = os.ReadFile(file)
 	}
 
 	if err != nil {

@@ -14,35 +14,55 @@ import (
 	"github.com/kiln-dev/kiln/server"
 )
 
-func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
-	cfg := server.DefaultConfig()
+// serveEnvPrefix is the prefix of kiln serve's environment variables.
+const serveEnvPrefix = "KILN_"
 
+// serveSettings are the flags of kiln serve that are not fields of the
+// server's Config as they are.
+type serveSettings struct {
+	cacheSize, broken, logLevel, logFormat *string
+}
+
+// newServeFlags defines kiln serve's flags over cfg. It is also what the
+// README's configuration table is generated from (see readme_test.go), so a
+// flag's usage text is its documentation.
+func newServeFlags(cfg *server.Config, out io.Writer) (*flag.FlagSet, *serveSettings) {
 	fs := flag.NewFlagSet("kiln serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.String(cli.ConfigFlag, "", "YAML file of settings, keyed by flag name (env KILN_CONFIG)")
-	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address for gRPC, REST and the public routes")
+	fs.SetOutput(out)
+
+	var s serveSettings
+
+	fs.String(cli.ConfigFlag, "", "YAML file of settings keyed by flag name (data-dir: /var/lib/kiln); unknown keys are an error")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "one address for gRPC (h2c), REST and the public routes")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for everything kiln stores")
-	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate; with --tls-key serves TLS (HTTP/2 by ALPN)")
-	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may finish on SIGTERM")
-	fs.StringVar(&cfg.ExternalURL, "external-url", "", "how clients reach kiln, e.g. https://kiln.example:8080 (default: http(s)://<listen>)")
-	fs.StringVar(&cfg.ExternalPXEURL, "external-pxe-url", "", "base URL in iPXE scripts, e.g. http://10.0.0.5:8080 (default: --external-url)")
-	fs.StringVar(&cfg.Source.Registry, "registry", "", "read releases from this registry, host[:port] (default: the embedded registry)")
-	fs.StringVar(&cfg.Source.Layout, "oci-layout", "", "import releases from this OCI layout directory (kiln mirror --to oci:DIR) at start")
-	fs.StringVar(&cfg.Source.Namespace, "registry-namespace", "", "path prefix of the release repositories in --registry")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate; with --tls-key kiln serves TLS, gRPC negotiating HTTP/2 by ALPN on the same port")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may finish after SIGTERM")
+	fs.StringVar(&cfg.ExternalURL, "external-url", "", "how clients reach kiln, e.g. https://kiln.example:8080: the base of URLs kiln hands out and the host of catalog refs into the embedded registry (default: http(s):// and the bound listen address)")
+	fs.StringVar(&cfg.ExternalPXEURL, "external-pxe-url", "", "base URL of the kernel and initramfs in iPXE scripts, e.g. http://10.0.0.5:8080, for iPXE clients that cannot do modern TLS (default: --external-url)")
+	fs.StringVar(&cfg.Source.Registry, "registry", "", "read releases from this external registry, host[:port], instead of the embedded one")
+	fs.StringVar(&cfg.Source.Layout, "oci-layout", "", "import the releases of this OCI layout directory (kiln mirror --to oci:DIR) into the embedded registry at start, each image verified; restarts copy only what is new")
+	fs.StringVar(&cfg.Source.Namespace, "registry-namespace", "", "path prefix of the release repositories in --registry (a Harbor project)")
 	fs.BoolVar(&cfg.Source.Insecure, "registry-insecure", false, "talk plain HTTP to --registry")
 	fs.StringVar(&cfg.Source.CAFile, "registry-ca", "", "PEM CA bundle for --registry's TLS certificate")
 	fs.StringVar(&cfg.Source.Username, "registry-username", "", "basic-auth user for --registry")
-	fs.StringVar(&cfg.Source.Password, "registry-password", "", "basic-auth password for --registry (prefer KILN_REGISTRY_PASSWORD)")
-	fs.StringVar(&cfg.TrustPolicy, "trust-policy", "", "signature trust policy file; without one no artifact is trusted")
-	fs.IntVar(&cfg.MaxBuilds, "max-builds", cfg.MaxBuilds, "asset builds running at once; more wait")
-	cacheSize := fs.String("asset-cache-size", "20GiB", "bound of the built-asset cache (KiB, MiB, GiB, TiB; 0 = unbounded)")
-	fs.BoolVar(&cfg.Demo, "demo", false, "seed a signed synthetic Talos release into the embedded registry (what make run uses)")
-	broken := fs.String("broken-versions", "", "comma-separated Talos versions to hide")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json")
+	fs.StringVar(&cfg.Source.Password, "registry-password", "", "basic-auth password for --registry (prefer KILN_REGISTRY_PASSWORD to the command line)")
+	fs.StringVar(&cfg.TrustPolicy, "trust-policy", "", "signature trust policy file (see Trust policy); without one every artifact is refused")
+	fs.IntVar(&cfg.MaxBuilds, "max-builds", cfg.MaxBuilds, "asset builds running at once; more wait for a slot")
+	s.cacheSize = fs.String("asset-cache-size", "20GiB", "bound of the built-asset cache, least recently used out first (KiB, MiB, GiB, TiB; 0 = unbounded)")
+	fs.BoolVar(&cfg.Demo, "demo", false, "seed a signed synthetic Talos release into the embedded registry (what make run does)")
+	s.broken = fs.String("broken-versions", "", "comma-separated Talos versions hidden from /versions and listed by /versions?broken=true")
+	s.logLevel = fs.String("log-level", "info", "debug, info, warn or error")
+	s.logFormat = fs.String("log-format", "text", "text or json")
 
-	if err := cli.Parse(fs, args, "KILN_", getenv); err != nil {
+	return fs, &s
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	cfg := server.DefaultConfig()
+	fs, set := newServeFlags(&cfg, stderr)
+
+	if err := cli.Parse(fs, args, serveEnvPrefix, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
@@ -54,16 +74,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 
-	size, err := parseSize(*cacheSize)
+	size, err := parseSize(*set.cacheSize)
 	if err != nil {
 		return fmt.Errorf("--asset-cache-size: %w", err)
 	}
 
 	cfg.AssetCacheBytes = size
 
-	cfg.BrokenVersions = splitList(*broken)
+	cfg.BrokenVersions = splitList(*set.broken)
 
-	logger, err := newLogger(stderr, *logLevel, *logFormat)
+	logger, err := newLogger(stderr, *set.logLevel, *set.logFormat)
 	if err != nil {
 		return err
 	}

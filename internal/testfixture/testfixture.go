@@ -1,5 +1,5 @@
 // Package testfixture locates the Debian parts tests boot and read: the
-// linux-image package unpacked by `make e2e-tools` (or KILN_E2E_KERNEL),
+// linux-image package unpacked by `make deps` (or KILN_E2E_KERNEL),
 // systemd-boot-efi, busybox-static and OVMF.
 package testfixture
 
@@ -101,10 +101,10 @@ func Require(tb testing.TB, paths ...string) {
 	for _, p := range paths {
 		if _, err := os.Stat(p); p == "" || err != nil {
 			if os.Getenv("KILN_REQUIRE_FIXTURES") == "1" {
-				tb.Fatalf("test fixture %q missing (make e2e-tools installs it): %v", p, err)
+				tb.Fatalf("test fixture %q missing (make deps installs the unit tests' fixtures, make e2e-tools the e2e peers): %v", p, err)
 			}
 
-			tb.Skipf("test fixture %q missing; run make e2e-tools", p)
+			tb.Skipf("test fixture %q missing; run make deps (or make e2e-tools)", p)
 		}
 	}
 }
@@ -116,10 +116,10 @@ func RequireTool(tb testing.TB, names ...string) {
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
 			if os.Getenv("KILN_REQUIRE_FIXTURES") == "1" {
-				tb.Fatalf("%s is not installed (make e2e-tools installs it): %v", n, err)
+				tb.Fatalf("%s is not installed (make deps installs the Debian tools the tests read with): %v", n, err)
 			}
 
-			tb.Skipf("%s is not installed; run make e2e-tools", n)
+			tb.Skipf("%s is not installed; run make deps", n)
 		}
 	}
 }
