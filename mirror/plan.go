@@ -42,7 +42,7 @@ type Selection struct {
 	// Kubernetes adds the Kubernetes images of each version.
 	Kubernetes bool
 	// KubernetesImages lists the Kubernetes images of a Talos version as
-	// upstream references; KubernetesImages (the function) when nil.
+	// upstream references; release.KubernetesImages when nil.
 	KubernetesImages func(talosVersion string) ([]string, error)
 	// Images are more upstream references to copy ("docker.io/library/busybox:1.37").
 	Images []string
@@ -250,7 +250,7 @@ func (p *planner) version(ctx context.Context, v string) error {
 	if p.sel.Kubernetes {
 		list := p.sel.KubernetesImages
 		if list == nil {
-			list = KubernetesImages
+			list = release.KubernetesImages
 		}
 
 		refs, err := list(v)
