@@ -130,6 +130,10 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		if err := plan.WriteText(stdout); err != nil {
 			return err
 		}
+	} else {
+		for _, n := range plan.Notes {
+			fmt.Fprintln(stderr, "note:", n)
+		}
 	}
 
 	stats, err := mirror.Copy(ctx, plan, dst, copyOpts)
