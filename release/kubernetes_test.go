@@ -190,3 +190,26 @@ func TestKubernetesTable(t *testing.T) {
 		t.Error("KubernetesImages returns the table's own slice")
 	}
 }
+
+// FuzzKubernetesImages: any version string gives a list or an error,
+// never a panic, and a list only for a version the table has.
+func FuzzKubernetesImages(f *testing.F) {
+	for _, s := range []string{"v1.13.9", "1.10.0", "v1.14.1+x", "v1.13.0-beta.1", "v9.9.9", "v1.13", "", "v-1.0.0", "v1.13.9-"} {
+		f.Add(s)
+	}
+
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := KubernetesImages(s)
+		if err != nil {
+			if got != nil {
+				t.Errorf("KubernetesImages(%q) = %q with error %v", s, got, err)
+			}
+
+			return
+		}
+
+		if len(got) == 0 {
+			t.Errorf("KubernetesImages(%q): empty list, no error", s)
+		}
+	})
+}
