@@ -12,17 +12,17 @@ import (
 // factoryAliases is image-factory's extensionNameAlias (internal/profile),
 // all eleven of its cases.
 var factoryAliases = map[string]string{
-	"siderolabs/v4l-uvc":                       "siderolabs/v4l-uvc-drivers",
-	"siderolabs/usb-modem":                     "siderolabs/usb-modem-drivers",
-	"siderolabs/gasket":                        "siderolabs/gasket-driver",
-	"siderolabs/talos-vmtoolsd":                "siderolabs/vmtoolsd-guest-agent",
-	"siderolabs/xe-guest-utilities":            "siderolabs/xen-guest-agent",
-	"siderolabs/nvidia-container-toolkit":      "siderolabs/nvidia-container-toolkit-lts",
+	"siderolabs/v4l-uvc":                        "siderolabs/v4l-uvc-drivers",
+	"siderolabs/usb-modem":                      "siderolabs/usb-modem-drivers",
+	"siderolabs/gasket":                         "siderolabs/gasket-driver",
+	"siderolabs/talos-vmtoolsd":                 "siderolabs/vmtoolsd-guest-agent",
+	"siderolabs/xe-guest-utilities":             "siderolabs/xen-guest-agent",
+	"siderolabs/nvidia-container-toolkit":       "siderolabs/nvidia-container-toolkit-lts",
 	"siderolabs/nvidia-open-gpu-kernel-modules": "siderolabs/nvidia-open-gpu-kernel-modules-lts",
-	"siderolabs/nonfree-kmod-nvidia":           "siderolabs/nonfree-kmod-nvidia-lts",
-	"siderolabs/nvidia-fabricmanager":          "siderolabs/nvidia-fabric-manager-lts",
-	"siderolabs/i915-ucode":                    "siderolabs/i915",
-	"siderolabs/amdgpu-firmware":               "siderolabs/amdgpu",
+	"siderolabs/nonfree-kmod-nvidia":            "siderolabs/nonfree-kmod-nvidia-lts",
+	"siderolabs/nvidia-fabricmanager":           "siderolabs/nvidia-fabric-manager-lts",
+	"siderolabs/i915-ucode":                     "siderolabs/i915",
+	"siderolabs/amdgpu-firmware":                "siderolabs/amdgpu",
 }
 
 func catalogOf(t *testing.T, names ...string) []release.Extension {
