@@ -120,7 +120,7 @@ func generate(ctx context.Context, jobs int) ([]byte, error) {
 		return nil, err
 	}
 
-	p := proxy{goBin: goBin, jobs: jobs, dir: os.TempDir()}
+	p := newProxy(goBin, os.TempDir(), jobs)
 
 	machinery, err := p.discover(ctx, firstVersion)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -26,17 +27,26 @@ type module struct {
 // GOFLAGS and the module cache apply as for any build.
 type proxy struct {
 	goBin string
-	jobs  int
+	// slots bounds the go commands running at once.
+	slots chan struct{}
 	// dir is where the go command runs: outside any module, so that the
 	// repository's go.mod plays no part.
 	dir string
 }
 
-// download runs `go mod download -json` for path at every version, jobs
-// processes at a time (the go command asks the proxy one version after
-// the other). It returns the answer for each version, including those the
-// proxy does not serve (Error set).
-func (p proxy) download(ctx context.Context, path string, versions []string) (map[string]module, error) {
+func newProxy(goBin, dir string, jobs int) *proxy {
+	return &proxy{goBin: goBin, dir: dir, slots: make(chan struct{}, max(jobs, 1))}
+}
+
+// perCommand is how many versions one go command is given: it asks the
+// proxy for them one after the other, so small batches in parallel are
+// faster than one long list.
+const perCommand = 3
+
+// download runs `go mod download -json` for path at every version and
+// returns the answer for each, including those the proxy does not serve
+// (Error set).
+func (p *proxy) download(ctx context.Context, path string, versions []string) (map[string]module, error) {
 	out := map[string]module{}
 
 	var (
@@ -45,19 +55,22 @@ func (p proxy) download(ctx context.Context, path string, versions []string) (ma
 		firstErr error
 	)
 
-	chunks := p.jobs
-	if chunks > len(versions) {
-		chunks = len(versions)
-	}
-
-	for i := range chunks {
+	for i := 0; i < len(versions); i += perCommand {
 		var args []string
-		for j := i; j < len(versions); j += chunks {
-			args = append(args, path+"@"+versions[j])
+		for _, v := range versions[i:min(i+perCommand, len(versions))] {
+			args = append(args, path+"@"+v)
 		}
 
 		wg.Go(func() {
+			select {
+			case p.slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+
 			mods, err := p.run(ctx, args)
+
+			<-p.slots
 
 			mu.Lock()
 			defer mu.Unlock()
@@ -78,6 +91,10 @@ func (p proxy) download(ctx context.Context, path string, versions []string) (ma
 		return nil, firstErr
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
 	for _, v := range versions {
 		if _, ok := out[v]; !ok {
 			return nil, fmt.Errorf("go mod download gave no answer for %s@%s", path, v)
@@ -87,7 +104,7 @@ func (p proxy) download(ctx context.Context, path string, versions []string) (ma
 	return out, nil
 }
 
-func (p proxy) run(ctx context.Context, args []string) ([]module, error) {
+func (p *proxy) run(ctx context.Context, args []string) ([]module, error) {
 	cmd := exec.CommandContext(ctx, p.goBin, append([]string{"mod", "download", "-json"}, args...)...)
 	cmd.Dir = p.dir
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
@@ -143,86 +160,110 @@ func notServed(m module) bool {
 // willing to, and a filtered proxy may serve v1.13.9 but not v1.13.1, so
 // versions are asked for one by one: per minor, patches until four in a
 // row past the highest found are missing, and alpha/beta/rc pre-releases
-// of .0 until two in a row are; minors until one has none.
-func (p proxy) discover(ctx context.Context, first semver.Version) (map[string]module, error) {
+// of .0 until two in a row are; minors until one has none. Minors are
+// asked for a few at a time, in parallel.
+func (p *proxy) discover(ctx context.Context, first semver.Version) (map[string]module, error) {
 	served := map[string]module{}
 
-	for minor := first.Minor; ; minor++ {
-		found := false
+	const window = 4
 
-		// A series is patches or one kind of pre-release: asked up to
-		// slack past the highest found.
-		type series struct {
-			format string
-			asked  int
-			high   int // highest found, -1 none
-			slack  int
-			from   int
+	for from := first.Minor; ; from += window {
+		found := make([]map[string]module, window)
+		errs := make([]error, window)
+
+		var wg sync.WaitGroup
+
+		for i := range uint64(window) {
+			wg.Go(func() { found[i], errs[i] = p.discoverMinor(ctx, first, from+i) })
 		}
 
-		all := []*series{{format: fmt.Sprintf("v%d.%d.%%d", first.Major, minor), high: -1, slack: 4, from: int(first.Patch)}}
-		if minor != first.Minor {
-			all[0].from = 0
-		}
+		wg.Wait()
 
-		// Pre-releases of first itself come before it.
-		if minor != first.Minor || first.Patch > 0 {
-			for _, pre := range []string{"alpha", "beta", "rc"} {
-				all = append(all, &series{format: fmt.Sprintf("v%d.%d.0-%s.%%d", first.Major, minor, pre), high: -1, slack: 2})
+		for i := range window {
+			if errs[i] != nil {
+				return nil, errs[i]
 			}
+
+			if len(found[i]) == 0 && from+uint64(i) > first.Minor {
+				return served, nil
+			}
+
+			maps.Copy(served, found[i])
 		}
+	}
+}
+
+// discoverMinor finds the served versions of one minor.
+func (p *proxy) discoverMinor(ctx context.Context, first semver.Version, minor uint64) (map[string]module, error) {
+	served := map[string]module{}
+
+	// A series is patches or one kind of pre-release: asked up to slack
+	// past the highest found.
+	type series struct {
+		format string
+		asked  int
+		high   int // highest found, -1 none
+		slack  int
+		from   int
+	}
+
+	all := []*series{{format: fmt.Sprintf("v%d.%d.%%d", first.Major, minor), high: -1, slack: 4}}
+	if minor == first.Minor {
+		all[0].from = int(first.Patch)
+	}
+
+	// Pre-releases of first itself come before it.
+	if minor != first.Minor || first.Patch > 0 {
+		for _, pre := range []string{"alpha", "beta", "rc"} {
+			all = append(all, &series{format: fmt.Sprintf("v%d.%d.0-%s.%%d", first.Major, minor, pre), high: -1, slack: 2})
+		}
+	}
+
+	for _, s := range all {
+		s.asked = s.from
+	}
+
+	for {
+		var ask []string
+
+		owner := map[string]*series{}
 
 		for _, s := range all {
-			s.asked = s.from
-		}
-
-		for {
-			var ask []string
-
-			owner := map[string]*series{}
-
-			for _, s := range all {
-				for ; s.asked <= s.high+s.slack || s.asked < s.from+s.slack; s.asked++ {
-					v := fmt.Sprintf(s.format, s.asked)
-					ask = append(ask, v)
-					owner[v] = s
-				}
-			}
-
-			if len(ask) == 0 {
-				break
-			}
-
-			got, err := p.download(ctx, machineryPath, ask)
-			if err != nil {
-				return nil, err
-			}
-
-			for _, v := range ask {
-				m := got[v]
-
-				if m.Error != "" {
-					if !notServed(m) {
-						return nil, fmt.Errorf("%s@%s: %s", machineryPath, v, m.Error)
-					}
-
-					continue
-				}
-
-				s := owner[v]
-
-				var n int
-				if _, err := fmt.Sscanf(v, s.format, &n); err == nil && n > s.high {
-					s.high = n
-				}
-
-				served[v] = m
-				found = true
+			for ; s.asked <= s.high+s.slack || s.asked < s.from+s.slack; s.asked++ {
+				v := fmt.Sprintf(s.format, s.asked)
+				ask = append(ask, v)
+				owner[v] = s
 			}
 		}
 
-		if !found && minor > first.Minor {
+		if len(ask) == 0 {
 			return served, nil
+		}
+
+		got, err := p.download(ctx, machineryPath, ask)
+		if err != nil {
+			return nil, err
+		}
+
+		for _, v := range ask {
+			m := got[v]
+
+			if m.Error != "" {
+				if !notServed(m) {
+					return nil, fmt.Errorf("%s@%s: %s", machineryPath, v, m.Error)
+				}
+
+				continue
+			}
+
+			s := owner[v]
+
+			var n int
+			if _, err := fmt.Sscanf(v, s.format, &n); err == nil && n > s.high {
+				s.high = n
+			}
+
+			served[v] = m
 		}
 	}
 }
