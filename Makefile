@@ -20,7 +20,7 @@ GRPCURL_VERSION := v1.9.4
 CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
-.PHONY: all build run generate check-generate lint fmt vet staticcheck buf-lint \
+.PHONY: all build run generate check-generate k8s-images check-k8s-images lint fmt vet staticcheck buf-lint \
         test deps test-debs unit integration e2e bench fuzz tools e2e-tools registry-process e2e-debs compare-talosctl clean
 
 all: build
@@ -47,6 +47,16 @@ check-generate: generate
 		echo "gen/ is stale: run 'make generate' and commit the result"; \
 		git status --short -- gen; git --no-pager diff --stat -- gen; exit 1; \
 	fi
+
+# release/kubernetes_table.go: the cluster images of every Talos version,
+# derived from each version's machinery and talos modules on the Go module
+# proxy (hack/k8s-images). `go test ./hack/k8s-images` (make unit) checks it
+# is current; this rewrites it.
+k8s-images:
+	$(GO) run ./hack/k8s-images -o release/kubernetes_table.go
+
+check-k8s-images:
+	$(GO) run ./hack/k8s-images -check release/kubernetes_table.go
 
 ## Lint.
 lint: fmt vet staticcheck buf-lint
@@ -176,6 +186,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
+	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/
 
 clean:
 	rm -rf $(BIN) _tools tools/node_modules

@@ -21,7 +21,6 @@ import (
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/iox"
-	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
@@ -208,7 +207,7 @@ func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.Imag
 	var refs []string
 
 	if ic.Kubernetes {
-		k8s, err := mirror.KubernetesImages(p.Version)
+		k8s, err := release.KubernetesImages(p.Version)
 		if err != nil {
 			return &UnsupportedError{What: fmt.Sprintf("the Kubernetes image list of Talos %s (%v)", p.Version, err)}
 		}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/iox"
-	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -56,7 +56,7 @@ func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress fun
 	refs := append([]string(nil), req.Images...)
 
 	if req.KubernetesForTalos != "" {
-		k8s, err := mirror.KubernetesImages(req.KubernetesForTalos)
+		k8s, err := release.KubernetesImages(req.KubernetesForTalos)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
 		}

@@ -192,16 +192,48 @@ func (c *copier) run(ctx context.Context, dst Endpoint) (Stats, error) {
 	}
 
 	// 2. Manifests by digest: images, then signatures (subjects first).
+	// Signatures of one subject go one after the other: on a registry
+	// without the referrers API, each referrer push rewrites the subject's
+	// fallback tag (read, append, write), and two at once lose one.
 	for _, sigs := range []bool{false, true} {
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(c.opts.Jobs)
+
+		var (
+			groups [][]*Item
+			group  = map[string]int{}
+		)
 
 		for _, it := range c.plan.Items {
 			if (it.Kind == KindSignature) != sigs {
 				continue
 			}
 
-			g.Go(func() error { return c.manifests(gctx, it) })
+			key := it.Repo + "@" + it.Digest.String()
+			if it.Subject != nil {
+				key = it.Repo + "@" + it.Subject.String()
+			}
+
+			i, ok := group[key]
+			if !ok {
+				i = len(groups)
+				group[key] = i
+				groups = append(groups, nil)
+			}
+
+			groups[i] = append(groups[i], it)
+		}
+
+		for _, items := range groups {
+			g.Go(func() error {
+				for _, it := range items {
+					if err := c.manifests(gctx, it); err != nil {
+						return err
+					}
+				}
+
+				return nil
+			})
 		}
 
 		if err := g.Wait(); err != nil {

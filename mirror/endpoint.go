@@ -87,7 +87,8 @@ type Registry struct {
 	// Upstream maps mirror paths back onto the public registries: a path
 	// whose first element is a host ("registry.k8s.io/kube-apiserver") is
 	// read from that host, any other from ghcr.io. Registry and Namespace
-	// are then ignored. Use it to mirror from the internet.
+	// are then ignored. Use it to mirror from the internet. Registry
+	// ghcr.io without a Namespace maps paths the same way.
 	Upstream bool
 }
 
@@ -108,9 +109,17 @@ func (r Registry) String() string {
 	return r.Registry.Name()
 }
 
+// upstreamLayout reports whether r holds images where upstream does:
+// Upstream, or ghcr.io itself without a namespace, which is where Talos's
+// own images are but not registry.k8s.io's. A namespace on ghcr.io
+// ("ghcr.io/my-org") is someone's mirror, laid out like any other.
+func (r Registry) upstreamLayout() bool {
+	return r.Upstream || (strings.Trim(r.Namespace, "/") == "" && r.Registry.RegistryStr() == "ghcr.io")
+}
+
 // repo is the registry repository of a mirror path.
 func (r Registry) repo(path string) (name.Repository, error) {
-	if r.Upstream {
+	if r.upstreamLayout() {
 		first, _, _ := strings.Cut(path, "/")
 		if !strings.ContainsAny(first, ".:") && first != "localhost" {
 			path = "ghcr.io/" + path

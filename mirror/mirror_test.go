@@ -173,7 +173,7 @@ func TestPlanContents(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	k8s, _ := KubernetesImages(testVersion)
+	k8s, _ := release.KubernetesImages(testVersion)
 	kinds := countKinds(plan)
 
 	if got, want := kinds[KindTalos], 5; got != want {
@@ -214,27 +214,6 @@ func TestPlanContents(t *testing.T) {
 
 	if plan.Size() <= 0 {
 		t.Errorf("plan size %d", plan.Size())
-	}
-}
-
-func TestKubernetesImagesMatchTestrelease(t *testing.T) {
-	for _, v := range []string{"v1.12.0", "v1.13.0", "v1.13.4"} {
-		got, err := KubernetesImages(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-
-		want, err := testrelease.KubernetesImages(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-
-		slices.Sort(got)
-		slices.Sort(want)
-
-		if !slices.Equal(got, want) {
-			t.Errorf("%s: got %v, want %v", v, got, want)
-		}
 	}
 }
 

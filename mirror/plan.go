@@ -23,7 +23,8 @@ const All = "all"
 // Selection is what to mirror.
 type Selection struct {
 	// Versions are Talos versions ("v1.13.0"): for each, siderolabs/imager,
-	// installer-base and the extensions and overlays catalogs.
+	// installer-base (before 1.10: installer) and the extensions and
+	// overlays catalogs, as image-factory's hack/copy-artifacts.sh copies.
 	Versions []string
 	// Arches keeps, of every multi-platform index, the children for these
 	// architectures ("amd64", "arm64"). Empty keeps every child, including
@@ -37,12 +38,14 @@ type Selection struct {
 	// Overlays are overlay names ("rpi_generic") or overlay images
 	// ("siderolabs/sbc-raspberrypi", "sbc-raspberrypi"), or All.
 	Overlays []string
-	// Talosctl adds siderolabs/talosctl-all.
+	// Talosctl adds siderolabs/talosctl-all of the versions that publish
+	// it (from 1.11; older ones get a Plan.Notes line instead).
 	Talosctl bool
 	// Kubernetes adds the Kubernetes images of each version.
 	Kubernetes bool
 	// KubernetesImages lists the Kubernetes images of a Talos version as
-	// upstream references; KubernetesImages (the function) when nil.
+	// upstream references; release.KubernetesImages when nil, which knows
+	// every Talos patch version from 1.10 on (see its doc).
 	KubernetesImages func(talosVersion string) ([]string, error)
 	// Images are more upstream references to copy ("docker.io/library/busybox:1.37").
 	Images []string
@@ -108,6 +111,9 @@ type Plan struct {
 	Selection Selection
 	// Items, each after anything it depends on (a signature after its subject).
 	Items []*Item
+	// Notes say what the selection asked for that a version does not have
+	// ("v1.10.0: no siderolabs/talosctl-all before Talos 1.11").
+	Notes []string
 }
 
 // Size is the total size of the plan; blobs shared by several items of the
@@ -156,7 +162,7 @@ func NewPlan(ctx context.Context, src Endpoint, sel Selection) (*Plan, error) {
 		}
 	}
 
-	return &Plan{Source: src, Selection: sel, Items: p.items}, nil
+	return &Plan{Source: src, Selection: sel, Items: p.items, Notes: p.notes}, nil
 }
 
 type planner struct {
@@ -164,12 +170,28 @@ type planner struct {
 	sel   Selection
 	items []*Item
 	byKey map[string]*Item // repo@digest
+	notes []string
 }
 
 func (p *planner) version(ctx context.Context, v string) error {
-	repos := []string{release.ImagerRepo, release.InstallerBaseRepo, release.ExtensionsRepo, release.OverlaysRepo}
+	base, err := release.BaseInstallerRepo(v)
+	if err != nil {
+		return err
+	}
+
+	repos := []string{release.ImagerRepo, base, release.ExtensionsRepo, release.OverlaysRepo}
+
 	if p.sel.Talosctl {
-		repos = append(repos, release.TalosctlAllRepo)
+		ok, err := release.HasTalosctlAll(v)
+		if err != nil {
+			return err
+		}
+
+		if ok {
+			repos = append(repos, release.TalosctlAllRepo)
+		} else {
+			p.notes = append(p.notes, fmt.Sprintf("%s: no %s before Talos 1.11, not copied", v, release.TalosctlAllRepo))
+		}
 	}
 
 	catalogs := map[string]*Item{}
@@ -250,12 +272,12 @@ func (p *planner) version(ctx context.Context, v string) error {
 	if p.sel.Kubernetes {
 		list := p.sel.KubernetesImages
 		if list == nil {
-			list = KubernetesImages
+			list = release.KubernetesImages
 		}
 
 		refs, err := list(v)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w (or leave the Kubernetes images out: kiln mirror --kubernetes=false)", err)
 		}
 
 		for _, ref := range refs {
@@ -444,23 +466,42 @@ func (p *planner) signatures(ctx context.Context, it *Item) error {
 }
 
 // image is a planned item as a v1.Image read from the source (for the
-// catalogs): the item itself, or its first kept linux child.
+// catalogs): the item itself, or the first linux image its index lists
+// among the kept children (not an attestation, whose platform is
+// unknown/unknown, nor another architecture's image listed after it).
 func (p *planner) image(ctx context.Context, it *Item) (v1.Image, error) {
-	for i := len(it.manifests) - 1; i >= 0; i-- {
-		m := it.manifests[i]
-		if isIndex(m.MediaType) {
-			continue
-		}
+	root := it.root()
 
-		img, err := partial.CompressedToImage(&srcImage{ctx: ctx, src: p.src, repo: it.Repo, m: m})
+	m, ok := root, !isIndex(root.MediaType)
+	if !ok {
+		im, err := v1.ParseIndexManifest(strings.NewReader(string(root.Raw)))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", it, err)
 		}
 
-		return img, nil
+		for _, c := range im.Manifests {
+			if c.Platform == nil || c.Platform.OS != "linux" || isIndex(c.MediaType) || !isManifest(c.MediaType) {
+				continue
+			}
+
+			if i := slices.IndexFunc(it.manifests, func(k manifestData) bool { return k.Digest == c.Digest }); i >= 0 {
+				m, ok = it.manifests[i], true
+
+				break
+			}
+		}
 	}
 
-	return nil, fmt.Errorf("%s: no image for the selected architectures", it)
+	if !ok {
+		return nil, fmt.Errorf("%s: no linux image for the selected architectures", it)
+	}
+
+	img, err := partial.CompressedToImage(&srcImage{ctx: ctx, src: p.src, repo: it.Repo, m: m})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", it, err)
+	}
+
+	return img, nil
 }
 
 // srcImage is a partial.CompressedImageCore over a source.

@@ -154,6 +154,10 @@ func (p *Plan) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  %-10s %s%s  %s, %d blobs\n", it.Kind, ref, extra, HumanSize(it.Size), len(it.Blobs))
 	}
 
+	for _, n := range p.Notes {
+		fmt.Fprintf(&b, "note: %s\n", n)
+	}
+
 	fmt.Fprintf(&b, "total: %d items, %s\n", len(p.Items), HumanSize(p.Size()))
 
 	_, err := io.WriteString(w, b.String())

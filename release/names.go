@@ -11,10 +11,40 @@ import (
 const (
 	ImagerRepo        = "siderolabs/imager"
 	InstallerBaseRepo = "siderolabs/installer-base"
-	ExtensionsRepo    = "siderolabs/extensions"
-	OverlaysRepo      = "siderolabs/overlays"
-	TalosctlAllRepo   = "siderolabs/talosctl-all"
+	// InstallerRepo is the full installer, which releases before 1.10
+	// (without installer-base) are built from.
+	InstallerRepo   = "siderolabs/installer"
+	ExtensionsRepo  = "siderolabs/extensions"
+	OverlaysRepo    = "siderolabs/overlays"
+	TalosctlAllRepo = "siderolabs/talosctl-all"
 )
+
+// BaseInstallerRepo is the repository a factory builds a Talos version's
+// installers from: installer-base from 1.10, the full installer before
+// (image-factory hack/copy-artifacts.sh).
+func BaseInstallerRepo(version string) (string, error) {
+	v, err := parseSemver(version)
+	if err != nil {
+		return "", err
+	}
+
+	if v.Major == 1 && v.Minor < 10 {
+		return InstallerRepo, nil
+	}
+
+	return InstallerBaseRepo, nil
+}
+
+// HasTalosctlAll reports whether a Talos version publishes talosctl-all
+// (from 1.11 on).
+func HasTalosctlAll(version string) (bool, error) {
+	v, err := parseSemver(version)
+	if err != nil {
+		return false, err
+	}
+
+	return v.Major > 1 || v.Minor >= 11, nil
+}
 
 // Files inside the catalog images and the imager.
 const (

@@ -76,6 +76,16 @@ func allowedPre(pre []semver.PRVersion) bool {
 	return false
 }
 
+// parseSemver parses "v1.13.0" or "1.13.0".
+func parseSemver(s string) (semver.Version, error) {
+	v, err := semver.Parse(strings.TrimPrefix(s, "v"))
+	if err != nil {
+		return semver.Version{}, fmt.Errorf("talos version %q: %w", s, err)
+	}
+
+	return v, nil
+}
+
 // ParseVersion checks a Talos version from a URL or request ("1.13.0" or
 // "v1.13.0") and returns it with its "v".
 func ParseVersion(s string) (string, error) {

@@ -4,12 +4,13 @@
 // without reaching ghcr.io.
 //
 // A release is: the imager (boot assets for both arches under usr/install/),
-// installer-base, extension images and their catalog, an overlay image and
-// its catalog, talosctl-all, and the Kubernetes bundle images listed by
-// KubernetesImages. Every image is an OCI index with linux/amd64 and
-// linux/arm64 entries. Repositories and tags follow upstream, mapped onto the
-// target registry with release.MirrorPath, and the catalogs name the
-// upstream ghcr.io references exactly as the real catalogs do.
+// installer-base (the full installer before 1.10), extension images and
+// their catalog, an overlay image and its catalog, talosctl-all (from
+// 1.11), and the cluster images listed by release.KubernetesImages. Every
+// image is an OCI index with linux/amd64 and linux/arm64 entries.
+// Repositories and tags follow upstream, mapped onto the target registry
+// with release.MirrorPath, and the catalogs name the upstream ghcr.io
+// references exactly as the real catalogs do.
 //
 // The content is placeholder data, not working software: the kernel and
 // systemd-boot/stub are minimal PE32+ EFI applications that debug/pe parses

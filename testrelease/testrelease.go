@@ -22,11 +22,16 @@ const DefaultKernelVersion = "6.18.0-talos"
 
 // Options describe one synthetic release and where to push it.
 type Options struct {
-	// Version is the Talos version, "v1.13.0". It must be one KubernetesImages
-	// knows. Pushing several versions to one registry makes a multi-version
-	// mirror; images that do not depend on the version (intel-ucode, the
-	// overlay, the Kubernetes images of the same minor) are shared.
+	// Version is the Talos version, "v1.13.0". The release has that
+	// version's shape: installer-base from 1.10 (the full installer
+	// before), talosctl-all from 1.11. Pushing several versions to one
+	// registry makes a multi-version mirror; images that do not depend on
+	// the version (intel-ucode, the overlay, Kubernetes images two versions
+	// share) are shared.
 	Version string
+	// KubernetesImages are the upstream cluster images to push;
+	// release.KubernetesImages(Version) when nil, which must know Version.
+	KubernetesImages []string
 	// Registry receives the release. Required.
 	Registry name.Registry
 	// Namespace is an optional path prefix inside Registry ("demo").
@@ -53,9 +58,11 @@ type Options struct {
 type Release struct {
 	Version           string
 	KernelVersion     string
-	KubernetesVersion string // "1.36.0"
+	KubernetesVersion string // "1.36.0", from the kubelet image's tag
 
-	Imager, InstallerBase, Extensions, Overlays, TalosctlAll name.Digest
+	// InstallerBase is set from 1.10, Installer (the full installer)
+	// before it, TalosctlAll from 1.11.
+	Imager, InstallerBase, Installer, Extensions, Overlays, TalosctlAll name.Digest
 
 	// ExtensionImages maps "siderolabs/gvisor" to the mirrored index.
 	ExtensionImages map[string]name.Digest
@@ -65,7 +72,7 @@ type Release struct {
 	// OverlayImages maps "siderolabs/sbc-raspberrypi" to the mirrored index.
 	OverlayImages map[string]name.Digest
 	// KubernetesImages are the mirrored Kubernetes images, in
-	// KubernetesImages(Version) order.
+	// Options.KubernetesImages (release.KubernetesImages) order.
 	KubernetesImages []name.Digest
 
 	// Manifests lists every manifest pushed, children before their index,
@@ -84,19 +91,22 @@ func Push(ctx context.Context, opts Options) (*Release, error) {
 		opts.KernelVersion = DefaultKernelVersion
 	}
 
-	b, err := bundleFor(opts.Version)
-	if err != nil {
-		return nil, err
+	if opts.KubernetesImages == nil {
+		refs, err := release.KubernetesImages(opts.Version)
+		if err != nil {
+			return nil, fmt.Errorf("test release: %w", err)
+		}
+
+		opts.KubernetesImages = refs
 	}
 
 	p := &pusher{opts: &opts, remote: append(append([]remote.Option(nil), opts.Remote...), remote.WithContext(ctx))}
 	rel := &Release{
-		Version:           opts.Version,
-		KernelVersion:     opts.KernelVersion,
-		KubernetesVersion: b.kubernetes,
-		ExtensionImages:   map[string]name.Digest{},
-		ExtensionRefs:     map[string]string{},
-		OverlayImages:     map[string]name.Digest{},
+		Version:         opts.Version,
+		KernelVersion:   opts.KernelVersion,
+		ExtensionImages: map[string]name.Digest{},
+		ExtensionRefs:   map[string]string{},
+		OverlayImages:   map[string]name.Digest{},
 	}
 
 	// Each step pushes images before the catalog naming them; the order of
@@ -118,6 +128,14 @@ func Push(ctx context.Context, opts Options) (*Release, error) {
 func (o *Options) validate() error {
 	if o.Version == "" {
 		return errors.New("test release: version is required")
+	}
+
+	if !strings.HasPrefix(o.Version, "v") {
+		return fmt.Errorf("test release: version %q: must start with \"v\"", o.Version)
+	}
+
+	if _, err := release.ParseVersion(o.Version); err != nil {
+		return fmt.Errorf("test release: %w", err)
 	}
 
 	// The zero name.Registry means Docker Hub; a synthetic release never
@@ -218,12 +236,17 @@ func (p *pusher) pushFiles(ctx context.Context, mirrorPath, tag, createdBy strin
 	return p.push(ctx, p.repo(mirrorPath), tag, idx)
 }
 
-// pushImager pushes installer-base and the imager. The imager reuses
-// installer-base's layer, as upstream builds it FROM installer-base, and
-// carries every arch's boot assets, each in its own layer shared by both
-// platform images.
+// pushImager pushes installer-base (before 1.10: the installer) and the
+// imager. The imager reuses installer-base's layer, as upstream builds it
+// FROM installer-base, and carries every arch's boot assets, each in its
+// own layer shared by both platform images.
 func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 	version := p.opts.Version
+
+	baseRepo, err := release.BaseInstallerRepo(version)
+	if err != nil {
+		return err
+	}
 
 	baseLayers := map[string]v1.Layer{}
 	for _, arch := range release.Arches {
@@ -245,8 +268,15 @@ func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 		return err
 	}
 
-	if rel.InstallerBase, err = p.push(ctx, p.repo(release.InstallerBaseRepo), version, idx); err != nil {
+	base, err := p.push(ctx, p.repo(baseRepo), version, idx)
+	if err != nil {
 		return err
+	}
+
+	if baseRepo == release.InstallerBaseRepo {
+		rel.InstallerBase = base
+	} else {
+		rel.Installer = base
 	}
 
 	// Layers after installer-base are the same in both platform images, so
@@ -372,7 +402,12 @@ func pushOverlays(ctx context.Context, p *pusher, rel *Release) error {
 	return nil
 }
 
+// pushTalosctl pushes talosctl-all, which releases publish from 1.11.
 func pushTalosctl(ctx context.Context, p *pusher, rel *Release) error {
+	if ok, err := release.HasTalosctlAll(p.opts.Version); err != nil || !ok {
+		return err
+	}
+
 	files := talosctlFiles(p.opts.Version)
 
 	var err error
@@ -388,12 +423,7 @@ func pushTalosctl(ctx context.Context, p *pusher, rel *Release) error {
 
 // pushKubernetes pushes the Kubernetes bundle under release.MirrorPath names.
 func pushKubernetes(ctx context.Context, p *pusher, rel *Release) error {
-	refs, err := KubernetesImages(p.opts.Version)
-	if err != nil {
-		return err
-	}
-
-	for _, upstream := range refs {
+	for _, upstream := range p.opts.KubernetesImages {
 		tag, err := name.NewTag(upstream, name.StrictValidation)
 		if err != nil {
 			return fmt.Errorf("kubernetes image %s: %w", upstream, err)
@@ -410,6 +440,10 @@ func pushKubernetes(ctx context.Context, p *pusher, rel *Release) error {
 		}
 
 		rel.KubernetesImages = append(rel.KubernetesImages, d)
+
+		if repo.Name() == "ghcr.io/siderolabs/kubelet" {
+			rel.KubernetesVersion = strings.TrimPrefix(tag.TagStr(), "v")
+		}
 	}
 
 	return nil

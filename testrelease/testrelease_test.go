@@ -40,68 +40,68 @@ func (s *signRecorder) sign(_ context.Context, ref name.Digest) error {
 	return nil
 }
 
-func TestKubernetesImages(t *testing.T) {
+// TestPushShapes: a release has its version's shape, as upstream
+// publishes it (image-factory hack/copy-artifacts.sh): the full installer
+// instead of installer-base before 1.10, talosctl-all from 1.11; the
+// cluster images are release.KubernetesImages of the version unless given.
+func TestPushShapes(t *testing.T) {
 	t.Parallel()
 
-	tests := []struct {
-		version string
-		want    []string
-		wantErr string
-	}{
-		{
-			version: "v1.13.0",
-			want: []string{
-				"ghcr.io/siderolabs/flannel:v0.28.4",
-				"registry.k8s.io/coredns/coredns:v1.14.2",
-				"registry.k8s.io/etcd:v3.6.9",
-				"registry.k8s.io/pause:3.10.1",
-				"registry.k8s.io/kube-apiserver:v1.36.0",
-				"registry.k8s.io/kube-controller-manager:v1.36.0",
-				"registry.k8s.io/kube-scheduler:v1.36.0",
-				"registry.k8s.io/kube-proxy:v1.36.0",
-				"ghcr.io/siderolabs/kubelet:v1.36.0",
-				"registry.k8s.io/networking/kube-network-policies:v1.0.0",
-			},
-		},
-		{
-			version: "v1.12.0-beta.1",
-			want: []string{
-				"ghcr.io/siderolabs/flannel:v0.27.4",
-				"registry.k8s.io/coredns/coredns:v1.13.2",
-				"registry.k8s.io/etcd:v3.6.7",
-				"registry.k8s.io/kube-apiserver:v1.35.0",
-				"registry.k8s.io/kube-controller-manager:v1.35.0",
-				"registry.k8s.io/kube-scheduler:v1.35.0",
-				"registry.k8s.io/kube-proxy:v1.35.0",
-				"ghcr.io/siderolabs/kubelet:v1.35.0",
-				"registry.k8s.io/pause:3.10",
-			},
-		},
-		{version: "v1.9.4", wantErr: "v1.9.4"},
-		{version: "1.13.0", wantErr: "1.13.0"},
-		{version: "v1.13", wantErr: "v1.13"},
-		{version: "v1.x.0", wantErr: "v1.x.0"},
-	}
+	k8s19 := []string{"registry.k8s.io/kube-apiserver:v1.32.3", "ghcr.io/siderolabs/kubelet:v1.32.3"}
 
-	for _, tt := range tests {
-		t.Run(tt.version, func(t *testing.T) {
+	for _, tc := range []struct {
+		version              string
+		k8s                  []string
+		installer, base, ctl bool
+	}{
+		{version: "v1.9.6", k8s: k8s19, installer: true},
+		{version: "v1.10.0", base: true},
+		{version: "v1.11.0", base: true, ctl: true},
+		{version: "v1.13.0", base: true, ctl: true},
+	} {
+		t.Run(tc.version, func(t *testing.T) {
 			t.Parallel()
 
-			got, err := KubernetesImages(tt.version)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("KubernetesImages(%q) error = %v, want one naming %q", tt.version, err, tt.wantErr)
-				}
+			reg := newRegistry(t)
 
-				return
-			}
-
+			rel, err := Push(t.Context(), Options{Version: tc.version, Registry: reg, KubernetesImages: tc.k8s})
 			if err != nil {
-				t.Fatalf("KubernetesImages(%q): %v", tt.version, err)
+				t.Fatal(err)
 			}
 
-			if !slices.Equal(got, tt.want) {
-				t.Errorf("KubernetesImages(%q)\n got %q\nwant %q", tt.version, got, tt.want)
+			has := func(repo string) bool {
+				tags, err := remote.List(reg.Repo(repo))
+				return err == nil && slices.Equal(tags, []string{tc.version})
+			}
+
+			for repo, want := range map[string]bool{
+				release.InstallerRepo: tc.installer, release.InstallerBaseRepo: tc.base, release.TalosctlAllRepo: tc.ctl,
+				release.ImagerRepo: true, release.ExtensionsRepo: true, release.OverlaysRepo: true,
+			} {
+				if got := has(repo); got != want {
+					t.Errorf("%s:%s pushed = %v, want %v", repo, tc.version, got, want)
+				}
+			}
+
+			if (rel.Installer.DigestStr() != "") != tc.installer || (rel.InstallerBase.DigestStr() != "") != tc.base ||
+				(rel.TalosctlAll.DigestStr() != "") != tc.ctl {
+				t.Errorf("Release = installer %q, installer-base %q, talosctl-all %q", rel.Installer, rel.InstallerBase, rel.TalosctlAll)
+			}
+
+			want := tc.k8s
+			if want == nil {
+				want, _ = release.KubernetesImages(tc.version)
+			}
+
+			if len(rel.KubernetesImages) != len(want) {
+				t.Fatalf("%d Kubernetes images pushed, want %d", len(rel.KubernetesImages), len(want))
+			}
+
+			for i, up := range want {
+				tag, _ := name.NewTag(up)
+				if got := rel.KubernetesImages[i].Context().RepositoryStr(); got != release.MirrorPath(tag.Context()) {
+					t.Errorf("Kubernetes image %d = %s, want %s", i, got, up)
+				}
 			}
 		})
 	}
@@ -116,6 +116,8 @@ func TestPushValidates(t *testing.T) {
 		{Registry: reg},
 		{Version: testVersion},
 		{Version: "v1.99.0", Registry: reg},
+		{Version: "1.13.0", Registry: reg},
+		{Version: "v1.x.0", Registry: reg},
 		{Version: testVersion, Registry: reg, Namespace: "Demo Space"},
 	} {
 		if _, err := Push(t.Context(), o); err == nil {
@@ -183,7 +185,7 @@ func TestPush(t *testing.T) {
 			tagged(t, upstream, want)
 		}
 
-		k8s, err := KubernetesImages(testVersion)
+		k8s, err := release.KubernetesImages(testVersion)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/cli"
 	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -104,7 +105,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 
 	if *kubernetes != "" {
-		k8s, err := mirror.KubernetesImages(*kubernetes)
+		k8s, err := release.KubernetesImages(*kubernetes)
 		if err != nil {
 			return err
 		}

@@ -25,7 +25,7 @@ const mirrorUsage = `Usage: kiln mirror --from SRC --to DST --version vX.Y.Z [fl
 Copies Talos releases with their signatures, verifying every image against
 the trust policy before anything of it is written. Endpoints:
   host[:port][/namespace]   a registry, e.g. a running kiln (127.0.0.1:8080)
-  upstream                  the public registries (ghcr.io, registry.k8s.io, ...)
+  upstream, ghcr.io         the public registries (ghcr.io, registry.k8s.io, ...)
   oci:DIR                   an OCI image layout directory
   FILE.tar, archive:FILE    a single archive file to carry across the air gap
 Run it again to resume an interrupted copy: only what is missing is copied.
@@ -129,6 +129,10 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if *dryRun {
 		if err := plan.WriteText(stdout); err != nil {
 			return err
+		}
+	} else {
+		for _, n := range plan.Notes {
+			fmt.Fprintln(stderr, "note:", n)
 		}
 	}
 
