@@ -397,7 +397,7 @@ grep -E '"(signature verified|using the trusted root that came with the mirror)"
 		"siderolabs/gvisor:",
 		`"msg":"using the trusted root that came with the mirror"`,
 		`"evidence":"Rekor v2 hashedrekord/0.0.2 entry (inclusion proof), RFC 3161 timestamp"`, // the imager
-		`"evidence":"Rekor v1 signed entry timestamp"`,                                          // the others' legacy .sig
+		`"evidence":"Rekor v1 signed entry timestamp"`,                                         // the others' legacy .sig
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("far side output lacks %q", want)
