@@ -783,13 +783,7 @@ func (s *Sigstore) rekorV2Entry(sg *signer, payload, pae, sig []byte, dsseType b
 	kind := "hashedrekord"
 	if dsseType {
 		kind = "dsse"
-		ph := sha256.Sum256(payload)
-		entry = &rekortilespb.Entry{Kind: kind, ApiVersion: "0.0.2", Spec: &rekortilespb.Spec{Spec: &rekortilespb.Spec_DsseV002{
-			DsseV002: &rekortilespb.DSSELogEntryV002{ //nolint:staticcheck // the deprecated type is the point
-				PayloadHash: &protocommon.HashOutput{Algorithm: protocommon.HashAlgorithm_SHA2_256, Digest: ph[:]},
-				Signatures:  []*rekortilespb.Signature{rsig},
-			},
-		}}}
+		entry = dsseV002Entry(payload, rsig)
 	}
 
 	raw, err := protojson.Marshal(entry)
