@@ -275,3 +275,39 @@ func TestPolicyTUFRootErrors(t *testing.T) {
 		})
 	}
 }
+
+// FuzzCarriedRoot: whatever a registry or archive holds where the trusted
+// root should be, parsing and verifying it never panics, and nothing but
+// the real thing verifies against the TUF root.
+func FuzzCarriedRoot(f *testing.F) {
+	ss, err := localsigstore.New()
+	if err != nil {
+		f.Fatal(err)
+	}
+	tr, err := ss.TrustedRootJSON()
+	if err != nil {
+		f.Fatal(err)
+	}
+	repo := localsigstore.NewTUFRepository(f, map[string][]byte{signing.TrustedRootTarget: tr})
+	c, err := signing.FetchTrustedRoot(context.Background(), signing.TUFOptions{URL: repo.URL, Root: repo.Root1()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	tj, err := c.TUFJSON()
+	if err != nil {
+		f.Fatal(err)
+	}
+	anchor := repo.Root1()
+	f.Add(c.TrustedRoot, tj)
+	f.Add([]byte("{}"), []byte(`{"mediaType":"application/vnd.dev.kiln.tuf-evidence.v1+json","target":"trusted_root.json","roots":["e30="],"timestamp":"e30=","snapshot":"e30=","targets":"e30="}`))
+	f.Fuzz(func(t *testing.T, trusted, tufJSON []byte) {
+		got, err := signing.ParseCarriedRoot(trusted, tufJSON)
+		if err != nil {
+			return
+		}
+		_ = got.Describe()
+		if _, err := got.Verify(anchor); err == nil && (!bytes.Equal(trusted, c.TrustedRoot)) {
+			t.Fatalf("a trusted root other than the published one verified")
+		}
+	})
+}
