@@ -26,9 +26,9 @@ import (
 // signatures): the source's options for serving, plain HTTP for an import.
 // rootSource holds the Sigstore trusted root that came with the mirror
 // (policy rules with `trustedRoot: mirror`): the registry kiln serves from,
-// or the layout it imports; it is read again for every verification not
-// cached, so a root mirrored in later is used, and checked against the
-// policy's TUF root before use.
+// or the layout it imports; it is read again (at most every
+// signing.MirrorRootRefresh once found), so a root mirrored in later is
+// used, and checked against the policy's TUF root before use.
 func newVerifier(cfg Config, remoteOpts []remote.Option, rootSource mirror.Endpoint, demoKey []byte, logger *slog.Logger) (artifacts.Verifier, error) {
 	var rules []any
 

@@ -256,6 +256,29 @@ rules:
 	if calls == 0 {
 		t.Error("the provider was never asked")
 	}
+
+	// Within MirrorRootRefresh a found root is not read again, even for
+	// another image.
+	calls = 0
+	v, err := signing.NewVerifier(withTUF, provide(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := signingtest.PushRandomImage(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ss.SignLegacy(ctx, d2, localsigstore.Options{Identity: sidero}); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []name.Digest{d, d2, d} {
+		if _, err := v.Verify(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 1 {
+		t.Errorf("the provider was asked %d times for three verifications, want 1", calls)
+	}
 }
 
 func TestPolicyTUFRootErrors(t *testing.T) {

@@ -92,9 +92,10 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithMirrorRoot says where the trusted root that came with the mirror is
 // (policy rules with `trustedRoot: mirror`): get returns it, or nil when
-// there is none. It is called for every verification not answered from the
-// cache, so a newly mirrored root is picked up; each distinct root is
-// checked against the policy's TUF root once.
+// there is none. It is called when such a rule is used, at most once every
+// MirrorRootRefresh once a root was found, so a newly mirrored root is
+// picked up without a restart; each distinct root is checked against the
+// policy's TUF root once.
 func WithMirrorRoot(get func(ctx context.Context) (*CarriedRoot, error)) Option {
 	return func(v *Verifier) { v.mirrorRoot = get }
 }
@@ -109,10 +110,16 @@ type Verifier struct {
 
 	mu    sync.Mutex
 	cache map[cacheKey]Verified
-	// The last trusted root that came with the mirror and verified.
+	// The last trusted root that came with the mirror and verified, and
+	// when it was read.
 	mirrorDigest  string
 	mirrorTrusted *root.TrustedRoot
+	mirrorRead    time.Time
 }
+
+// MirrorRootRefresh is how long a trusted root that came with the mirror is
+// used before WithMirrorRoot's function is asked again.
+const MirrorRootRefresh = 30 * time.Second
 
 type cacheKey struct {
 	repo, digest, rule, root string
@@ -149,6 +156,15 @@ func (v *Verifier) mirrorTrustedRoot(ctx context.Context) (*root.TrustedRoot, st
 		return nil, "", errors.New("no trusted root came with the mirror (this kiln command has no mirror to take one from)")
 	}
 
+	v.mu.Lock()
+	if v.mirrorTrusted != nil && time.Since(v.mirrorRead) < MirrorRootRefresh {
+		tr, d := v.mirrorTrusted, v.mirrorDigest
+		v.mu.Unlock()
+
+		return tr, d, nil
+	}
+	v.mu.Unlock()
+
 	c, err := v.mirrorRoot(ctx)
 	if err != nil {
 		return nil, "", fmt.Errorf("reading the trusted root that came with the mirror: %w", err)
@@ -163,6 +179,7 @@ func (v *Verifier) mirrorTrustedRoot(ctx context.Context) (*root.TrustedRoot, st
 	v.mu.Lock()
 	if v.mirrorDigest == d {
 		tr := v.mirrorTrusted
+		v.mirrorRead = time.Now()
 		v.mu.Unlock()
 
 		return tr, d, nil
@@ -175,7 +192,7 @@ func (v *Verifier) mirrorTrustedRoot(ctx context.Context) (*root.TrustedRoot, st
 	}
 
 	v.mu.Lock()
-	v.mirrorDigest, v.mirrorTrusted = d, tr
+	v.mirrorDigest, v.mirrorTrusted, v.mirrorRead = d, tr, time.Now()
 	v.mu.Unlock()
 	v.log.InfoContext(ctx, "using the trusted root that came with the mirror", "root", c.Describe())
 
