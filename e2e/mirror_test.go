@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,7 +21,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/signing/signingtest"
+	"github.com/kiln-dev/kiln/signing/signingtest/localsigstore"
 	"github.com/kiln-dev/kiln/testrelease"
 )
 
@@ -286,4 +290,121 @@ func TestMirror(t *testing.T) {
 			t.Fatal("the refused image was written to kiln")
 		}
 	})
+}
+
+// TestMirrorKeylessAcrossTheAirGap: a release signed like Sidero's (keyless;
+// a legacy .sig and a bundle referrer, the imager only a Rekor v2 + RFC 3161
+// bundle) by a local Sigstore whose trusted root a local TUF repository
+// publishes. On the connected side kiln mirror fetches the trusted root
+// through TUF and carries it in the archive; on the far side, in a network
+// namespace with nothing but loopback, kiln mirror loads the archive into a
+// running kiln and kiln serve verifies with the root that came with it,
+// checked against the TUF root named by the policy.
+func TestMirrorKeylessAcrossTheAirGap(t *testing.T) {
+	ctx := context.Background()
+	upstream := startRegistry(t)
+	reg, _ := name.NewRegistry(upstream, name.Insecure)
+
+	ss, err := localsigstore.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	trJSON, err := ss.TrustedRootJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tuf := localsigstore.NewTUFRepository(t, map[string][]byte{signing.TrustedRootTarget: trJSON})
+	id := localsigstore.Identity{Subject: "releasemgr-svc@talos-production.iam.gserviceaccount.com", Issuer: "https://accounts.google.com"}
+
+	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest) error {
+		if strings.HasSuffix(ref.Context().RepositoryStr(), "siderolabs/imager") {
+			return ss.SignBundle(ctx, ref, localsigstore.Options{Identity: id, Log: localsigstore.RekorV2, TSA: true})
+		}
+
+		return ss.SignLikeSidero(ctx, ref, id)
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tuf-root.json"), tuf.Root1(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	policy := filepath.Join(dir, "policy.yaml")
+	body := "tufRoot: tuf-root.json\nrules:\n  - name: sidero-keyless\n    repositories: ['*', '*/*', '*/*/*', '*/*/*/*', '*/*/*/*/*']\n" +
+		"    keyless:\n      trustedRoot: mirror\n      identities:\n        - subject: " + id.Subject + "\n          issuer: " + id.Issuer + "\n"
+
+	if err := os.WriteFile(policy, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// Connected side.
+	archive := filepath.Join(t.TempDir(), "talos-v1.13.0.tar")
+
+	cmd := exec.Command(binary(t, "KILN_BIN"), "mirror", "--from", upstream, "--to", archive, "--version", "v1.13.0",
+		"--trust-policy", policy, "--trusted-root", "tuf", "--tuf-url", tuf.URL)
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kiln mirror on the connected side: %v\n%s", err, out)
+	}
+
+	sum := sha256.Sum256(trJSON)
+	if !strings.Contains(string(out), "Sigstore trusted root: trusted_root.json sha256:"+hex.EncodeToString(sum[:])+" from TUF repository "+tuf.URL) {
+		t.Fatalf("kiln mirror did not report the trusted root it fetched:\n%s", out)
+	}
+
+	if tuf.Requests() == 0 {
+		t.Fatal("the TUF repository was not asked")
+	}
+
+	index, err := exec.Command("tar", "-xOf", archive, "index.json").Output()
+	if err != nil || !strings.Contains(string(index), "kiln/sigstore-trusted-root:latest") {
+		t.Fatalf("the archive's index.json does not list the trusted root: %v\n%s", err, index)
+	}
+
+	// Far side: no network at all.
+	script := `set -e
+ip link set lo up 2>/dev/null || true
+"$KILN" serve --listen 127.0.0.1:18998 --data-dir "$DATA" --trust-policy "$POLICY" --log-format json 2>"$DATA/kiln.log" &
+for i in $(seq 1 120); do curl -sf http://127.0.0.1:18998/readyz >/dev/null && break; sleep 0.25; done
+"$KILN" mirror --from "$ARCHIVE" --to 127.0.0.1:18998 --version v1.13.0 --trust-policy "$POLICY"
+echo "== extensions"
+curl -sSf http://127.0.0.1:18998/version/v1.13.0/extensions/official
+echo
+curl -sSf -X POST --data-binary '{}' http://127.0.0.1:18998/schematics >/dev/null
+echo "== kernel $(curl -sSf http://127.0.0.1:18998/image/` + emptyID + `/v1.13.0/kernel-amd64 | wc -c)"
+kill %1; wait %1 || true
+echo "== log"
+grep -E '"(signature verified|using the trusted root that came with the mirror)"' "$DATA/kiln.log"
+`
+	far := exec.Command("unshare", "--net", "--", "bash", "-c", script)
+	far.Env = append(os.Environ(), "KILN="+binary(t, "KILN_BIN"), "DATA="+t.TempDir(), "POLICY="+policy, "ARCHIVE="+archive, "HOME="+t.TempDir())
+
+	out, err = far.CombinedOutput()
+	if err != nil {
+		t.Fatalf("far side in an empty network namespace: %v\n%s", err, out)
+	}
+
+	t.Logf("far side:\n%s", out)
+
+	for _, want := range []string{
+		"Sigstore trusted root: trusted_root.json sha256:" + hex.EncodeToString(sum[:]), // kiln mirror read it from the archive
+		"siderolabs/gvisor:",
+		`"msg":"using the trusted root that came with the mirror"`,
+		`"evidence":"Rekor v2 hashedrekord/0.0.2 entry (inclusion proof), RFC 3161 timestamp"`, // the imager
+		`"evidence":"Rekor v1 signed entry timestamp"`,                                         // the others' legacy .sig
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("far side output lacks %q", want)
+		}
+	}
+
+	if m := regexp.MustCompile(`== kernel (\d+)`).FindStringSubmatch(string(out)); m == nil || m[1] == "0" {
+		t.Errorf("no kernel served on the far side")
+	}
 }

@@ -26,6 +26,9 @@ type Options struct {
 	Logger *slog.Logger
 	// DryRun verifies and checks what the destination has, and writes nothing.
 	DryRun bool
+	// TrustedRoot, when set, is written to the destination (see
+	// ReadTrustedRoot) after the images, replacing the one it has.
+	TrustedRoot *TrustedRoot
 }
 
 // Stats count what a Copy did (or, for a dry run, would do).
@@ -256,7 +259,16 @@ func (c *copier) run(ctx context.Context, dst Endpoint) (Stats, error) {
 		}
 	}
 
-	// 4. Commit (layout index.json, archive rename).
+	// 4. The Sigstore trusted root, then commit (layout index.json, archive rename).
+	if c.opts.TrustedRoot != nil && !c.opts.DryRun {
+		wrote, err := writeTrustedRoot(ctx, c.dst, c.opts.TrustedRoot)
+		if err != nil {
+			return c.snapshot(), err
+		}
+
+		c.log.Debug("Sigstore trusted root", "written", wrote)
+	}
+
 	if !c.opts.DryRun {
 		if err := c.dst.commit(ctx); err != nil {
 			return c.snapshot(), fmt.Errorf("commit %s: %w", dst, err)

@@ -35,7 +35,14 @@ func importLayout(ctx context.Context, dir string, src *artifacts.Source, v arti
 
 	dst := mirror.Registry{Registry: src.Registry, Namespace: src.Namespace, Options: src.Remote}
 
-	stats, err := mirror.Copy(ctx, plan, dst, mirror.Options{Verifier: v, Logger: logger})
+	// The Sigstore trusted root that came with the layout goes along, so
+	// that the verifier of what is served finds it in the registry.
+	root, err := mirror.ReadTrustedRoot(ctx, mirror.Layout{Dir: dir})
+	if err != nil {
+		return fmt.Errorf("OCI layout %s: %w", dir, err)
+	}
+
+	stats, err := mirror.Copy(ctx, plan, dst, mirror.Options{Verifier: v, Logger: logger, TrustedRoot: root})
 	if err != nil {
 		return fmt.Errorf("OCI layout %s: %w", dir, err)
 	}
@@ -69,8 +76,8 @@ func layoutRefs(dir string) ([]string, error) {
 		pathTag := m.Annotations["org.opencontainers.image.ref.name"]
 
 		i := strings.LastIndex(pathTag, ":")
-		if i <= 0 || strings.HasPrefix(pathTag[i+1:], "sha256-") {
-			continue
+		if i <= 0 || strings.HasPrefix(pathTag[i+1:], "sha256-") || pathTag[:i] == mirror.TrustedRootRepository {
+			continue // signatures travel with their images, the trusted root apart
 		}
 
 		refs = append(refs, upstreamRef(pathTag[:i])+":"+pathTag[i+1:])

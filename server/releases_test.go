@@ -161,7 +161,7 @@ func TestDemo(t *testing.T) {
 	}
 	defer embedded.Close()
 
-	v, err := newVerifier(cfg, src.Remote, signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM(), slogDiscard())
+	v, err := newVerifier(cfg, src.Remote, nil, signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM(), slogDiscard())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -23,8 +24,15 @@ import (
 //
 // remoteOpts reach the registry the verified images are in (and so their
 // signatures): the source's options for serving, plain HTTP for an import.
-func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger *slog.Logger) (artifacts.Verifier, error) {
+// rootSource holds the Sigstore trusted root that came with the mirror
+// (policy rules with `trustedRoot: mirror`): the registry kiln serves from,
+// or the layout it imports; it is read again (at most every
+// signing.MirrorRootRefresh once found), so a root mirrored in later is
+// used, and checked against the policy's TUF root before use.
+func newVerifier(cfg Config, remoteOpts []remote.Option, rootSource mirror.Endpoint, demoKey []byte, logger *slog.Logger) (artifacts.Verifier, error) {
 	var rules []any
+
+	var tufRoot string
 
 	baseDir := "."
 
@@ -39,7 +47,8 @@ func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger 
 		}
 
 		var file struct {
-			Rules []any `yaml:"rules"`
+			Rules   []any  `yaml:"rules"`
+			TUFRoot string `yaml:"tufRoot"`
 		}
 
 		if err := yaml.Unmarshal(data, &file); err != nil {
@@ -47,6 +56,7 @@ func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger 
 		}
 
 		rules = append(rules, file.Rules...)
+		tufRoot = file.TUFRoot
 		baseDir = filepath.Dir(cfg.TrustPolicy)
 	}
 
@@ -56,7 +66,12 @@ func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger 
 		return denyAll{}, nil
 	}
 
-	data, err := yaml.Marshal(map[string]any{"rules": rules})
+	doc := map[string]any{"rules": rules}
+	if tufRoot != "" {
+		doc["tufRoot"] = tufRoot
+	}
+
+	data, err := yaml.Marshal(doc)
 	if err != nil {
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}
@@ -66,7 +81,19 @@ func newVerifier(cfg Config, remoteOpts []remote.Option, demoKey []byte, logger 
 		return nil, fmt.Errorf("trust policy %s: %w", cfg.TrustPolicy, err)
 	}
 
-	v, err := signing.NewVerifier(policy, signing.WithRemoteOptions(remoteOpts...), signing.WithLogger(logger))
+	vopts := []signing.Option{signing.WithRemoteOptions(remoteOpts...), signing.WithLogger(logger)}
+	if rootSource != nil {
+		vopts = append(vopts, signing.WithMirrorRoot(func(ctx context.Context) (*signing.CarriedRoot, error) {
+			tr, err := mirror.ReadTrustedRoot(ctx, rootSource)
+			if err != nil || tr == nil {
+				return nil, err
+			}
+
+			return signing.ParseCarriedRoot(tr.JSON, tr.TUF)
+		}))
+	}
+
+	v, err := signing.NewVerifier(policy, vopts...)
 	if err != nil {
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -103,7 +104,7 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 		src.Namespace = demoNamespace
 	}
 
-	verifier, err := newVerifier(cfg, src.Remote, demoKey, logger)
+	verifier, err := newVerifier(cfg, src.Remote, mirror.Registry{Registry: src.Registry, Namespace: src.Namespace, Options: src.Remote}, demoKey, logger)
 	if err != nil {
 		return deps, err
 	}
@@ -111,7 +112,7 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	if cfg.Source.Layout != "" {
 		// The mirror engine serves the layout on a loopback port while it
 		// verifies; that verifier must reach it, not the embedded registry.
-		importVerifier, err := newVerifier(cfg, nil, demoKey, logger)
+		importVerifier, err := newVerifier(cfg, nil, mirror.Layout{Dir: cfg.Source.Layout}, demoKey, logger)
 		if err != nil {
 			return deps, err
 		}

@@ -9,6 +9,12 @@
 // The signature checks themselves are cosign's (pkg/cosign of cosign v2) and
 // sigstore-go's; this package only selects the trust material, fetches the
 // signatures from the registry that holds the image, and turns every failure
-// into an error that matches [ErrUntrusted]. Nothing but that registry is
-// contacted: no TUF, Rekor, Fulcio or timestamp authority.
+// into an error that matches [ErrUntrusted]. Verifying contacts nothing but
+// that registry (and wherever [WithMirrorRoot] reads the trusted root that
+// came with the mirror): no TUF, Rekor, Fulcio or timestamp authority.
+//
+// [FetchTrustedRoot] is the one exception, for the connected side of an air
+// gap: it fetches Sigstore's trusted root through TUF, keeping the metadata
+// that vouches for it, so that [CarriedRoot.Verify] can check it again on
+// the far side with no network.
 package signing

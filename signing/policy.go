@@ -19,6 +19,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 	"sigs.k8s.io/yaml"
 )
 
@@ -29,7 +30,16 @@ var ErrInvalidPolicy = errors.New("invalid trust policy")
 // repositories. It is immutable once parsed and safe for concurrent use.
 type Policy struct {
 	rules []*rule
+	// tufRoot is the TUF root.json that vouches for the trusted root that
+	// came with the mirror; nil means Sigstore's public-good one.
+	tufRoot []byte
 }
+
+// MirrorTrustedRoot is the keyless trustedRoot value that means "the
+// Sigstore trusted root that came with the mirror": the one kiln mirror
+// fetched through TUF and carried with the images, checked against the
+// policy's tufRoot (default: Sigstore's public-good TUF root) before use.
+const MirrorTrustedRoot = "mirror"
 
 // rule is one parsed policy rule with its trust material loaded.
 type rule struct {
@@ -46,7 +56,8 @@ type trustedKey struct {
 }
 
 type keyless struct {
-	trustedRoot *root.TrustedRoot
+	trustedRoot *root.TrustedRoot // nil when mirror
+	mirror      bool              // trustedRoot: mirror
 	rootPath    string
 	identities  []cosign.Identity
 	ignoreSCT   bool
@@ -56,7 +67,8 @@ type keyless struct {
 // "issuerRegex" fails loading instead of silently dropping a constraint.
 // (Field names match case-insensitively, as encoding/json does.)
 type policyFile struct {
-	Rules []ruleFile `json:"rules"`
+	Rules   []ruleFile `json:"rules"`
+	TUFRoot string     `json:"tufRoot,omitempty"`
 }
 
 type ruleFile struct {
@@ -112,6 +124,18 @@ func ParsePolicy(data []byte, baseDir string) (*Policy, error) {
 	// A trusted root file named by several rules is parsed once.
 	roots := map[string]*root.TrustedRoot{}
 	p := &Policy{}
+	if pf.TUFRoot != "" {
+		b, err := os.ReadFile(resolve(baseDir, pf.TUFRoot))
+		if err != nil {
+			return nil, fmt.Errorf("%w: tufRoot: %w", ErrInvalidPolicy, err)
+		}
+		// Checked once here so that a wrong file fails loading, not every
+		// verification: it must be a self-signed TUF root.
+		if _, err := trustedmetadata.New(b); err != nil {
+			return nil, fmt.Errorf("%w: tufRoot %s: %w", ErrInvalidPolicy, pf.TUFRoot, err)
+		}
+		p.tufRoot = b
+	}
 	seen := map[string]bool{}
 	for i, rf := range pf.Rules {
 		r, err := parseRule(i, rf, baseDir, roots)
@@ -164,18 +188,23 @@ func parseRule(i int, rf ruleFile, baseDir string, roots map[string]*root.Truste
 		if len(kl.Identities) == 0 {
 			return nil, errors.New("keyless: no identities")
 		}
-		rootPath := resolve(baseDir, kl.TrustedRoot)
-		tr, ok := roots[rootPath]
-		if !ok {
-			var err error
-			tr, err = root.NewTrustedRootFromPath(rootPath)
-			if err != nil {
-				return nil, fmt.Errorf("keyless: trusted root: %w", err)
+		if kl.TrustedRoot == MirrorTrustedRoot {
+			r.keyless = &keyless{mirror: true, ignoreSCT: kl.IgnoreSCT}
+			fmt.Fprintf(&canon, "|root:<mirror>|sct:%t", kl.IgnoreSCT)
+		} else {
+			rootPath := resolve(baseDir, kl.TrustedRoot)
+			tr, ok := roots[rootPath]
+			if !ok {
+				var err error
+				tr, err = root.NewTrustedRootFromPath(rootPath)
+				if err != nil {
+					return nil, fmt.Errorf("keyless: trusted root: %w", err)
+				}
+				roots[rootPath] = tr
 			}
-			roots[rootPath] = tr
+			r.keyless = &keyless{trustedRoot: tr, rootPath: rootPath, ignoreSCT: kl.IgnoreSCT}
+			fmt.Fprintf(&canon, "|root:%s|sct:%t", rootPath, kl.IgnoreSCT)
 		}
-		r.keyless = &keyless{trustedRoot: tr, rootPath: rootPath, ignoreSCT: kl.IgnoreSCT}
-		fmt.Fprintf(&canon, "|root:%s|sct:%t", rootPath, kl.IgnoreSCT)
 		for j, id := range kl.Identities {
 			if err := validateIdentity(id); err != nil {
 				return nil, fmt.Errorf("keyless identity %d: %w", j, err)
@@ -302,6 +331,28 @@ func (p *Policy) match(repo name.Repository) *rule {
 		}
 	}
 	return nil
+}
+
+// TUFRoot is the TUF root.json the trusted root that came with the mirror
+// is checked against: the policy's tufRoot, or Sigstore's public-good root.
+func (p *Policy) TUFRoot() []byte {
+	if p.tufRoot != nil {
+		return p.tufRoot
+	}
+
+	return PublicGoodTUFRoot()
+}
+
+// UsesMirrorRoot reports whether a keyless rule uses the trusted root that
+// came with the mirror.
+func (p *Policy) UsesMirrorRoot() bool {
+	for _, r := range p.rules {
+		if r.keyless != nil && r.keyless.mirror {
+			return true
+		}
+	}
+
+	return false
 }
 
 // RuleFor reports the name of the rule that governs repo, if any; useful for

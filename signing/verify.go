@@ -2,13 +2,17 @@ package signing
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"time"
 
+	"github.com/digitorus/timestamp"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -17,8 +21,11 @@ import (
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/verify"
+
+	"github.com/kiln-dev/kiln/internal/regerr"
 )
 
 // Verification methods reported by Verified.Method.
@@ -42,10 +49,11 @@ const maxCacheEntries = 4096
 // Its fields are unexported so that only package signing can create a
 // non-zero one.
 type Verified struct {
-	ref    name.Digest
-	rule   string
-	method string
-	signer string
+	ref      name.Digest
+	rule     string
+	method   string
+	signer   string
+	evidence string
 }
 
 // Digest is the verified artifact reference (repository@digest).
@@ -59,6 +67,11 @@ func (v Verified) Method() string { return v.method }
 
 // Signer describes the key or certificate identity that signed it.
 func (v Verified) Signer() string { return v.signer }
+
+// Evidence says what besides the signature was checked: the transparency
+// log proof and timestamps of a keyless signature ("Rekor v2 inclusion
+// proof, RFC 3161 timestamp"), or that a trusted key signed it.
+func (v Verified) Evidence() string { return v.evidence }
 
 // IsZero reports whether v is the zero value, i.e. nothing was verified.
 func (v Verified) IsZero() bool { return v.method == "" }
@@ -77,19 +90,39 @@ func WithLogger(l *slog.Logger) Option {
 	return func(v *Verifier) { v.log = l }
 }
 
+// WithMirrorRoot says where the trusted root that came with the mirror is
+// (policy rules with `trustedRoot: mirror`): get returns it, or nil when
+// there is none. It is called when such a rule is used, at most once every
+// MirrorRootRefresh once a root was found, so a newly mirrored root is
+// picked up without a restart; each distinct root is checked against the
+// policy's TUF root once.
+func WithMirrorRoot(get func(ctx context.Context) (*CarriedRoot, error)) Option {
+	return func(v *Verifier) { v.mirrorRoot = get }
+}
+
 // Verifier verifies cosign signatures against a Policy. It is safe for
 // concurrent use and remembers verified digests.
 type Verifier struct {
 	policy     *Policy
 	remoteOpts []remote.Option
 	log        *slog.Logger
+	mirrorRoot func(ctx context.Context) (*CarriedRoot, error)
 
 	mu    sync.Mutex
 	cache map[cacheKey]Verified
+	// The last trusted root that came with the mirror and verified, and
+	// when it was read.
+	mirrorDigest  string
+	mirrorTrusted *root.TrustedRoot
+	mirrorRead    time.Time
 }
 
+// MirrorRootRefresh is how long a trusted root that came with the mirror is
+// used before WithMirrorRoot's function is asked again.
+const MirrorRootRefresh = 30 * time.Second
+
 type cacheKey struct {
-	repo, digest, rule string
+	repo, digest, rule, root string
 }
 
 // NewVerifier returns a Verifier for the policy.
@@ -116,7 +149,57 @@ type anchor struct {
 	co      cosign.CheckOpts
 }
 
-func (v *Verifier) anchors(r *rule, ropts []ociremote.Option) []anchor {
+// mirrorTrustedRoot returns the trusted root that came with the mirror,
+// verified against the policy's TUF root, and its digest.
+func (v *Verifier) mirrorTrustedRoot(ctx context.Context) (*root.TrustedRoot, string, error) {
+	if v.mirrorRoot == nil {
+		return nil, "", errors.New("no trusted root came with the mirror (this kiln command has no mirror to take one from)")
+	}
+
+	v.mu.Lock()
+	if v.mirrorTrusted != nil && time.Since(v.mirrorRead) < MirrorRootRefresh {
+		tr, d := v.mirrorTrusted, v.mirrorDigest
+		v.mu.Unlock()
+
+		return tr, d, nil
+	}
+	v.mu.Unlock()
+
+	c, err := v.mirrorRoot(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("reading the trusted root that came with the mirror: %w", err)
+	}
+
+	if c == nil {
+		return nil, "", errors.New("no trusted root came with the mirror (kiln mirror carries one when it fetches it through TUF: --trusted-root)")
+	}
+
+	d := c.Digest()
+
+	v.mu.Lock()
+	if v.mirrorDigest == d {
+		tr := v.mirrorTrusted
+		v.mirrorRead = time.Now()
+		v.mu.Unlock()
+
+		return tr, d, nil
+	}
+	v.mu.Unlock()
+
+	tr, err := c.Verify(v.policy.TUFRoot())
+	if err != nil {
+		return nil, "", fmt.Errorf("the trusted root that came with the mirror (%s) does not verify against the policy's TUF root: %w", c.Describe(), err)
+	}
+
+	v.mu.Lock()
+	v.mirrorDigest, v.mirrorTrusted, v.mirrorRead = d, tr, time.Now()
+	v.mu.Unlock()
+	v.log.InfoContext(ctx, "using the trusted root that came with the mirror", "root", c.Describe())
+
+	return tr, d, nil
+}
+
+func (v *Verifier) anchors(r *rule, ropts []ociremote.Option, mirrorRoot *root.TrustedRoot) []anchor {
 	var out []anchor
 	for _, k := range r.keys {
 		out = append(out, anchor{
@@ -133,14 +216,18 @@ func (v *Verifier) anchors(r *rule, ropts []ociremote.Option) []anchor {
 			},
 		})
 	}
-	if kl := r.keyless; kl != nil {
+	if kl := r.keyless; kl != nil && (!kl.mirror || mirrorRoot != nil) {
+		tm := kl.trustedRoot
+		if kl.mirror {
+			tm = mirrorRoot
+		}
 		for _, id := range kl.identities {
 			out = append(out, anchor{
 				desc:    describeIdentity(id),
 				keyless: true,
 				co: cosign.CheckOpts{
 					RegistryClientOpts: ropts,
-					TrustedMaterial:    kl.trustedRoot,
+					TrustedMaterial:    tm,
 					Identities:         []cosign.Identity{id},
 					ClaimVerifier:      cosign.SimpleClaimVerifier,
 					// Offline: the transparency log proof must be in the
@@ -190,7 +277,21 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 	if r == nil {
 		return Verified{}, refuse(ref, "", fmt.Sprintf("no trust policy matches repository %s", repo.Name()), nil)
 	}
-	key := cacheKey{repo: repo.Name(), digest: h.String(), rule: r.canonical}
+	// A rule trusting the mirror's root: find and check that root first. A
+	// rule that also lists keys can still be satisfied by a key without it.
+	var mirrorRoot *root.TrustedRoot
+	var rootDigest string
+	var rootErr error
+	if r.keyless != nil && r.keyless.mirror {
+		mirrorRoot, rootDigest, rootErr = v.mirrorTrustedRoot(ctx)
+		if rootErr != nil && len(r.keys) == 0 {
+			err := refuse(ref, r.name, "keyless rule without a usable trusted root", rootErr)
+			v.log.WarnContext(ctx, "signature verification refused", "image", repo.Name(), "digest", h.String(), "rule", r.name, "error", err)
+			return Verified{}, err
+		}
+	}
+
+	key := cacheKey{repo: repo.Name(), digest: h.String(), rule: r.canonical, root: rootDigest}
 	v.mu.Lock()
 	got, ok := v.cache[key]
 	v.mu.Unlock()
@@ -200,9 +301,12 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 
 	// The caller's options first, the context last so it always applies.
 	ropts := append(append([]remote.Option{}, v.remoteOpts...), remote.WithContext(ctx))
-	anchors := v.anchors(r, []ociremote.Option{ociremote.WithRemoteOptions(ropts...)})
+	anchors := v.anchors(r, []ociremote.Option{ociremote.WithRemoteOptions(ropts...)}, mirrorRoot)
 
 	res, found, failures := v.verifyLegacy(ctx, ref, h, r, anchors)
+	if rootErr != nil {
+		failures = append(failures, fmt.Errorf("keyless identities not tried: %w", rootErr))
+	}
 	if res.IsZero() {
 		var bfound bool
 		var bfail []error
@@ -226,7 +330,7 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 		return Verified{}, err
 	}
 	v.log.InfoContext(ctx, "signature verified", "image", repo.Name(), "digest", h.String(),
-		"rule", r.name, "method", res.method, "signer", res.signer)
+		"rule", r.name, "method", res.method, "signer", res.signer, "evidence", res.evidence)
 	v.mu.Lock()
 	if len(v.cache) >= maxCacheEntries {
 		clear(v.cache)
@@ -271,11 +375,13 @@ func (v *Verifier) verifyLegacy(ctx context.Context, ref name.Digest, h v1.Hash,
 				v.log.DebugContext(ctx, "legacy signature rejected", "tag", st.String(), "index", i, "anchor", a.desc, "error", err)
 				continue
 			}
-			method := MethodKeyLegacy
+			method, evidence := MethodKeyLegacy, evidenceKey
 			if a.keyless {
-				method = MethodKeylessLegacy
+				// Offline, cosign checks the SET of the Rekor bundle
+				// annotation; the .sig format has no other log proof.
+				method, evidence = MethodKeylessLegacy, "Rekor v1 signed entry timestamp"
 			}
-			return Verified{ref: ref, rule: r.name, method: method, signer: signerOf(a, sig)}, true, nil
+			return Verified{ref: ref, rule: r.name, method: method, signer: signerOf(a, sig), evidence: evidence}, true, nil
 		}
 	}
 	return Verified{}, found, failures
@@ -296,14 +402,10 @@ func signerOf(a anchor, sig oci.Signature) string {
 // under the sha256-<hex> fallback tag, which ggcr's Referrers reads when the
 // registry has no referrers API).
 func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, h v1.Hash, r *rule, anchors []anchor) (res Verified, found bool, failures []error) {
-	co := anchors[0].co
-	bundles, _, err := cosign.GetBundles(ctx, ref, &co)
-	if err != nil {
-		var none *cosign.ErrNoMatchingAttestations
-		if errors.As(err, &none) {
-			return Verified{}, false, nil
-		}
-		return Verified{}, false, []error{fmt.Errorf("listing sigstore bundles: %w", err)}
+	bundles, seen, failures := listBundles(ref, anchors[0].co.RegistryClientOpts)
+	found = seen
+	if len(bundles) == 0 {
+		return Verified{}, found, failures
 	}
 	digest, err := hex.DecodeString(h.Hex)
 	if err != nil {
@@ -311,39 +413,204 @@ func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, h v1.Hash
 	}
 	artifact := verify.WithArtifactDigest(h.Algorithm, digest)
 	for i, b := range bundles {
-		found = true
 		if err := checkSignPredicate(b); err != nil {
 			failures = append(failures, fmt.Errorf("bundle %d: %w", i, err))
 			continue
 		}
+		shape := describeBundle(b)
 		for _, a := range anchors {
 			if err := ctx.Err(); err != nil {
 				return Verified{}, found, append(failures, err)
 			}
-			co := a.co
-			if co.TrustedMaterial == nil {
-				// cosign requires trusted material even for keys; an empty
-				// collection trusts no CA and no log.
-				co.TrustedMaterial = root.TrustedMaterialCollection{}
+			if a.keyless && !shape.observed {
+				failures = append(failures, fmt.Errorf("bundle %d with %s (%s): %w", i, a.desc, shape, errNoObserverTime))
+				continue
 			}
-			result, err := cosign.VerifyNewBundle(ctx, &co, artifact, b)
+			result, err := verifyBundle(&a.co, artifact, b)
+			if err != nil && a.keyless && strings.Contains(err.Error(), "failed to verify leaf certificate") {
+				err = fmt.Errorf("%w (%s)", err, bundleTimes(b))
+			}
 			if err != nil {
-				failures = append(failures, fmt.Errorf("bundle %d with %s: %w", i, a.desc, err))
+				failures = append(failures, fmt.Errorf("bundle %d with %s (%s): %w", i, a.desc, shape, err))
 				v.log.DebugContext(ctx, "bundle rejected", "index", i, "anchor", a.desc, "error", err)
 				continue
 			}
-			method, signer := MethodKeyBundle, a.desc
+			method, signer, evidence := MethodKeyBundle, a.desc, evidenceKey
 			if a.keyless {
-				method = MethodKeylessBundle
+				method, evidence = MethodKeylessBundle, shape.String()
 				if result != nil && result.Signature != nil && result.Signature.Certificate != nil {
 					c := result.Signature.Certificate
 					signer = fmt.Sprintf("%s issued by %s (%s)", c.SubjectAlternativeName, c.Issuer, a.desc)
 				}
 			}
-			return Verified{ref: ref, rule: r.name, method: method, signer: signer}, true, nil
+			return Verified{ref: ref, rule: r.name, method: method, signer: signer, evidence: evidence}, true, nil
 		}
 	}
 	return Verified{}, found, failures
+}
+
+// sigstoreBundleType prefixes the artifact type of Sigstore bundle referrers
+// ("application/vnd.dev.sigstore.bundle.v0.3+json").
+const sigstoreBundleType = "application/vnd.dev.sigstore.bundle"
+
+// listBundles reads the Sigstore bundles referring to ref (OCI referrers
+// API, or the sha256-<hex> fallback tag). Unlike cosign's GetBundles, a
+// referrer that says it is a Sigstore bundle but does not parse is reported
+// rather than skipped, so a bundle in a format this verifier does not know
+// is refused by name instead of looking like no signature at all. Other
+// referrers that are not bundles (SBOMs, ...) are skipped.
+// seen reports whether any bundle referrer was there, readable or not.
+func listBundles(ref name.Digest, ropts []ociremote.Option) (bundles []*sgbundle.Bundle, seen bool, failures []error) {
+	idx, err := ociremote.Referrers(ref, "", ropts...)
+	if err != nil {
+		if regerr.IsNotFound(err) {
+			return nil, false, nil
+		}
+		return nil, false, []error{fmt.Errorf("listing sigstore bundles: %w", err)}
+	}
+	for _, m := range idx.Manifests {
+		// cosign marks its bundle referrers by annotation; the artifact
+		// type a registry reports may be the (empty) config's.
+		_, annotated := m.Annotations["dev.sigstore.bundle.content"]
+		isBundle := annotated || strings.HasPrefix(m.ArtifactType, sigstoreBundleType)
+		b, err := ociremote.Bundle(ref.Context().Digest(m.Digest.String()), ropts...)
+		if err != nil {
+			if isBundle {
+				seen = true
+				failures = append(failures, fmt.Errorf("sigstore bundle referrer %s (%s) cannot be read: %w", m.Digest, m.ArtifactType, err))
+			}
+			continue
+		}
+		bundles = append(bundles, b)
+		seen = true
+	}
+	return bundles, seen, failures
+}
+
+const evidenceKey = "signature by a key the policy trusts"
+
+// errNoObserverTime refuses a keyless bundle that nothing dates: a
+// short-lived certificate can only be checked at a time a log or a TSA
+// vouched for.
+var errNoObserverTime = errors.New("neither a Rekor v1 integrated time with a signed entry timestamp nor an RFC 3161 timestamp: " +
+	"nothing shows the signature was made while its short-lived certificate was valid")
+
+// bundleShape is what a bundle carries besides its signature.
+type bundleShape struct {
+	logs     []string // "Rekor v1 (SET, inclusion proof)", "Rekor v2 inclusion proof"
+	tsas     int
+	observed bool // an integrated time with a SET, or a signed timestamp
+}
+
+func (s bundleShape) String() string {
+	parts := append([]string{}, s.logs...)
+	if len(parts) == 0 {
+		parts = append(parts, "no transparency log entry")
+	}
+	switch s.tsas {
+	case 0:
+	case 1:
+		parts = append(parts, "RFC 3161 timestamp")
+	default:
+		parts = append(parts, fmt.Sprintf("%d RFC 3161 timestamps", s.tsas))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func describeBundle(b *sgbundle.Bundle) bundleShape {
+	var s bundleShape
+	for _, e := range b.GetVerificationMaterial().GetTlogEntries() {
+		kv := e.GetKindVersion()
+		var proofs []string
+		if len(e.GetInclusionPromise().GetSignedEntryTimestamp()) > 0 {
+			proofs = append(proofs, "SET")
+			s.observed = true
+		}
+		if e.GetInclusionProof() != nil {
+			proofs = append(proofs, "inclusion proof")
+		}
+		log := "Rekor v1"
+		if kv.GetVersion() == "0.0.2" {
+			log = "Rekor v2"
+		}
+		s.logs = append(s.logs, fmt.Sprintf("%s %s/%s entry (%s)", log, kv.GetKind(), kv.GetVersion(), strings.Join(proofs, ", ")))
+	}
+	s.tsas = len(b.GetVerificationMaterial().GetTimestampVerificationData().GetRfc3161Timestamps())
+	if s.tsas > 0 {
+		s.observed = true
+	}
+	return s
+}
+
+// bundleTimes says when a bundle's certificate was valid and when its log
+// and timestamps say it was signed, to explain a refused certificate (the
+// times are as the bundle claims them; the verifier checked the claims).
+func bundleTimes(b *sgbundle.Bundle) string {
+	var parts []string
+	if c := b.GetVerificationMaterial().GetCertificate(); c != nil {
+		if cert, err := x509.ParseCertificate(c.GetRawBytes()); err == nil {
+			parts = append(parts, fmt.Sprintf("certificate valid from %s to %s", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339)))
+		}
+	}
+	for _, e := range b.GetVerificationMaterial().GetTlogEntries() {
+		if t := e.GetIntegratedTime(); t != 0 {
+			parts = append(parts, "log integrated time "+time.Unix(t, 0).UTC().Format(time.RFC3339))
+		}
+	}
+	for _, ts := range b.GetVerificationMaterial().GetTimestampVerificationData().GetRfc3161Timestamps() {
+		if r, err := timestamp.ParseResponse(ts.GetSignedTimestamp()); err == nil {
+			parts = append(parts, "RFC 3161 timestamp "+r.Time.UTC().Format(time.RFC3339))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// verifyBundle is sigstore-go's verifier with kiln's rules. A key: the
+// policy trusts the key itself, no log and no time needed (as cosign's
+// VerifyNewBundle with IgnoreTlog). Keyless: a transparency log entry must
+// verify (Rekor v1 SET and/or inclusion proof, or Rekor v2 checkpoint and
+// inclusion proof) and at least one observer timestamp (a Rekor v1
+// integrated time or an RFC 3161 timestamp from a TSA of the trusted root)
+// must lie inside the certificate's validity; cosign v2's VerifyNewBundle
+// accepts only one of the two kinds per call, so it is not used here.
+func verifyBundle(co *cosign.CheckOpts, artifact verify.ArtifactPolicyOption, b *sgbundle.Bundle) (*verify.VerificationResult, error) {
+	var tm root.TrustedMaterial
+	var vopts []verify.VerifierOption
+	var popts []verify.PolicyOption
+	if co.SigVerifier != nil {
+		key := root.NewExpiringKey(co.SigVerifier, time.Time{}, time.Time{})
+		tm = root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) { return key, nil })
+		vopts = append(vopts, verify.WithNoObserverTimestamps())
+		popts = append(popts, verify.WithKey())
+	} else {
+		if co.TrustedMaterial == nil || len(co.Identities) != 1 {
+			return nil, errors.New("keyless anchor without trusted root or identity")
+		}
+		tm = co.TrustedMaterial
+		vopts = append(vopts, verify.WithTransparencyLog(1), verify.WithObserverTimestamps(1))
+		if !co.IgnoreSCT {
+			vopts = append(vopts, verify.WithSignedCertificateTimestamps(1))
+		}
+		id := co.Identities[0]
+		san, err := verify.NewSANMatcher(id.Subject, id.SubjectRegExp)
+		if err != nil {
+			return nil, err
+		}
+		iss, err := verify.NewIssuerMatcher(id.Issuer, id.IssuerRegExp)
+		if err != nil {
+			return nil, err
+		}
+		ci, err := verify.NewCertificateIdentity(san, iss, certificate.Extensions{})
+		if err != nil {
+			return nil, err
+		}
+		popts = append(popts, verify.WithCertificateIdentity(ci))
+	}
+	sv, err := verify.NewVerifier(tm, vopts...)
+	if err != nil {
+		return nil, err
+	}
+	return sv.Verify(b, verify.NewPolicy(artifact, popts...))
 }
 
 // checkSignPredicate accepts only DSSE bundles whose in-toto statement is a

@@ -136,6 +136,9 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 
 	var resolver imagecache.Resolver = imagecache.DirectResolver{NameOptions: nameOpts, Remote: remoteOpts}
 
+	// With --mirror, the trusted root that came with the mirror is there.
+	var rootSource mirror.Endpoint
+
 	if *from != "" {
 		host, ns, _ := strings.Cut(*from, "/")
 
@@ -145,6 +148,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		}
 
 		resolver = imagecache.MirrorResolver{Source: &artifacts.Source{Registry: reg, Namespace: ns, Remote: remoteOpts, NameOptions: nameOpts}}
+		rootSource = mirror.Registry{Registry: reg, Namespace: ns, Options: remoteOpts}
 	}
 
 	var verifier imagecache.Verifier
@@ -157,7 +161,14 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			return err
 		}
 
-		v, err := signing.NewVerifier(p, signing.WithRemoteOptions(remoteOpts...))
+		vopts := []signing.Option{signing.WithRemoteOptions(remoteOpts...)}
+		if rootSource != nil {
+			vopts = append(vopts, signing.WithMirrorRoot(func(ctx context.Context) (*signing.CarriedRoot, error) {
+				return readCarriedRoot(ctx, rootSource)
+			}))
+		}
+
+		v, err := signing.NewVerifier(p, vopts...)
 		if err != nil {
 			return err
 		}

@@ -30,6 +30,11 @@ the trust policy before anything of it is written. Endpoints:
   FILE.tar, archive:FILE    a single archive file to carry across the air gap
 Run it again to resume an interrupted copy: only what is missing is copied.
 
+Sigstore's trusted root (for keyless signatures) travels with the images:
+fetched through TUF when copying from upstream (--trusted-root tuf), taken
+from the source otherwise, and used by trust-policy rules that say
+"trustedRoot: mirror".
+
 `
 
 func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -52,6 +57,9 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	insecure := fs.Bool("insecure", false, "talk plain HTTP to registries other than localhost")
 	dryRun := fs.Bool("dry-run", false, "print what would be copied and its size; write nothing")
 	jobs := fs.Int("jobs", 4, "blobs copied at once")
+	trustedRoot := fs.String("trusted-root", "auto", "Sigstore trusted root to carry: tuf (fetch it through TUF), source (the one the source carries), none, or auto (tuf from upstream, else source)")
+	tufURL := fs.String("tuf-url", signing.PublicGoodTUFURL, "TUF repository --trusted-root tuf fetches from")
+	tufRoot := fs.String("tuf-root", "", "that repository's root.json, the trust anchor (default: the trust policy's tufRoot, else Sigstore's public-good root built into kiln)")
 
 	if err := cli.Parse(fs, args, "KILN_MIRROR_", getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -105,15 +113,41 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 
 	copyOpts := mirror.Options{Jobs: *jobs, DryRun: *dryRun, Progress: mirror.NewRenderer(stderr).Event}
 
-	if *skipVerify {
-		fmt.Fprintln(stderr, "WARNING: --insecure-skip-verify: signatures are NOT verified; kiln serve will still refuse unverifiable images")
-	} else {
-		p, err := signing.LoadPolicy(*policy)
+	var p *signing.Policy
+
+	if !*skipVerify {
+		if p, err = signing.LoadPolicy(*policy); err != nil {
+			return err
+		}
+	}
+
+	carried, err := carriedRoot(ctx, *trustedRoot, *tufURL, *tufRoot, src, p)
+	if err != nil {
+		return err
+	}
+
+	if carried != nil {
+		fmt.Fprintf(stderr, "Sigstore trusted root: %s\n", carried.Describe())
+
+		tj, err := carried.TUFJSON()
 		if err != nil {
 			return err
 		}
 
-		v, err := signing.NewVerifier(p, signing.WithRemoteOptions(opts...))
+		copyOpts.TrustedRoot = &mirror.TrustedRoot{JSON: carried.TrustedRoot, TUF: tj}
+	}
+
+	if *skipVerify {
+		fmt.Fprintln(stderr, "WARNING: --insecure-skip-verify: signatures are NOT verified; kiln serve will still refuse unverifiable images")
+	} else {
+		if p.UsesMirrorRoot() && carried == nil {
+			fmt.Fprintf(stderr, "WARNING: the trust policy's keyless rules use the trusted root that came with the mirror (trustedRoot: mirror), "+
+				"and there is none (%s carries none, or --trusted-root none): images those rules govern will be refused; "+
+				"fetch it on a connected machine with --trusted-root tuf\n", src)
+		}
+
+		v, err := signing.NewVerifier(p, signing.WithRemoteOptions(opts...),
+			signing.WithMirrorRoot(func(context.Context) (*signing.CarriedRoot, error) { return carried, nil }))
 		if err != nil {
 			return err
 		}
@@ -149,6 +183,62 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	_, err = fmt.Fprintf(stdout, "%s %s -> %s: %s\n", prefix, src, dst, stats)
 
 	return err
+}
+
+// carriedRoot finds the Sigstore trusted root to carry: fetched through TUF
+// (verified from --tuf-root, else the policy's tufRoot, else the
+// public-good root) or read from the source.
+func carriedRoot(ctx context.Context, mode, tufURL, tufRootFile string, src mirror.Endpoint, p *signing.Policy) (*signing.CarriedRoot, error) {
+	if mode == "auto" {
+		mode = "source"
+		if reg, ok := src.(mirror.Registry); ok && reg.Upstream {
+			mode = "tuf"
+		}
+	}
+
+	switch mode {
+	case "none":
+		return nil, nil
+	case "source":
+		if reg, ok := src.(mirror.Registry); ok && reg.Upstream {
+			return nil, errors.New("--trusted-root source: the upstream registries carry no trusted root; use --trusted-root tuf")
+		}
+
+		return readCarriedRoot(ctx, src)
+	case "tuf":
+		anchor := signing.PublicGoodTUFRoot()
+
+		switch {
+		case tufRootFile != "":
+			b, err := os.ReadFile(tufRootFile)
+			if err != nil {
+				return nil, fmt.Errorf("--tuf-root: %w", err)
+			}
+
+			anchor = b
+		case p != nil:
+			anchor = p.TUFRoot()
+		}
+
+		c, err := signing.FetchTrustedRoot(ctx, signing.TUFOptions{URL: tufURL, Root: anchor})
+		if err != nil {
+			return nil, fmt.Errorf("fetching Sigstore's trusted root: %w", err)
+		}
+
+		return c, nil
+	default:
+		return nil, fmt.Errorf("--trusted-root %q: use tuf, source, none or auto", mode)
+	}
+}
+
+// readCarriedRoot reads the trusted root an endpoint carries; nil if none.
+func readCarriedRoot(ctx context.Context, ep mirror.Endpoint) (*signing.CarriedRoot, error) {
+	tr, err := mirror.ReadTrustedRoot(ctx, ep)
+	if err != nil || tr == nil {
+		return nil, err
+	}
+
+	return signing.ParseCarriedRoot(tr.JSON, tr.TUF)
 }
 
 // endpoint parses an endpoint; --insecure makes a registry plain HTTP.

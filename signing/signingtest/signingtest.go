@@ -177,8 +177,8 @@ func AttachLegacy(ctx context.Context, ref name.Digest, sig oci.Signature, opts 
 	return ociremote.WriteSignatures(ref.Repository, se, ropts)
 }
 
-// signStatement is the in-toto statement `cosign sign` puts in a bundle.
-func signStatement(ref name.Digest) ([]byte, error) {
+// SignStatement is the in-toto statement `cosign sign` puts in a bundle.
+func SignStatement(ref name.Digest) ([]byte, error) {
 	h, err := v1.NewHash(ref.DigestStr())
 	if err != nil {
 		return nil, err
@@ -204,7 +204,7 @@ func SignBundle(ctx context.Context, ref name.Digest, k *Key, opts ...remote.Opt
 
 // KeyBundle returns the bundle JSON SignBundle would attach for ref.
 func KeyBundle(ref name.Digest, k *Key) ([]byte, error) {
-	stmt, err := signStatement(ref)
+	stmt, err := SignStatement(ref)
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +366,7 @@ func (c *KeylessCA) chain() []*x509.Certificate {
 // envelope, Fulcio certificate, Rekor entry with inclusion proof and SET)
 // and attaches it as a referrer.
 func (c *KeylessCA) SignBundle(ctx context.Context, ref name.Digest, identity, issuer string, integratedTime time.Time, opts ...remote.Option) error {
-	stmt, err := signStatement(ref)
+	stmt, err := SignStatement(ref)
 	if err != nil {
 		return err
 	}
