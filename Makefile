@@ -77,8 +77,9 @@ $(COSIGN):
 # Debian packages the e2e suite talks to: a real registry process, the
 # readers of what kiln writes, QEMU with OVMF, and the boot fixture's parts.
 E2E_DEBS := docker-registry skopeo xorriso genisoimage mtools dosfstools gdisk fdisk squashfs-tools e2fsprogs \
-	qemu-system-x86 ovmf systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux
+	qemu-system-x86 ovmf ipxe-qemu systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
+E2E_IPXE   := $(CURDIR)/_e2e/ipxe-trixie
 
 registry-process e2e-debs:
 	@missing=$$(for p in $(E2E_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -92,9 +93,29 @@ $(E2E_KERNEL)/.done:
 		apt-get download "$$K" && dpkg -x "$$K"_*.deb $(E2E_KERNEL) && rm -f "$$K"_*.deb
 	touch $@
 
+# Debian 13's iPXE 1.21.1 beside the machine's 2019 build, for the PXE boot
+# test: ipxe-qemu's BIOS ROMs, and ipxe's ipxe-amd64.efi, as trixie's EFI ROMs
+# carry no iPXE (its NEWS: UEFI machines chain-load ipxe.efi). Trixie's index
+# in an apt configuration of its own under _e2e/, the .debs unpacked there;
+# nothing on the machine changes.
+E2E_IPXE_APT = -o Dir::Etc::SourceList=$(E2E_IPXE)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
+	-o Dir::State::Lists=$(E2E_IPXE)/apt/lists -o Dir::Cache=$(E2E_IPXE)/apt/cache -o APT::Sandbox::User=root
+
+$(E2E_IPXE)/.done:
+	rm -rf $(E2E_IPXE) && mkdir -p $(E2E_IPXE)/apt/lists/partial $(E2E_IPXE)/apt/cache/archives/partial
+	mirror=$$(apt-get indextargets --format '$$(REPO_URI) $$(CODENAME)' 'Created-By: Packages' 2>/dev/null | \
+		awk '$$1 ~ /\/debian\/$$/ && $$2 !~ /-/ {print $$1; exit}'); \
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $${mirror:-http://deb.debian.org/debian/} trixie main" \
+		>$(E2E_IPXE)/apt/sources.list
+	apt-get $(E2E_IPXE_APT) -qq update
+	cd $(E2E_IPXE) && apt-get $(E2E_IPXE_APT) -qq download ipxe-qemu/trixie ipxe/trixie && \
+		for d in ipxe-qemu_*.deb ipxe_*.deb; do dpkg -x $$d root || exit 1; done && rm -f *.deb
+	rm -rf $(E2E_IPXE)/apt
+	touch $@
+
 tools: $(BUF) $(GRPCURL)
 
-e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done
 
 ## Tests.
 test: tools check-generate lint unit integration
@@ -110,7 +131,7 @@ integration: build $(GRPCURL)
 	KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) $(GO) test -tags integration -count=1 -v ./e2e/...
 
 E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
-	KILN_E2E_KERNEL=$(E2E_KERNEL)
+	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root
 
 e2e: build e2e-tools
 	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
