@@ -98,9 +98,10 @@ $(COSIGN):
 #   curl                                   the integration suite runs the README's curl examples
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
 	e2fsprogs binutils systemd-boot-efi busybox-static curl
-# make e2e adds a real registry process, skopeo and QEMU with OVMF.
-E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf
+# make e2e adds a real registry process, skopeo, QEMU with OVMF and iPXE ROMs.
+E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
+E2E_IPXE   := $(CURDIR)/_e2e/ipxe-trixie
 
 # apt-get install what is missing (as root, from Debian's archive); nothing
 # when everything is there.
@@ -131,9 +132,29 @@ $(E2E_KERNEL)/.done:
 # make test that needs root and Debian's archive.
 deps: test-debs $(E2E_KERNEL)/.done
 
+# Debian 13's iPXE 1.21.1 beside the machine's 2019 build, for the PXE boot
+# test: ipxe-qemu's BIOS ROMs, and ipxe's ipxe-amd64.efi, as trixie's EFI ROMs
+# carry no iPXE (its NEWS: UEFI machines chain-load ipxe.efi). Trixie's index
+# in an apt configuration of its own under _e2e/, the .debs unpacked there;
+# nothing on the machine changes.
+E2E_IPXE_APT = -o Dir::Etc::SourceList=$(E2E_IPXE)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
+	-o Dir::State::Lists=$(E2E_IPXE)/apt/lists -o Dir::Cache=$(E2E_IPXE)/apt/cache -o APT::Sandbox::User=root
+
+$(E2E_IPXE)/.done:
+	rm -rf $(E2E_IPXE) && mkdir -p $(E2E_IPXE)/apt/lists/partial $(E2E_IPXE)/apt/cache/archives/partial
+	mirror=$$(apt-get indextargets --format '$$(REPO_URI) $$(CODENAME)' 'Created-By: Packages' 2>/dev/null | \
+		awk '$$1 ~ /\/debian\/$$/ && $$2 !~ /-/ {print $$1; exit}'); \
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $${mirror:-http://deb.debian.org/debian/} trixie main" \
+		>$(E2E_IPXE)/apt/sources.list
+	apt-get $(E2E_IPXE_APT) -qq update
+	cd $(E2E_IPXE) && apt-get $(E2E_IPXE_APT) -qq download ipxe-qemu/trixie ipxe/trixie && \
+		for d in ipxe-qemu_*.deb ipxe_*.deb; do dpkg -x $$d root || exit 1; done && rm -f *.deb
+	rm -rf $(E2E_IPXE)/apt
+	touch $@
+
 tools: $(BUF) $(GRPCURL)
 
-e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done
 
 ## Tests.
 test: deps tools check-generate lint unit integration
@@ -149,7 +170,7 @@ integration: build $(GRPCURL)
 	KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) $(GO) test -tags integration -count=1 -v ./e2e/...
 
 E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
-	KILN_E2E_KERNEL=$(E2E_KERNEL)
+	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root
 
 e2e: build e2e-tools
 	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...

@@ -36,9 +36,10 @@ func (f *factoryRoutes) registerImages(mux *http.ServeMux) {
 	mux.HandleFunc("GET /imagecache/{file}", f.imageCacheDownload)
 }
 
-// pxe answers the public factory's iPXE script for <platform>-<arch>[-secureboot]:
-// it builds the matching cmdline asset and chains to kernel and initramfs
-// (or the UKI for SecureBoot) under the PXE base URL.
+// pxe answers the iPXE script for <platform>-<arch>[-secureboot]: it builds
+// the matching cmdline asset and chains to kernel and initramfs (or the UKI
+// for SecureBoot) under the PXE base URL; cmdline.PXEScript says where it
+// differs from the public factory's (the initrd named on EFI).
 func (f *factoryRoutes) pxe(w http.ResponseWriter, r *http.Request) {
 	req := builder.Request{SchematicID: r.PathValue("schematic"), Version: r.PathValue("version"), Path: "cmdline-" + r.PathValue("path")}
 

@@ -192,8 +192,10 @@ func TestPXEAndCmdline(t *testing.T) {
 
 	for _, path := range []string{"metal-amd64", "metal-x86_64"} {
 		resp, script := ts.do(t, "GET", "/pxe/"+id+"/v1.13.0/"+path, "")
-		wantScript := "#!ipxe\n\nimgfree\nkernel http://10.0.0.5:8080/image/" + id + "/v1.13.0/kernel-amd64 " + want +
-			"\ninitrd http://10.0.0.5:8080/image/" + id + "/v1.13.0/initramfs-amd64.xz\nboot\n"
+		kernel := "kernel http://10.0.0.5:8080/image/" + id + "/v1.13.0/kernel-amd64 " + want
+		initrd := "initrd --name initramfs-amd64.xz http://10.0.0.5:8080/image/" + id + "/v1.13.0/initramfs-amd64.xz"
+		wantScript := "#!ipxe\n\nimgfree\niseq ${platform} efi && goto efi ||\n" + kernel + "\n" + initrd + "\nboot\n" +
+			":efi\n" + kernel + " initrd=initramfs-amd64.xz\n" + initrd + "\nboot\n"
 
 		if resp.StatusCode != 200 || script != wantScript {
 			t.Errorf("PXE %s = %d\n%s\nwant\n%s", path, resp.StatusCode, script, wantScript)

@@ -25,8 +25,9 @@ type PXEOptions struct {
 	SecureBoot bool
 }
 
-// PXEScript returns the iPXE script of the public Image Factory
-// (/pxe/:schematic/:version/:path), byte for byte:
+// PXEScript returns the iPXE script for /pxe/:schematic/:version/:path.
+//
+// The public Image Factory serves
 //
 //	#!ipxe
 //
@@ -35,8 +36,22 @@ type PXEOptions struct {
 //	initrd <base>/image/<id>/<version>/initramfs-<arch>.xz
 //	boot
 //
-// and, for SecureBoot, a single kernel line with
-// <platform>-<arch>-secureboot-uki.efi and the command line, then boot.
+// which leaves an EFI-stub kernel without its initramfs under iPXE builds
+// from before its LoadFile2 support (February 2023, after the 1.21.1
+// release; Debian 12's 2019 ipxe-qemu, many NIC ROMs): they hand an initrd
+// to the stub only as a file the kernel line names with initrd=<name>. So
+// the initrd gets a name, and on ${platform} efi (x86 and arm64 alike) the
+// kernel line gains initrd=<name>; the BIOS path runs the factory's kernel
+// line byte for byte. Current iPXE passes the initrd through the stub's
+// LoadFile2 protocol and the stub then ignores the argument. The branch
+// uses only iseq, ${platform}, goto and a label; make e2e boots the script
+// with Debian 12's iPXE (2019) and Debian 13's (1.21.1+git20250501) under
+// SeaBIOS and OVMF.
+//
+// SecureBoot keeps the factory's script (a single kernel line with
+// <platform>-<arch>-secureboot-uki.efi and the command line, then boot):
+// the UKI carries its initramfs and its stub hands it over itself.
+//
 // URLs are joined as net/url JoinPath does.
 func PXEScript(o PXEOptions) (string, error) {
 	base, err := url.Parse(o.BaseURL)
@@ -62,6 +77,13 @@ func PXEScript(o PXEOptions) (string, error) {
 			asset(fmt.Sprintf("%s-%s-secureboot-uki.efi", o.Platform, o.Arch)), o.Cmdline), nil
 	}
 
-	return fmt.Sprintf("#!ipxe\n\nimgfree\nkernel %s %s\ninitrd %s\nboot\n",
-		asset("kernel-"+o.Arch), o.Cmdline, asset("initramfs-"+o.Arch+".xz")), nil
+	initrdName := "initramfs-" + o.Arch + ".xz"
+	kernel := fmt.Sprintf("kernel %s %s", asset("kernel-"+o.Arch), o.Cmdline)
+	initrd := fmt.Sprintf("initrd --name %s %s", initrdName, asset(initrdName))
+
+	return "#!ipxe\n\nimgfree\n" +
+		"iseq ${platform} efi && goto efi ||\n" +
+		kernel + "\n" + initrd + "\nboot\n" +
+		":efi\n" +
+		kernel + " initrd=" + initrdName + "\n" + initrd + "\nboot\n", nil
 }
