@@ -39,9 +39,9 @@ type Customization struct {
 	// Bootloader forces a boot loader for disk images.
 	Bootloader Bootloader `yaml:"bootloader,omitempty"`
 	// SecureBoot customises SecureBoot images.
-	SecureBoot SecureBoot `yaml:"secureboot,omitempty"`
+	SecureBoot SecureBootCustomization `yaml:"secureboot,omitempty"`
 	// DiskImage customises disk images.
-	DiskImage DiskImage `yaml:"diskImage,omitempty"`
+	DiskImage DiskImageCustomization `yaml:"diskImage,omitempty"`
 	// ImageCache embeds container images into ISOs and disk images, so a
 	// node boots and installs with no registry. It is kiln's own section:
 	// a schematic that omits it keeps the public factory's ID, one that uses
@@ -84,8 +84,10 @@ type Overlay struct {
 	Options map[string]any `yaml:"options,omitempty"`
 }
 
-// SecureBoot customises SecureBoot images.
-type SecureBoot struct {
+// SecureBootCustomization customises SecureBoot images. Type names show in
+// the parser's messages ("field x not found in type
+// schematic.SecureBootCustomization"), so they are the factory's.
+type SecureBootCustomization struct {
 	// EnrollKeys selects which keys sd-boot auto-enrolls.
 	EnrollKeys string `yaml:"enrollKeys,omitempty"`
 	// IncludeWellKnownCertificates adds the well-known UEFI certificates to
@@ -93,8 +95,8 @@ type SecureBoot struct {
 	IncludeWellKnownCertificates bool `yaml:"includeWellKnownCertificates,omitempty"`
 }
 
-// DiskImage customises disk images.
-type DiskImage struct {
+// DiskImageCustomization customises disk images.
+type DiskImageCustomization struct {
 	// SectorSize is the logical sector size of the disk image, 512 or 4096.
 	SectorSize uint `yaml:"sectorSize,omitempty"`
 }
