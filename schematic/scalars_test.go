@@ -42,7 +42,8 @@ func TestFactoryVectors(t *testing.T) {
 }
 
 // scalarCases: a string and how the factory's canonical form writes it,
-// as computed by the factory's code.
+// as computed by the factory's code (hack/factory-oracle); the oracle test
+// below checks the table against it again.
 var scalarCases = []struct{ s, yaml string }{
 	// YAML 1.1 booleans: the factory single-quotes them.
 	{`y`, `'y'`},
@@ -362,5 +363,28 @@ func TestScalarTable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestScalarTableIsTheFactorys checks the table itself against the
+// factory's code, for the positions the factory has.
+func TestScalarTableIsTheFactorys(t *testing.T) {
+	o := factory(t)
+
+	for _, p := range positions {
+		if p.kilnOnly {
+			continue
+		}
+
+		for _, c := range scalarCases {
+			a, err := o.ask([]byte(p.input(c.s)))
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if want := p.canonical(c.s, c.yaml); string(a.Canonical) != want {
+				t.Errorf("%s %q: the factory writes %q (%q), the table says %q", p.name, c.s, a.Canonical, a.Err, want)
+			}
+		}
 	}
 }
