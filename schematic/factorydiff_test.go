@@ -803,25 +803,40 @@ func (n *ynode) after(b *strings.Builder, indent int) {
 
 // json writes the document as JSON: plain scalars that are JSON literals
 // stay literals, every other scalar becomes a string.
-func (n *ynode) json() string { return n.jsonIn(map[*ynode]bool{}) }
+func (n *ynode) json() string {
+	return n.jsonIn(&jsonState{open: map[*ynode]bool{}, expansions: 64})
+}
 
-// jsonIn expands aliases (JSON has none); one that names a node being
-// written becomes null rather than recursing for ever.
-func (n *ynode) jsonIn(open map[*ynode]bool) string {
-	if open[n] {
+type jsonState struct {
+	open       map[*ynode]bool
+	expansions int
+}
+
+// jsonIn expands aliases (JSON has none). An alias that names a node being
+// written becomes null rather than recursing for ever, and so does any
+// after the first 64, so that nested aliases do not grow the body
+// exponentially.
+func (n *ynode) jsonIn(st *jsonState) string {
+	if st.open[n] {
 		return "null"
 	}
 
-	open[n] = true
-	defer delete(open, n)
+	st.open[n] = true
+	defer delete(st.open, n)
 
 	switch n.kind {
 	case yAlias:
-		return n.target.jsonIn(open)
+		if st.expansions == 0 {
+			return "null"
+		}
+
+		st.expansions--
+
+		return n.target.jsonIn(st)
 	case ySeq:
 		parts := make([]string, len(n.items))
 		for i, it := range n.items {
-			parts[i] = it.jsonIn(open)
+			parts[i] = it.jsonIn(st)
 		}
 
 		return "[" + strings.Join(parts, ",") + "]"
@@ -829,7 +844,7 @@ func (n *ynode) jsonIn(open map[*ynode]bool) string {
 		parts := make([]string, len(n.items))
 		for i, it := range n.items {
 			k, _ := json.Marshal(n.keys[i].text)
-			parts[i] = string(k) + ":" + it.jsonIn(open)
+			parts[i] = string(k) + ":" + it.jsonIn(st)
 		}
 
 		return "{" + strings.Join(parts, ",") + "}"
