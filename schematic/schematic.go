@@ -137,17 +137,45 @@ func Parse(data []byte) (*Schematic, error) {
 }
 
 // Validate refuses what the canonical form could carry but this factory must
-// not accept. It deliberately checks no more than the public factory does at
-// creation time: a schematic accepted there must be accepted here, or users
-// could not carry it over. Values that only fail for some outputs (a sector
-// size, an unknown extension) are refused when an asset is built.
+// not accept. It checks no more than the public factory does at creation
+// time, so that a schematic accepted there is accepted here, with one
+// exception: a schematic whose canonical form does not read back as itself.
+// The YAML library (the factory's too) writes some multi-line strings, those
+// that start with a space, a tab or an empty line, as block scalars it cannot
+// read back or reads back differently. The factory stores such a schematic
+// and hands out its ID, then cannot read it to serve it or build from it;
+// kiln refuses it when it is created instead. Values that only fail for some
+// outputs (a sector size, an unknown extension) are refused when an asset is
+// built.
 func (s *Schematic) Validate() error {
 	if s.Owner != "" {
 		return invalid("owner is not supported: this factory has no authentication, remove the owner field")
 	}
 
+	canonical, err := s.Marshal()
+	if err != nil {
+		return invalid("%w", err)
+	}
+
+	dec := yaml.NewDecoder(bytes.NewReader(canonical))
+	dec.KnownFields(true)
+
+	var back Schematic
+	if err := dec.Decode(&back); err != nil {
+		return invalid("%s: %w", errUnstorable, err)
+	}
+
+	if again, err := back.Marshal(); err != nil || !bytes.Equal(again, canonical) {
+		return invalid("%s: it reads back as a different schematic", errUnstorable)
+	}
+
 	return nil
 }
+
+// errUnstorable starts the refusal of a schematic whose canonical form does
+// not read back as itself.
+const errUnstorable = "schematic cannot be stored: its canonical YAML does not read back " +
+	"(a limit of the YAML library, for multi-line strings that start with a space, a tab or an empty line)"
 
 // Marshal is the canonical YAML form, the bytes the ID hashes and what
 // GET /schematics/{id} answers.

@@ -164,6 +164,13 @@ func TestRejects(t *testing.T) {
 		{"not a mapping", "- a\n- b\n", "cannot construct !!seq into schematic.Schematic"},
 		{"syntax error", "customization: {\n", "go-yaml load error in parser (while parsing a flow node) at L2.C1: did not find expected node content"},
 		{"empty document", "", "schematic is empty"},
+		// The YAML library writes these as block scalars it cannot read
+		// back (the factory accepts them, then cannot serve them).
+		{"unreadable canonical form", `{"customization": {"extraKernelArgs": [" a\n"]}}`,
+			"schematic cannot be stored: its canonical YAML does not read back (a limit of the YAML library, for multi-line strings that start with a space, a tab or an empty line): go-yaml load error in parser"},
+		{"canonical form reads back different", `{"customization": {"embeddedMachineConfiguration": "\n a\n"}}`,
+			"does not read back (a limit of the YAML library, for multi-line strings that start with a space, a tab or an empty line): it reads back as a different schematic"},
+		{"tab-led block", `{"customization": {"meta": [{"key": 1, "value": "\ta\nb"}]}}`, "found a tab character where an indentation space is expected"},
 		{"only a comment", "# nothing\n", "schematic is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
