@@ -245,12 +245,12 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version string) err
 		return &UnsupportedError{What: "overlays (" + sc.Overlay.Name + ")"}
 	}
 
-	if c.SecureBoot != (schematic.SecureBoot{}) && (out.Kind == KindISO || out.Kind == KindDisk || out.Kind == KindUKI) {
+	if c.SecureBoot != (schematic.SecureBootCustomization{}) && (out.Kind == KindISO || out.Kind == KindDisk || out.Kind == KindUKI) {
 		return &UnsupportedError{What: "SecureBoot customization"}
 	}
 
 	switch c.Bootloader {
-	case schematic.BootloaderAuto, schematic.BootloaderSDBoot:
+	case schematic.BootloaderNone, schematic.BootloaderSDBoot:
 	default:
 		if out.Kind == KindISO || out.Kind == KindDisk {
 			return &UnsupportedError{What: "boot loader " + c.Bootloader.String() + " (GRUB and BIOS boot come in a later release; use sd-boot)"}

@@ -39,9 +39,9 @@ type Customization struct {
 	// Bootloader forces a boot loader for disk images.
 	Bootloader Bootloader `yaml:"bootloader,omitempty"`
 	// SecureBoot customises SecureBoot images.
-	SecureBoot SecureBoot `yaml:"secureboot,omitempty"`
+	SecureBoot SecureBootCustomization `yaml:"secureboot,omitempty"`
 	// DiskImage customises disk images.
-	DiskImage DiskImage `yaml:"diskImage,omitempty"`
+	DiskImage DiskImageCustomization `yaml:"diskImage,omitempty"`
 	// ImageCache embeds container images into ISOs and disk images, so a
 	// node boots and installs with no registry. It is kiln's own section:
 	// a schematic that omits it keeps the public factory's ID, one that uses
@@ -84,8 +84,10 @@ type Overlay struct {
 	Options map[string]any `yaml:"options,omitempty"`
 }
 
-// SecureBoot customises SecureBoot images.
-type SecureBoot struct {
+// SecureBootCustomization customises SecureBoot images. Type names show in
+// the parser's messages ("field x not found in type
+// schematic.SecureBootCustomization"), so they are the factory's.
+type SecureBootCustomization struct {
 	// EnrollKeys selects which keys sd-boot auto-enrolls.
 	EnrollKeys string `yaml:"enrollKeys,omitempty"`
 	// IncludeWellKnownCertificates adds the well-known UEFI certificates to
@@ -93,8 +95,8 @@ type SecureBoot struct {
 	IncludeWellKnownCertificates bool `yaml:"includeWellKnownCertificates,omitempty"`
 }
 
-// DiskImage customises disk images.
-type DiskImage struct {
+// DiskImageCustomization customises disk images.
+type DiskImageCustomization struct {
 	// SectorSize is the logical sector size of the disk image, 512 or 4096.
 	SectorSize uint `yaml:"sectorSize,omitempty"`
 }
@@ -135,17 +137,45 @@ func Parse(data []byte) (*Schematic, error) {
 }
 
 // Validate refuses what the canonical form could carry but this factory must
-// not accept. It deliberately checks no more than the public factory does at
-// creation time: a schematic accepted there must be accepted here, or users
-// could not carry it over. Values that only fail for some outputs (a sector
-// size, an unknown extension) are refused when an asset is built.
+// not accept. It checks no more than the public factory does at creation
+// time, so that a schematic accepted there is accepted here, with one
+// exception: a schematic whose canonical form does not read back as itself.
+// The YAML library (the factory's too) writes some multi-line strings, those
+// that start with a space, a tab or an empty line, as block scalars it cannot
+// read back or reads back differently. The factory stores such a schematic
+// and hands out its ID, then cannot read it to serve it or build from it;
+// kiln refuses it when it is created instead. Values that only fail for some
+// outputs (a sector size, an unknown extension) are refused when an asset is
+// built.
 func (s *Schematic) Validate() error {
 	if s.Owner != "" {
 		return invalid("owner is not supported: this factory has no authentication, remove the owner field")
 	}
 
+	canonical, err := s.Marshal()
+	if err != nil {
+		return invalid("%w", err)
+	}
+
+	dec := yaml.NewDecoder(bytes.NewReader(canonical))
+	dec.KnownFields(true)
+
+	var back Schematic
+	if err := dec.Decode(&back); err != nil {
+		return invalid("%s: %w", errUnstorable, err)
+	}
+
+	if again, err := back.Marshal(); err != nil || !bytes.Equal(again, canonical) {
+		return invalid("%s: it reads back as a different schematic", errUnstorable)
+	}
+
 	return nil
 }
+
+// errUnstorable starts the refusal of a schematic whose canonical form does
+// not read back as itself.
+const errUnstorable = "schematic cannot be stored: its canonical YAML does not read back " +
+	"(a limit of the YAML library, for multi-line strings that start with a space, a tab or an empty line)"
 
 // Marshal is the canonical YAML form, the bytes the ID hashes and what
 // GET /schematics/{id} answers.

@@ -34,11 +34,11 @@ func fromProto(p *kilnv1.Schematic) (*schematic.Schematic, error) {
 		EmbeddedMachineConfiguration: c.GetEmbeddedMachineConfiguration(),
 		ExtraKernelArgs:              c.GetExtraKernelArgs(),
 		SystemExtensions:             schematic.SystemExtensions{OfficialExtensions: c.GetSystemExtensions()},
-		SecureBoot: schematic.SecureBoot{
+		SecureBoot: schematic.SecureBootCustomization{
 			EnrollKeys:                   c.GetSecureboot().GetEnrollKeys(),
 			IncludeWellKnownCertificates: c.GetSecureboot().GetIncludeWellKnownCertificates(),
 		},
-		DiskImage: schematic.DiskImage{SectorSize: uint(c.GetDiskImage().GetSectorSize())},
+		DiskImage: schematic.DiskImageCustomization{SectorSize: uint(c.GetDiskImage().GetSectorSize())},
 		ImageCache: schematic.ImageCache{
 			Kubernetes: c.GetImageCache().GetKubernetes(),
 			Images:     c.GetImageCache().GetImages(),
@@ -56,7 +56,7 @@ func fromProto(p *kilnv1.Schematic) (*schematic.Schematic, error) {
 
 	switch c.GetBootloader() {
 	case kilnv1.Bootloader_BOOTLOADER_UNSPECIFIED:
-		sc.Customization.Bootloader = schematic.BootloaderAuto
+		sc.Customization.Bootloader = schematic.BootloaderNone
 	case kilnv1.Bootloader_BOOTLOADER_DUAL_BOOT:
 		sc.Customization.Bootloader = schematic.BootloaderDualBoot
 	case kilnv1.Bootloader_BOOTLOADER_SD_BOOT:
@@ -115,7 +115,7 @@ func toProto(sc *schematic.Schematic) *kilnv1.Schematic {
 		p.Customization.Meta = append(p.Customization.Meta, &kilnv1.MetaValue{Key: uint32(m.Key), Value: m.Value})
 	}
 
-	if c.SecureBoot != (schematic.SecureBoot{}) {
+	if c.SecureBoot != (schematic.SecureBootCustomization{}) {
 		p.Customization.Secureboot = &kilnv1.SecureBoot{
 			EnrollKeys:                   c.SecureBoot.EnrollKeys,
 			IncludeWellKnownCertificates: c.SecureBoot.IncludeWellKnownCertificates,

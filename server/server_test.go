@@ -154,6 +154,12 @@ func TestPublicRoutes(t *testing.T) {
 		{"create owner", "POST", "/schematics", "owner: bob\n", 400, "text/plain; charset=utf-8",
 			"owner is not supported: this factory has no authentication, remove the owner field\n"},
 		{"create empty", "POST", "/schematics", "", 400, "text/plain; charset=utf-8", "schematic is empty\n"},
+		{"create bootloader auto", "POST", "/schematics", "customization: {bootloader: auto}\n", 400, "text/plain; charset=utf-8",
+			"yaml: construct errors: line 1: auto does not belong to BootloaderKind values\n"},
+		{"create unstorable", "POST", "/schematics", `{"customization": {"extraKernelArgs": [" a\n"]}}`, 400, "text/plain; charset=utf-8",
+			"schematic cannot be stored: its canonical YAML does not read back (a limit of the YAML library, for multi-line strings that start with a space, a tab or an empty line): go-yaml load error in parser (while parsing a block collection) at L3.C9-L4.C12: did not find expected '-' indicator\n"},
+		{"create yaml 1.1 word", "POST", "/schematics", `{"customization": {"extraKernelArgs": ["pti=on", "no"]}}`, 201, "application/json",
+			`{"id":"b6c41970686e770b1a47ee20af014b12ffac29c837f364639ed4a77364ac571d","schematic":"customization:\n    extraKernelArgs:\n        - pti=on\n        - 'no'\n"}` + "\n"},
 		{"healthz", "GET", "/healthz", "", 200, "text/plain; charset=utf-8", "ok\n"},
 		{"readyz", "GET", "/readyz", "", 200, "text/plain; charset=utf-8", "ok\n"},
 		{"unknown route", "GET", "/nothing", "", 404, "text/plain; charset=utf-8", "404 page not found\n"},
@@ -240,6 +246,10 @@ func TestGRPC(t *testing.T) {
 			_, err := ts.grpc.CreateSchematic(ctx, &kilnv1.CreateSchematicRequest{Source: &kilnv1.CreateSchematicRequest_Yaml{Yaml: "something: 1\n"}})
 			return err
 		}, codes.InvalidArgument, "yaml: construct errors: line 1: field something not found in type schematic.Schematic"},
+		"bootloader auto": {func() error {
+			_, err := ts.grpc.CreateSchematic(ctx, &kilnv1.CreateSchematicRequest{Source: &kilnv1.CreateSchematicRequest_Yaml{Yaml: "customization: {bootloader: auto}\n"}})
+			return err
+		}, codes.InvalidArgument, "yaml: construct errors: line 1: auto does not belong to BootloaderKind values"},
 		"no source": {func() error {
 			_, err := ts.grpc.CreateSchematic(ctx, &kilnv1.CreateSchematicRequest{})
 			return err

@@ -26,7 +26,7 @@ const (
 type Bootloader int32
 
 const (
-	// Talos chooses (spelled "auto" in YAML and omitted from it).
+	// Talos chooses ("none" in YAML, omitted from the canonical form).
 	Bootloader_BOOTLOADER_UNSPECIFIED Bootloader = 0
 	Bootloader_BOOTLOADER_DUAL_BOOT   Bootloader = 1
 	Bootloader_BOOTLOADER_SD_BOOT     Bootloader = 2
