@@ -109,7 +109,7 @@ func (g *geometry) fsb(ag, bno uint32) uint64   { return uint64(ag)<<g.agblklog 
 func (g *geometry) daddr(ag, bno uint32) uint64 { return (uint64(ag)*uint64(g.agblocks) + uint64(bno)) * (blockSize / bbSize) }
 func (g *geometry) offset(ag, bno uint32) int64 { return (int64(ag)*int64(g.agblocks) + int64(bno)) * blockSize }
 func (g *geometry) ino(ag, bno uint32, i int) uint64 {
-	return uint64(ag)<<(g.agblklog+inoPerBLog) | uint64(bno)<<inoPerBLog | uint64(i)
+	return uint64(ag)<<(g.agblklog+inoPerBLog) | (uint64(bno)<<inoPerBLog + uint64(i))
 }
 
 // span is a run of blocks in one AG with its reverse-mapping owner.

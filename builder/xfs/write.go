@@ -601,9 +601,13 @@ func (p *Plan) writeAG(mw *metaWriter, ag uint32) {
 	inoRec := func(rs []rec) func(r []byte, i int) {
 		return func(r []byte, i int) {
 			be.PutUint32(r, rs[i].start)
-			be.PutUint16(r[4:], 0) // holemask: full chunk
-			r[6] = inodesPerChunk
-			r[7] = byte(rs[i].nfree)
+			if g.feat.Sparse {
+				be.PutUint16(r[4:], 0) // holemask: full chunk
+				r[6] = inodesPerChunk
+				r[7] = byte(rs[i].nfree)
+			} else {
+				be.PutUint32(r[4:], uint32(rs[i].nfree))
+			}
 			be.PutUint64(r[8:], rs[i].free)
 		}
 	}
