@@ -105,9 +105,13 @@ func (g *geometry) agLen(ag uint32) uint32 {
 	return g.agblocks
 }
 
-func (g *geometry) fsb(ag, bno uint32) uint64   { return uint64(ag)<<g.agblklog | uint64(bno) }
-func (g *geometry) daddr(ag, bno uint32) uint64 { return (uint64(ag)*uint64(g.agblocks) + uint64(bno)) * (blockSize / bbSize) }
-func (g *geometry) offset(ag, bno uint32) int64 { return (int64(ag)*int64(g.agblocks) + int64(bno)) * blockSize }
+func (g *geometry) fsb(ag, bno uint32) uint64 { return uint64(ag)<<g.agblklog | uint64(bno) }
+func (g *geometry) daddr(ag, bno uint32) uint64 {
+	return (uint64(ag)*uint64(g.agblocks) + uint64(bno)) * (blockSize / bbSize)
+}
+func (g *geometry) offset(ag, bno uint32) int64 {
+	return (int64(ag)*int64(g.agblocks) + int64(bno)) * blockSize
+}
 func (g *geometry) ino(ag, bno uint32, i int) uint64 {
 	return uint64(ag)<<(g.agblklog+inoPerBLog) | (uint64(bno)<<inoPerBLog + uint64(i))
 }
@@ -121,9 +125,9 @@ type span struct {
 
 // extent is a run of a file's (or directory's) data fork.
 type extent struct {
-	off      uint64 // logical block
-	ag, bno  uint32
-	len      uint32
+	off     uint64 // logical block
+	ag, bno uint32
+	len     uint32
 }
 
 const (
