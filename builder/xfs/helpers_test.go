@@ -67,10 +67,12 @@ func bytesFile(path string, b []byte) File {
 // bootFiles is a BOOT-shaped tree: kernel and initramfs of tens of MB,
 // grub.cfg, a GRUB module directory of a few hundred files (a leaf
 // directory), a block directory and a few levels of nesting.
-func bootFiles(modules int) []File {
+func bootFiles(modules int) []File { return bootFilesSized(modules, 12<<20+123, 41<<20+7) }
+
+func bootFilesSized(modules int, kernel, initramfs int64) []File {
 	files := []File{
-		genFile("A/vmlinuz", 12<<20+123, 1),
-		genFile("A/initramfs.xz", 41<<20+7, 2),
+		genFile("A/vmlinuz", kernel, 1),
+		genFile("A/initramfs.xz", initramfs, 2),
 		bytesFile("grub/grub.cfg", []byte("set default=\"A - Talos v1.13.0\"\n\nset timeout=3\n")),
 		{Path: "grub/fonts", Mode: fs.ModeDir | 0o700},
 		genFile("grub/fonts/unicode.pf2", 2<<20, 3),
