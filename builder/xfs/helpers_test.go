@@ -15,13 +15,6 @@ import (
 	"testing"
 )
 
-// memFile is a File whose content is generated from a seed (so large files
-// need no memory) and recorded for comparison.
-type testFile struct {
-	File
-	seed uint64
-}
-
 // patternReader yields size pseudo-random bytes from seed.
 type patternReader struct {
 	rng  *rand.PCG
