@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,12 +16,12 @@ import (
 	"testing"
 )
 
-// patternReader yields size pseudo-random bytes from seed.
+// patternReader yields size pseudo-random bytes from seed, 8 at a time.
 type patternReader struct {
 	rng  *rand.PCG
 	left int64
 	buf  [8]byte
-	n    int
+	n    int // unread bytes left in buf
 }
 
 func (r *patternReader) Read(p []byte) (int, error) {
@@ -28,16 +29,21 @@ func (r *patternReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	p = p[:min(int64(len(p)), r.left)]
-	for i := range p {
-		if r.n == 0 {
-			v := r.rng.Uint64()
-			for j := range 8 {
-				r.buf[j] = byte(v >> (8 * j))
-			}
-			r.n = 8
-		}
+	i := 0
+	for ; i < len(p) && r.n > 0; i++ {
 		p[i] = r.buf[8-r.n]
 		r.n--
+	}
+	for ; i+8 <= len(p); i += 8 {
+		binary.LittleEndian.PutUint64(p[i:], r.rng.Uint64())
+	}
+	if i < len(p) {
+		binary.LittleEndian.PutUint64(r.buf[:], r.rng.Uint64())
+		r.n = 8
+		for ; i < len(p); i++ {
+			p[i] = r.buf[8-r.n]
+			r.n--
+		}
 	}
 	r.left -= int64(len(p))
 	return len(p), nil
@@ -60,7 +66,7 @@ func bytesFile(path string, b []byte) File {
 // bootFiles is a BOOT-shaped tree: kernel and initramfs of tens of MB,
 // grub.cfg, a GRUB module directory of a few hundred files (a leaf
 // directory), a block directory and a few levels of nesting.
-func bootFiles(modules int) []File { return bootFilesSized(modules, 12<<20+123, 41<<20+7) }
+func bootFiles(modules int) []File { return bootFilesSized(modules, 3<<20+123, 9<<20+7) }
 
 func bootFilesSized(modules int, kernel, initramfs int64) []File {
 	files := []File{
