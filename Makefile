@@ -94,11 +94,12 @@ $(COSIGN):
 #   dosfstools (fsck.vfat), mtools         the EFI system partition
 #   e2fsprogs                              the IMAGECACHE ext4 partition
 #   xfsprogs                               the GRUB BOOT XFS partition (xfs_repair, xfs_db, mkfs.xfs)
+#   grub-common (grub-fstest)              GRUB's own XFS driver reading BOOT
 #   binutils (objdump, objcopy)            UKI PE sections
 #   systemd-boot-efi, busybox-static       parts of the boot fixture
 #   curl                                   the integration suite runs the README's curl examples
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
-	e2fsprogs xfsprogs binutils systemd-boot-efi busybox-static curl
+	e2fsprogs xfsprogs grub-common binutils systemd-boot-efi busybox-static curl
 # make e2e adds a real registry process, skopeo and QEMU with OVMF.
 E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf
 E2E_KERNEL := $(CURDIR)/_e2e/kernel

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"maps"
@@ -603,5 +604,45 @@ func TestSparse(t *testing.T) {
 	var st syscallStat
 	if alloc := allocated(t, img, &st); alloc > p.DataBytes()+2<<20 {
 		t.Errorf("image allocates %d bytes for %d of data", alloc, p.DataBytes())
+	}
+}
+
+// TestGRUB reads the image with GRUB's own XFS driver (grub-fstest, Debian's
+// GRUB 2.06, which knows nrext64 but not exchange): the reader that boots
+// BOOT on BIOS machines. It lists the short-form, block and leaf
+// directories and checks grub.cfg and the kernel and initramfs CRCs.
+func TestGRUB(t *testing.T) {
+	testfixture.RequireTool(t, "grub-fstest")
+	files := bootFiles(300)
+	byPath := map[string]File{}
+	for _, f := range files {
+		byPath[f.Path] = f
+	}
+	for _, c := range []struct {
+		name string
+		f    Features
+		ss   int
+	}{{"lts_6.12", LTS612, 512}, {"lts_6.12-4k", LTS612, 4096}, {"lts_6.1", LTS61, 512}} {
+		t.Run(c.name, func(t *testing.T) {
+			img := buildImage(t, BootSize, files, Options{Features: &c.f, SectorSize: c.ss})
+			for dir, n := range map[string]int{"/": 3, "/A": 2, "/grub": 5, "/grub/i386-pc": 300, "/grub/locale": 40, "/deep/a/b/c/d/e": 1} {
+				if got := len(strings.Fields(run(t, "grub-fstest", img, "ls", dir))); got != n {
+					t.Errorf("grub ls %s: %d entries, want %d", dir, got, n)
+				}
+			}
+			rc, _ := byPath["grub/grub.cfg"].Open()
+			cfg, _ := io.ReadAll(rc)
+			if got := run(t, "grub-fstest", img, "cat", "/grub/grub.cfg"); got != string(cfg) {
+				t.Errorf("grub cat grub.cfg: %q", got)
+			}
+			for _, p := range []string{"A/vmlinuz", "A/initramfs.xz", "grub/i386-pc/module_299_with_a_longer_name.mod"} {
+				rc, _ := byPath[p].Open()
+				h := crc32.NewIEEE()
+				io.Copy(h, rc)
+				if got := strings.TrimSpace(run(t, "grub-fstest", img, "crc", "/"+p)); got != fmt.Sprintf("%08x", h.Sum32()) {
+					t.Errorf("grub crc %s = %s, want %08x", p, got, h.Sum32())
+				}
+			}
+		})
 	}
 }
