@@ -32,7 +32,7 @@
 //
 // What it writes: directories in short form while they fit in the inode,
 // then as one directory block, then as data blocks plus one leaf block (a
-// directory of roughly 450 entries or more, which would need the node form,
+// directory of about 500 entries or more, which would need the node form,
 // is refused); regular files as one contiguous extent each (split only at
 // AG ends and around the log); all inodes in full 64-inode chunks in AG 0;
 // the free-space, inode, free-inode and reverse-mapping B+trees with every

@@ -345,8 +345,8 @@ func (p *Plan) layoutDirs() error {
 			d.place = append(d.place, cur)
 			d.dblocks = len(d.place)
 			if dirLeafHdr+8*n+2*d.dblocks+4 > blockSize {
-				return fmt.Errorf("%w: directory %q has %d entries; at most about %d fit in the leaf form this writer makes",
-					ErrInvalid, "/"+d.path, len(d.kids), (blockSize-dirLeafHdr-4)/10-2)
+				return fmt.Errorf("%w: directory %q has %d entries; at most %d fit in the leaf form this writer makes",
+					ErrInvalid, "/"+d.path, len(d.kids), (blockSize-dirLeafHdr-4-2*d.dblocks)/8-2)
 			}
 			d.size = int64(d.dblocks) * blockSize
 		}

@@ -646,3 +646,24 @@ func TestGRUB(t *testing.T) {
 		})
 	}
 }
+
+// TestLargestDirectory fills one directory to the most entries the leaf
+// form holds (found by NewPlan refusing one more) and checks it.
+func TestLargestDirectory(t *testing.T) {
+	testfixture.RequireTool(t, "xfs_repair")
+	var files []File
+	for i := 0; ; i++ {
+		next := append(files, genFile(fmt.Sprintf("d/entry-%04d", i), int64(i%3), uint64(i)))
+		if _, err := NewPlan(MinSize, next, Options{}); err != nil {
+			if !errors.Is(err, ErrInvalid) || i < 400 {
+				t.Fatalf("%d entries: %v", i+1, err)
+			}
+			break
+		}
+		files = next
+	}
+	t.Logf("%d entries fit", len(files))
+	img := buildImage(t, MinSize, files, Options{Features: &LTS612})
+	repairClean(t, img)
+	checkReadBack(t, img, files)
+}
