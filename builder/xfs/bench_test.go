@@ -15,13 +15,11 @@ import (
 	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
-// benchTree writes a Talos-sized BOOT tree to disk (a 17 MiB kernel, a
-// 90 MiB initramfs, grub.cfg and 280 GRUB modules) and returns it as Files
-// reading from there and as an mkfs.xfs protofile.
-func benchTree(b *testing.B) ([]File, string) {
+// benchTree writes src to disk and returns it as Files reading from there
+// and as an mkfs.xfs protofile.
+func benchTree(b testing.TB, src []File) ([]File, string) {
 	b.Helper()
 	dir := b.TempDir()
-	src := bootFilesSized(280, 17<<20, 90<<20)
 	var files []File
 	var proto strings.Builder
 	proto.WriteString("/dev/null\n0 0\nd--755 0 0\n")
@@ -81,6 +79,10 @@ func benchTree(b *testing.B) ([]File, string) {
 	return files, pf
 }
 
+// talosTree is a Talos-sized BOOT tree: a 17 MiB kernel, a 90 MiB
+// initramfs, grub.cfg and 280 GRUB modules.
+func talosTree() []File { return bootFilesSized(280, 17<<20, 90<<20) }
+
 func allocatedBytes(b *testing.B, p string) int64 {
 	var st syscall.Stat_t
 	if err := syscall.Stat(p, &st); err != nil {
@@ -91,7 +93,7 @@ func allocatedBytes(b *testing.B, p string) int64 {
 
 // BenchmarkWrite: this package writing the BOOT partition image.
 func BenchmarkWrite(b *testing.B) {
-	files, _ := benchTree(b)
+	files, _ := benchTree(b, talosTree())
 	img := filepath.Join(b.TempDir(), "boot.xfs")
 	var data, written int64
 	b.ResetTimer()
@@ -135,7 +137,7 @@ func (c *countingFile) WriteAt(p []byte, off int64) (int, error) {
 // knows), on a truncated 2000 MiB image file.
 func BenchmarkMkfsProto(b *testing.B) {
 	testfixture.RequireTool(b, "mkfs.xfs")
-	_, proto := benchTree(b)
+	_, proto := benchTree(b, talosTree())
 	img := filepath.Join(b.TempDir(), "boot.xfs")
 	b.ResetTimer()
 	for range b.N {

@@ -323,14 +323,19 @@ func (rd *fsReader) walk(ino, parent uint64, path string, out map[string]string,
 			if e.off != next {
 				return fmt.Errorf("%s: extent at %d, want %d", path, e.off, next)
 			}
-			for i := range e.n {
-				blk, err := rd.fsbBlock(e.fsb + i)
+			ag, bno := uint32(e.fsb>>rd.agblklog), uint32(e.fsb&(1<<rd.agblklog-1))
+			if ag >= rd.agcount || uint64(bno)+e.n > uint64(rd.agblocks) {
+				return fmt.Errorf("%s: extent %d/%d+%d out of range", path, ag, bno, e.n)
+			}
+			for i := uint64(0); i < e.n; i += 256 {
+				k := min(e.n-i, 256)
+				buf, err := rd.read((int64(ag)*int64(rd.agblocks)+int64(bno)+int64(i))*blockSize, int(k)*blockSize)
 				if err != nil {
 					return fmt.Errorf("%s: %w", path, err)
 				}
-				k := min(left, blockSize)
-				h.Write(blk[:k])
-				left -= k
+				take := min(left, int64(len(buf)))
+				h.Write(buf[:take])
+				left -= take
 			}
 			next += e.n
 		}

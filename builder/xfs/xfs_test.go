@@ -667,3 +667,78 @@ func TestLargestDirectory(t *testing.T) {
 	repairClean(t, img)
 	checkReadBack(t, img, files)
 }
+
+// TestMkfsProto builds the same tree with mkfs.xfs -p protofile (what Talos
+// runs) and with Write: the geometry (every superblock field but the
+// counters) is the same, xfs_repair -n is clean on both and both hold the
+// same names.
+func TestMkfsProto(t *testing.T) {
+	testfixture.RequireTool(t, "mkfs.xfs", "xfs_db", "xfs_repair")
+	files, proto := benchTree(t, bootFiles(60))
+	ref := filepath.Join(t.TempDir(), "mkfs.xfs")
+	if err := os.WriteFile(ref, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(ref, BootSize)
+	run(t, "mkfs.xfs", "-q", "-f", "-n", "ftype=1", "-L", "BOOT",
+		"-m", "crc=1,finobt=1,rmapbt=1,reflink=1,inobtcount=1,bigtime=1,uuid="+bootUUID,
+		"-i", "sparse=1,nrext64=1", "-p", proto, ref)
+	img := buildImage(t, BootSize, files, Options{Features: &LTS612})
+	repairClean(t, ref)
+	repairClean(t, img)
+	a, b := sbFields(t, ref, 0), sbFields(t, img, 0)
+	for k, v := range a {
+		if k != "icount" && k != "ifree" && k != "fdblocks" && k != "crc" && b[k] != v {
+			t.Errorf("sb 0 %s = %q, mkfs.xfs -p %q", k, b[k], v)
+		}
+	}
+	for _, dir := range []string{"/", "/A", "/grub", "/grub/i386-pc", "/grub/locale", "/deep/a/b/c/d/e"} {
+		names := func(img string) []string {
+			var n []string
+			for _, l := range strings.Split(run(t, "xfs_db", "-r", "-c", "ls "+dir, img), "\n") {
+				if f := strings.Fields(l); len(f) == 7 {
+					n = append(n, f[5]+" "+f[2])
+				}
+			}
+			slices.Sort(n)
+			return n
+		}
+		if x, y := names(ref), names(img); !slices.Equal(x, y) || len(x) < 3 {
+			t.Errorf("ls %s: mkfs.xfs -p %v, ours %v", dir, x, y)
+		}
+	}
+}
+
+// zeroFile is a file of zeros: the writer leaves it as holes, so a file
+// larger than an AG costs nothing to write.
+func zeroFile(path string, size int64) File {
+	return File{Path: path, Size: size, Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(io.LimitReader(zeroReader{}, size)), nil
+	}}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// TestLargeFile places files larger than an allocation group: their
+// extents split at AG ends, around the next AGs' headers and the log.
+func TestLargeFile(t *testing.T) {
+	testfixture.RequireTool(t, "xfs_repair", "xfs_db")
+	files := []File{zeroFile("A/big", 600*MiB), genFile("A/after", 3*MiB+5, 9), zeroFile("B/big2", 450*MiB), bytesFile("c", []byte("x"))}
+	img := buildImage(t, BootSize, files, Options{Features: &LTS612})
+	repairClean(t, img)
+	checkReadBack(t, img, files)
+	out := run(t, "xfs_db", "-r", "-c", "path /A/big", "-c", "bmap", img)
+	if n := strings.Count(out, "data offset"); n < 2 {
+		t.Errorf("A/big in %d extents:\n%s", n, out)
+	}
+	// B/big2 runs from AG 1 into AG 2, around its headers and the log.
+	out = run(t, "xfs_db", "-r", "-c", "path /B/big2", "-c", "bmap", img)
+	if !strings.Contains(out, "(1/") || !strings.Contains(out, "(2/16397)") {
+		t.Errorf("B/big2 extents:\n%s", out)
+	}
+	if _, err := NewPlan(BootSize, append(files, zeroFile("d", 1000*MiB)), Options{}); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("overfull: %v", err)
+	}
+}
