@@ -94,11 +94,13 @@ $(COSIGN):
 #   gdisk (sgdisk), fdisk, util-linux      GPT disks (also blkid, losetup, mount, unshare)
 #   dosfstools (fsck.vfat), mtools         the EFI system partition
 #   e2fsprogs                              the IMAGECACHE ext4 partition
+#   xfsprogs                               the GRUB BOOT XFS partition (xfs_repair, xfs_db, mkfs.xfs)
+#   grub-common (grub-fstest)              GRUB's own XFS driver reading BOOT
 #   binutils (objdump, objcopy)            UKI PE sections
 #   systemd-boot-efi, busybox-static       parts of the boot fixture
 #   curl                                   the integration suite runs the README's curl examples
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
-	e2fsprogs binutils systemd-boot-efi busybox-static curl
+	e2fsprogs xfsprogs grub-common binutils systemd-boot-efi busybox-static curl
 # make e2e adds a real registry process, skopeo, QEMU with OVMF and iPXE ROMs.
 E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
@@ -220,6 +222,7 @@ fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/
+	$(GO) test -run '^$$' -fuzz '^FuzzWrite$$' -fuzztime $(FUZZTIME) ./builder/xfs/
 
 # kiln against the public factory's own code: the same ID or the same
 # refusal for every body (make diff-factory FUZZTIME=10m).
