@@ -21,7 +21,7 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/builder/cpio"
-	"github.com/kiln-dev/kiln/builder/initramfs/internal/squashfs"
+	"github.com/kiln-dev/kiln/internal/squashfs"
 )
 
 // Options are the build settings that are not inputs.
@@ -176,7 +176,7 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 	}
 	defer f.Close() //nolint:errcheck // closed explicitly on success
 
-	sq, err := squashfs.NewWriter(f, b.mtime)
+	sq, err := squashfs.NewWriter(f, squashfs.Options{Compression: squashfs.Zstd, ModTime: b.mtime})
 	if err != nil {
 		return extensionError(i, name, err)
 	}
