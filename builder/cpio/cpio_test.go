@@ -2,8 +2,8 @@ package cpio
 
 import (
 	"bytes"
-	"crypto/rand"
 	"compress/gzip"
+	"crypto/rand"
 	"errors"
 	"io"
 	"os"
