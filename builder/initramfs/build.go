@@ -217,6 +217,7 @@ type builder struct {
 	// modules are the extensions that carry modulesDir, in layer order
 	modules []extensionModules
 	log     *slog.Logger
+	enc     *squashfs.Encoder
 	// microcode parts by target file name, in extension order, each
 	// extension's files sorted by name.
 	microcode map[string][]stagedFile
@@ -248,7 +249,12 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 	}
 	defer f.Close() //nolint:errcheck // closed explicitly on success
 
-	sq, err := squashfs.NewWriter(f, squashfs.Options{Compression: b.compression(), ModTime: b.mtime})
+	enc, err := b.encoder()
+	if err != nil {
+		return extensionError(i, name, err)
+	}
+
+	sq, err := squashfs.NewWriter(f, squashfs.Options{Encoder: enc, ModTime: b.mtime})
 	if err != nil {
 		return extensionError(i, name, err)
 	}
@@ -351,12 +357,24 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 	return nil
 }
 
-func (b *builder) compression() squashfs.Compression {
-	if b.zstd {
-		return squashfs.Zstd
+// encoder is the build's one squashfs encoder: zstd at the strongest
+// level the Go encoder has, or xz; made once, as the zstd one allocates
+// 34 MiB of tables.
+func (b *builder) encoder() (*squashfs.Encoder, error) {
+	if b.enc != nil {
+		return b.enc, nil
 	}
 
-	return squashfs.XZ
+	comp := squashfs.XZ
+	if b.zstd {
+		comp = squashfs.Zstd
+	}
+
+	var err error
+
+	b.enc, err = squashfs.NewEncoder(comp, 0)
+
+	return b.enc, err
 }
 
 // selinuxLabel is the only xattr Talos keeps: security.selinux from the

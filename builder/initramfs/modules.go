@@ -194,7 +194,12 @@ func (b *builder) writeModulesLayer(tree, kver string) error {
 	}
 	defer f.Close() //nolint:errcheck // closed explicitly on success
 
-	sq, err := squashfs.NewWriter(f, squashfs.Options{Compression: b.compression(), ModTime: b.mtime})
+	enc, err := b.encoder()
+	if err != nil {
+		return fmt.Errorf("initramfs: %w", err)
+	}
+
+	sq, err := squashfs.NewWriter(f, squashfs.Options{Encoder: enc, ModTime: b.mtime})
 	if err != nil {
 		return fmt.Errorf("initramfs: %w", err)
 	}

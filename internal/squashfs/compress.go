@@ -55,10 +55,14 @@ type compressor interface {
 	compress(src []byte) ([]byte, error)
 }
 
-func newCompressor(c Compression) (compressor, error) {
+func newCompressor(c Compression, level zstd.EncoderLevel) (compressor, error) {
 	switch c {
 	case Zstd:
-		return newZstdCompressor()
+		if level == 0 {
+			level = zstd.SpeedBestCompression
+		}
+
+		return newZstdCompressor(level)
 	case XZ:
 		return &xzCompressor{}, nil
 	}
@@ -82,9 +86,9 @@ type zstdCompressor struct {
 	out []byte
 }
 
-func newZstdCompressor() (*zstdCompressor, error) {
+func newZstdCompressor(level zstd.EncoderLevel) (*zstdCompressor, error) {
 	enc, err := zstd.NewWriter(nil,
-		zstd.WithEncoderLevel(zstd.SpeedBestCompression),
+		zstd.WithEncoderLevel(level),
 		zstd.WithEncoderConcurrency(1),
 		zstd.WithSingleSegment(true),
 		zstd.WithEncoderCRC(false),

@@ -42,6 +42,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 const (
@@ -74,6 +76,16 @@ const (
 type Options struct {
 	// Compression is Zstd or XZ; the zero value is Zstd.
 	Compression Compression
+	// ZstdLevel is the zstd encoder level; the zero value is
+	// zstd.SpeedBestCompression, the strongest (whose encoder allocates
+	// 34 MiB of match tables: test fixtures that write many small images
+	// may ask for less).
+	ZstdLevel zstd.EncoderLevel
+	// Encoder, when set, compresses instead of one of the Writer's own
+	// (Compression and ZstdLevel are then ignored): writers made one after
+	// another can share one, which saves each the strongest zstd level's
+	// tables.
+	Encoder *Encoder
 	// ModTime is stored for every inode and in the superblock; the zero
 	// value means the Unix epoch.
 	ModTime time.Time
@@ -113,15 +125,35 @@ type node struct {
 	listSize   uint32
 }
 
-// NewWriter returns a Writer that writes the image to w from offset 0.
-func NewWriter(w io.WriterAt, opts Options) (*Writer, error) {
-	if opts.Compression == 0 {
-		opts.Compression = Zstd
+// Encoder compresses the blocks of one Writer at a time.
+type Encoder struct {
+	comp Compression
+	c    compressor
+}
+
+// NewEncoder makes an Encoder for c (Zstd, the zero value, or XZ) at the
+// given zstd level (zero: the strongest).
+func NewEncoder(c Compression, level zstd.EncoderLevel) (*Encoder, error) {
+	if c == 0 {
+		c = Zstd
 	}
 
-	c, err := newCompressor(opts.Compression)
+	comp, err := newCompressor(c, level)
 	if err != nil {
 		return nil, err
+	}
+
+	return &Encoder{comp: c, c: comp}, nil
+}
+
+// NewWriter returns a Writer that writes the image to w from offset 0.
+func NewWriter(w io.WriterAt, opts Options) (*Writer, error) {
+	enc := opts.Encoder
+	if enc == nil {
+		var err error
+		if enc, err = NewEncoder(opts.Compression, opts.ZstdLevel); err != nil {
+			return nil, err
+		}
 	}
 
 	var t int64
@@ -139,8 +171,8 @@ func NewWriter(w io.WriterAt, opts Options) (*Writer, error) {
 		pos:   superSize,
 		mtime: uint32(t),
 		root:  &node{kind: typeDir, perm: 0o755, children: map[string]*node{}},
-		comp:  opts.Compression,
-		c:     c,
+		comp:  enc.comp,
+		c:     enc.c,
 		block: make([]byte, blockSize),
 	}, nil
 }

@@ -382,7 +382,7 @@ func TestCompressedBlockShape(t *testing.T) {
 	block := bytes.Repeat([]byte("kiln squashfs block shape\n"), blockSize/26+1)[:blockSize]
 
 	t.Run("zstd", func(t *testing.T) {
-		c, err := newCompressor(Zstd)
+		c, err := newCompressor(Zstd, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -413,7 +413,7 @@ func TestCompressedBlockShape(t *testing.T) {
 	})
 
 	t.Run("xz", func(t *testing.T) {
-		c, err := newCompressor(XZ)
+		c, err := newCompressor(XZ, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
