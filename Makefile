@@ -77,7 +77,7 @@ $(COSIGN):
 # Debian packages the e2e suite talks to: a real registry process, the
 # readers of what kiln writes, QEMU with OVMF, and the boot fixture's parts.
 E2E_DEBS := docker-registry skopeo xorriso genisoimage mtools dosfstools gdisk fdisk squashfs-tools e2fsprogs \
-	qemu-system-x86 ovmf systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux
+	qemu-system-x86 ovmf systemd-boot-efi busybox-static cpio zstd xz-utils binutils util-linux kmod attr
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
 
 registry-process e2e-debs:
@@ -146,6 +146,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./schematic/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./internal/squashfs/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadModule$$' -fuzztime $(FUZZTIME) ./internal/depmod/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 
 clean:
