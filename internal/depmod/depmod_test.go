@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -478,4 +479,73 @@ func FuzzReadModule(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		_, _ = readModule(bytes.NewReader(data), int64(len(data)))
 	})
+}
+
+// TestDependsMatchesModinfo cross-checks the dependencies computed from
+// symbols against what the kernel build recorded in each module's
+// .modinfo depends= (modpost resolves the same symbols), for every module
+// of the Debian subset whose dependencies are all in the subset.
+func TestDependsMatchesModinfo(t *testing.T) {
+	dir := copyTree(t, t.TempDir(), debianSubset)
+
+	d := &depmod{fsys: os.DirFS(dir), opts: Options{MaxModuleSize: 1 << 30}, log: slog.New(slog.DiscardHandler),
+		search: []string{"extras", BuiltIn}, byName: map[string]*mod{}}
+
+	if err := d.find(); err != nil {
+		t.Fatal(err)
+	}
+
+	d.buildArray()
+
+	if err := d.sort(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := d.load(); err != nil {
+		t.Fatal(err)
+	}
+
+	checked := 0
+
+	for _, m := range d.modules {
+		var want []string
+
+		for _, kv := range m.info.info {
+			if kv.key == "depends" && kv.value != "" {
+				for _, dep := range strings.Split(kv.value, ",") {
+					want = append(want, strings.ReplaceAll(dep, "-", "_"))
+				}
+			}
+		}
+
+		complete := true
+
+		for _, w := range want {
+			if d.byName[w] == nil {
+				complete = false
+			}
+		}
+
+		if !complete {
+			continue
+		}
+
+		var got []string
+		for _, dep := range m.deps {
+			got = append(got, dep.name)
+		}
+
+		slices.Sort(got)
+		slices.Sort(want)
+
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: dependencies from symbols %v, .modinfo depends= %v", m.relpath, got, want)
+		}
+
+		checked++
+	}
+
+	if checked < 500 {
+		t.Errorf("only %d modules checked", checked)
+	}
 }
