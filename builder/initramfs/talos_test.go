@@ -573,3 +573,96 @@ func TestModulesNeedTheRelease(t *testing.T) {
 		t.Errorf("no rootfs.sqsh: %v", err)
 	}
 }
+
+// TestModulesBefore110: before Talos 1.10 modules live in /lib/modules,
+// in the release's rootfs.sqsh and in extensions; the modules.dep layer
+// follows, and extension modules under /usr/lib/modules are ignored, as
+// Talos ignores them.
+func TestModulesBefore110(t *testing.T) {
+	fx := loadFixture(t)
+	kver := testrelease.DefaultKernelVersion
+	usrDir := "usr/lib/modules/" + kver
+
+	// The fixture release's rootfs.sqsh with its module tree moved to
+	// lib/modules, in a zstd cpio as Talos 1.8-1.9 ship it.
+	base := rootfsOf(t, fx.base)
+
+	var img memWriterAt
+
+	w, err := squashfs.NewWriter(&img, squashfs.Options{ZstdLevel: zstd.SpeedFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	err = fs.WalkDir(base, usrDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+
+		data, err := fs.ReadFile(base, p)
+		if err != nil {
+			return err
+		}
+
+		return w.Create("lib/modules/"+kver+strings.TrimPrefix(p, usrDir), 0o644, bytes.NewReader(data), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var raw bytes.Buffer
+
+	cw := cpio.NewWriter(&raw)
+	_ = cw.WriteHeader(&cpio.Header{Name: "rootfs.sqsh", Mode: cpio.TypeReg | 0o644, Size: int64(len(img.b))})
+	_, _ = cw.Write(img.b)
+	_ = cw.Close()
+
+	enc, _ := zstd.NewWriter(nil)
+	oldBase := enc.EncodeAll(raw.Bytes(), nil)
+
+	drbd := fileFromImageT(t, fx.exts[3], "rootfs/"+usrDir+"/extras/drbd.ko")
+	ext := tarExtension{name: "oldmods", entries: map[string]string{
+		"manifest.yaml": manifestYAML("v1alpha1", ">= v1.0.0"),
+		"rootfs/lib/modules/" + kver + "/extras/drbd.ko":    string(drbd),
+		"rootfs/usr/lib/modules/" + kver + "/extras/new.ko": "ignored before 1.10",
+	}}
+
+	out, err := buildWith(t, oldBase, []Extension{ext}, "v1.9.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	files, _ := appended(t, out)
+
+	dep, err := fs.ReadFile(openLayer(t, files["modules.dep.sqsh"]), "lib/modules/"+kver+"/modules.dep")
+	if err != nil || string(dep) != "kernel/lib/libcrc32c.ko:\nextras/drbd.ko: kernel/lib/libcrc32c.ko\n" {
+		t.Errorf("lib/modules/%s/modules.dep = %q, %v", kver, dep, err)
+	}
+
+	// From 1.10 the same extension's lib/modules is just files.
+	out, err = buildWith(t, fx.base, []Extension{tarExtension{name: "oldmods", entries: map[string]string{
+		"manifest.yaml": manifestYAML("v1alpha1", ">= v1.0.0"),
+		"rootfs/lib/modules/" + kver + "/extras/drbd.ko": string(drbd),
+	}}}, "v1.10.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if files, _ := appended(t, out); files["modules.dep.sqsh"] != nil {
+		t.Error("1.10 made a modules.dep layer for modules under lib/modules")
+	}
+}
+
+type memWriterAt struct{ b []byte }
+
+func (w *memWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	if end := int(off) + len(p); end > len(w.b) {
+		w.b = append(w.b, make([]byte, end-len(w.b))...)
+	}
+
+	return copy(w.b[off:], p), nil
+}
