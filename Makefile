@@ -97,10 +97,11 @@ $(COSIGN):
 #   xfsprogs                               the GRUB BOOT XFS partition (xfs_repair, xfs_db, mkfs.xfs)
 #   grub-common (grub-fstest)              GRUB's own XFS driver reading BOOT
 #   binutils (objdump, objcopy)            UKI PE sections
+#   kmod (depmod, modprobe), attr          modules.* files compared with depmod's; the boot fixture's rootfs
 #   systemd-boot-efi, busybox-static       parts of the boot fixture
 #   curl                                   the integration suite runs the README's curl examples
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
-	e2fsprogs xfsprogs grub-common binutils systemd-boot-efi busybox-static curl
+	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl
 # make e2e adds a real registry process, skopeo, QEMU with OVMF and iPXE ROMs.
 E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
@@ -220,6 +221,8 @@ fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzCarriedRoot$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./internal/squashfs/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadModule$$' -fuzztime $(FUZZTIME) ./internal/depmod/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/
 	$(GO) test -run '^$$' -fuzz '^FuzzWrite$$' -fuzztime $(FUZZTIME) ./builder/xfs/

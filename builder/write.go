@@ -129,6 +129,7 @@ func (j *job) initramfs(ctx context.Context, out io.Writer) error {
 
 	return initramfs.Build(ctx, base, exts, initramfs.Options{
 		Arch: p.Output.Arch, TalosVersion: p.Version, ModTime: time.Unix(p.Epoch, 0), TempDir: j.tmp,
+		Logger: j.b.deps.Logger,
 	}, out)
 }
 

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	be "encoding/binary"
@@ -18,18 +19,20 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/internal/taloskernel"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // The schematic of the boot proof: serial console, a marker argument,
-// two extensions (one carrying firmware) and a META value.
+// three extensions (one with SELinux labels, one carrying firmware, one
+// carrying kernel modules of the fixture kernel) and a META value.
 const bootSchematic = `customization:
   extraKernelArgs: [console=ttyS0, kiln.e2e=boot-proof]
   meta:
     - {key: 0xc, value: kiln-meta-proof}
   systemExtensions:
-    officialExtensions: [siderolabs/gvisor, siderolabs/i915]
+    officialExtensions: [siderolabs/gvisor, siderolabs/i915, siderolabs/drbd]
 `
 
 // cacheSchematic is bootSchematic with an image cache of the version's
@@ -72,14 +75,14 @@ func download(t *testing.T, client *http.Client, url, dst string) {
 func TestBootProof(t *testing.T) {
 	ctx := context.Background()
 	in := bootInputsFromEnv(t)
-	assets, _ := bootAssets(t, in)
+	assets, kver := bootAssets(t, in)
 
 	upstream := startRegistry(t)
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
 	if _, err := testrelease.Push(ctx, testrelease.Options{
-		Version: "v1.13.0", Registry: reg, Assets: assets,
+		Version: "v1.13.0", Registry: reg, Assets: assets, KernelVersion: kver, Modules: extensionModules(t, in, kver),
 		Sign: func(ctx context.Context, ref name.Digest) error { return signingtest.SignLegacy(ctx, ref, key) },
 	}); err != nil {
 		t.Fatal(err)
@@ -110,6 +113,25 @@ func TestBootProof(t *testing.T) {
 	}
 
 	plain, cached := create(bootSchematic), create(cacheSchematic)
+
+	// What kiln builds must be what the Talos kernel reads, not only what
+	// Debian's reads: every segment and layer of the initramfs.
+	initramfs := filepath.Join(t.TempDir(), "initramfs-amd64.xz")
+	download(t, client, "http://"+k.addr+"/image/"+plain+"/v1.13.0/initramfs-amd64.xz", initramfs)
+
+	data, err := os.ReadFile(initramfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err := taloskernel.CheckInitramfs(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatalf("the Talos kernel could not read kiln's initramfs: %v", err)
+	}
+
+	if len(rep.Layers) != 6 { // rootfs.sqsh, 4 layers, modules.dep.sqsh
+		t.Errorf("initramfs holds squashfs images %+v, want rootfs.sqsh and 5 layers", rep.Layers)
+	}
 
 	dir := t.TempDir()
 	iso := filepath.Join(dir, "metal-amd64.iso")
@@ -156,9 +178,7 @@ func TestBootProof(t *testing.T) {
 			}
 		}
 
-		if fw := consoleLine(console, "FIRMWARE"); !strings.Contains(fw, "/usr/lib/firmware/") {
-			t.Errorf("no firmware in the initramfs: %q", fw)
-		}
+		checkTalosInit(t, console)
 
 		if wantMETAPartition {
 			values := parseADV(t, consoleLine(console, "META"))
@@ -238,6 +258,52 @@ func TestBootProof(t *testing.T) {
 			t.Errorf("the ISO has no /imagecache tree:\n%s", tail(out, 2000))
 		}
 	})
+}
+
+// checkTalosInit asserts what the fixture's /init found doing what Talos's
+// init does: every layer mounted in Talos's order under the overlay, the
+// firmware, the SELinux labels of the layers and none of the firmware's
+// (it left the layer), and the extension's modules loaded by name with
+// their dependencies from the base tree, through the binary indexes (kmod)
+// and the text modules.dep (busybox).
+func checkTalosInit(t *testing.T, console string) {
+	t.Helper()
+
+	if !strings.Contains(console, "KILN-BOOT-DONE") || strings.Contains(console, "KILN-BOOT-FAILED") {
+		t.Errorf("the fixture's init failed:\n%s", tail(console, 3000))
+	}
+
+	want := map[string]string{
+		"LAYERS":           "0.sqsh 1.sqsh 2.sqsh 3.sqsh modules.dep.sqsh",
+		"LOWERDIR":         "/layers/layer4:/layers/layer3:/layers/layer2:/layers/layer1:/layers/layer0:/layers/root",
+		"ROOT":             "kiln boot fixture root filesystem",
+		"MODPROBE-KMOD":    "fat vfat",
+		"MODPROBE-BUSYBOX": "md_mod raid1",
+	}
+
+	for key, value := range want {
+		if got := consoleLine(console, key); got != value {
+			t.Errorf("KILN-%s: %q, want %q", key, got, value)
+		}
+	}
+
+	if fw := consoleLine(console, "FIRMWARE"); !strings.Contains(fw, "usr/lib/firmware/i915/adlp_dmc.bin") {
+		t.Errorf("no firmware in the new root: %q", fw)
+	}
+
+	labels := consoleLine(console, "SELINUX")
+	for _, want := range []string{
+		`# file: /usr/local/bin/runsc security.selinux="` + testrelease.GvisorBinaryLabel + `"`,
+		`# file: /etc/cri/conf.d/gvisor.part security.selinux="` + testrelease.GvisorConfigLabel + `"`,
+	} {
+		if !strings.Contains(labels, want) {
+			t.Errorf("KILN-SELINUX lacks %q: %q", want, labels)
+		}
+	}
+
+	if strings.Contains(labels, "firmware") {
+		t.Errorf("a firmware label survived: %q", labels)
+	}
 }
 
 // partitionExtent returns the byte offset and size of a named partition

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,12 +24,26 @@ import (
 
 // The boot fixture is a Talos-shaped release made of Debian's real parts:
 // the kernel of linux-image-amd64, systemd-boot-efi's boot loader and stub,
-// and a busybox initramfs whose /init reports what a Talos node would need
-// to find (its kernel command line, the extension layers it was given, the
-// disks it sees and what META holds), then powers off.
-
-// bootInit is the fixture's /init. Markers are unique lines the test looks
-// for on the serial console.
+// and an initramfs shaped like Talos's: /init (a busybox script standing in
+// for Talos's Go init) and /rootfs.sqsh, a zstd squashfs made by mksquashfs
+// as Talos makes its own, holding busybox, Debian's kmod (modprobe, with
+// its libraries) and getfattr, and a base module tree with depmod's files
+// (fat.ko and md-mod.ko, which the extension modules need).
+//
+// /init does what Talos's init does where it matters (internal/app/init
+// main.go mountRootFS and bindMountFirmware): it mounts every layer
+// extensions.yaml lists (loop device, squashfs, read-only) at
+// /layers/layer<i>, rootfs.sqsh at /layers/root, overlays them read-only
+// with lowerdir layerN-1:...:layer0:root (later layers win), bind-mounts
+// the initramfs's /usr/lib/firmware into the new root, and fails loudly
+// (KILN-BOOT-FAILED, then power-off) when a layer does not mount or is not
+// xz or zstd: Debian's kernel mounts gzip squashfs, the Talos kernel does
+// not (CONFIG_SQUASHFS_ZLIB unset), so the fixture refuses it itself. In
+// the new root it loads extension modules by name, vfat with kmod's
+// modprobe (libkmod reads only the .bin indexes, as udevd does) and raid1
+// with busybox's (the text modules.dep, as the loader of Talos's machined
+// reads it), and reports the firmware and the SELinux labels it finds.
+// Markers are unique lines the tests look for on the serial console.
 const bootInit = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox mount -t proc proc /proc
@@ -35,13 +51,62 @@ const bootInit = `#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox --install -s /bin
 export PATH=/bin
+fail() {
+  echo "KILN-BOOT-FAILED: $*"
+  poweroff -f
+  sleep 60
+}
 echo "KILN-CMDLINE: $(cat /proc/cmdline)"
 echo "KILN-EXTENSIONS-BEGIN"
 cat /extensions.yaml 2>/dev/null
 echo "KILN-EXTENSIONS-END"
-echo "KILN-LAYERS: $(ls / | grep '\.sqsh$' | tr '\n' ' ')"
-echo "KILN-FIRMWARE: $(find /usr/lib/firmware -type f 2>/dev/null | tr '\n' ' ')"
 for m in $(cat /etc/kiln-modules); do insmod "$m" 2>/dev/null; done
+# The squashfs compressor id is the little-endian u16 at offset 20.
+check_sqsh() {
+  comp=$(dd if="$1" bs=1 skip=20 count=2 2>/dev/null | od -An -tu2 | tr -d ' ')
+  case "$comp" in
+    4|6) ;;
+    *) fail "$1 has squashfs compressor $comp; the Talos kernel mounts xz (4) and zstd (6) only" ;;
+  esac
+}
+mkdir -p /root /layers/root
+check_sqsh /rootfs.sqsh
+images=$(sed -n 's/^[ -]*image: *//p' /extensions.yaml 2>/dev/null)
+if [ -z "$images" ]; then
+  mount -t squashfs -o loop,ro /rootfs.sqsh /root || fail "rootfs.sqsh did not mount: $(dmesg | tail -3 | tr '\n' ' ')"
+  echo "KILN-LAYERS: "
+else
+  i=0
+  lower=""
+  for img in $images; do
+    check_sqsh "/$img"
+    mkdir -p /layers/layer$i
+    mount -t squashfs -o loop,ro "/$img" /layers/layer$i || fail "layer $img did not mount: $(dmesg | tail -3 | tr '\n' ' ')"
+    lower="/layers/layer$i${lower:+:}$lower"
+    i=$((i+1))
+  done
+  mount -t squashfs -o loop,ro /rootfs.sqsh /layers/root || fail "rootfs.sqsh did not mount: $(dmesg | tail -3 | tr '\n' ' ')"
+  mount -t overlay overlay -o ro,lowerdir="$lower:/layers/root" /root || fail "overlay $lower did not mount: $(dmesg | tail -3 | tr '\n' ' ')"
+  echo "KILN-LAYERS: $(echo $images)"
+  echo "KILN-LOWERDIR: $lower:/layers/root"
+fi
+[ -d /usr/lib/firmware ] && { mount --bind /usr/lib/firmware /root/usr/lib/firmware || fail "firmware bind mount"; }
+mount -t proc proc /root/proc
+mount -t sysfs sys /root/sys
+mount -t devtmpfs dev /root/dev
+echo "KILN-ROOT: $(cat /root/etc/kiln-rootfs)"
+echo "KILN-FIRMWARE: $(cd /root && find usr/lib/firmware -type f | sort | tr '\n' ' ')"
+echo "KILN-SELINUX: $(chroot /root getfattr -R -h --absolute-names -m security.selinux -d /usr/local /etc/cri /usr/lib/firmware /usr/lib/modules 2>/dev/null | grep . | tr '\n' ' ')"
+if out=$(chroot /root /usr/sbin/modprobe vfat 2>&1); then
+  echo "KILN-MODPROBE-KMOD: $(cut -d' ' -f1 /proc/modules | grep -x -e vfat -e fat | sort | tr '\n' ' ')"
+else
+  echo "KILN-MODPROBE-KMOD-FAILED: $out"
+fi
+if out=$(chroot /root /usr/bin/busybox modprobe raid1 2>&1); then
+  echo "KILN-MODPROBE-BUSYBOX: $(cut -d' ' -f1 /proc/modules | grep -x -e raid1 -e md_mod | sort | tr '\n' ' ')"
+else
+  echo "KILN-MODPROBE-BUSYBOX-FAILED: $out"
+fi
 for i in 1 2 3 4 5 6 7 8 9 10; do
   [ -n "$(ls /sys/block | grep -v -e '^loop' -e '^ram')" ] && break
   sleep 1
@@ -67,6 +132,7 @@ if [ -n "$dev" ]; then
 fi
 for b in /sys/block/*; do
   d=/dev/$(basename $b)
+  case "$d" in /dev/loop*) continue ;; esac
   if mount -t iso9660 -o ro "$d" /cache 2>/dev/null; then
     if [ -d /cache/imagecache ]; then
       echo "KILN-IMAGECACHE-ISO: $(cd /cache/imagecache && find manifests -type f 2>/dev/null | sort | tr '\n' ' ')"
@@ -78,10 +144,39 @@ echo "KILN-BOOT-DONE"
 poweroff -f
 `
 
-// bootModules are the drivers the fixture loads to see its boot medium:
-// virtio disks, AHCI CD-ROMs (q35) and USB sticks on xhci. The Debian
-// kernel builds them as modules; their dependencies come from .modinfo.
-var bootModules = []string{"virtio_pci", "virtio_blk", "ahci", "sr_mod", "sd_mod", "xhci_pci", "usb_storage", "uas", "isofs", "crc32c_generic", "ext4"}
+// bootModules are the drivers the fixture loads from its initramfs: virtio
+// disks, AHCI CD-ROMs (q35) and USB sticks on xhci to see its boot medium,
+// and loop, squashfs and overlay to mount its root as Talos does (the
+// Talos kernel has them built in, Debian's as modules). Their dependencies
+// come from .modinfo.
+var bootModules = []string{"virtio_pci", "virtio_blk", "ahci", "sr_mod", "sd_mod", "xhci_pci", "usb_storage", "uas", "isofs",
+	"crc32c_generic", "ext4", "loop", "squashfs", "overlay"}
+
+// baseTreeModules are the base module tree of the fixture's rootfs.sqsh:
+// the dependencies of the extension modules (ExtensionModules), which
+// must come from the base, as a real extension's do.
+var baseTreeModules = []string{"kernel/fs/fat/fat.ko", "kernel/drivers/md/md-mod.ko"}
+
+// extensionModules are real modules of the fixture kernel for the
+// kernel-module extension, each needing one base module: vfat needs fat,
+// raid1 needs md-mod. Debian's 6.1 modules are not compressed (and Talos
+// has no module compression either).
+func extensionModules(t *testing.T, in bootInputs, kver string) map[string][]byte {
+	t.Helper()
+
+	out := map[string][]byte{}
+
+	for dst, src := range map[string]string{"extras/vfat.ko": "kernel/fs/fat/vfat.ko", "extras/raid1.ko": "kernel/drivers/md/raid1.ko"} {
+		data, err := os.ReadFile(filepath.Join(in.kernelDir, "lib", "modules", kver, src))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		out[dst] = data
+	}
+
+	return out
+}
 
 type bootInputs struct {
 	kernelDir string // root of the unpacked linux-image deb
@@ -122,7 +217,9 @@ func bootAssets(t *testing.T, in bootInputs) (func(arch, file string) ([]byte, e
 
 	kver := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
 
-	initramfs, err := bootInitramfs(in, kver)
+	rootfs := bootRootfs(t, in, kver)
+
+	initramfs, err := bootInitramfs(in, kver, rootfs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,8 +247,10 @@ func bootAssets(t *testing.T, in bootInputs) (func(arch, file string) ([]byte, e
 	}, kver
 }
 
-// bootInitramfs is the release initramfs: a zstd newc cpio, as Talos's is.
-func bootInitramfs(in bootInputs, kver string) ([]byte, error) {
+// bootInitramfs is the release initramfs: a zstd newc cpio, as Talos's is,
+// with /init and /rootfs.sqsh, and (what Talos's kernel has built in) the
+// busybox that runs /init and the drivers it loads.
+func bootInitramfs(in bootInputs, kver string, rootfs []byte) ([]byte, error) {
 	modDir := filepath.Join(in.kernelDir, "lib", "modules", kver)
 
 	order, err := moduleOrder(modDir, bootModules)
@@ -187,6 +286,7 @@ func bootInitramfs(in bootInputs, kver string) ([]byte, error) {
 		func() error { return add("bin/busybox", 0o755, busybox, "") },
 		func() error { return add("etc", cpio.TypeDir|0o755, nil, "") },
 		func() error { return add("init", 0o755, []byte(bootInit), "") },
+		func() error { return add("rootfs.sqsh", 0o644, rootfs, "") },
 	}
 
 	for _, e := range entries {
@@ -327,6 +427,126 @@ func moduleOrder(modDir string, want []string) ([]string, error) {
 	}
 
 	return order, nil
+}
+
+// bootRootfs makes the fixture's rootfs.sqsh with the real mksquashfs,
+// zstd level 18 and all files root's, as Talos's labeled-squashfs.sh does:
+// busybox, kmod (modprobe) and getfattr with the libraries ldd names, a
+// usr-merged layout (bin, sbin, lib, lib64 link into usr, as in Talos from
+// 1.10), an empty usr/lib/firmware to bind the initramfs's firmware onto,
+// and usr/lib/modules/<kver> holding baseTreeModules, Debian's
+// modules.order, modules.builtin and modules.builtin.modinfo and what
+// Debian's depmod makes of them (Talos's Dockerfile runs depmod -b too).
+// The image is built once per test binary.
+func bootRootfs(t *testing.T, in bootInputs, kver string) []byte {
+	t.Helper()
+
+	rootfsOnce.Do(func() { rootfsImage, rootfsErr = makeBootRootfs(in, kver) })
+
+	if rootfsErr != nil {
+		t.Fatalf("boot fixture rootfs.sqsh: %v", rootfsErr)
+	}
+
+	return rootfsImage
+}
+
+var (
+	rootfsOnce  sync.Once
+	rootfsImage []byte
+	rootfsErr   error
+)
+
+func makeBootRootfs(in bootInputs, kver string) ([]byte, error) {
+	for _, tool := range []string{"mksquashfs", "depmod", "ldd", "/usr/bin/kmod", "/usr/bin/getfattr"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s (make e2e-debs installs it): %w", tool, err)
+		}
+	}
+
+	dir, err := os.MkdirTemp("", "kiln-boot-rootfs-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	root := filepath.Join(dir, "root")
+
+	copyIn := func(src, dst string, mode os.FileMode) error {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+
+		p := filepath.Join(root, dst)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+
+		return os.WriteFile(p, data, mode)
+	}
+
+	for _, d := range []string{"usr/bin", "usr/sbin", "usr/lib/firmware", "usr/lib64", "etc", "proc", "sys", "dev", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+
+	for link, target := range map[string]string{"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64",
+		"usr/sbin/modprobe": "../bin/kmod"} {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := os.WriteFile(filepath.Join(root, "etc/kiln-rootfs"), []byte("kiln boot fixture root filesystem\n"), 0o644); err != nil {
+		return nil, err
+	}
+
+	for src, dst := range map[string]string{in.busybox: "usr/bin/busybox", "/usr/bin/kmod": "usr/bin/kmod", "/usr/bin/getfattr": "usr/bin/getfattr"} {
+		if err := copyIn(src, dst, 0o755); err != nil {
+			return nil, err
+		}
+	}
+
+	// The shared libraries, where the loader looks for them: /lib/... and
+	// /lib64/... resolve through the usr-merge links.
+	for _, bin := range []string{"/usr/bin/kmod", "/usr/bin/getfattr"} {
+		out, err := exec.Command("ldd", bin).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", bin, err)
+		}
+
+		for _, f := range strings.Fields(string(out)) {
+			if !strings.HasPrefix(f, "/") {
+				continue
+			}
+
+			if err := copyIn(f, "usr/"+strings.TrimPrefix(strings.TrimPrefix(f, "/usr"), "/"), 0o755); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	src := filepath.Join(in.kernelDir, "lib", "modules", kver)
+	dst := "usr/lib/modules/" + kver + "/"
+
+	for _, f := range append([]string{"modules.order", "modules.builtin", "modules.builtin.modinfo"}, baseTreeModules...) {
+		if err := copyIn(filepath.Join(src, f), dst+f, 0o644); err != nil {
+			return nil, err
+		}
+	}
+
+	if out, err := exec.Command("depmod", "-b", filepath.Join(root, "usr"), kver).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("depmod: %w: %s", err, out)
+	}
+
+	img := filepath.Join(dir, "rootfs.sqsh")
+	if out, err := exec.Command("mksquashfs", root, img, "-all-root", "-noappend", "-comp", "zstd", "-Xcompression-level", "18",
+		"-no-progress", "-quiet").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("mksquashfs: %w: %s", err, out)
+	}
+
+	return os.ReadFile(img)
 }
 
 func normModule(n string) string { return strings.ReplaceAll(n, "-", "_") }

@@ -34,10 +34,15 @@ type entry struct {
 	data []byte
 	link string // symlink target; data is ignored when set
 	dir  bool
+	// label is the SELinux label, written as the PAX record
+	// SCHILY.xattr.security.selinux as Talos's extension images carry it
+	label string
 }
 
 func file(p string, data []byte) entry { return entry{path: p, mode: 0o644, data: data} }
 func exe(p string, data []byte) entry  { return entry{path: p, mode: 0o755, data: data} }
+
+func labelled(e entry, label string) entry { e.label = label; return e }
 
 // layerOf builds a gzip-compressed OCI layer from entries, adding every
 // parent directory and sorting by path so that the tar bytes, and so the
@@ -77,6 +82,10 @@ func layerOf(entries []entry) (v1.Layer, error) {
 			Mode:    e.mode,
 			ModTime: epoch(),
 			Format:  tar.FormatPAX,
+		}
+
+		if e.label != "" {
+			hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.selinux": e.label}
 		}
 
 		switch {

@@ -34,7 +34,7 @@ func bootAssets(o *Options, arch string) ([]entry, error) {
 		}
 
 		if data == nil {
-			if data, err = placeholderAsset(o.Version, arch, name); err != nil {
+			if data, err = placeholderAsset(o.Version, arch, name, o.KernelVersion); err != nil {
 				return nil, err
 			}
 		}
@@ -72,19 +72,24 @@ func (o *Options) asset(arch, name string) ([]byte, error) {
 
 // placeholderAsset makes a stand-in boot asset: PE files for the kernel and
 // systemd-boot/stub (all three are EFI applications upstream) and a real
-// zstd newc initramfs with placeholder /init and /rootfs.sqsh, the two files
-// the real one holds.
-func placeholderAsset(version, arch, name string) ([]byte, error) {
+// zstd newc initramfs with a placeholder /init and a real /rootfs.sqsh, the
+// two files the real one holds (placeholderRootfs: the module tree a
+// build with kernel-module extensions needs).
+func placeholderAsset(version, arch, name, kver string) ([]byte, error) {
 	what := fmt.Sprintf("talos %s %s %s", version, arch, name)
 
 	if name != release.InitramfsAsset {
 		return placeholderPE(arch, "kiln synthetic placeholder: "+what+"\n")
 	}
 
+	rootfs, err := placeholderRootfs(version, arch, kver)
+	if err != nil {
+		return nil, fmt.Errorf("placeholder %s/%s rootfs.sqsh: %w", arch, name, err)
+	}
+
 	archive := newc([]cpioFile{
 		{name: "init", mode: 0o755, data: elfPlaceholder(what + " /init")},
-		// "hsqs" is the squashfs magic; the rest is not a filesystem.
-		{name: "rootfs.sqsh", mode: 0o644, data: []byte("hsqs kiln synthetic placeholder: " + what + " /rootfs.sqsh\n")},
+		{name: "rootfs.sqsh", mode: 0o644, data: rootfs},
 	})
 
 	data, err := zstdCompress(archive)
@@ -126,11 +131,13 @@ type extension struct {
 const extensionAuthor = "Sidero Labs"
 
 // extensionSet returns the synthetic extensions of a release: a plain
-// binary, firmware, CPU microcode (the builder moves it to an uncompressed
-// cpio) and kernel modules (the builder rebuilds modules.dep), one of each
-// path the builder treats differently. Tags follow upstream: most carry the
-// Talos version, microcode does not.
-func extensionSet(version, kver string) []extension {
+// binary with SELinux labels, firmware, CPU microcode (the builder moves it
+// to an uncompressed cpio) and kernel modules (the builder rebuilds
+// modules.dep), one of each path the builder treats differently. Tags
+// follow upstream: most carry the Talos version, microcode does not.
+// modules, when not nil, replaces the synthetic kernel modules (paths
+// relative to usr/lib/modules/<kver>).
+func extensionSet(version, kver string, modules map[string][]byte) []extension {
 	return []extension{
 		{
 			name:        "gvisor",
@@ -138,10 +145,11 @@ func extensionSet(version, kver string) []extension {
 			description: "This system extension provides gVisor using containerd's runtime handler.",
 			rootfs: func(arch string) []entry {
 				return []entry{
-					exe("usr/local/bin/runsc", elfPlaceholder("gvisor runsc linux/"+arch)),
+					labelled(exe("usr/local/bin/runsc", elfPlaceholder("gvisor runsc linux/"+arch)), GvisorBinaryLabel),
 					exe("usr/local/bin/containerd-shim-runsc-v1", elfPlaceholder("gvisor shim linux/"+arch)),
-					file("etc/cri/conf.d/gvisor.part", []byte(
+					labelled(file("etc/cri/conf.d/gvisor.part", []byte(
 						"[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runsc]\n  runtime_type = \"io.containerd.runsc.v1\"\n")),
+						GvisorConfigLabel),
 				}
 			},
 		},
@@ -151,7 +159,10 @@ func extensionSet(version, kver string) []extension {
 			description: "This system extension provides Intel i915 GPU firmware binaries.",
 			rootfs: func(string) []entry {
 				return []entry{
-					file("usr/lib/firmware/i915/adlp_dmc.bin", []byte("kiln synthetic placeholder: i915 adlp_dmc firmware\n")),
+					// Labelled, but firmware leaves the layer for the
+					// initramfs, where the label is not kept.
+					labelled(file("usr/lib/firmware/i915/adlp_dmc.bin", []byte("kiln synthetic placeholder: i915 adlp_dmc firmware\n")),
+						"system_u:object_r:kiln_synthetic_firmware_t:s0"),
 					file("usr/lib/firmware/i915/tgl_guc_70.bin", []byte("kiln synthetic placeholder: i915 tgl_guc firmware\n")),
 				}
 			},
@@ -172,12 +183,17 @@ func extensionSet(version, kver string) []extension {
 			tag:         "9.2.14-" + version,
 			description: "This system extension provides the DRBD kernel modules built against a specific Talos version.",
 			rootfs: func(arch string) []entry {
-				dir := "usr/lib/modules/" + kver + "/extras/"
-
-				return []entry{
-					file(dir+"drbd.ko", elfPlaceholder("drbd.ko "+kver+" "+arch)),
-					file(dir+"drbd_transport_tcp.ko", elfPlaceholder("drbd_transport_tcp.ko "+kver+" "+arch)),
+				files := modules
+				if files == nil {
+					files = moduleFiles(drbdModules(), arch, kver)
 				}
+
+				var entries []entry
+				for p, data := range files {
+					entries = append(entries, file("usr/lib/modules/"+kver+"/"+p, data))
+				}
+
+				return entries
 			},
 		},
 	}

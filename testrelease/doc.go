@@ -15,7 +15,11 @@
 // The content is placeholder data, not working software: the kernel and
 // systemd-boot/stub are minimal PE32+ EFI applications that debug/pe parses
 // (unless Options.Assets supplies real ones), and the initramfs is a real
-// zstd-compressed newc cpio holding placeholder /init and /rootfs.sqsh (not
-// a squashfs filesystem). Tar headers, config timestamps and compression are fixed, so
-// the same Options always yield the same digests.
+// zstd-compressed newc cpio holding a placeholder /init and a real
+// squashfs /rootfs.sqsh (a stand-in /usr/bin/init and a base kernel module
+// tree with depmod's files). The kernel-module extension (siderolabs/drbd)
+// carries synthetic ELF modules that need a base module, and gvisor's
+// files carry SELinux labels as PAX records. Tar headers, config
+// timestamps and compression are fixed, so the same Options always yield
+// the same digests.
 package testrelease

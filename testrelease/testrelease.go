@@ -51,7 +51,19 @@ type Options struct {
 	// extension; DefaultKernelVersion when empty. Set it to the version of a
 	// real kernel passed through Assets.
 	KernelVersion string
+	// Modules, when set, replaces the synthetic modules of the
+	// kernel-module extension (siderolabs/drbd): paths relative to
+	// usr/lib/modules/<kver>/ and their content, e.g. a real module of the
+	// kernel passed through Assets.
+	Modules map[string][]byte
 }
+
+// The SELinux labels the synthetic gvisor extension carries on
+// usr/local/bin/runsc and etc/cri/conf.d/gvisor.part (as PAX records).
+const (
+	GvisorBinaryLabel = "system_u:object_r:kiln_synthetic_exec_t:s0"
+	GvisorConfigLabel = "system_u:object_r:kiln_synthetic_conf_t:s0"
+)
 
 // Release is what Push wrote. Every name.Digest is on the target registry
 // (including Namespace) and, except in Manifests, names an OCI index.
@@ -325,7 +337,7 @@ func pushExtensions(ctx context.Context, p *pusher, rel *Release) error {
 
 	var lines []string
 
-	for _, ext := range extensionSet(p.opts.Version, p.opts.KernelVersion) {
+	for _, ext := range extensionSet(p.opts.Version, p.opts.KernelVersion, p.opts.Modules) {
 		repoPath := "siderolabs/" + ext.name
 
 		d, err := p.pushFiles(ctx, repoPath, ext.tag, "kiln testrelease: extension "+ext.name, v1.Config{},

@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"go.yaml.in/yaml/v4"
 
+	"github.com/kiln-dev/kiln/internal/squashfs"
 	"github.com/kiln-dev/kiln/release"
 )
 
@@ -485,6 +486,28 @@ func checkInitramfs(t *testing.T, p string, data []byte) {
 
 	if !slices.Equal(names, []string{"init", "rootfs.sqsh"}) {
 		t.Errorf("%s: cpio holds %q, want init and rootfs.sqsh", p, names)
+		return
+	}
+
+	// rootfs.sqsh is a real squashfs with one kernel's module tree and
+	// depmod's files, as extensions with kernel modules need.
+	img := records[1].data
+
+	sq, err := squashfs.NewReader(bytes.NewReader(img), int64(len(img)))
+	if err != nil {
+		t.Errorf("%s: rootfs.sqsh: %v", p, err)
+		return
+	}
+
+	ents, err := sq.ReadDir("usr/lib/modules")
+	if err != nil || len(ents) != 1 {
+		t.Errorf("%s: rootfs.sqsh usr/lib/modules: %v, %v; want one kernel version", p, ents, err)
+		return
+	}
+
+	dep, err := fs.ReadFile(sq, "usr/lib/modules/"+ents[0].Name()+"/modules.dep")
+	if err != nil || string(dep) != "kernel/lib/libcrc32c.ko:\n" {
+		t.Errorf("%s: rootfs.sqsh modules.dep = %q, %v", p, dep, err)
 	}
 }
 

@@ -3,11 +3,13 @@ package cpio
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/rand"
 	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 var epoch = time.Unix(1700000000, 0).UTC()
@@ -343,6 +346,88 @@ func TestSegments(t *testing.T) {
 		if segs[i] != want[i] {
 			t.Errorf("segment %d: got %+v, want %+v", i, segs[i], want[i])
 		}
+	}
+}
+
+// TestSegmentsXz delimits xz streams as Talos writes them (xz -C crc32 -0
+// -e, which has no sizes in its block headers, and multi-threaded xz,
+// which has), as ulikunitz/xz writes them, and with stream padding,
+// followed by zstd: each segment must end where the next begins.
+func TestSegmentsXz(t *testing.T) {
+	testfixture.RequireTool(t, "xz")
+
+	archive := writeSample(t, sample[:5])
+
+	// Segments does not decompress xz, so the payload need not be cpio:
+	// 300 KB of noise makes several LZMA2 chunks, some stored raw.
+	big := make([]byte, 300<<10)
+	_, _ = rand.Read(big)
+	big = append(big, bytes.Repeat(archive, 100)...)
+
+	xzCLI := func(args ...string) []byte {
+		cmd := exec.Command("xz", args...)
+		cmd.Stdin = bytes.NewReader(big)
+
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("xz %v: %v", args, err)
+		}
+
+		return out
+	}
+
+	var ul bytes.Buffer
+
+	uw, err := xz.WriterConfig{CheckSum: xz.CRC32}.NewWriter(&ul)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := uw.Write(archive); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := uw.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var z bytes.Buffer
+
+	zw, _ := zstd.NewWriter(&z)
+	_, _ = zw.Write(archive)
+	_ = zw.Close()
+
+	parts := [][]byte{
+		xzCLI("-C", "crc32", "-0", "-e", "-z", "-c"),
+		xzCLI("-C", "crc64", "-6", "-T", "2", "--block-size=100000", "-z", "-c"),
+		ul.Bytes(),
+		z.Bytes(),
+	}
+
+	var all bytes.Buffer
+
+	var want []Segment
+
+	for i, p := range parts {
+		want = append(want, Segment{Offset: int64(all.Len()), Size: int64(len(p)), Compression: []Compression{Xz, Xz, Xz, Zstd}[i]})
+		all.Write(p)
+
+		if i == 1 {
+			all.Write(make([]byte, 8)) // stream padding
+		}
+	}
+
+	segs, err := Segments(bytes.NewReader(all.Bytes()), int64(all.Len()))
+	if err != nil {
+		t.Fatalf("Segments: %v", err)
+	}
+
+	if !slices.Equal(segs, want) {
+		t.Errorf("got %+v, want %+v", segs, want)
+	}
+
+	if _, err := Segments(bytes.NewReader(parts[0][:len(parts[0])-5]), int64(len(parts[0])-5)); err == nil {
+		t.Error("a truncated xz stream was delimited")
 	}
 }
 

@@ -32,10 +32,11 @@ type Segment struct {
 // Segments splits a concatenated initramfs the way the kernel walks it
 // (init/initramfs.c): zero bytes between segments are skipped, "0707" starts
 // an uncompressed archive that ends at its trailer, anything else must be a
-// compressed stream. The end of a zstd frame and of a gzip member is found
-// exactly (zstd from the frame's block headers, without decompressing);
-// xz, lz4 and bzip2 streams cannot be delimited without a decoder kiln does
-// not carry, so such a segment extends to the end of the input.
+// compressed stream. The end of a zstd frame, an xz stream and a gzip
+// member is found exactly (zstd and xz from their block and chunk headers,
+// without decompressing); lz4 and bzip2 streams cannot be delimited
+// without a decoder kiln does not carry, so such a segment extends to the
+// end of the input.
 func Segments(r io.ReaderAt, size int64) ([]Segment, error) {
 	var segs []Segment
 
@@ -90,7 +91,11 @@ func Segments(r io.ReaderAt, size int64) ([]Segment, error) {
 				return segs, fmt.Errorf("gzip segment at %d: %w", pos, err)
 			}
 		case bytes.HasPrefix(m, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
-			kind, end = Xz, size
+			kind = Xz
+
+			if end, err = xzStreamEnd(r, pos, size); err != nil {
+				return segs, fmt.Errorf("xz segment at %d: %w", pos, err)
+			}
 		case bytes.HasPrefix(m, []byte{0x02, 0x21, 0x4c, 0x18}):
 			kind, end = Lz4, size
 		case bytes.HasPrefix(m, []byte("BZh")):
@@ -199,6 +204,174 @@ func zstdFrameEnd(r io.ReaderAt, pos, size int64) (int64, error) {
 	}
 
 	return p, nil
+}
+
+// xzStreamEnd walks one .xz stream (the .xz file format, 1.2.0) and
+// returns where it ends: stream header, blocks (each block header, then its
+// data, delimited by the block's compressed size or else by walking the
+// LZMA2 chunk headers, padding and check), the index and the footer.
+func xzStreamEnd(r io.ReaderAt, pos, size int64) (int64, error) {
+	buf := make([]byte, 1024)
+	read := func(p int64, n int) ([]byte, error) {
+		if n > len(buf) || p < 0 || p+int64(n) > size {
+			return nil, io.ErrUnexpectedEOF
+		}
+
+		if _, err := r.ReadAt(buf[:n], p); err != nil {
+			return nil, err
+		}
+
+		return buf[:n], nil
+	}
+
+	h, err := read(pos, 12)
+	if err != nil {
+		return 0, err
+	}
+
+	if h[6] != 0 || h[7] > 0x0f {
+		return 0, fmt.Errorf("%w: xz stream flags % x", ErrFormat, h[6:8])
+	}
+
+	checkSize := int64([]int{0, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64}[h[7]])
+	p := pos + 12
+
+	for {
+		b, err := read(p, 1)
+		if err != nil {
+			return 0, err
+		}
+
+		if b[0] == 0 { // index indicator
+			break
+		}
+
+		start := p
+		hdrSize := (int(b[0]) + 1) * 4
+
+		hdr, err := read(p, hdrSize)
+		if err != nil {
+			return 0, err
+		}
+
+		flags := hdr[1]
+		p += int64(hdrSize)
+
+		if flags&0x40 != 0 {
+			compressed, _, err := uvarint(hdr[2:])
+			if err != nil {
+				return 0, err
+			}
+
+			p += int64(compressed)
+		} else if p, err = lzma2End(read, p); err != nil {
+			return 0, err
+		}
+
+		p += (4 - (p-start)%4) % 4
+		p += checkSize
+
+		if p > size {
+			return 0, io.ErrUnexpectedEOF
+		}
+	}
+
+	// Index: indicator, record count, records (two varints each),
+	// padding to 4, CRC32.
+	start := p
+	p++
+
+	count, err := readUvarint(read, &p)
+	if err != nil {
+		return 0, err
+	}
+
+	for range count * 2 {
+		if _, err := readUvarint(read, &p); err != nil {
+			return 0, err
+		}
+	}
+
+	p += (4 - (p-start)%4) % 4
+	p += 4
+
+	footer, err := read(p, 12)
+	if err != nil {
+		return 0, err
+	}
+
+	if footer[10] != 'Y' || footer[11] != 'Z' {
+		return 0, fmt.Errorf("%w: xz stream footer magic % x", ErrFormat, footer[10:])
+	}
+
+	return p + 12, nil
+}
+
+// lzma2End walks LZMA2 chunk headers from p to the end marker.
+func lzma2End(read func(int64, int) ([]byte, error), p int64) (int64, error) {
+	for {
+		c, err := read(p, 1)
+		if err != nil {
+			return 0, err
+		}
+
+		switch ctrl := c[0]; {
+		case ctrl == 0:
+			return p + 1, nil
+		case ctrl == 1 || ctrl == 2: // uncompressed chunk
+			h, err := read(p, 3)
+			if err != nil {
+				return 0, err
+			}
+
+			p += 3 + int64(h[1])<<8 + int64(h[2]) + 1
+		case ctrl >= 0x80: // LZMA chunk, with a properties byte on a state reset
+			h, err := read(p, 5)
+			if err != nil {
+				return 0, err
+			}
+
+			p += 5 + int64(h[3])<<8 + int64(h[4]) + 1
+			if ctrl >= 0xc0 {
+				p++
+			}
+		default:
+			return 0, fmt.Errorf("%w: LZMA2 control byte %#x", ErrFormat, ctrl)
+		}
+	}
+}
+
+func readUvarint(read func(int64, int) ([]byte, error), p *int64) (uint64, error) {
+	var v uint64
+
+	for i := range 9 {
+		b, err := read(*p, 1)
+		if err != nil {
+			return 0, err
+		}
+
+		*p++
+		v |= uint64(b[0]&0x7f) << (7 * i)
+
+		if b[0]&0x80 == 0 {
+			return v, nil
+		}
+	}
+
+	return 0, fmt.Errorf("%w: xz varint too long", ErrFormat)
+}
+
+func uvarint(b []byte) (uint64, int, error) {
+	var v uint64
+
+	for i := 0; i < len(b) && i < 9; i++ {
+		v |= uint64(b[i]&0x7f) << (7 * i)
+		if b[i]&0x80 == 0 {
+			return v, i + 1, nil
+		}
+	}
+
+	return 0, 0, fmt.Errorf("%w: xz varint", ErrFormat)
 }
 
 // gzipMemberEnd decompresses one gzip member to find its end: flate reads

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -18,10 +19,11 @@ import (
 
 	"github.com/blang/semver/v4"
 	"github.com/klauspost/compress/zstd"
+	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/builder/cpio"
-	"github.com/kiln-dev/kiln/builder/initramfs/internal/squashfs"
+	"github.com/kiln-dev/kiln/internal/squashfs"
 )
 
 // Options are the build settings that are not inputs.
@@ -36,10 +38,12 @@ type Options struct {
 	// ModTime is stamped on every cpio entry and squashfs inode, like
 	// SOURCE_DATE_EPOCH; the zero value means the Unix epoch.
 	ModTime time.Time
-	// TempDir is where scratch files go (one squashfs per extension and the
-	// firmware and microcode files, removed before Build returns); empty
-	// means os.TempDir().
+	// TempDir is where scratch files go (one squashfs per extension, the
+	// firmware and microcode files and, with kernel modules, the module
+	// tree; removed before Build returns); empty means os.TempDir().
 	TempDir string
+	// Logger receives depmod's warnings; nil discards them.
+	Logger *slog.Logger
 }
 
 const (
@@ -48,28 +52,27 @@ const (
 	// maxManifest bounds manifest.yaml, which is read into memory.
 	maxManifest = 1 << 20
 
-	firmwareDir  = "usr/lib/firmware"
-	modulesDir   = "usr/lib/modules"
 	microcodeDir = "kernel/x86/microcode"
 	intelUcode   = "GenuineIntel.bin"
 	amdUcode     = "AuthenticAMD.bin"
 )
 
-// Build writes the initramfs: [uncompressed microcode cpio] + base + [zstd
-// cpio: <i>.sqsh..., extensions.yaml, usr/lib/firmware/**]. base is the
-// release initramfs and is copied unchanged. exts become layers in the
-// given order (put the schematic and embedded-config virtual extensions
-// last, as Talos does). Nothing is written to out until every extension
-// has been read and validated, so a refused extension leaves out empty.
+// Build writes the initramfs: [uncompressed microcode cpio] + base +
+// [zstd or xz cpio: <i>.sqsh..., modules.dep.sqsh, extensions.yaml,
+// firmware]. base is the release initramfs and is copied unchanged. exts
+// become layers named by their index in exts, listed in the order Talos
+// lists them (index strings sorted: "10" before "2"); put the schematic
+// and embedded-config virtual extensions last, as Talos does. When any
+// extension carries kernel modules, the release's module tree is read
+// from base's rootfs.sqsh, the extensions' modules are added, depmod's
+// files are computed (internal/depmod) and appended as a last layer,
+// modules.dep.sqsh. Nothing is written to out until every extension has
+// been read and validated, so a refused extension leaves out empty.
 //
-// Not implemented: Talos re-runs depmod over the base modules plus the
-// extensions' modules and appends a "modules.dep" layer. Doing that needs
-// the base rootfs.sqsh's module tree and kmod's binary index format
-// (modules.dep.bin, which kmod prefers over the text files); writing a
-// modules.dep from .modinfo alone would shadow the base one and break
-// every base module. So extension modules are shipped unchanged in their
-// layer, and modprobe will not find them by name until that is done;
-// insmod with a path works.
+// What depends on the Talos version follows Talos's imager quirks
+// (pkg/machinery/imager/quirks): zstd layers and a zstd cpio from 1.8, xz
+// before; firmware at usr/lib/firmware and modules at usr/lib/modules
+// from 1.10, lib/firmware and lib/modules before.
 func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, out io.Writer) error {
 	talos, err := semver.ParseTolerant(opts.TalosVersion)
 	if err != nil {
@@ -87,22 +90,52 @@ func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, 
 
 	defer os.RemoveAll(tmp) //nolint:errcheck // best effort; the error that matters is returned
 
+	q := quirks.New(opts.TalosVersion)
+
 	b := &builder{
-		tmp:      tmp,
-		talos:    talos,
-		mtime:    opts.ModTime,
-		firmware: map[string]*stagedFile{},
-		buf:      make([]byte, copyBuf),
+		tmp:         tmp,
+		talos:       talos,
+		mtime:       opts.ModTime,
+		zstd:        q.UseZSTDCompression(),
+		firmwareDir: strings.TrimPrefix(q.FirmwarePath(), "/"),
+		modulesDir:  strings.TrimPrefix(q.KernelModulesPath(), "/"),
+		firmware:    map[string]*stagedFile{},
+		buf:         make([]byte, copyBuf),
+		log:         opts.Logger,
 	}
 
 	if b.mtime.IsZero() {
 		b.mtime = time.Unix(0, 0)
 	}
 
-	for i, ext := range exts {
-		if err := b.addExtension(ctx, i, ext); err != nil {
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+
+	for _, i := range LayerOrder(len(exts)) {
+		if err := b.addExtension(ctx, i, exts[i]); err != nil {
 			return err
 		}
+	}
+
+	// With kernel modules the base is read twice: for its rootfs.sqsh,
+	// then to copy it.
+	if len(b.modules) > 0 {
+		spooled, err := b.spool(base)
+		if err != nil {
+			return err
+		}
+		defer spooled.Close() //nolint:errcheck // read-only scratch file
+
+		if err := b.addModulesLayer(ctx, spooled); err != nil {
+			return err
+		}
+
+		if _, err := spooled.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+
+		base = spooled
 	}
 
 	bw := bufio.NewWriterSize(out, copyBuf)
@@ -129,6 +162,38 @@ func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, 
 	return nil
 }
 
+// LayerOrder is the order Talos lists n extensions in: the imager extracts
+// extension i into a directory named strconv.Itoa(i) and lists those
+// directories sorted as strings (internal/pkg/extensions.List), so with 11
+// or more the order is 0, 1, 10, 2, ... Layers are mounted, microcode is
+// concatenated and firmware overrides in this order.
+func LayerOrder(n int) []int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+
+	sort.Slice(order, func(a, c int) bool { return strconv.Itoa(order[a]) < strconv.Itoa(order[c]) })
+
+	return order
+}
+
+// spool copies base to a scratch file.
+func (b *builder) spool(base io.Reader) (*os.File, error) {
+	f, err := os.Create(filepath.Join(b.tmp, "base"))
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+
+	if _, err := io.CopyBuffer(struct{ io.Writer }{f}, struct{ io.Reader }{base}, b.buf); err != nil {
+		f.Close() //nolint:errcheck // the copy error is the one to report
+
+		return nil, fmt.Errorf("initramfs: copy base initramfs: %w", err)
+	}
+
+	return f, nil
+}
+
 // stagedFile is a file, directory or symlink waiting in tmp for a cpio.
 type stagedFile struct {
 	name string // path in the archive
@@ -139,12 +204,20 @@ type stagedFile struct {
 }
 
 type builder struct {
-	tmp      string
-	talos    semver.Version
-	mtime    time.Time
-	layers   []Layer
-	sqsh     []stagedFile
-	firmware map[string]*stagedFile
+	tmp   string
+	talos semver.Version
+	mtime time.Time
+	// zstd or xz, by Talos version
+	zstd bool
+	// usr/lib/firmware or lib/firmware, usr/lib/modules or lib/modules
+	firmwareDir, modulesDir string
+	layers                  []Layer
+	sqsh                    []stagedFile
+	firmware                map[string]*stagedFile
+	// modules are the extensions that carry modulesDir, in layer order
+	modules []extensionModules
+	log     *slog.Logger
+	enc     *squashfs.Encoder
 	// microcode parts by target file name, in extension order, each
 	// extension's files sorted by name.
 	microcode map[string][]stagedFile
@@ -176,7 +249,12 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 	}
 	defer f.Close() //nolint:errcheck // closed explicitly on success
 
-	sq, err := squashfs.NewWriter(f, b.mtime)
+	enc, err := b.encoder()
+	if err != nil {
+		return extensionError(i, name, err)
+	}
+
+	sq, err := squashfs.NewWriter(f, squashfs.Options{Encoder: enc, ModTime: b.mtime})
 	if err != nil {
 		return extensionError(i, name, err)
 	}
@@ -185,6 +263,7 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 		manifest  *Manifest
 		hasRootfs bool
 		ucode     = map[string][]stagedFile{}
+		mods      = extensionModules{index: i, dir: filepath.Join(b.tmp, "modules-"+strconv.Itoa(i))}
 	)
 
 	tr := tar.NewReader(rc)
@@ -219,10 +298,18 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 			name = fmt.Sprintf("%s, %s", name, manifest.Metadata.Name)
 		case p == "rootfs":
 			hasRootfs = true
+
+			// The root of the layer: its mode and label (Talos labels
+			// "/" from the rootfs entry's PAX record).
+			if hdr.Typeflag == tar.TypeDir {
+				if err := sq.Mkdir("", fs.FileMode(hdr.Mode&0o7777)|0o700, selinuxLabel(hdr)); err != nil {
+					return extensionError(i, name, err)
+				}
+			}
 		case strings.HasPrefix(p, "rootfs/"):
 			hasRootfs = true
 
-			if err := b.addRootfsEntry(sq, ucode, strings.TrimPrefix(p, "rootfs/"), hdr, tr); err != nil {
+			if err := b.addRootfsEntry(sq, ucode, &mods, strings.TrimPrefix(p, "rootfs/"), hdr, tr); err != nil {
 				return extensionError(i, name, err)
 			}
 		default:
@@ -262,6 +349,43 @@ func (b *builder) addExtension(ctx context.Context, i int, ext Extension) error 
 	b.layers = append(b.layers, Layer{Image: image, Metadata: manifest.Metadata})
 	b.sqsh = append(b.sqsh, stagedFile{name: image, mode: cpio.TypeReg | 0o644, data: sqshPath, size: size})
 
+	if mods.present {
+		mods.name = name
+		b.modules = append(b.modules, mods)
+	}
+
+	return nil
+}
+
+// encoder is the build's one squashfs encoder: zstd at the strongest
+// level the Go encoder has, or xz; made once, as the zstd one allocates
+// 34 MiB of tables.
+func (b *builder) encoder() (*squashfs.Encoder, error) {
+	if b.enc != nil {
+		return b.enc, nil
+	}
+
+	comp := squashfs.XZ
+	if b.zstd {
+		comp = squashfs.Zstd
+	}
+
+	var err error
+
+	b.enc, err = squashfs.NewEncoder(comp, 0)
+
+	return b.enc, err
+}
+
+// selinuxLabel is the only xattr Talos keeps: security.selinux from the
+// tar entry's PAX record SCHILY.xattr.security.selinux, when not empty
+// (pkg/archiver.Untar records it; mksquashfs gets -xattrs-exclude .* and
+// one -p "<path> x security.selinux=<label>" per labelled path).
+func selinuxLabel(hdr *tar.Header) map[string]string {
+	if label := hdr.PAXRecords[paxSELinux]; label != "" {
+		return map[string]string{"security.selinux": label}
+	}
+
 	return nil
 }
 
@@ -285,13 +409,13 @@ func (b *builder) readManifest(tr io.Reader, hdr *tar.Header) (*Manifest, error)
 // microcodeTarget says which microcode bundle a rootfs path belongs to:
 // every file directly in intel-ucode/, and amd-ucode/microcode_amd*.bin
 // (Talos's globs).
-func microcodeTarget(rel string) string {
+func (b *builder) microcodeTarget(rel string) string {
 	dir, file := path.Split(rel)
 
 	switch strings.TrimSuffix(dir, "/") {
-	case firmwareDir + "/intel-ucode":
+	case b.firmwareDir + "/intel-ucode":
 		return intelUcode
-	case firmwareDir + "/amd-ucode":
+	case b.firmwareDir + "/amd-ucode":
 		if strings.HasPrefix(file, "microcode_amd") && strings.HasSuffix(file, ".bin") {
 			return amdUcode
 		}
@@ -300,16 +424,15 @@ func microcodeTarget(rel string) string {
 	return ""
 }
 
-func (b *builder) addRootfsEntry(sq *squashfs.Writer, ucode map[string][]stagedFile, rel string, hdr *tar.Header, r io.Reader) error {
+func (b *builder) addRootfsEntry(sq *squashfs.Writer, ucode map[string][]stagedFile, mods *extensionModules,
+	rel string, hdr *tar.Header, r io.Reader,
+) error {
 	perm := fs.FileMode(hdr.Mode & 0o7777)
-
-	var xattrs map[string]string
-
-	// Only the SELinux label: Talos drops every other xattr
-	// (mksquashfs -xattrs-exclude .*) and re-adds labels from the PAX records.
-	if label, ok := hdr.PAXRecords[paxSELinux]; ok {
-		xattrs = map[string]string{"security.selinux": label}
+	if hdr.Typeflag == tar.TypeDir {
+		perm |= 0o700 // Talos's Untar makes every directory rwx for its owner
 	}
+
+	xattrs := selinuxLabel(hdr)
 
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink:
@@ -319,7 +442,7 @@ func (b *builder) addRootfsEntry(sq *squashfs.Writer, ucode map[string][]stagedF
 		return fmt.Errorf("%w: %s: unsupported tar entry type %q", ErrInvalidExtension, rel, hdr.Typeflag)
 	}
 
-	if target := microcodeTarget(rel); target != "" && hdr.Typeflag == tar.TypeReg {
+	if target := b.microcodeTarget(rel); target != "" && hdr.Typeflag == tar.TypeReg {
 		sf, err := b.stage(rel, cpio.TypeReg|0o644, hdr, r)
 		if err != nil {
 			return err
@@ -330,7 +453,7 @@ func (b *builder) addRootfsEntry(sq *squashfs.Writer, ucode map[string][]stagedF
 		return nil
 	}
 
-	if rel == firmwareDir || strings.HasPrefix(rel, firmwareDir+"/") {
+	if rel == b.firmwareDir || strings.HasPrefix(rel, b.firmwareDir+"/") {
 		mode := uint32(perm)
 
 		switch hdr.Typeflag {
@@ -354,13 +477,26 @@ func (b *builder) addRootfsEntry(sq *squashfs.Writer, ucode map[string][]stagedF
 		return nil
 	}
 
+	// Kernel modules stay in the layer and are also staged for depmod.
+	if rel == b.modulesDir || strings.HasPrefix(rel, b.modulesDir+"/") {
+		var err error
+		if r, err = mods.stage(strings.TrimPrefix(strings.TrimPrefix(rel, b.modulesDir), "/"), hdr, r); err != nil {
+			return err
+		}
+	}
+
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		return sq.Mkdir(rel, perm, xattrs)
 	case tar.TypeSymlink:
 		return sq.Symlink(rel, hdr.Linkname, xattrs)
 	default:
-		return sq.Create(rel, perm, r, xattrs)
+		err := sq.Create(rel, perm, r, xattrs)
+		if ferr := mods.finish(); err == nil {
+			err = ferr
+		}
+
+		return err
 	}
 }
 
@@ -476,6 +612,10 @@ func (b *builder) writeExtensions(ctx context.Context, w io.Writer) error {
 	// parents first, siblings by name.
 	sort.Slice(entries, func(i, j int) bool { return walkLess(entries[i].name, entries[j].name) })
 
+	if !b.zstd {
+		return b.writeXz(ctx, w, entries)
+	}
+
 	// Talos compresses with zstd -18; the layers inside are already
 	// compressed, so the default level loses little and is much faster.
 	// One goroutine keeps the output independent of scheduling, and an
@@ -487,7 +627,20 @@ func (b *builder) writeExtensions(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("initramfs: zstd: %w", err)
 	}
 
-	cw := cpio.NewWriter(zw)
+	if err := b.writeCpio(ctx, zw, entries); err != nil {
+		return err
+	}
+
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("initramfs: zstd: %w", err)
+	}
+
+	return nil
+}
+
+// writeCpio writes the extension archive.
+func (b *builder) writeCpio(ctx context.Context, w io.Writer, entries []stagedFile) error {
+	cw := cpio.NewWriter(w)
 
 	for _, e := range entries {
 		h := &cpio.Header{Name: e.name, Mode: e.mode, ModTime: b.mtime, Size: e.size, Linkname: e.link}
@@ -504,10 +657,6 @@ func (b *builder) writeExtensions(ctx context.Context, w io.Writer) error {
 
 	if err := cw.Close(); err != nil {
 		return fmt.Errorf("initramfs: extension cpio: %w", err)
-	}
-
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("initramfs: zstd: %w", err)
 	}
 
 	return nil

@@ -300,7 +300,7 @@ func TestBuild(t *testing.T) {
 			t.Errorf("cpio -t %v differs from our reader %v", listed, names)
 		}
 
-		want := []string{"0.sqsh", "1.sqsh", "2.sqsh", "3.sqsh", "4.sqsh", "5.sqsh", "extensions.yaml",
+		want := []string{"0.sqsh", "1.sqsh", "2.sqsh", "3.sqsh", "4.sqsh", "5.sqsh", "extensions.yaml", "modules.dep.sqsh",
 			"usr", "usr/lib", "usr/lib/firmware", "usr/lib/firmware/i915",
 			"usr/lib/firmware/i915/adlp_dmc.bin", "usr/lib/firmware/i915/tgl_guc_70.bin", "usr/lib/firmware/intel-ucode"}
 		if !slices.Equal(names, want) {
@@ -324,14 +324,14 @@ func TestBuild(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		wantNames := []string{"gvisor", "i915", "intel-ucode", "drbd", "schematic", "embedded-config"}
+		wantNames := []string{"gvisor", "i915", "intel-ucode", "drbd", "schematic", "embedded-config", "modules.dep"}
 		if len(cfg.Layers) != len(wantNames) {
 			t.Fatalf("layers: got %d, want %d:\n%s", len(cfg.Layers), len(wantNames), contents["extensions.yaml"])
 		}
 
 		for i, l := range cfg.Layers {
-			if l.Image != []string{"0.sqsh", "1.sqsh", "2.sqsh", "3.sqsh", "4.sqsh", "5.sqsh"}[i] || l.Metadata.Name != wantNames[i] {
-				t.Errorf("layer %d: got %s %s, want %d.sqsh %s", i, l.Image, l.Metadata.Name, i, wantNames[i])
+			if l.Image != []string{"0.sqsh", "1.sqsh", "2.sqsh", "3.sqsh", "4.sqsh", "5.sqsh", "modules.dep.sqsh"}[i] || l.Metadata.Name != wantNames[i] {
+				t.Errorf("layer %d: got %s %s, want %s", i, l.Image, l.Metadata.Name, wantNames[i])
 			}
 		}
 
@@ -341,6 +341,11 @@ func TestBuild(t *testing.T) {
 
 		if v := cfg.Layers[0].Metadata.Compatibility.Talos.Version; v != ">= v1.0.0" {
 			t.Errorf("gvisor constraint: got %q", v)
+		}
+
+		if m := cfg.Layers[6].Metadata; m.Version != testrelease.DefaultKernelVersion || m.Author != "Talos Machinery" ||
+			m.Description != "Combined modules.dep for all extensions" {
+			t.Errorf("modules.dep metadata: %+v", m)
 		}
 	})
 
@@ -355,6 +360,9 @@ func TestBuild(t *testing.T) {
 			"3.sqsh": {"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/extras/drbd.ko"},
 			"4.sqsh": {"/usr/local/share/schematic/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"},
 			"5.sqsh": {"/usr/local/etc/talos/config.yaml"},
+			"modules.dep.sqsh": {"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/modules.dep",
+				"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/modules.dep.bin",
+				"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/modules.order"},
 		}
 
 		for img, paths := range want {

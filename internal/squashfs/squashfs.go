@@ -1,21 +1,33 @@
-// Package squashfs writes squashfs 4.0 images (gzip, i.e. zlib, compressed)
-// in one streaming pass, for the extension layers of an initramfs.
+// Package squashfs reads and writes squashfs 4.0 images.
 //
+// The writer makes the extension layers of a Talos initramfs in one
+// streaming pass, zstd- or xz-compressed: the Talos kernel mounts nothing
+// else (CONFIG_SQUASHFS_XZ=y, CONFIG_SQUASHFS_ZSTD=y, CONFIG_SQUASHFS_ZLIB
+// unset in siderolabs/pkgs kernel/build/config-amd64 and config-arm64).
 // It exists instead of go-diskfs's squashfs.Create because that writer
 // (v1.9.4) needs the whole tree extracted into a workspace first, reads
 // symlink targets and xattrs with workspace-relative paths (so both fail
 // unless the process's working directory happens to be the workspace),
-// stamps the superblock with time.Now(), and gives empty files a fragment
-// index of 0 instead of "none", which the kernel refuses: the schematic
-// extension's only file is empty. This writer streams each file's data
-// blocks straight into the image as it is added, keeps only the metadata
-// (a few dozen bytes per inode) in memory, and writes the tables at Close.
+// stamps the superblock with time.Now(), gives empty files a fragment
+// index of 0 instead of "none", which the kernel refuses (the schematic
+// extension's only file is empty), and writes xz streams (CRC64, 8 MiB
+// dictionary) the kernel cannot mount. This writer streams each file's
+// data blocks straight into the image as it is added, keeps only the
+// metadata (a few dozen bytes per inode) in memory, and writes the tables
+// at Close.
 //
-// Scope: regular files, directories and symlinks; everything owned by root
-// (mksquashfs -all-root, as Talos builds extension layers); one fixed
-// mtime; xattrs (Talos needs security.selinux); no fragments (a file's
-// tail is a short block: a little less compression on small files, and no
-// fragment-table code to get wrong); no NFS export table; 128 KiB blocks.
+// Writer scope: regular files, directories and symlinks; everything owned
+// by root (mksquashfs -all-root, as Talos builds extension layers); one
+// fixed mtime; xattrs (Talos keeps security.selinux); no fragments (a
+// file's tail is a short block: a little less compression on small files,
+// and no fragment-table code to get wrong); no NFS export table; 128 KiB
+// blocks; no compressor options (the kernel ignores zstd's, and xz's
+// defaults are what Talos's -Xdict-size 100% asks for).
+//
+// The reader (NewReader) is an fs.FS over any squashfs 4.0 image made by
+// mksquashfs with gzip, xz or zstd, fragments, extended inodes and xattrs
+// included: kiln reads the kernel module tree out of a release's
+// rootfs.sqsh with it, and the tests read back what the writer made.
 package squashfs
 
 import (
@@ -31,7 +43,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/zlib"
+	"github.com/klauspost/compress/zstd"
 )
 
 const (
@@ -39,7 +51,6 @@ const (
 	blockSize     = 128 << 10
 	blockLog      = 17
 	metadataSize  = 8192
-	compGzip      = 1
 	invalid64     = ^uint64(0)
 	noFragment    = 0xffffffff
 	noXattr       = 0xffffffff
@@ -61,6 +72,25 @@ const (
 	typeLSymlink = 10
 )
 
+// Options are a Writer's settings.
+type Options struct {
+	// Compression is Zstd or XZ; the zero value is Zstd.
+	Compression Compression
+	// ZstdLevel is the zstd encoder level; the zero value is
+	// zstd.SpeedBestCompression, the strongest (whose encoder allocates
+	// 34 MiB of match tables: test fixtures that write many small images
+	// may ask for less).
+	ZstdLevel zstd.EncoderLevel
+	// Encoder, when set, compresses instead of one of the Writer's own
+	// (Compression and ZstdLevel are then ignored): writers made one after
+	// another can share one, which saves each the strongest zstd level's
+	// tables.
+	Encoder *Encoder
+	// ModTime is stored for every inode and in the superblock; the zero
+	// value means the Unix epoch.
+	ModTime time.Time
+}
+
 // Writer builds one image. Add entries in any order (parents are created
 // as needed with mode 0755), then Close. Not safe for concurrent use.
 type Writer struct {
@@ -69,8 +99,8 @@ type Writer struct {
 	pos   int64         // next data byte
 	mtime uint32
 	root  *node
-	zw    *zlib.Writer
-	zbuf  bytes.Buffer
+	comp  Compression
+	c     compressor
 	block []byte
 	err   error
 }
@@ -95,17 +125,44 @@ type node struct {
 	listSize   uint32
 }
 
-// NewWriter returns a Writer that writes the image to w from offset 0.
-// mtime is stored for every inode and in the superblock.
-func NewWriter(w io.WriterAt, mtime time.Time) (*Writer, error) {
-	zw, err := zlib.NewWriterLevel(nil, zlib.DefaultCompression)
+// Encoder compresses the blocks of one Writer at a time.
+type Encoder struct {
+	comp Compression
+	c    compressor
+}
+
+// NewEncoder makes an Encoder for c (Zstd, the zero value, or XZ) at the
+// given zstd level (zero: the strongest).
+func NewEncoder(c Compression, level zstd.EncoderLevel) (*Encoder, error) {
+	if c == 0 {
+		c = Zstd
+	}
+
+	comp, err := newCompressor(c, level)
 	if err != nil {
 		return nil, err
 	}
 
-	t := mtime.Unix()
+	return &Encoder{comp: c, c: comp}, nil
+}
+
+// NewWriter returns a Writer that writes the image to w from offset 0.
+func NewWriter(w io.WriterAt, opts Options) (*Writer, error) {
+	enc := opts.Encoder
+	if enc == nil {
+		var err error
+		if enc, err = NewEncoder(opts.Compression, opts.ZstdLevel); err != nil {
+			return nil, err
+		}
+	}
+
+	var t int64
+	if !opts.ModTime.IsZero() {
+		t = opts.ModTime.Unix()
+	}
+
 	if t < 0 || t > 0xffffffff {
-		return nil, fmt.Errorf("squashfs: mtime %v out of range", mtime)
+		return nil, fmt.Errorf("squashfs: mtime %v out of range", opts.ModTime)
 	}
 
 	return &Writer{
@@ -114,7 +171,8 @@ func NewWriter(w io.WriterAt, mtime time.Time) (*Writer, error) {
 		pos:   superSize,
 		mtime: uint32(t),
 		root:  &node{kind: typeDir, perm: 0o755, children: map[string]*node{}},
-		zw:    zw,
+		comp:  enc.comp,
+		c:     enc.c,
 		block: make([]byte, blockSize),
 	}, nil
 }
@@ -191,7 +249,11 @@ func (w *Writer) Create(name string, perm fs.FileMode, r io.Reader, xattrs map[s
 // writeBlock compresses one data block, keeping it raw when compression
 // does not help, and returns its block-list entry.
 func (w *Writer) writeBlock(p []byte) (uint32, error) {
-	data, compressed := w.compress(p)
+	data, compressed, err := compressBlock(w.c, p)
+	if err != nil {
+		w.err = err
+		return 0, err
+	}
 
 	if err := w.put(data); err != nil {
 		w.err = err
@@ -205,21 +267,19 @@ func (w *Writer) writeBlock(p []byte) (uint32, error) {
 	return uint32(len(data)), nil
 }
 
-// compress returns p zlib-compressed, or p itself and false when that is
-// not smaller.
-func (w *Writer) compress(p []byte) ([]byte, bool) {
-	w.zbuf.Reset()
-	w.zw.Reset(&w.zbuf)
-
-	// Writing to a bytes.Buffer cannot fail.
-	_, _ = w.zw.Write(p)
-	_ = w.zw.Close()
-
-	if w.zbuf.Len() >= len(p) {
-		return p, false
+// compressBlock returns p compressed, or p itself and false when that is
+// not smaller (the block is then stored raw, as mksquashfs does).
+func compressBlock(c compressor, p []byte) ([]byte, bool, error) {
+	z, err := c.compress(p)
+	if err != nil {
+		return nil, false, err
 	}
 
-	return w.zbuf.Bytes(), true
+	if len(z) >= len(p) {
+		return p, false, nil
+	}
+
+	return z, true, nil
 }
 
 // leaf returns a fresh node for a non-directory at name.
@@ -295,27 +355,27 @@ func (w *Writer) Close() (int64, error) {
 
 	var xattrSets []map[string]string
 
-	inodes, dirs := &mdWriter{}, &mdWriter{}
+	inodes, dirs := w.md(), w.md()
 	if err := w.writeDir(w.root, count+1, inodes, dirs, xattrIdx, &xattrSets); err != nil {
 		return 0, err
 	}
 
 	inodeStart := uint64(w.pos)
-	if err := w.put(inodes.finish()); err != nil {
+	if err := w.putTable(inodes); err != nil {
 		return 0, err
 	}
 
 	dirStart := uint64(w.pos)
-	if err := w.put(dirs.finish()); err != nil {
+	if err := w.putTable(dirs); err != nil {
 		return 0, err
 	}
 
 	// One id: 0, everything is owned by root.
-	ids := &mdWriter{}
+	ids := w.md()
 	ids.write(le32(0))
 
 	idBlock := uint64(w.pos)
-	if err := w.put(ids.finish()); err != nil {
+	if err := w.putTable(ids); err != nil {
 		return 0, err
 	}
 
@@ -354,7 +414,7 @@ func (w *Writer) Close() (int64, error) {
 	sb = append(sb, le32(w.mtime)...)
 	sb = append(sb, le32(blockSize)...)
 	sb = append(sb, le32(0)...) // fragments
-	sb = append(sb, le16(compGzip)...)
+	sb = append(sb, le16(uint16(w.comp))...)
 	sb = append(sb, le16(blockLog)...)
 	sb = append(sb, le16(flags)...)
 	sb = append(sb, le16(1)...) // ids
@@ -563,7 +623,7 @@ var xattrPrefixes = []string{"user.", "trusted.", "security."}
 // writeXattrs writes the key/value table, the id table and its index, and
 // returns the index position for the superblock.
 func (w *Writer) writeXattrs(sets []map[string]string) (uint64, error) {
-	kv, ids := &mdWriter{}, &mdWriter{}
+	kv, ids := w.md(), w.md()
 
 	for _, set := range sets {
 		keys := make([]string, 0, len(set))
@@ -605,12 +665,12 @@ func (w *Writer) writeXattrs(sets []map[string]string) (uint64, error) {
 	}
 
 	kvStart := uint64(w.pos)
-	if err := w.put(kv.finish()); err != nil {
+	if err := w.putTable(kv); err != nil {
 		return 0, err
 	}
 
 	idBlocks := ids.blockStarts(uint64(w.pos))
-	if err := w.put(ids.finish()); err != nil {
+	if err := w.putTable(ids); err != nil {
 		return 0, err
 	}
 
@@ -623,6 +683,16 @@ func (w *Writer) writeXattrs(sets []map[string]string) (uint64, error) {
 	}
 
 	return start, w.put(table)
+}
+
+// putTable appends a finished metadata table.
+func (w *Writer) putTable(m *mdWriter) error {
+	table, err := m.finish()
+	if err != nil {
+		return err
+	}
+
+	return w.put(table)
 }
 
 // put appends p; the 1 MiB buffer turns 128 KiB blocks and small tables
@@ -654,11 +724,15 @@ func sortedChildren(n *node) []*node {
 // filled is known before it is compressed (the bytes already emitted), so
 // references can be handed out while writing.
 type mdWriter struct {
+	c       compressor
 	out     bytes.Buffer
 	cur     []byte
 	written int // uncompressed bytes written
 	starts  []uint64
+	err     error // the first compression error, reported by finish
 }
+
+func (w *Writer) md() *mdWriter { return &mdWriter{c: w.c} }
 
 // pos is where the next byte goes: the block's offset in the table and the
 // offset inside the uncompressed block.
@@ -684,15 +758,14 @@ func (m *mdWriter) write(p []byte) {
 func (m *mdWriter) flush(p []byte) {
 	m.starts = append(m.starts, uint64(m.out.Len()))
 
-	var z bytes.Buffer
+	z, compressed, err := compressBlock(m.c, p)
+	if err != nil && m.err == nil {
+		m.err = err
+	}
 
-	zw, _ := zlib.NewWriterLevel(&z, zlib.DefaultCompression)
-	_, _ = zw.Write(p)
-	_ = zw.Close()
-
-	if z.Len() < len(p) {
-		m.out.Write(le16(uint16(z.Len())))
-		m.out.Write(z.Bytes())
+	if compressed {
+		m.out.Write(le16(uint16(len(z))))
+		m.out.Write(z)
 	} else {
 		m.out.Write(le16(uint16(len(p)) | uncompressedM))
 		m.out.Write(p)
@@ -700,13 +773,13 @@ func (m *mdWriter) flush(p []byte) {
 }
 
 // finish flushes the partial last block and returns the table.
-func (m *mdWriter) finish() []byte {
+func (m *mdWriter) finish() ([]byte, error) {
 	if len(m.cur) > 0 {
 		m.flush(m.cur)
 		m.cur = nil
 	}
 
-	return m.out.Bytes()
+	return m.out.Bytes(), m.err
 }
 
 // blockStarts returns where each block will be once the table is written
