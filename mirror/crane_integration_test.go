@@ -13,8 +13,8 @@ import (
 	"github.com/kiln-dev/kiln/release"
 )
 
-// crane runs the real crane CLI (_tools/bin/crane, or $CRANE).
-func crane(t *testing.T, args ...string) string {
+// craneCLI runs the real crane CLI (_tools/bin/crane, or $CRANE).
+func craneCLI(t *testing.T, args ...string) string {
 	t.Helper()
 
 	out, err := exec.CommandContext(t.Context(), testfixture.Crane(t), append(args, "--insecure")...).CombinedOutput()
@@ -51,8 +51,8 @@ func TestCraneReadsMirror(t *testing.T) {
 	}
 
 	for _, repo := range []string{release.ImagerRepo, release.ExtensionsRepo, "registry.k8s.io/kube-apiserver"} {
-		srcTags := strings.Fields(crane(t, "ls", f.src.Registry.Repo(repo).String()))
-		dstTags := strings.Fields(crane(t, "ls", dst.Repo(repo).String()))
+		srcTags := strings.Fields(craneCLI(t, "ls", f.src.Registry.Repo(repo).String()))
+		dstTags := strings.Fields(craneCLI(t, "ls", dst.Repo(repo).String()))
 		slices.Sort(srcTags)
 		slices.Sort(dstTags)
 
@@ -62,11 +62,11 @@ func TestCraneReadsMirror(t *testing.T) {
 
 		for _, tag := range srcTags {
 			s, d := f.src.Registry.Repo(repo).Tag(tag).String(), dst.Repo(repo).Tag(tag).String()
-			if got, want := crane(t, "digest", d), crane(t, "digest", s); got != want {
+			if got, want := craneCLI(t, "digest", d), craneCLI(t, "digest", s); got != want {
 				t.Errorf("crane digest %s: got %s, want %s", d, got, want)
 			}
 
-			if got, want := crane(t, "manifest", d), crane(t, "manifest", s); got != want {
+			if got, want := craneCLI(t, "manifest", d), craneCLI(t, "manifest", s); got != want {
 				t.Errorf("crane manifest %s differs", d)
 			}
 		}
