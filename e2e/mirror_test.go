@@ -78,8 +78,8 @@ func TestMirror(t *testing.T) {
 	rel, err := testrelease.Push(ctx, testrelease.Options{
 		Version:  "v1.13.0",
 		Registry: reg,
-		Sign: func(ctx context.Context, ref name.Digest) error {
-			return signingtest.SignLegacy(ctx, ref, key)
+		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
 		},
 	})
 	if err != nil {
@@ -318,12 +318,14 @@ func TestMirrorKeylessAcrossTheAirGap(t *testing.T) {
 	tuf := localsigstore.NewTUFRepository(t, map[string][]byte{signing.TrustedRootTarget: trJSON})
 	id := localsigstore.Identity{Subject: "releasemgr-svc@talos-production.iam.gserviceaccount.com", Issuer: "https://accounts.google.com"}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest) error {
+	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+		// kiln accepts a release image's bundle only if its statement names
+		// the image (cosign's name none; see signing.WithSignedIdentity).
 		if strings.HasSuffix(ref.Context().RepositoryStr(), "siderolabs/imager") {
-			return ss.SignBundle(ctx, ref, localsigstore.Options{Identity: id, Log: localsigstore.RekorV2, TSA: true})
+			return ss.SignBundle(ctx, ref, localsigstore.Options{Identity: id, Log: localsigstore.RekorV2, TSA: true, As: upstream.Name()})
 		}
 
-		return ss.SignLikeSidero(ctx, ref, id)
+		return ss.SignLikeSideroAs(ctx, ref, upstream.Name(), id)
 	}}); err != nil {
 		t.Fatal(err)
 	}

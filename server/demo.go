@@ -130,8 +130,8 @@ func seedDemo(ctx context.Context, src *artifacts.Source, dataDir string, logger
 			Registry:  src.Registry,
 			Namespace: demoNamespace,
 			Remote:    src.Remote,
-			Sign: func(ctx context.Context, ref name.Digest) error {
-				return signingtest.SignLegacy(ctx, ref, key, src.Remote...)
+			Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+				return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key, src.Remote...)
 			},
 		})
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // importLayout copies every tagged image of an OCI image-layout directory
@@ -80,21 +81,10 @@ func layoutRefs(dir string) ([]string, error) {
 			continue // signatures travel with their images, the trusted root apart
 		}
 
-		refs = append(refs, upstreamRef(pathTag[:i])+":"+pathTag[i+1:])
+		refs = append(refs, release.UpstreamPath(pathTag[:i])+":"+pathTag[i+1:])
 	}
 
 	slices.Sort(refs)
 
 	return slices.Compact(refs), nil
-}
-
-// upstreamRef inverts release.MirrorPath: a path whose first element is a
-// host keeps it, any other lives on ghcr.io.
-func upstreamRef(path string) string {
-	first, _, _ := strings.Cut(path, "/")
-	if strings.ContainsAny(first, ".:") || first == "localhost" {
-		return path
-	}
-
-	return "ghcr.io/" + path
 }

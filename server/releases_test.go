@@ -34,7 +34,9 @@ func seedRegistry(t *testing.T, dir string, key *signingtest.Key) {
 
 	opts := testrelease.Options{Version: "v1.13.0", Registry: host, Remote: []remote.Option{inproc}}
 	if key != nil {
-		opts.Sign = func(ctx context.Context, ref name.Digest) error { return signingtest.SignLegacy(ctx, ref, key, inproc) }
+		opts.Sign = func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key, inproc)
+		}
 	}
 
 	if _, err := testrelease.Push(ctx, opts); err != nil {
