@@ -41,8 +41,8 @@ func WithSignedIdentity(ctx context.Context, repo name.Repository) context.Conte
 	return context.WithValue(ctx, signedIdentityKey{}, repo)
 }
 
-// signedIdentity is the repository WithSignedIdentity asked for, if any.
-func signedIdentity(ctx context.Context) (name.Repository, bool) {
+// SignedIdentity is the repository WithSignedIdentity asked for, if any.
+func SignedIdentity(ctx context.Context) (name.Repository, bool) {
 	repo, ok := ctx.Value(signedIdentityKey{}).(name.Repository)
 
 	return repo, ok

@@ -294,7 +294,7 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 	}
 
 	var want *name.Repository
-	if w, ok := signedIdentity(ctx); ok {
+	if w, ok := SignedIdentity(ctx); ok {
 		want = &w
 	}
 
