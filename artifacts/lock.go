@@ -208,36 +208,105 @@ func upstreamOf(path string) (name.Repository, error) {
 	return name.NewRepository(release.UpstreamPath(path))
 }
 
-// lockFor returns the lock of version, recording one from what the mirror
-// holds now when there is none (first use): a release mirrored by a kiln
-// mirror that recorded no lock (an external registry, an older kiln) is
-// locked the first time kiln reads it.
-func (m *Manager) lockFor(ctx context.Context, version string) (*Lock, error) {
-	l, err := m.locks.Lock(version)
-	if err != nil || l != nil {
-		return l, err
+// lockedDigest returns the digest the lock of version records for path,
+// verified. A repository the lock does not record yet (a version mirrored
+// by a kiln mirror that recorded no lock, into an external registry or by
+// an older kiln; or a piece added after the lock) is recorded now, at its
+// first use, from where its tag points: the first read of an image is what
+// later reads are held to.
+func (m *Manager) lockedDigest(ctx context.Context, path, version string) (name.Digest, error) {
+	repo, err := m.src.Repo(path)
+	if err != nil {
+		return name.Digest{}, err
 	}
 
-	v, err, _ := m.group.Do("lock:"+version, func() (any, error) {
-		if l, err := m.locks.Lock(version); err != nil || l != nil {
-			return l, err
-		}
+	l, err := m.locks.Lock(version)
+	if err != nil {
+		return name.Digest{}, err
+	}
 
-		l, err := m.RecordLock(ctx, version, nil, "first use")
+	if l != nil {
+		if d, ok := l.Images[path]; ok {
+			ref := repo.Digest(d)
+
+			return ref, m.verifyAs(ctx, path, ref)
+		}
+	}
+
+	v, err, _ := m.group.Do("lock:"+version+":"+path, func() (any, error) {
+		ref, err := m.src.Resolve(ctx, path, version)
 		if err != nil {
 			return nil, err
 		}
 
-		m.logger.WarnContext(ctx, "no release lock: recorded what the mirror holds now (first use); kiln mirror records one when it copies a release into kiln",
-			"version", version, "images", l.Images)
+		if err := m.verifyAs(ctx, path, ref); err != nil {
+			return nil, err
+		}
 
-		return l, nil
+		m.lockMu.Lock()
+		defer m.lockMu.Unlock()
+
+		l, err := m.locks.Lock(version)
+		if err != nil {
+			return nil, err
+		}
+
+		if l == nil {
+			l = &Lock{Version: version, Recorded: time.Now().UTC(), RecordedBy: "first use", Images: map[string]string{}}
+		}
+
+		if d, ok := l.Images[path]; ok {
+			return repo.Digest(d), nil // recorded meanwhile
+		}
+
+		l.Images[path] = ref.DigestStr()
+		if err := m.lockCatalog(ctx, l, path); err != nil {
+			return nil, err
+		}
+
+		if err := m.locks.PutLock(l); err != nil {
+			return nil, err
+		}
+
+		m.logger.WarnContext(ctx, "release lock: recorded at first use what the mirror holds now (kiln mirror records a release's lock when it copies it into kiln)",
+			"version", version, "repository", path, "digest", ref.DigestStr())
+
+		return ref, nil
 	})
 	if err != nil {
-		return nil, err
+		return name.Digest{}, err
 	}
 
-	return v.(*Lock), nil
+	return v.(name.Digest), nil
+}
+
+// lockCatalog adds to l the extension or overlay images the catalog at
+// path names, when path is a catalog.
+func (m *Manager) lockCatalog(ctx context.Context, l *Lock, path string) error {
+	switch path {
+	case release.ExtensionsRepo:
+		exts, err := m.catalogExtensions(ctx, l.Images[path])
+		if err != nil {
+			return fmt.Errorf("release lock %s: %w", l.Version, err)
+		}
+
+		l.Extensions = map[string]string{}
+		for _, e := range exts {
+			l.Extensions[release.MirrorPath(e.Ref.Context())] = e.Digest
+		}
+	case release.OverlaysRepo:
+		ovs, err := m.catalogOverlays(ctx, l.Images[path])
+		if err != nil {
+			return fmt.Errorf("release lock %s: %w", l.Version, err)
+		}
+
+		l.Overlays = map[string]string{}
+		for _, o := range ovs {
+			l.Overlays[release.MirrorPath(o.Ref.Context())] = o.Digest
+		}
+	}
+
+	return nil
 }
 
 // Lock returns the recorded lock of a version, nil when there is none.
@@ -306,31 +375,19 @@ func (m *Manager) RecordLock(ctx context.Context, version string, want map[strin
 		l.Images[path] = ref.DigestStr()
 	}
 
-	if d, ok := l.Images[release.ExtensionsRepo]; ok {
-		exts, err := m.catalogExtensions(ctx, d)
-		if err != nil {
-			return nil, fmt.Errorf("release lock %s: %w", v, err)
-		}
-
-		l.Extensions = map[string]string{}
-		for _, e := range exts {
-			l.Extensions[release.MirrorPath(e.Ref.Context())] = e.Digest
+	for _, path := range []string{release.ExtensionsRepo, release.OverlaysRepo} {
+		if _, ok := l.Images[path]; ok {
+			if err := m.lockCatalog(ctx, l, path); err != nil {
+				return nil, err
+			}
 		}
 	}
 
-	if d, ok := l.Images[release.OverlaysRepo]; ok {
-		ovs, err := m.catalogOverlays(ctx, d)
-		if err != nil {
-			return nil, fmt.Errorf("release lock %s: %w", v, err)
-		}
+	m.lockMu.Lock()
+	err = m.locks.PutLock(l)
+	m.lockMu.Unlock()
 
-		l.Overlays = map[string]string{}
-		for _, o := range ovs {
-			l.Overlays[release.MirrorPath(o.Ref.Context())] = o.Digest
-		}
-	}
-
-	if err := m.locks.PutLock(l); err != nil {
+	if err != nil {
 		return nil, err
 	}
 

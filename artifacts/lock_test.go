@@ -43,7 +43,7 @@ type lockFixture struct {
 	v      *identityVerifier
 }
 
-func newLockFixture(t *testing.T) *lockFixture {
+func newLockFixture(t *testing.T, versions ...string) *lockFixture {
 	t.Helper()
 
 	reg, err := registry.NewEmbedded(t.Context(), t.TempDir())
@@ -55,7 +55,7 @@ func newLockFixture(t *testing.T) *lockFixture {
 	f := &lockFixture{rels: map[string]*testrelease.Release{}, inproc: remote.WithTransport(registry.Transport(reg)), v: &identityVerifier{seen: map[string]string{}}}
 	f.host, _ = name.NewRegistry("kiln.internal", name.Insecure)
 
-	for _, v := range []string{"v1.12.0", "v1.13.0"} {
+	for _, v := range versions {
 		rel, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}})
 		if err != nil {
 			t.Fatal(err)
@@ -85,13 +85,14 @@ func (f *lockFixture) retag(t *testing.T, path, tag string, digest name.Digest) 
 	}
 }
 
-// TestReleaseLock: the first use of a version records its lock (every
-// image verified as its upstream repository); re-tagging the imager
-// afterwards changes nothing kiln reads, and Drift names the repository,
-// version and both digests until a new lock is recorded.
+// TestReleaseLock: a version's first use records in its lock what it
+// read (each image verified as its upstream repository); an explicit
+// RecordLock records the whole release. Re-tagging the imager afterwards
+// changes nothing kiln reads, and Drift names the repository, version and
+// both digests until a new lock is recorded.
 func TestReleaseLock(t *testing.T) {
 	ctx := t.Context()
-	f := newLockFixture(t)
+	f := newLockFixture(t, "v1.12.0", "v1.13.0")
 	v13, v12 := f.rels["v1.13.0"], f.rels["v1.12.0"]
 
 	ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0")
@@ -99,29 +100,40 @@ func TestReleaseLock(t *testing.T) {
 		t.Fatalf("Verified imager = %v, %v; want %s", ref, err, v13.Imager)
 	}
 
+	if _, err := f.m.Extensions(ctx, "v1.13.0"); err != nil {
+		t.Fatal(err)
+	}
+
 	l, err := f.locks.Lock("v1.13.0")
 	if err != nil || l == nil {
 		t.Fatalf("no lock on disk after first use: %v", err)
 	}
 
-	if l.RecordedBy != "first use" || l.Images[release.ImagerRepo] != v13.Imager.DigestStr() ||
-		l.Images[release.InstallerBaseRepo] != v13.InstallerBase.DigestStr() || l.Images[release.ExtensionsRepo] != v13.Extensions.DigestStr() ||
-		l.Images[release.OverlaysRepo] != v13.Overlays.DigestStr() || l.Images[release.TalosctlAllRepo] != v13.TalosctlAll.DigestStr() {
-		t.Fatalf("lock = %+v, want the release's digests", l)
+	if l.RecordedBy != "first use" || len(l.Images) != 2 || l.Images[release.ImagerRepo] != v13.Imager.DigestStr() ||
+		l.Images[release.ExtensionsRepo] != v13.Extensions.DigestStr() {
+		t.Fatalf("lock after first use = %+v, want the imager and the extensions catalog", l)
 	}
 
 	if got, want := l.Extensions["siderolabs/gvisor"], v13.ExtensionImages["siderolabs/gvisor"].DigestStr(); got != want {
 		t.Errorf("lock's gvisor = %q, want the catalog's %s", got, want)
 	}
 
-	if len(l.Overlays) == 0 {
-		t.Error("the lock lists no overlay image")
+	l, err = f.m.RecordLock(ctx, "v1.13.0", nil, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if l.Images[release.ImagerRepo] != v13.Imager.DigestStr() || l.Images[release.InstallerBaseRepo] != v13.InstallerBase.DigestStr() ||
+		l.Images[release.ExtensionsRepo] != v13.Extensions.DigestStr() || l.Images[release.OverlaysRepo] != v13.Overlays.DigestStr() ||
+		l.Images[release.TalosctlAllRepo] != v13.TalosctlAll.DigestStr() || len(l.Overlays) == 0 || len(l.Extensions) == 0 {
+		t.Fatalf("RecordLock = %+v, want the release's digests", l)
 	}
 
 	for repo, want := range map[string]string{
 		"mirror/siderolabs/imager":         "ghcr.io/siderolabs/imager",
 		"mirror/siderolabs/installer-base": "ghcr.io/siderolabs/installer-base",
 		"mirror/siderolabs/extensions":     "ghcr.io/siderolabs/extensions",
+		"mirror/siderolabs/talosctl-all":   "ghcr.io/siderolabs/talosctl-all",
 	} {
 		if got := f.v.seen[repo]; got != want {
 			t.Errorf("%s verified as %q, want %q", repo, got, want)
@@ -146,7 +158,7 @@ func TestReleaseLock(t *testing.T) {
 		t.Fatalf("Drift = %v, want a LockError", err)
 	}
 
-	for _, want := range []string{"mirror/siderolabs/imager:v1.13.0", v13.Imager.DigestStr(), v12.Imager.DigestStr(), "first use"} {
+	for _, want := range []string{"mirror/siderolabs/imager:v1.13.0", v13.Imager.DigestStr(), v12.Imager.DigestStr(), "(test, "} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Drift error %q does not name %s", err, want)
 		}
@@ -154,7 +166,8 @@ func TestReleaseLock(t *testing.T) {
 
 	// A kiln mirror that copied something else than the tag now says is
 	// refused; one that copied what the tag says records a new lock.
-	if _, err := f.m.RecordLock(ctx, "v1.13.0", map[string]string{release.ImagerRepo: v13.Imager.DigestStr()}, "kiln mirror (admin)"); !errors.Is(err, artifacts.ErrLockMismatch) {
+	if _, err := f.m.RecordLock(ctx, "v1.13.0", map[string]string{release.ImagerRepo: v13.Imager.DigestStr()}, "kiln mirror (admin)"); !errors.Is(err, artifacts.ErrLockMismatch) ||
+		!strings.Contains(err.Error(), "was copied as "+v13.Imager.DigestStr()+" but the mirror's tag points to "+v12.Imager.DigestStr()) {
 		t.Fatalf("RecordLock of what the tag no longer holds = %v, want ErrLockMismatch", err)
 	}
 
@@ -182,13 +195,24 @@ func TestReleaseLock(t *testing.T) {
 }
 
 // TestReleaseLockRefusesUnverified: a lock is never recorded over an image
-// the verifier refuses, and the refusal names the repository.
+// the verifier refuses, at first use or by RecordLock, and the refusal
+// names the repository.
 func TestReleaseLockRefusesUnverified(t *testing.T) {
-	f := newLockFixture(t)
-	refusing := artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/talosctl-all"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+	f := newLockFixture(t, "v1.13.0")
+	refusing := artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/imager"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
 
-	if _, err := refusing.Verified(t.Context(), release.ImagerRepo, "v1.13.0"); !errors.Is(err, errRefused) || !strings.Contains(err.Error(), "siderolabs/talosctl-all") {
-		t.Fatalf("Verified = %v, want the talosctl-all refusal", err)
+	if _, err := refusing.Verified(t.Context(), release.ImagerRepo, "v1.13.0"); !errors.Is(err, errRefused) {
+		t.Fatalf("Verified = %v, want the refusal", err)
+	}
+
+	if l, err := f.locks.Lock("v1.13.0"); err != nil || l != nil {
+		t.Fatalf("a lock was recorded over a refused image: %+v, %v", l, err)
+	}
+
+	refusing = artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/talosctl-all"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+
+	if _, err := refusing.RecordLock(t.Context(), "v1.13.0", nil, "test"); !errors.Is(err, errRefused) || !strings.Contains(err.Error(), "siderolabs/talosctl-all") {
+		t.Fatalf("RecordLock = %v, want the talosctl-all refusal", err)
 	}
 
 	if l, err := f.locks.Lock("v1.13.0"); err != nil || l != nil {

@@ -55,6 +55,8 @@ type Manager struct {
 	cfg    Config
 	logger *slog.Logger
 	locks  LockStore
+	// lockMu orders the read-modify-write of a lock.
+	lockMu sync.Mutex
 
 	group singleflight.Group
 
@@ -170,28 +172,16 @@ func (m *Manager) Verify(ctx context.Context, ref name.Digest) error {
 // Verified returns the verified digest of path:tag. For a repository a
 // release lock records (imager, installer, catalogs, talosctl-all) and a
 // version tag, that is the locked digest, whatever the tag says now: a
-// re-tagged release changes nothing kiln reads (Drift reports it). The lock
-// is recorded from what the tags say if the version has none yet.
+// re-tagged release changes nothing kiln reads (Drift reports it). What the
+// lock does not record yet is recorded at this first use.
 func (m *Manager) Verified(ctx context.Context, path, tag string) (name.Digest, error) {
 	if repos, err := lockedRepos(tag); err == nil && slices.Contains(repos, path) {
-		l, err := m.lockFor(ctx, tag)
+		ref, err := m.lockedDigest(ctx, path, tag)
 		if err != nil {
 			return name.Digest{}, err
 		}
 
-		if d, ok := l.Images[path]; ok {
-			repo, err := m.src.Repo(path)
-			if err != nil {
-				return name.Digest{}, err
-			}
-
-			ref := repo.Digest(d)
-			if err := m.verifyAs(ctx, path, ref); err != nil {
-				return name.Digest{}, err
-			}
-
-			return ref, nil
-		}
+		return ref, nil
 	}
 
 	ref, err := m.src.Resolve(ctx, path, tag)
