@@ -580,3 +580,39 @@ func (l *srcLayer) MediaType() (types.MediaType, error) { return l.desc.MediaTyp
 func (l *srcLayer) Compressed() (io.ReadCloser, error) {
 	return l.s.src.blob(l.s.ctx, l.s.repo, l.desc.Digest)
 }
+
+// ReleaseDigests maps each Talos version of the plan (a tag of the imager)
+// to the digests of its tagged release images (imager, installer-base or
+// installer, the catalogs, talosctl-all) by mirror path: what a release
+// lock of the copy records.
+func (p *Plan) ReleaseDigests() map[string]map[string]string {
+	out := map[string]map[string]string{}
+
+	for _, it := range p.Items {
+		if it.Repo != release.ImagerRepo {
+			continue
+		}
+
+		for _, tag := range it.Tags {
+			if _, err := release.ParseVersion(tag); err == nil {
+				out[tag] = map[string]string{}
+			}
+		}
+	}
+
+	for _, it := range p.Items {
+		switch it.Repo {
+		case release.ImagerRepo, release.InstallerBaseRepo, release.InstallerRepo, release.ExtensionsRepo, release.OverlaysRepo, release.TalosctlAllRepo:
+		default:
+			continue
+		}
+
+		for _, tag := range it.Tags {
+			if images, ok := out[tag]; ok {
+				images[it.Repo] = it.Digest.String()
+			}
+		}
+	}
+
+	return out
+}
