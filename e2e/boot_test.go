@@ -90,7 +90,7 @@ func TestBootProof(t *testing.T) {
 	policy := trustEverythingSignedBy(t, key)
 	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
-	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--arch", "amd64",
+	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", "v1.13.0", "--arch", "amd64",
 		"--trust-policy", policy); err != nil {
 		t.Fatalf("kiln mirror: %v\n%s", err, out)
 	}

@@ -93,7 +93,7 @@ func TestMirror(t *testing.T) {
 	var copied []string
 
 	for i := range 2 {
-		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--trust-policy", policy)
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", "v1.13.0", "--trust-policy", policy)
 		if err != nil {
 			t.Fatalf("kiln mirror run %d: %v\n%s", i+1, err, out)
 		}
@@ -101,6 +101,10 @@ func TestMirror(t *testing.T) {
 		m := copiedRE.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("kiln mirror run %d printed no summary:\n%s", i+1, out)
+		}
+
+		if !strings.Contains(out, "release lock of v1.13.0 recorded on "+k.addr+": imager "+rel.Imager.DigestStr()) {
+			t.Fatalf("kiln mirror run %d recorded no release lock in kiln:\n%s", i+1, out)
 		}
 
 		copied = append(copied, m[1])
@@ -155,7 +159,7 @@ func TestMirror(t *testing.T) {
 		}
 
 		inside := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
-		if out, err := kilnRun(t, "mirror", "--from", archive, "--to", inside.addr, "--version", "v1.13.0", "--trust-policy", policy); err != nil {
+		if out, err := kilnRun(t, "mirror", "--from", archive, "--to", inside.addr, "--to-password-file", inside.passwordFile(), "--version", "v1.13.0", "--trust-policy", policy); err != nil {
 			t.Fatalf("mirror from archive: %v\n%s", err, out)
 		}
 
@@ -209,7 +213,7 @@ func TestMirror(t *testing.T) {
 	t.Run("one architecture", func(t *testing.T) {
 		amd64 := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
-		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", amd64.addr, "--version", "v1.13.0", "--arch", "amd64", "--trust-policy", policy)
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", amd64.addr, "--to-password-file", amd64.passwordFile(), "--version", "v1.13.0", "--arch", "amd64", "--trust-policy", policy)
 		if err != nil {
 			t.Fatalf("mirror --arch amd64: %v\n%s", err, out)
 		}
@@ -281,7 +285,7 @@ func TestMirror(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--images", images, "--trust-policy", policy)
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--images", images, "--trust-policy", policy)
 		if err == nil || !strings.Contains(out, "untrusted artifact") || !strings.Contains(out, "no signatures found") {
 			t.Fatalf("mirror of an unsigned image: %v\n%s", err, out)
 		}
@@ -374,7 +378,7 @@ func TestMirrorKeylessAcrossTheAirGap(t *testing.T) {
 ip link set lo up 2>/dev/null || true
 "$KILN" serve --listen 127.0.0.1:18998 --data-dir "$DATA" --trust-policy "$POLICY" --log-format json 2>"$DATA/kiln.log" &
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:18998/readyz >/dev/null && break; sleep 0.25; done
-"$KILN" mirror --from "$ARCHIVE" --to 127.0.0.1:18998 --version v1.13.0 --trust-policy "$POLICY"
+"$KILN" mirror --from "$ARCHIVE" --to 127.0.0.1:18998 --to-password-file "$DATA/auth/admin-password" --version v1.13.0 --trust-policy "$POLICY"
 echo "== extensions"
 curl -sSf http://127.0.0.1:18998/version/v1.13.0/extensions/official
 echo
