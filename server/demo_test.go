@@ -168,12 +168,14 @@ func TestDemoRestart(t *testing.T) {
 	// The lock still names what was seeded.
 	resp, body = ts.do(t, "GET", "/v1/versions/v1.13.0/lock", "")
 
-	var lock struct {
-		Images     map[string]string `json:"images"`
-		RecordedBy string            `json:"recordedBy"`
+	var got struct {
+		Lock struct {
+			Images     map[string]string `json:"images"`
+			RecordedBy string            `json:"recordedBy"`
+		} `json:"lock"`
 	}
 
-	if err := json.Unmarshal([]byte(body), &lock); err != nil || resp.StatusCode != 200 || lock.Images[release.ImagerRepo] != newer || lock.RecordedBy != "kiln serve --demo" {
+	if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != 200 || got.Lock.Images[release.ImagerRepo] != newer || got.Lock.RecordedBy != "kiln serve --demo" {
 		t.Fatalf("GET lock = %d %s", resp.StatusCode, body)
 	}
 

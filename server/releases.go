@@ -108,7 +108,7 @@ func (s *releaseService) ListOverlays(ctx context.Context, req *kilnv1.ListOverl
 	return &kilnv1.ListOverlaysResponse{Overlays: ovs}, nil
 }
 
-func (s *releaseService) GetReleaseLock(_ context.Context, req *kilnv1.GetReleaseLockRequest) (*kilnv1.ReleaseLock, error) {
+func (s *releaseService) GetReleaseLock(_ context.Context, req *kilnv1.GetReleaseLockRequest) (*kilnv1.GetReleaseLockResponse, error) {
 	l, err := s.domain.manager.Lock(req.GetVersion())
 	if err != nil {
 		return nil, err
@@ -118,7 +118,7 @@ func (s *releaseService) GetReleaseLock(_ context.Context, req *kilnv1.GetReleas
 		return nil, status.Errorf(codes.NotFound, "no release lock for %s: it is recorded when kiln mirror copies the version into kiln, or at the version's first use", req.GetVersion())
 	}
 
-	return lockProto(l), nil
+	return &kilnv1.GetReleaseLockResponse{Lock: lockProto(l)}, nil
 }
 
 // LockRelease records a version's lock for kiln mirror (an admin call: the

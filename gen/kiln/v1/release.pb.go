@@ -67,6 +67,51 @@ func (x *GetReleaseLockRequest) GetVersion() string {
 	return ""
 }
 
+// GetReleaseLockResponse is the lock of the version asked for.
+type GetReleaseLockResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lock          *ReleaseLock           `protobuf:"bytes,1,opt,name=lock,proto3" json:"lock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReleaseLockResponse) Reset() {
+	*x = GetReleaseLockResponse{}
+	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReleaseLockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReleaseLockResponse) ProtoMessage() {}
+
+func (x *GetReleaseLockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReleaseLockResponse.ProtoReflect.Descriptor instead.
+func (*GetReleaseLockResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetReleaseLockResponse) GetLock() *ReleaseLock {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
 // ReleaseLock is one version of a release as it was mirrored.
 type ReleaseLock struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -88,7 +133,7 @@ type ReleaseLock struct {
 
 func (x *ReleaseLock) Reset() {
 	*x = ReleaseLock{}
-	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	mi := &file_kiln_v1_release_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +145,7 @@ func (x *ReleaseLock) String() string {
 func (*ReleaseLock) ProtoMessage() {}
 
 func (x *ReleaseLock) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	mi := &file_kiln_v1_release_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +158,7 @@ func (x *ReleaseLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLock.ProtoReflect.Descriptor instead.
 func (*ReleaseLock) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ReleaseLock) GetVersion() string {
@@ -175,7 +220,7 @@ type LockReleaseRequest struct {
 
 func (x *LockReleaseRequest) Reset() {
 	*x = LockReleaseRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[2]
+	mi := &file_kiln_v1_release_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +232,7 @@ func (x *LockReleaseRequest) String() string {
 func (*LockReleaseRequest) ProtoMessage() {}
 
 func (x *LockReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[2]
+	mi := &file_kiln_v1_release_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +245,7 @@ func (x *LockReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockReleaseRequest.ProtoReflect.Descriptor instead.
 func (*LockReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LockReleaseRequest) GetVersion() string {
@@ -236,7 +281,7 @@ type LockReleaseResponse struct {
 
 func (x *LockReleaseResponse) Reset() {
 	*x = LockReleaseResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[3]
+	mi := &file_kiln_v1_release_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +293,7 @@ func (x *LockReleaseResponse) String() string {
 func (*LockReleaseResponse) ProtoMessage() {}
 
 func (x *LockReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[3]
+	mi := &file_kiln_v1_release_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +306,7 @@ func (x *LockReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockReleaseResponse.ProtoReflect.Descriptor instead.
 func (*LockReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LockReleaseResponse) GetLock() *ReleaseLock {
@@ -289,7 +334,7 @@ type ListVersionsRequest struct {
 
 func (x *ListVersionsRequest) Reset() {
 	*x = ListVersionsRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[4]
+	mi := &file_kiln_v1_release_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +346,7 @@ func (x *ListVersionsRequest) String() string {
 func (*ListVersionsRequest) ProtoMessage() {}
 
 func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[4]
+	mi := &file_kiln_v1_release_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +359,7 @@ func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListVersionsRequest) GetBroken() bool {
@@ -334,7 +379,7 @@ type ListVersionsResponse struct {
 
 func (x *ListVersionsResponse) Reset() {
 	*x = ListVersionsResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[5]
+	mi := &file_kiln_v1_release_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +391,7 @@ func (x *ListVersionsResponse) String() string {
 func (*ListVersionsResponse) ProtoMessage() {}
 
 func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[5]
+	mi := &file_kiln_v1_release_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +404,7 @@ func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListVersionsResponse) GetVersions() []string {
@@ -379,7 +424,7 @@ type ListExtensionsRequest struct {
 
 func (x *ListExtensionsRequest) Reset() {
 	*x = ListExtensionsRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[6]
+	mi := &file_kiln_v1_release_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +436,7 @@ func (x *ListExtensionsRequest) String() string {
 func (*ListExtensionsRequest) ProtoMessage() {}
 
 func (x *ListExtensionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[6]
+	mi := &file_kiln_v1_release_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +449,7 @@ func (x *ListExtensionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExtensionsRequest.ProtoReflect.Descriptor instead.
 func (*ListExtensionsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListExtensionsRequest) GetVersion() string {
@@ -430,7 +475,7 @@ type ExtensionInfo struct {
 
 func (x *ExtensionInfo) Reset() {
 	*x = ExtensionInfo{}
-	mi := &file_kiln_v1_release_proto_msgTypes[7]
+	mi := &file_kiln_v1_release_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +487,7 @@ func (x *ExtensionInfo) String() string {
 func (*ExtensionInfo) ProtoMessage() {}
 
 func (x *ExtensionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[7]
+	mi := &file_kiln_v1_release_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +500,7 @@ func (x *ExtensionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtensionInfo.ProtoReflect.Descriptor instead.
 func (*ExtensionInfo) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExtensionInfo) GetName() string {
@@ -503,7 +548,7 @@ type ListExtensionsResponse struct {
 
 func (x *ListExtensionsResponse) Reset() {
 	*x = ListExtensionsResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[8]
+	mi := &file_kiln_v1_release_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +560,7 @@ func (x *ListExtensionsResponse) String() string {
 func (*ListExtensionsResponse) ProtoMessage() {}
 
 func (x *ListExtensionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[8]
+	mi := &file_kiln_v1_release_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +573,7 @@ func (x *ListExtensionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExtensionsResponse.ProtoReflect.Descriptor instead.
 func (*ListExtensionsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListExtensionsResponse) GetExtensions() []*ExtensionInfo {
@@ -548,7 +593,7 @@ type ListOverlaysRequest struct {
 
 func (x *ListOverlaysRequest) Reset() {
 	*x = ListOverlaysRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[9]
+	mi := &file_kiln_v1_release_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +605,7 @@ func (x *ListOverlaysRequest) String() string {
 func (*ListOverlaysRequest) ProtoMessage() {}
 
 func (x *ListOverlaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[9]
+	mi := &file_kiln_v1_release_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +618,7 @@ func (x *ListOverlaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverlaysRequest.ProtoReflect.Descriptor instead.
 func (*ListOverlaysRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListOverlaysRequest) GetVersion() string {
@@ -599,7 +644,7 @@ type OverlayInfo struct {
 
 func (x *OverlayInfo) Reset() {
 	*x = OverlayInfo{}
-	mi := &file_kiln_v1_release_proto_msgTypes[10]
+	mi := &file_kiln_v1_release_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +656,7 @@ func (x *OverlayInfo) String() string {
 func (*OverlayInfo) ProtoMessage() {}
 
 func (x *OverlayInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[10]
+	mi := &file_kiln_v1_release_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +669,7 @@ func (x *OverlayInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverlayInfo.ProtoReflect.Descriptor instead.
 func (*OverlayInfo) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OverlayInfo) GetName() string {
@@ -665,7 +710,7 @@ type ListOverlaysResponse struct {
 
 func (x *ListOverlaysResponse) Reset() {
 	*x = ListOverlaysResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[11]
+	mi := &file_kiln_v1_release_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +722,7 @@ func (x *ListOverlaysResponse) String() string {
 func (*ListOverlaysResponse) ProtoMessage() {}
 
 func (x *ListOverlaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[11]
+	mi := &file_kiln_v1_release_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +735,7 @@ func (x *ListOverlaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverlaysResponse.ProtoReflect.Descriptor instead.
 func (*ListOverlaysResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListOverlaysResponse) GetOverlays() []*OverlayInfo {
@@ -706,7 +751,9 @@ const file_kiln_v1_release_proto_rawDesc = "" +
 	"\n" +
 	"\x15kiln/v1/release.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n" +
 	"\x15GetReleaseLockRequest\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion\"\xf7\x03\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\"B\n" +
+	"\x16GetReleaseLockResponse\x12(\n" +
+	"\x04lock\x18\x01 \x01(\v2\x14.kiln.v1.ReleaseLockR\x04lock\"\xf7\x03\n" +
 	"\vReleaseLock\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x126\n" +
 	"\brecorded\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\brecorded\x12\x1f\n" +
@@ -760,12 +807,12 @@ const file_kiln_v1_release_proto_rawDesc = "" +
 	"\x03ref\x18\x03 \x01(\tR\x03ref\x12\x16\n" +
 	"\x06digest\x18\x04 \x01(\tR\x06digest\"H\n" +
 	"\x14ListOverlaysResponse\x120\n" +
-	"\boverlays\x18\x01 \x03(\v2\x14.kiln.v1.OverlayInfoR\boverlays2\x8f\x03\n" +
+	"\boverlays\x18\x01 \x03(\v2\x14.kiln.v1.OverlayInfoR\boverlays2\x9a\x03\n" +
 	"\x0eReleaseService\x12K\n" +
 	"\fListVersions\x12\x1c.kiln.v1.ListVersionsRequest\x1a\x1d.kiln.v1.ListVersionsResponse\x12Q\n" +
 	"\x0eListExtensions\x12\x1e.kiln.v1.ListExtensionsRequest\x1a\x1f.kiln.v1.ListExtensionsResponse\x12K\n" +
-	"\fListOverlays\x12\x1c.kiln.v1.ListOverlaysRequest\x1a\x1d.kiln.v1.ListOverlaysResponse\x12F\n" +
-	"\x0eGetReleaseLock\x12\x1e.kiln.v1.GetReleaseLockRequest\x1a\x14.kiln.v1.ReleaseLock\x12H\n" +
+	"\fListOverlays\x12\x1c.kiln.v1.ListOverlaysRequest\x1a\x1d.kiln.v1.ListOverlaysResponse\x12Q\n" +
+	"\x0eGetReleaseLock\x12\x1e.kiln.v1.GetReleaseLockRequest\x1a\x1f.kiln.v1.GetReleaseLockResponse\x12H\n" +
 	"\vLockRelease\x12\x1b.kiln.v1.LockReleaseRequest\x1a\x1c.kiln.v1.LockReleaseResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
 
 var (
@@ -780,51 +827,53 @@ func file_kiln_v1_release_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_release_proto_rawDescData
 }
 
-var file_kiln_v1_release_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_kiln_v1_release_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kiln_v1_release_proto_goTypes = []any{
 	(*GetReleaseLockRequest)(nil),  // 0: kiln.v1.GetReleaseLockRequest
-	(*ReleaseLock)(nil),            // 1: kiln.v1.ReleaseLock
-	(*LockReleaseRequest)(nil),     // 2: kiln.v1.LockReleaseRequest
-	(*LockReleaseResponse)(nil),    // 3: kiln.v1.LockReleaseResponse
-	(*ListVersionsRequest)(nil),    // 4: kiln.v1.ListVersionsRequest
-	(*ListVersionsResponse)(nil),   // 5: kiln.v1.ListVersionsResponse
-	(*ListExtensionsRequest)(nil),  // 6: kiln.v1.ListExtensionsRequest
-	(*ExtensionInfo)(nil),          // 7: kiln.v1.ExtensionInfo
-	(*ListExtensionsResponse)(nil), // 8: kiln.v1.ListExtensionsResponse
-	(*ListOverlaysRequest)(nil),    // 9: kiln.v1.ListOverlaysRequest
-	(*OverlayInfo)(nil),            // 10: kiln.v1.OverlayInfo
-	(*ListOverlaysResponse)(nil),   // 11: kiln.v1.ListOverlaysResponse
-	nil,                            // 12: kiln.v1.ReleaseLock.ImagesEntry
-	nil,                            // 13: kiln.v1.ReleaseLock.ExtensionsEntry
-	nil,                            // 14: kiln.v1.ReleaseLock.OverlaysEntry
-	nil,                            // 15: kiln.v1.LockReleaseRequest.ImagesEntry
-	(*timestamppb.Timestamp)(nil),  // 16: google.protobuf.Timestamp
+	(*GetReleaseLockResponse)(nil), // 1: kiln.v1.GetReleaseLockResponse
+	(*ReleaseLock)(nil),            // 2: kiln.v1.ReleaseLock
+	(*LockReleaseRequest)(nil),     // 3: kiln.v1.LockReleaseRequest
+	(*LockReleaseResponse)(nil),    // 4: kiln.v1.LockReleaseResponse
+	(*ListVersionsRequest)(nil),    // 5: kiln.v1.ListVersionsRequest
+	(*ListVersionsResponse)(nil),   // 6: kiln.v1.ListVersionsResponse
+	(*ListExtensionsRequest)(nil),  // 7: kiln.v1.ListExtensionsRequest
+	(*ExtensionInfo)(nil),          // 8: kiln.v1.ExtensionInfo
+	(*ListExtensionsResponse)(nil), // 9: kiln.v1.ListExtensionsResponse
+	(*ListOverlaysRequest)(nil),    // 10: kiln.v1.ListOverlaysRequest
+	(*OverlayInfo)(nil),            // 11: kiln.v1.OverlayInfo
+	(*ListOverlaysResponse)(nil),   // 12: kiln.v1.ListOverlaysResponse
+	nil,                            // 13: kiln.v1.ReleaseLock.ImagesEntry
+	nil,                            // 14: kiln.v1.ReleaseLock.ExtensionsEntry
+	nil,                            // 15: kiln.v1.ReleaseLock.OverlaysEntry
+	nil,                            // 16: kiln.v1.LockReleaseRequest.ImagesEntry
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
 }
 var file_kiln_v1_release_proto_depIdxs = []int32{
-	16, // 0: kiln.v1.ReleaseLock.recorded:type_name -> google.protobuf.Timestamp
-	12, // 1: kiln.v1.ReleaseLock.images:type_name -> kiln.v1.ReleaseLock.ImagesEntry
-	13, // 2: kiln.v1.ReleaseLock.extensions:type_name -> kiln.v1.ReleaseLock.ExtensionsEntry
-	14, // 3: kiln.v1.ReleaseLock.overlays:type_name -> kiln.v1.ReleaseLock.OverlaysEntry
-	15, // 4: kiln.v1.LockReleaseRequest.images:type_name -> kiln.v1.LockReleaseRequest.ImagesEntry
-	1,  // 5: kiln.v1.LockReleaseResponse.lock:type_name -> kiln.v1.ReleaseLock
-	1,  // 6: kiln.v1.LockReleaseResponse.previous:type_name -> kiln.v1.ReleaseLock
-	7,  // 7: kiln.v1.ListExtensionsResponse.extensions:type_name -> kiln.v1.ExtensionInfo
-	10, // 8: kiln.v1.ListOverlaysResponse.overlays:type_name -> kiln.v1.OverlayInfo
-	4,  // 9: kiln.v1.ReleaseService.ListVersions:input_type -> kiln.v1.ListVersionsRequest
-	6,  // 10: kiln.v1.ReleaseService.ListExtensions:input_type -> kiln.v1.ListExtensionsRequest
-	9,  // 11: kiln.v1.ReleaseService.ListOverlays:input_type -> kiln.v1.ListOverlaysRequest
-	0,  // 12: kiln.v1.ReleaseService.GetReleaseLock:input_type -> kiln.v1.GetReleaseLockRequest
-	2,  // 13: kiln.v1.ReleaseService.LockRelease:input_type -> kiln.v1.LockReleaseRequest
-	5,  // 14: kiln.v1.ReleaseService.ListVersions:output_type -> kiln.v1.ListVersionsResponse
-	8,  // 15: kiln.v1.ReleaseService.ListExtensions:output_type -> kiln.v1.ListExtensionsResponse
-	11, // 16: kiln.v1.ReleaseService.ListOverlays:output_type -> kiln.v1.ListOverlaysResponse
-	1,  // 17: kiln.v1.ReleaseService.GetReleaseLock:output_type -> kiln.v1.ReleaseLock
-	3,  // 18: kiln.v1.ReleaseService.LockRelease:output_type -> kiln.v1.LockReleaseResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 0: kiln.v1.GetReleaseLockResponse.lock:type_name -> kiln.v1.ReleaseLock
+	17, // 1: kiln.v1.ReleaseLock.recorded:type_name -> google.protobuf.Timestamp
+	13, // 2: kiln.v1.ReleaseLock.images:type_name -> kiln.v1.ReleaseLock.ImagesEntry
+	14, // 3: kiln.v1.ReleaseLock.extensions:type_name -> kiln.v1.ReleaseLock.ExtensionsEntry
+	15, // 4: kiln.v1.ReleaseLock.overlays:type_name -> kiln.v1.ReleaseLock.OverlaysEntry
+	16, // 5: kiln.v1.LockReleaseRequest.images:type_name -> kiln.v1.LockReleaseRequest.ImagesEntry
+	2,  // 6: kiln.v1.LockReleaseResponse.lock:type_name -> kiln.v1.ReleaseLock
+	2,  // 7: kiln.v1.LockReleaseResponse.previous:type_name -> kiln.v1.ReleaseLock
+	8,  // 8: kiln.v1.ListExtensionsResponse.extensions:type_name -> kiln.v1.ExtensionInfo
+	11, // 9: kiln.v1.ListOverlaysResponse.overlays:type_name -> kiln.v1.OverlayInfo
+	5,  // 10: kiln.v1.ReleaseService.ListVersions:input_type -> kiln.v1.ListVersionsRequest
+	7,  // 11: kiln.v1.ReleaseService.ListExtensions:input_type -> kiln.v1.ListExtensionsRequest
+	10, // 12: kiln.v1.ReleaseService.ListOverlays:input_type -> kiln.v1.ListOverlaysRequest
+	0,  // 13: kiln.v1.ReleaseService.GetReleaseLock:input_type -> kiln.v1.GetReleaseLockRequest
+	3,  // 14: kiln.v1.ReleaseService.LockRelease:input_type -> kiln.v1.LockReleaseRequest
+	6,  // 15: kiln.v1.ReleaseService.ListVersions:output_type -> kiln.v1.ListVersionsResponse
+	9,  // 16: kiln.v1.ReleaseService.ListExtensions:output_type -> kiln.v1.ListExtensionsResponse
+	12, // 17: kiln.v1.ReleaseService.ListOverlays:output_type -> kiln.v1.ListOverlaysResponse
+	1,  // 18: kiln.v1.ReleaseService.GetReleaseLock:output_type -> kiln.v1.GetReleaseLockResponse
+	4,  // 19: kiln.v1.ReleaseService.LockRelease:output_type -> kiln.v1.LockReleaseResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_release_proto_init() }
@@ -838,7 +887,7 @@ func file_kiln_v1_release_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_release_proto_rawDesc), len(file_kiln_v1_release_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

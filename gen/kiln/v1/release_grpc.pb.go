@@ -43,7 +43,7 @@ type ReleaseServiceClient interface {
 	// GetReleaseLock returns the lock of a version: the digests its images
 	// had when it was mirrored, which builds use. NotFound when there is
 	// none yet (it is recorded at the version's first use).
-	GetReleaseLock(ctx context.Context, in *GetReleaseLockRequest, opts ...grpc.CallOption) (*ReleaseLock, error)
+	GetReleaseLock(ctx context.Context, in *GetReleaseLockRequest, opts ...grpc.CallOption) (*GetReleaseLockResponse, error)
 	// LockRelease records a new lock for a version from what the mirror's
 	// tags point to now, every image verified, replacing the old one. kiln
 	// mirror calls it after copying a release into kiln. Needs the admin
@@ -89,9 +89,9 @@ func (c *releaseServiceClient) ListOverlays(ctx context.Context, in *ListOverlay
 	return out, nil
 }
 
-func (c *releaseServiceClient) GetReleaseLock(ctx context.Context, in *GetReleaseLockRequest, opts ...grpc.CallOption) (*ReleaseLock, error) {
+func (c *releaseServiceClient) GetReleaseLock(ctx context.Context, in *GetReleaseLockRequest, opts ...grpc.CallOption) (*GetReleaseLockResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ReleaseLock)
+	out := new(GetReleaseLockResponse)
 	err := c.cc.Invoke(ctx, ReleaseService_GetReleaseLock_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -126,7 +126,7 @@ type ReleaseServiceServer interface {
 	// GetReleaseLock returns the lock of a version: the digests its images
 	// had when it was mirrored, which builds use. NotFound when there is
 	// none yet (it is recorded at the version's first use).
-	GetReleaseLock(context.Context, *GetReleaseLockRequest) (*ReleaseLock, error)
+	GetReleaseLock(context.Context, *GetReleaseLockRequest) (*GetReleaseLockResponse, error)
 	// LockRelease records a new lock for a version from what the mirror's
 	// tags point to now, every image verified, replacing the old one. kiln
 	// mirror calls it after copying a release into kiln. Needs the admin
@@ -151,7 +151,7 @@ func (UnimplementedReleaseServiceServer) ListExtensions(context.Context, *ListEx
 func (UnimplementedReleaseServiceServer) ListOverlays(context.Context, *ListOverlaysRequest) (*ListOverlaysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOverlays not implemented")
 }
-func (UnimplementedReleaseServiceServer) GetReleaseLock(context.Context, *GetReleaseLockRequest) (*ReleaseLock, error) {
+func (UnimplementedReleaseServiceServer) GetReleaseLock(context.Context, *GetReleaseLockRequest) (*GetReleaseLockResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetReleaseLock not implemented")
 }
 func (UnimplementedReleaseServiceServer) LockRelease(context.Context, *LockReleaseRequest) (*LockReleaseResponse, error) {
