@@ -121,6 +121,13 @@ func TestAttack(t *testing.T) {
 		t.Fatalf("crane auth login: %v\n%s", err, out)
 	}
 
+	// skopeo sends the credential it is given once /v2/ challenged it.
+	if out, err := exec.Command("skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+		"--dest-creds", "admin:"+strings.TrimSpace(string(password)),
+		"docker://"+demo+"imager@"+v12, "docker://"+k.addr+"/scratch/imager:copy").CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy with the admin credential: %v\n%s", err, out)
+	}
+
 	t.Run(".sig copied from another repository", func(t *testing.T) {
 		// As an admin: installer-base's image and its .sig, tagged as the
 		// imager of a new version. The digest's signature verifies, but it
@@ -185,6 +192,13 @@ func TestAttack(t *testing.T) {
 		out, err = craneAs(t, anon, "copy", demo+"imager@"+v12, k.addr+"/kiln/sigstore-trusted-root:latest")
 		refused(t, "push of a trusted root", out, err)
 
+		// skopeo (containers/image) as well.
+		sk, err := exec.Command("skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+			"docker://"+demo+"imager@"+v12, "docker://"+demo+"imager:v1.13.0").CombinedOutput()
+		if err == nil || !strings.Contains(string(sk), "unauthorized") {
+			t.Errorf("skopeo copy over a tag, anonymous: %v\n%s", err, sk)
+		}
+
 		// The challenge a client needs to send credentials, on a raw upload.
 		code, hdr, _ := httpDo(t, client, "POST", "http://"+k.addr+"/v2/kiln-demo/siderolabs/imager/blobs/uploads/", "")
 		if code != 401 || hdr.Get("WWW-Authenticate") != `Basic realm="kiln"` {
@@ -196,9 +210,13 @@ func TestAttack(t *testing.T) {
 			t.Errorf("anonymous DELETE = %d, want 401", code)
 		}
 
-		// Nothing changed; reads stay anonymous.
+		// Nothing changed; reads stay anonymous, for skopeo too.
 		if got := digest(demo + "imager:v1.13.0"); got != v13 {
 			t.Fatalf("v1.13.0 is %s after the refused writes, was %s", got, v13)
+		}
+
+		if out, err := exec.Command("skopeo", "inspect", "--tls-verify=false", "--raw", "docker://"+demo+"imager:v1.13.0").CombinedOutput(); err != nil {
+			t.Fatalf("anonymous skopeo inspect: %v\n%s", err, out)
 		}
 
 		if _, err := craneAs(t, anon, "manifest", demo+"imager:"+sigOf(v13)); err != nil {

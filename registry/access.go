@@ -50,12 +50,20 @@ func (a Access) Authorized(r *http.Request, records ...auth.Access) (*auth.Grant
 		return &auth.Grant{User: auth.UserInfo{Name: "kiln"}}, nil
 	}
 
-	_, _, hasBasic := r.BasicAuth()
+	user, password, hasBasic := r.BasicAuth()
+
+	// containers/image (skopeo, podman) answers a basic challenge with
+	// empty credentials when it has none: that is no credential.
+	anonymous := (!hasBasic || (user == "" && password == "")) && access.ClientCertUser(r.TLS) == ""
 
 	// A read that presents no credentials is anonymous; one that does has
 	// them checked, so a wrong password is refused even where anonymous
-	// would do (docker login and crane auth see the error).
-	if a.AnonymousReads && readOnly(records) && !hasBasic && access.ClientCertUser(r.TLS) == "" {
+	// would do. The /v2/ base route, which asks for nothing (no records),
+	// challenges a client without credentials all the same: docker and
+	// containers/image learn from its answer alone whether and how to send
+	// credentials, so a 200 there would make them push without any, and a
+	// pull works anyway (every other read route is open).
+	if a.AnonymousReads && anonymous && len(records) > 0 && readOnly(records) {
 		return &auth.Grant{User: auth.UserInfo{Name: "anonymous"}}, nil
 	}
 
@@ -71,8 +79,8 @@ func (a Access) Authorized(r *http.Request, records ...auth.Access) (*auth.Grant
 	return &auth.Grant{User: auth.UserInfo{Name: user}}, nil
 }
 
-// readOnly reports whether records ask for nothing but reading: pulls, the
-// catalog, or nothing at all (the /v2/ base route).
+// readOnly reports whether records ask for nothing but reading: pulls and
+// the catalog.
 func readOnly(records []auth.Access) bool {
 	for _, rec := range records {
 		switch {

@@ -132,6 +132,45 @@ func TestAccess(t *testing.T) {
 		t.Fatalf("pull with a wrong password = %v, want 401", err)
 	}
 
+	// /v2/ itself challenges a client without credentials (docker and
+	// skopeo decide from it whether to send theirs), and checks those sent.
+	for _, tc := range []struct {
+		user, password string
+		want           int
+	}{{"", "", 401}, {access.AdminUser, "guess", 401}, {access.AdminUser, f.password, 200}} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+f.host+"/v2/", nil)
+		if tc.user != "" {
+			req.SetBasicAuth(tc.user, tc.password)
+		}
+
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+
+		if resp.StatusCode != tc.want || (tc.want == 401 && resp.Header.Get("WWW-Authenticate") != access.Challenge) {
+			t.Errorf("GET /v2/ as %q = %d %q, want %d", tc.user, resp.StatusCode, resp.Header.Get("WWW-Authenticate"), tc.want)
+		}
+	}
+
+	// Empty basic credentials, which skopeo sends when it has none, are
+	// anonymous: a pull works, a push does not.
+	empty := remote.WithAuth(&authn.Basic{})
+	req, _ := http.NewRequest(http.MethodGet, "http://"+f.host+"/v2/siderolabs/imager/manifests/v1.13.0", nil)
+	req.SetBasicAuth("", "")
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json")
+
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("pull with empty basic credentials = %v, %v; want 200", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
+	if err := remote.Write(repo.Tag("v1.99.0"), img, empty); statusOf(err) != http.StatusUnauthorized {
+		t.Fatalf("push with empty credentials = %v, want 401", err)
+	}
+
 	// Tag and delete are writes.
 	desc, _ := remote.Get(repo.Tag("v1.13.0"))
 	if err := remote.Tag(repo.Tag("v1.14.0"), desc); statusOf(err) != http.StatusUnauthorized {
