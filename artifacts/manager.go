@@ -157,6 +157,14 @@ func (e *InvalidVersionError) Error() string {
 
 func (e *InvalidVersionError) Unwrap() error { return e.Err }
 
+// VerifyImage checks any image of the source (an image-cache entry, say)
+// against the trust policy alone: what its signature names is not checked,
+// since Kubernetes' own signatures name other registries than the one they
+// are pulled from, and an image listed by hand may be signed under any name.
+func (m *Manager) VerifyImage(ctx context.Context, ref name.Digest) error {
+	return m.verify.Verify(ctx, ref)
+}
+
 // Verify checks a release image of the source (an extension, say) against
 // the trust policy, and that its signature was made for the upstream
 // repository it stands for (signing.WithSignedIdentity).

@@ -201,6 +201,12 @@ func TestMirror(t *testing.T) {
 				t.Fatalf("round %d: overlays from a layout = %d %s", round, code, body)
 			}
 
+			// The import recorded the release lock of what it imported.
+			if code, _, body := httpDo(t, client, "GET", "http://"+lk.addr+"/v1/versions/v1.13.0/lock", ""); code != 200 ||
+				!strings.Contains(body, `"recordedBy":"kiln serve --oci-layout `+layoutDir+`"`) || !strings.Contains(body, rel.Imager.DigestStr()) {
+				t.Fatalf("round %d: release lock after the import = %d %s", round, code, body)
+			}
+
 			lk.stop(t)
 
 			// Restarting imports nothing new.

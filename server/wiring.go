@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -151,6 +152,14 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	}
 
 	for v, want := range imported {
+		// The layout is what the operator said to serve: its digests are the
+		// lock, recorded again only when they changed.
+		if old, err := deps.Releases.Lock(v); err != nil {
+			return deps, err
+		} else if old != nil && maps.Equal(old.Images, want) {
+			continue
+		}
+
 		l, err := deps.Releases.RecordLock(ctx, v, want, "kiln serve --oci-layout "+cfg.Source.Layout)
 		if err != nil {
 			return deps, fmt.Errorf("OCI layout %s: %w", cfg.Source.Layout, err)
