@@ -185,6 +185,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./schematic/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzCarriedRoot$$' -fuzztime $(FUZZTIME) ./signing/
+	$(GO) test -run '^$$' -fuzz '^FuzzSignedIdentity$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/
