@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,8 +39,11 @@ type Config struct {
 	// BrokenVersions are hidden from the list and answered "not available".
 	BrokenVersions []string
 	// VersionsTTL is how long a version list is reused. A mirror run shows
-	// up within this time.
+	// up within this time (at once when it records a release lock).
 	VersionsTTL time.Duration
+	// Locks keeps the release locks; nil keeps them in memory, for the
+	// life of the Manager.
+	Locks LockStore
 }
 
 // Manager answers what a release holds, reading each catalog only after its
@@ -50,6 +54,9 @@ type Manager struct {
 	verify Verifier
 	cfg    Config
 	logger *slog.Logger
+	locks  LockStore
+	// lockMu orders the read-modify-write of a lock.
+	lockMu sync.Mutex
 
 	group singleflight.Group
 
@@ -66,8 +73,13 @@ func NewManager(src *Source, verify Verifier, cfg Config, logger *slog.Logger) *
 		cfg.VersionsTTL = 30 * time.Second
 	}
 
+	locks := cfg.Locks
+	if locks == nil {
+		locks = &memLocks{}
+	}
+
 	return &Manager{
-		src: src, verify: verify, cfg: cfg, logger: logger,
+		src: src, verify: verify, cfg: cfg, logger: logger, locks: locks,
 		extensions: map[string][]release.Extension{},
 		overlays:   map[string][]release.Overlay{},
 	}
@@ -145,19 +157,47 @@ func (e *InvalidVersionError) Error() string {
 
 func (e *InvalidVersionError) Unwrap() error { return e.Err }
 
-// Verify checks a digest reference against the trust policy.
-func (m *Manager) Verify(ctx context.Context, ref name.Digest) error {
+// VerifyImage checks any image of the source (an image-cache entry, say)
+// against the trust policy alone: what its signature names is not checked,
+// since Kubernetes' own signatures name other registries than the one they
+// are pulled from, and an image listed by hand may be signed under any name.
+func (m *Manager) VerifyImage(ctx context.Context, ref name.Digest) error {
 	return m.verify.Verify(ctx, ref)
 }
 
-// Verified resolves path:tag and verifies the digest it points at.
+// Verify checks a release image of the source (an extension, say) against
+// the trust policy, and that its signature was made for the upstream
+// repository it stands for (signing.WithSignedIdentity).
+func (m *Manager) Verify(ctx context.Context, ref name.Digest) error {
+	path, err := m.src.Path(ref.Context())
+	if err != nil {
+		return err
+	}
+
+	return m.verifyAs(ctx, path, ref)
+}
+
+// Verified returns the verified digest of path:tag. For a repository a
+// release lock records (imager, installer, catalogs, talosctl-all) and a
+// version tag, that is the locked digest, whatever the tag says now: a
+// re-tagged release changes nothing kiln reads (Drift reports it). What the
+// lock does not record yet is recorded at this first use.
 func (m *Manager) Verified(ctx context.Context, path, tag string) (name.Digest, error) {
+	if repos, err := lockedRepos(tag); err == nil && slices.Contains(repos, path) {
+		ref, err := m.lockedDigest(ctx, path, tag)
+		if err != nil {
+			return name.Digest{}, err
+		}
+
+		return ref, nil
+	}
+
 	ref, err := m.src.Resolve(ctx, path, tag)
 	if err != nil {
 		return name.Digest{}, err
 	}
 
-	if err := m.verify.Verify(ctx, ref); err != nil {
+	if err := m.verifyAs(ctx, path, ref); err != nil {
 		return name.Digest{}, err
 	}
 
@@ -175,6 +215,19 @@ func (m *Manager) Extensions(ctx context.Context, version string) ([]release.Ext
 	if err != nil {
 		return nil, fmt.Errorf("extensions catalog of %s: %w", v, err)
 	}
+
+	return m.catalogExtensions(ctx, ref.DigestStr())
+}
+
+// catalogExtensions reads the extensions catalog at a digest (verified by
+// the caller).
+func (m *Manager) catalogExtensions(ctx context.Context, digest string) ([]release.Extension, error) {
+	repo, err := m.src.Repo(release.ExtensionsRepo)
+	if err != nil {
+		return nil, err
+	}
+
+	ref := repo.Digest(digest)
 
 	return cached(ctx, m, m.extensions, ref, func(ctx context.Context) ([]release.Extension, error) {
 		img, err := m.src.Image(ctx, ref, "amd64")
@@ -205,6 +258,19 @@ func (m *Manager) Overlays(ctx context.Context, version string) ([]release.Overl
 	if err != nil {
 		return nil, fmt.Errorf("overlays catalog of %s: %w", v, err)
 	}
+
+	return m.catalogOverlays(ctx, ref.DigestStr())
+}
+
+// catalogOverlays reads the overlays catalog at a digest (verified by the
+// caller).
+func (m *Manager) catalogOverlays(ctx context.Context, digest string) ([]release.Overlay, error) {
+	repo, err := m.src.Repo(release.OverlaysRepo)
+	if err != nil {
+		return nil, err
+	}
+
+	ref := repo.Digest(digest)
 
 	return cached(ctx, m, m.overlays, ref, func(ctx context.Context) ([]release.Overlay, error) {
 		img, err := m.src.Image(ctx, ref, "amd64")

@@ -59,6 +59,22 @@ func (s *Source) Repo(path string) (name.Repository, error) {
 	return repo, nil
 }
 
+// Path is the mirror path of a repository of the source (the inverse of
+// Repo): "siderolabs/imager" for <registry>/<namespace>/siderolabs/imager.
+func (s *Source) Path(repo name.Repository) (string, error) {
+	prefix := ""
+	if ns := strings.Trim(s.Namespace, "/"); ns != "" {
+		prefix = ns + "/"
+	}
+
+	path, ok := strings.CutPrefix(repo.RepositoryStr(), prefix)
+	if repo.RegistryStr() != s.Registry.RegistryStr() || !ok || path == "" {
+		return "", fmt.Errorf("%s is not a repository of the mirror %s/%s", repo, s.Registry.RegistryStr(), strings.Trim(s.Namespace, "/"))
+	}
+
+	return path, nil
+}
+
 // PublicRef is how a client names a mirror path and tag, e.g.
 // "10.0.0.5:8080/siderolabs/gvisor:20240826.0".
 func (s *Source) PublicRef(path, tag string) string {

@@ -344,6 +344,13 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 	progress(Event{Phase: "resolve", Message: "resolved " + req.Path})
 
 	a, hit, err := b.cached(ctx, p.Key(), progress, func(ctx context.Context, emit func(Event)) error {
+		// The plan read the release at its locked digests, so an asset
+		// built before a re-tag is still found above; nothing new is
+		// built from a release whose tags no longer match its lock.
+		if err := b.deps.Releases.Drift(ctx, p.Version); err != nil {
+			return err
+		}
+
 		start := time.Now()
 
 		if err := b.assemble(ctx, p, emit); err != nil {

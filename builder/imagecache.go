@@ -114,7 +114,7 @@ func (b *Builder) OpenImageCache(ctx context.Context, id string) (storage.Asset,
 // planCache resolves refs in the mirror and verifies every image.
 func (b *Builder) planCache(ctx context.Context, refs []string, opts imagecache.Options) (*imagecache.Plan, error) {
 	return imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
-		imagecache.VerifierFunc(b.deps.Releases.Verify), opts)
+		imagecache.VerifierFunc(b.deps.Releases.VerifyImage), opts)
 }
 
 // writeCacheTree writes plan into dir, a scratch directory that is read

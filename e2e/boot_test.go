@@ -83,7 +83,9 @@ func TestBootProof(t *testing.T) {
 
 	if _, err := testrelease.Push(ctx, testrelease.Options{
 		Version: "v1.13.0", Registry: reg, Assets: assets, KernelVersion: kver, Modules: extensionModules(t, in, kver),
-		Sign: func(ctx context.Context, ref name.Digest) error { return signingtest.SignLegacy(ctx, ref, key) },
+		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
+		},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +93,7 @@ func TestBootProof(t *testing.T) {
 	policy := trustEverythingSignedBy(t, key)
 	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
-	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--arch", "amd64",
+	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", "v1.13.0", "--arch", "amd64",
 		"--trust-policy", policy); err != nil {
 		t.Fatalf("kiln mirror: %v\n%s", err, out)
 	}

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"github.com/kiln-dev/kiln/internal/testfixture"
 	"io"
@@ -42,10 +43,30 @@ func binary(t *testing.T, env string) string {
 
 // kiln is a running kiln process.
 type kiln struct {
-	cmd  *exec.Cmd
-	addr string
-	logs *syncBuffer
-	done chan error
+	cmd     *exec.Cmd
+	addr    string
+	dataDir string
+	logs    *syncBuffer
+	done    chan error
+}
+
+// passwordFile is the admin password kiln made in its data directory.
+func (k *kiln) passwordFile() string { return filepath.Join(k.dataDir, "auth", "admin-password") }
+
+// to is `kiln mirror`'s destination flags for this kiln: its address and
+// admin credential.
+func (k *kiln) to() []string { return []string{"--to", k.addr, "--to-password-file", k.passwordFile()} }
+
+// adminAuthorization is the Authorization header of the admin credential.
+func (k *kiln) adminAuthorization(t *testing.T) string {
+	t.Helper()
+
+	password, err := os.ReadFile(k.passwordFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte("admin:"+strings.TrimSpace(string(password))))
 }
 
 // syncBuffer collects the process's log lines while the test reads them.
@@ -85,7 +106,13 @@ func startKiln(t *testing.T, env []string, args ...string) *kiln {
 		t.Fatal(err)
 	}
 
-	k := &kiln{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	k := &kiln{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1), dataDir: "_data"}
+
+	for i, a := range args {
+		if a == "--data-dir" && i+1 < len(args) {
+			k.dataDir = args[i+1]
+		}
+	}
 	addrc := make(chan string, 1)
 
 	go func() {
@@ -247,9 +274,14 @@ func TestAllSurfaces(t *testing.T) {
 			t.Fatalf("GetSchematic: %s", out)
 		}
 
-		out = run(t, grpcurl, "-plaintext", "-d", `{"page_size":2}`, k.addr, "kiln.v1.SchematicService/ListSchematics")
+		out = run(t, grpcurl, "-plaintext", "-H", "authorization: "+k.adminAuthorization(t), "-d", `{"page_size":2}`, k.addr, "kiln.v1.SchematicService/ListSchematics")
 		if !strings.Contains(out, "nextPageToken") {
 			t.Fatalf("ListSchematics with 3 stored and page size 2 has no next page: %s", out)
+		}
+
+		anon, err := exec.Command(grpcurl, "-plaintext", "-d", `{"page_size":2}`, k.addr, "kiln.v1.SchematicService/ListSchematics").CombinedOutput()
+		if err == nil || !strings.Contains(string(anon), "Unauthenticated") {
+			t.Fatalf("ListSchematics without the admin credential: %v %s", err, anon)
 		}
 
 		cmd := exec.Command(grpcurl, "-plaintext", "-d", `{"yaml":"owner: x"}`, k.addr, "kiln.v1.SchematicService/CreateSchematic")

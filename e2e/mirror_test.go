@@ -78,8 +78,8 @@ func TestMirror(t *testing.T) {
 	rel, err := testrelease.Push(ctx, testrelease.Options{
 		Version:  "v1.13.0",
 		Registry: reg,
-		Sign: func(ctx context.Context, ref name.Digest) error {
-			return signingtest.SignLegacy(ctx, ref, key)
+		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
 		},
 	})
 	if err != nil {
@@ -93,7 +93,7 @@ func TestMirror(t *testing.T) {
 	var copied []string
 
 	for i := range 2 {
-		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--trust-policy", policy)
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", "v1.13.0", "--trust-policy", policy)
 		if err != nil {
 			t.Fatalf("kiln mirror run %d: %v\n%s", i+1, err, out)
 		}
@@ -101,6 +101,10 @@ func TestMirror(t *testing.T) {
 		m := copiedRE.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("kiln mirror run %d printed no summary:\n%s", i+1, out)
+		}
+
+		if !strings.Contains(out, "release lock of v1.13.0 recorded on "+k.addr+": imager "+rel.Imager.DigestStr()) {
+			t.Fatalf("kiln mirror run %d recorded no release lock in kiln:\n%s", i+1, out)
 		}
 
 		copied = append(copied, m[1])
@@ -155,7 +159,7 @@ func TestMirror(t *testing.T) {
 		}
 
 		inside := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
-		if out, err := kilnRun(t, "mirror", "--from", archive, "--to", inside.addr, "--version", "v1.13.0", "--trust-policy", policy); err != nil {
+		if out, err := kilnRun(t, "mirror", "--from", archive, "--to", inside.addr, "--to-password-file", inside.passwordFile(), "--version", "v1.13.0", "--trust-policy", policy); err != nil {
 			t.Fatalf("mirror from archive: %v\n%s", err, out)
 		}
 
@@ -197,6 +201,12 @@ func TestMirror(t *testing.T) {
 				t.Fatalf("round %d: overlays from a layout = %d %s", round, code, body)
 			}
 
+			// The import recorded the release lock of what it imported.
+			if code, _, body := httpDo(t, client, "GET", "http://"+lk.addr+"/v1/versions/v1.13.0/lock", ""); code != 200 ||
+				!strings.Contains(body, `"recordedBy":"kiln serve --oci-layout `+layoutDir+`"`) || !strings.Contains(body, rel.Imager.DigestStr()) {
+				t.Fatalf("round %d: release lock after the import = %d %s", round, code, body)
+			}
+
 			lk.stop(t)
 
 			// Restarting imports nothing new.
@@ -209,7 +219,7 @@ func TestMirror(t *testing.T) {
 	t.Run("one architecture", func(t *testing.T) {
 		amd64 := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
-		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", amd64.addr, "--version", "v1.13.0", "--arch", "amd64", "--trust-policy", policy)
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", amd64.addr, "--to-password-file", amd64.passwordFile(), "--version", "v1.13.0", "--arch", "amd64", "--trust-policy", policy)
 		if err != nil {
 			t.Fatalf("mirror --arch amd64: %v\n%s", err, out)
 		}
@@ -281,7 +291,7 @@ func TestMirror(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--images", images, "--trust-policy", policy)
+		out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--images", images, "--trust-policy", policy)
 		if err == nil || !strings.Contains(out, "untrusted artifact") || !strings.Contains(out, "no signatures found") {
 			t.Fatalf("mirror of an unsigned image: %v\n%s", err, out)
 		}
@@ -318,12 +328,14 @@ func TestMirrorKeylessAcrossTheAirGap(t *testing.T) {
 	tuf := localsigstore.NewTUFRepository(t, map[string][]byte{signing.TrustedRootTarget: trJSON})
 	id := localsigstore.Identity{Subject: "releasemgr-svc@talos-production.iam.gserviceaccount.com", Issuer: "https://accounts.google.com"}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest) error {
+	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+		// kiln accepts a release image's bundle only if its statement names
+		// the image (cosign's name none; see signing.WithSignedIdentity).
 		if strings.HasSuffix(ref.Context().RepositoryStr(), "siderolabs/imager") {
-			return ss.SignBundle(ctx, ref, localsigstore.Options{Identity: id, Log: localsigstore.RekorV2, TSA: true})
+			return ss.SignBundle(ctx, ref, localsigstore.Options{Identity: id, Log: localsigstore.RekorV2, TSA: true, As: upstream.Name()})
 		}
 
-		return ss.SignLikeSidero(ctx, ref, id)
+		return ss.SignLikeSideroAs(ctx, ref, upstream.Name(), id)
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +384,7 @@ func TestMirrorKeylessAcrossTheAirGap(t *testing.T) {
 ip link set lo up 2>/dev/null || true
 "$KILN" serve --listen 127.0.0.1:18998 --data-dir "$DATA" --trust-policy "$POLICY" --log-format json 2>"$DATA/kiln.log" &
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:18998/readyz >/dev/null && break; sleep 0.25; done
-"$KILN" mirror --from "$ARCHIVE" --to 127.0.0.1:18998 --version v1.13.0 --trust-policy "$POLICY"
+"$KILN" mirror --from "$ARCHIVE" --to 127.0.0.1:18998 --to-password-file "$DATA/auth/admin-password" --version v1.13.0 --trust-policy "$POLICY"
 echo "== extensions"
 curl -sSf http://127.0.0.1:18998/version/v1.13.0/extensions/official
 echo

@@ -71,7 +71,9 @@ func TestPXEBoot(t *testing.T) {
 
 	if _, err := testrelease.Push(ctx, testrelease.Options{
 		Version: "v1.13.0", Registry: reg, Assets: assets,
-		Sign: func(ctx context.Context, ref name.Digest) error { return signingtest.SignLegacy(ctx, ref, key) },
+		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
+		},
 	}); err != nil {
 		t.Fatal(err)
 	}

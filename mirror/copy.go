@@ -299,7 +299,12 @@ func (c *copier) verify(ctx context.Context) error {
 			continue
 		}
 
-		if err := c.opts.Verifier.Verify(ctx, refs.reference(it)); err != nil {
+		vctx, err := it.verifyContext(ctx)
+		if err != nil {
+			return &VerifyError{Item: it, Err: err}
+		}
+
+		if err := c.opts.Verifier.Verify(vctx, refs.reference(it)); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

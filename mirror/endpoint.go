@@ -11,6 +11,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // ErrNotFound is wrapped by errors about a tag, manifest or blob the source does not have.
@@ -120,12 +122,7 @@ func (r Registry) upstreamLayout() bool {
 // repo is the registry repository of a mirror path.
 func (r Registry) repo(path string) (name.Repository, error) {
 	if r.upstreamLayout() {
-		first, _, _ := strings.Cut(path, "/")
-		if !strings.ContainsAny(first, ".:") && first != "localhost" {
-			path = "ghcr.io/" + path
-		}
-
-		repo, err := name.NewRepository(path)
+		repo, err := name.NewRepository(release.UpstreamPath(path))
 		if err != nil {
 			return name.Repository{}, fmt.Errorf("repository %q: %w", path, err)
 		}

@@ -44,7 +44,7 @@ func newRegistry(t *testing.T, referrers bool) name.Registry {
 
 // fakeSign attaches to every index both a legacy cosign signature tag and
 // an OCI referrer (a signature "bundle" artifact with a subject).
-func fakeSign(ctx context.Context, ref name.Digest) error {
+func fakeSign(ctx context.Context, ref name.Digest, _ name.Repository) error {
 	desc, err := remote.Head(ref, remote.WithContext(ctx))
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // All selects every extension or overlay of the catalogs.
@@ -92,6 +93,29 @@ type Item struct {
 // Verify reports whether the item's digest must be verified: every image,
 // not its signatures.
 func (it *Item) Verify() bool { return it.Kind != KindSignature }
+
+// verifyContext asks the verifier, for the images of a Talos release
+// (imager, installer, catalogs, talosctl-all, extensions, overlays), for a
+// signature made for the upstream repository the item is copied from and
+// to: a signature of another repository's image, copied along with it,
+// does not pass (signing.WithSignedIdentity). Kubernetes images and
+// images listed by hand are not held to it: Kubernetes' own signatures
+// name other registries than the one they are pulled from (promo-tools
+// #935), and an image listed by hand may be signed under any name.
+func (it *Item) verifyContext(ctx context.Context) (context.Context, error) {
+	switch it.Kind {
+	case KindTalos, KindExtension, KindOverlay:
+	default:
+		return ctx, nil
+	}
+
+	repo, err := name.NewRepository(release.UpstreamPath(it.Repo))
+	if err != nil {
+		return nil, fmt.Errorf("upstream repository of %s: %w", it.Repo, err)
+	}
+
+	return signing.WithSignedIdentity(ctx, repo), nil
+}
 
 // String is "<repo>:<tag>@<digest>".
 func (it *Item) String() string {
@@ -555,4 +579,40 @@ func (l *srcLayer) Size() (int64, error)                { return l.desc.Size, ni
 func (l *srcLayer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
 func (l *srcLayer) Compressed() (io.ReadCloser, error) {
 	return l.s.src.blob(l.s.ctx, l.s.repo, l.desc.Digest)
+}
+
+// ReleaseDigests maps each Talos version of the plan (a tag of the imager)
+// to the digests of its tagged release images (imager, installer-base or
+// installer, the catalogs, talosctl-all) by mirror path: what a release
+// lock of the copy records.
+func (p *Plan) ReleaseDigests() map[string]map[string]string {
+	out := map[string]map[string]string{}
+
+	for _, it := range p.Items {
+		if it.Repo != release.ImagerRepo {
+			continue
+		}
+
+		for _, tag := range it.Tags {
+			if _, err := release.ParseVersion(tag); err == nil {
+				out[tag] = map[string]string{}
+			}
+		}
+	}
+
+	for _, it := range p.Items {
+		switch it.Repo {
+		case release.ImagerRepo, release.InstallerBaseRepo, release.InstallerRepo, release.ExtensionsRepo, release.OverlaysRepo, release.TalosctlAllRepo:
+		default:
+			continue
+		}
+
+		for _, tag := range it.Tags {
+			if images, ok := out[tag]; ok {
+				images[it.Repo] = it.Digest.String()
+			}
+		}
+	}
+
+	return out
 }

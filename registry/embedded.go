@@ -28,12 +28,23 @@ type Embedded struct {
 	dir string
 }
 
+// Option configures an Embedded registry.
+type Option func(*configuration.Configuration)
+
+// WithAccess puts /v2/ under a's rules. Without it the registry takes
+// requests from anyone (tests, and the in-process use of its storage).
+func WithAccess(a Access) Option {
+	return func(cfg *configuration.Configuration) {
+		cfg.Auth = configuration.Auth{accessControllerName: configuration.Parameters{"controller": a}}
+	}
+}
+
 // NewEmbedded opens the registry stored under dir, creating it if needed.
 //
 // distribution logs through the process-wide logrus logger and offers no
 // way to pass one in; kiln quietens it to warnings so that every blob request
 // is not logged twice (kiln's own access log has them).
-func NewEmbedded(ctx context.Context, dir string) (e *Embedded, err error) {
+func NewEmbedded(ctx context.Context, dir string, opts ...Option) (e *Embedded, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("registry: create %s: %w", dir, err)
 	}
@@ -62,6 +73,10 @@ func NewEmbedded(ctx context.Context, dir string) (e *Embedded, err error) {
 	cfg.Catalog.MaxEntries = catalogMaxEntries
 	cfg.Log.Level = "warn"
 	cfg.Log.AccessLog.Disabled = true
+
+	for _, o := range opts {
+		o(cfg)
+	}
 
 	logrus.SetLevel(logrus.WarnLevel)
 	logrus.SetOutput(io.Discard)

@@ -5,11 +5,14 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+
+	"github.com/kiln-dev/kiln/access"
 )
 
 // Transport returns a RoundTripper that serves requests by calling h in
-// process. Response bodies stream through a pipe, so a multi-GiB blob is never
-// held in memory.
+// process, as kiln itself (access.Internal): the embedded registry's access
+// rules let kiln read and write what no anonymous client may. Response
+// bodies stream through a pipe, so a multi-GiB blob is never held in memory.
 func Transport(h http.Handler) http.RoundTripper { return inproc{h} }
 
 type inproc struct{ h http.Handler }
@@ -20,7 +23,7 @@ func (t inproc) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	// The handler must see a server-side request: no RequestURI is an
 	// outgoing request, and the body must be readable by the handler.
-	sreq := req.Clone(req.Context())
+	sreq := req.Clone(access.Internal(req.Context()))
 	sreq.RequestURI = req.URL.RequestURI()
 
 	if sreq.Body == nil {

@@ -88,6 +88,21 @@ func MirrorPath(repo name.Repository) string {
 	return host + "/" + repo.RepositoryStr()
 }
 
+// UpstreamPath inverts MirrorPath: the upstream repository, without a
+// scheme, of a mirror path. A path whose first element is a host
+// ("registry.k8s.io/etcd", "localhost:5000/x") keeps it; any other lives on
+// ghcr.io ("siderolabs/imager" is "ghcr.io/siderolabs/imager").
+func UpstreamPath(path string) string {
+	path = strings.Trim(path, "/")
+
+	first, _, _ := strings.Cut(path, "/")
+	if strings.ContainsAny(first, ".:") || first == "localhost" {
+		return path
+	}
+
+	return defaultRegistry + "/" + path
+}
+
 // MirrorReference rewrites an upstream reference ("ghcr.io/siderolabs/x:tag@sha256:...")
 // onto a mirror registry with an optional namespace prefix ("harbor.local", "proxy-ghcr").
 // A reference that has both a tag and a digest keeps the digest only: the

@@ -53,7 +53,7 @@ func codeOf(err error) codes.Code {
 		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored),
 		errors.Is(err, imagecache.ErrNotFound):
 		return codes.NotFound
-	case errors.Is(err, signing.ErrUntrusted), errors.Is(err, release.ErrInvalidCatalog):
+	case errors.Is(err, signing.ErrUntrusted), errors.Is(err, release.ErrInvalidCatalog), errors.Is(err, artifacts.ErrLockMismatch):
 		return codes.FailedPrecondition
 	}
 
@@ -114,8 +114,9 @@ func httpStatus(code codes.Code) int {
 	case codes.InvalidArgument, codes.OutOfRange:
 		return http.StatusBadRequest
 	case codes.FailedPrecondition:
-		// An artifact that failed verification or a corrupt catalog: the
-		// request was fine, the mirror's content is not usable.
+		// An artifact that failed verification, a corrupt catalog or a
+		// release re-tagged since it was mirrored: the request was fine,
+		// the mirror's content is not usable.
 		return http.StatusPreconditionFailed
 	case codes.NotFound:
 		return http.StatusNotFound

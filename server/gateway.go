@@ -9,11 +9,13 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/kiln-dev/kiln/access"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 )
 
@@ -39,8 +41,13 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 				return "x-request-id", true
 			}
 
+			if forgedGatewayHeader(key) {
+				return "", false
+			}
+
 			return runtime.DefaultHeaderMatcher(key)
 		}),
+		runtime.WithMetadata(gatewayMetadata),
 		// gRPC's own content-type (application/grpc) is transport, not a
 		// header for REST clients; metadata a handler sets still goes out.
 		runtime.WithOutgoingHeaderMatcher(func(key string) (string, bool) {
@@ -62,6 +69,9 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 			}
 
 			w.Header().Set("Content-Type", m.ContentType(st.Proto()))
+			if st.Code() == codes.Unauthenticated {
+				w.Header().Set("WWW-Authenticate", access.Challenge)
+			}
 			w.WriteHeader(httpStatus(st.Code()))
 			_, _ = w.Write(body) //nolint:errcheck // the client is gone
 		}),

@@ -20,10 +20,12 @@ import (
 
 // newGRPCServer is the one place that builds the gRPC server: interceptors,
 // limits, services, reflection and health.
-func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, img *images, healthSrv *health.Server) *grpc.Server {
+func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, img *images, healthSrv *health.Server, g *guard) *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxSchematicBytes+64<<10),
-		grpc.ChainUnaryInterceptor(unaryInterceptor(logger)),
+		// The guard runs inside the first, so its refusals are logged and
+		// classified like any other error.
+		grpc.ChainUnaryInterceptor(unaryInterceptor(logger), g.unary),
 		grpc.ChainStreamInterceptor(streamInterceptor(logger)),
 	)
 

@@ -7,17 +7,20 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-dev/kiln/access"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 )
 
@@ -290,7 +293,12 @@ func TestStreamsValidateFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := remote.Write(ref, unsigned); err != nil {
+	password, err := access.ReadPassword(filepath.Join(ts.dir, "auth", "admin-password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := remote.Write(ref, unsigned, remote.WithAuth(&authn.Basic{Username: access.AdminUser, Password: password})); err != nil {
 		t.Fatal(err)
 	}
 

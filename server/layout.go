@@ -12,25 +12,28 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // importLayout copies every tagged image of an OCI image-layout directory
 // (as `kiln mirror --to oci:DIR` writes it) with its signatures into the
 // embedded registry, verifying each image first. It is incremental: what
-// the registry already has is skipped, so a restart copies nothing.
-func importLayout(ctx context.Context, dir string, src *artifacts.Source, v artifacts.Verifier, logger *slog.Logger) error {
+// the registry already has is skipped, so a restart copies nothing. It
+// returns, for each Talos version the layout holds, the digests of its
+// release images by mirror path: what its release lock must record.
+func importLayout(ctx context.Context, dir string, src *artifacts.Source, v artifacts.Verifier, logger *slog.Logger) (map[string]map[string]string, error) {
 	refs, err := layoutRefs(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	if len(refs) == 0 {
-		return fmt.Errorf("OCI layout %s holds no tagged images", dir)
+		return nil, fmt.Errorf("OCI layout %s holds no tagged images", dir)
 	}
 
 	plan, err := mirror.NewPlan(ctx, mirror.Layout{Dir: dir}, mirror.Selection{Images: refs})
 	if err != nil {
-		return fmt.Errorf("OCI layout %s: %w", dir, err)
+		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
 	}
 
 	dst := mirror.Registry{Registry: src.Registry, Namespace: src.Namespace, Options: src.Remote}
@@ -39,17 +42,17 @@ func importLayout(ctx context.Context, dir string, src *artifacts.Source, v arti
 	// that the verifier of what is served finds it in the registry.
 	root, err := mirror.ReadTrustedRoot(ctx, mirror.Layout{Dir: dir})
 	if err != nil {
-		return fmt.Errorf("OCI layout %s: %w", dir, err)
+		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
 	}
 
 	stats, err := mirror.Copy(ctx, plan, dst, mirror.Options{Verifier: v, Logger: logger, TrustedRoot: root})
 	if err != nil {
-		return fmt.Errorf("OCI layout %s: %w", dir, err)
+		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
 	}
 
 	logger.Info("imported the OCI layout into the embedded registry", "dir", dir, "stats", stats.String())
 
-	return nil
+	return plan.ReleaseDigests(), nil
 }
 
 // layoutRefs lists the upstream references of the layout's tagged images,
@@ -80,21 +83,10 @@ func layoutRefs(dir string) ([]string, error) {
 			continue // signatures travel with their images, the trusted root apart
 		}
 
-		refs = append(refs, upstreamRef(pathTag[:i])+":"+pathTag[i+1:])
+		refs = append(refs, release.UpstreamPath(pathTag[:i])+":"+pathTag[i+1:])
 	}
 
 	slices.Sort(refs)
 
 	return slices.Compact(refs), nil
-}
-
-// upstreamRef inverts release.MirrorPath: a path whose first element is a
-// host keeps it, any other lives on ghcr.io.
-func upstreamRef(path string) string {
-	first, _, _ := strings.Cut(path, "/")
-	if strings.ContainsAny(first, ".:") || first == "localhost" {
-		return path
-	}
-
-	return "ghcr.io/" + path
 }

@@ -3,7 +3,13 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kiln-dev/kiln/artifacts"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
@@ -100,6 +106,62 @@ func (s *releaseService) ListOverlays(ctx context.Context, req *kilnv1.ListOverl
 	}
 
 	return &kilnv1.ListOverlaysResponse{Overlays: ovs}, nil
+}
+
+func (s *releaseService) GetReleaseLock(_ context.Context, req *kilnv1.GetReleaseLockRequest) (*kilnv1.GetReleaseLockResponse, error) {
+	l, err := s.domain.manager.Lock(req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+
+	if l == nil {
+		return nil, status.Errorf(codes.NotFound, "no release lock for %s: it is recorded when kiln mirror copies the version into kiln, or at the version's first use", req.GetVersion())
+	}
+
+	return &kilnv1.GetReleaseLockResponse{Lock: lockProto(l)}, nil
+}
+
+// LockRelease records a version's lock for kiln mirror (an admin call: the
+// guard let it through with a credential only).
+func (s *releaseService) LockRelease(ctx context.Context, req *kilnv1.LockReleaseRequest) (*kilnv1.LockReleaseResponse, error) {
+	m := s.domain.manager
+
+	if got, serves := strings.Trim(req.GetNamespace(), "/"), strings.Trim(m.Source().Namespace, "/"); got != serves {
+		return nil, &invalidArgumentError{fmt.Sprintf("the release was copied into namespace %q, and this kiln serves releases from namespace %q: nothing to lock", got, serves)}
+	}
+
+	previous, err := m.Lock(req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+
+	by := "kiln mirror"
+	if u := userFrom(ctx); u != "" {
+		by += " (" + u + ")"
+	}
+
+	l, err := m.RecordLock(ctx, req.GetVersion(), req.GetImages(), by)
+	if err != nil {
+		return nil, err
+	}
+
+	resp := &kilnv1.LockReleaseResponse{Lock: lockProto(l)}
+	if previous != nil {
+		resp.Previous = lockProto(previous)
+	}
+
+	return resp, nil
+}
+
+func lockProto(l *artifacts.Lock) *kilnv1.ReleaseLock {
+	return &kilnv1.ReleaseLock{
+		Version:    l.Version,
+		Recorded:   timestamppb.New(l.Recorded),
+		RecordedBy: l.RecordedBy,
+		Images:     l.Images,
+		Extensions: l.Extensions,
+		Overlays:   l.Overlays,
+	}
 }
 
 // Public routes. The public factory writes these JSON bodies without a

@@ -21,6 +21,13 @@ import (
 func seedRegistry(t *testing.T, dir string, key *signingtest.Key) {
 	t.Helper()
 
+	seedRegistryAs(t, dir, key, func(upstream name.Repository) string { return upstream.Name() })
+}
+
+// seedRegistryAs is seedRegistry whose signatures claim claim(upstream).
+func seedRegistryAs(t *testing.T, dir string, key *signingtest.Key, claim func(upstream name.Repository) string) {
+	t.Helper()
+
 	ctx := context.Background()
 
 	reg, err := registry.NewEmbedded(ctx, filepath.Join(dir, "registry"))
@@ -34,7 +41,9 @@ func seedRegistry(t *testing.T, dir string, key *signingtest.Key) {
 
 	opts := testrelease.Options{Version: "v1.13.0", Registry: host, Remote: []remote.Option{inproc}}
 	if key != nil {
-		opts.Sign = func(ctx context.Context, ref name.Digest) error { return signingtest.SignLegacy(ctx, ref, key, inproc) }
+		opts.Sign = func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+			return signingtest.SignLegacyAs(ctx, ref, claim(upstream), key, inproc)
+		}
 	}
 
 	if _, err := testrelease.Push(ctx, opts); err != nil {
@@ -169,5 +178,64 @@ func TestDemo(t *testing.T) {
 	ref, _ := name.NewDigest("kiln.internal/siderolabs/imager@sha256:" + strings.Repeat("a", 64))
 	if err := v.Verify(ctx, ref); err == nil || !strings.Contains(err.Error(), "no trust policy matches repository") {
 		t.Fatalf("demo key applied outside the demo namespace: %v", err)
+	}
+}
+
+// TestSignedIdentityScope: release images must be signed as their upstream
+// repository, Kubernetes images in an image cache need not (Kubernetes
+// signs under the names of other registries than registry.k8s.io).
+func TestSignedIdentityScope(t *testing.T) {
+	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
+	policyDir := t.TempDir()
+
+	if err := os.WriteFile(filepath.Join(policyDir, "release.pub"), key.PublicKeyPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	policy := filepath.Join(policyDir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte("rules:\n  - name: all\n    repositories: ['*', '*/*', '*/*/*']\n    keys:\n      - path: release.pub\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, tc := range map[string]struct {
+		claim      func(upstream name.Repository) string
+		kernel     int
+		imageCache bool
+	}{
+		"kubernetes signed elsewhere": {func(u name.Repository) string {
+			if u.RegistryStr() == "registry.k8s.io" {
+				return "us-west2-docker.pkg.dev/k8s-artifacts-prod/images/" + u.RepositoryStr()
+			}
+
+			return u.Name()
+		}, 200, true},
+		"imager signed as installer-base": {func(u name.Repository) string {
+			if u.RepositoryStr() == "siderolabs/imager" {
+				return "ghcr.io/siderolabs/installer-base"
+			}
+
+			return u.Name()
+		}, 412, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			seedRegistryAs(t, dir, key, tc.claim)
+
+			ts := startServer(t, Config{DataDir: dir, TrustPolicy: policy})
+
+			if resp, _ := ts.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
+				t.Fatal(resp.Status)
+			}
+
+			resp, body := ts.do(t, "GET", "/image/"+emptyID+"/v1.13.0/kernel-amd64", "")
+			if resp.StatusCode != tc.kernel || (tc.kernel == 412 && !strings.Contains(body, "signed as ghcr.io/siderolabs/installer-base, not as ghcr.io/siderolabs/imager")) {
+				t.Fatalf("kernel = %d %.300q, want %d", resp.StatusCode, body, tc.kernel)
+			}
+
+			resp, body = ts.do(t, "POST", "/v1/imagecaches", `{"kubernetesForTalos":"v1.13.0","platforms":["linux/amd64"]}`)
+			if ok := resp.StatusCode == 200 && strings.Contains(body, `"cacheId"`); ok != tc.imageCache {
+				t.Fatalf("image cache of the Kubernetes images = %d %.500s", resp.StatusCode, body)
+			}
+		})
 	}
 }

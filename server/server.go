@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/kiln-dev/kiln/access"
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
@@ -58,6 +59,16 @@ type Config struct {
 	// (namespace kiln-demo) when it is not there, trusted by a key that
 	// applies to that namespace only.
 	Demo bool
+	// AuthReads makes reads of the embedded registry need credentials too;
+	// writes always do.
+	AuthReads bool
+	// ClientCA is a PEM bundle: a TLS client certificate it signed is a
+	// credential (an admin, like the htpasswd users). Needs TLS.
+	ClientCA string
+	// PublicSchematicList lets anyone list schematic IDs; by default
+	// listing needs a credential (a schematic's ID is what keeps it
+	// private, as on the public factory, which has no list).
+	PublicSchematicList bool
 }
 
 // SourceConfig selects the registry kiln reads releases from. With no
@@ -132,6 +143,10 @@ func (c Config) Validate() error {
 		return errors.New("--demo seeds the embedded registry: it cannot be combined with --registry")
 	}
 
+	if c.ClientCA != "" && c.TLSCert == "" {
+		return errors.New("--client-ca needs TLS (--tls-cert and --tls-key): client certificates are a TLS credential")
+	}
+
 	if (c.Source.Username == "") != (c.Source.Password == "") {
 		return errors.New("registry credentials need both a username and a password")
 	}
@@ -191,6 +206,8 @@ type Deps struct {
 	Builder    *builder.Builder
 	// Registry, if set, is served under /v2/ (the embedded registry).
 	Registry http.Handler
+	// Authenticator checks the credentials of the admin calls.
+	Authenticator *access.Authenticator
 	// Closers run after the server stops, in order.
 	Closers []func() error
 }
@@ -210,6 +227,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		}
 
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+
+		if err := withClientCA(s.tls, cfg.ClientCA); err != nil {
+			return nil, err
+		}
 	}
 
 	domain := &schematics{store: deps.Schematics}
@@ -218,7 +239,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	if cfg.ExternalPXEURL != "" {
 		img.pxeURL = strings.TrimSuffix(cfg.ExternalPXEURL, "/")
 	}
-	s.grpc = newGRPCServer(logger, domain, rel, img, s.health)
+	g := &guard{authn: deps.Authenticator, publicList: cfg.PublicSchematicList}
+	s.grpc = newGRPCServer(logger, domain, rel, img, s.health, g)
 
 	gateway, gwLis, gwConn, err := newGateway(ctx)
 	if err != nil {

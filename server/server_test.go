@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,8 +22,10 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-dev/kiln/access"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/kiln-dev/kiln/storage"
@@ -41,6 +44,8 @@ type testServer struct {
 	http *http.Client
 	grpc kilnv1.SchematicServiceClient
 	conn *grpc.ClientConn
+	// stop shuts the server down (before the test ends, to restart it).
+	stop func()
 }
 
 func startServer(t *testing.T, cfg Config) *testServer {
@@ -84,16 +89,22 @@ func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServe
 
 	ts := &testServer{addr: lis.Addr().String(), dir: cfg.DataDir, http: &http.Client{Timeout: 10 * time.Second}}
 
-	t.Cleanup(func() {
-		// A connection the client opened but never used counts as busy for
-		// 5 s on the server side; closing them keeps shutdown quick.
-		ts.http.CloseIdleConnections()
-		cancel()
+	var once sync.Once
 
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	ts.stop = func() {
+		once.Do(func() {
+			// A connection the client opened but never used counts as busy
+			// for 5 s on the server side; closing them keeps shutdown quick.
+			ts.http.CloseIdleConnections()
+			cancel()
+
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+
+	t.Cleanup(ts.stop)
 
 	creds := insecure.NewCredentials()
 	if cfg.TLSCert != "" {
@@ -114,9 +125,33 @@ func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServe
 func (ts *testServer) do(t *testing.T, method, path, body string) (*http.Response, string) {
 	t.Helper()
 
+	return ts.doWith(t, method, path, body, nil)
+}
+
+// adminAuthorization is the Authorization header of the admin credential
+// the server made in its data directory.
+func (ts *testServer) adminAuthorization(t *testing.T) string {
+	t.Helper()
+
+	password, err := access.ReadPassword(filepath.Join(ts.dir, "auth", "admin-password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(access.AdminUser+":"+password))
+}
+
+// doWith is do with request headers.
+func (ts *testServer) doWith(t *testing.T, method, path, body string, header http.Header) (*http.Response, string) {
+	t.Helper()
+
 	req, err := http.NewRequest(method, "http://"+ts.addr+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+
+	for k, v := range header {
+		req.Header[k] = v
 	}
 
 	resp, err := ts.http.Do(req)
@@ -261,9 +296,13 @@ func TestGRPC(t *testing.T) {
 			return err
 		}, codes.InvalidArgument, "customization.meta[0].key 300 is out of range 0-255"},
 		"bad page token": {func() error {
-			_, err := ts.grpc.ListSchematics(ctx, &kilnv1.ListSchematicsRequest{PageToken: "nope"})
+			_, err := ts.grpc.ListSchematics(metadata.AppendToOutgoingContext(ctx, "authorization", ts.adminAuthorization(t)), &kilnv1.ListSchematicsRequest{PageToken: "nope"})
 			return err
 		}, codes.InvalidArgument, `page_token "nope" is not one this server returned`},
+		"list without a credential": {func() error {
+			_, err := ts.grpc.ListSchematics(ctx, &kilnv1.ListSchematicsRequest{})
+			return err
+		}, codes.Unauthenticated, "this call needs the admin credential: basic auth as admin with the password kiln wrote to <data-dir>/auth/admin-password (or a client certificate of --client-ca)"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			st := status.Convert(tc.call())
@@ -342,7 +381,8 @@ func TestGateway(t *testing.T) {
 		t.Fatalf("GET /v1/schematics/id = %d %s", resp.StatusCode, body)
 	}
 
-	resp, body = ts.do(t, "GET", "/v1/schematics?pageSize=1", "")
+	admin := http.Header{"Authorization": {ts.adminAuthorization(t)}}
+	resp, body = ts.doWith(t, "GET", "/v1/schematics?pageSize=1", "", admin)
 
 	var page struct {
 		IDs  []string `json:"ids"`
@@ -353,7 +393,7 @@ func TestGateway(t *testing.T) {
 		t.Fatalf("GET /v1/schematics?pageSize=1 = %d %s (%v)", resp.StatusCode, body, err)
 	}
 
-	resp, body = ts.do(t, "GET", "/v1/schematics?pageToken="+page.Next, "")
+	resp, body = ts.doWith(t, "GET", "/v1/schematics?pageToken="+page.Next, "", admin)
 	if resp.StatusCode != 200 || strings.Contains(body, page.Next) || !strings.Contains(body, "ids") {
 		t.Fatalf("second page = %d %s", resp.StatusCode, body)
 	}

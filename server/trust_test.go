@@ -45,8 +45,8 @@ func keylessLayout(t *testing.T, carry bool) (string, string) {
 		t.Fatal(err)
 	}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest) error {
-		return ss.SignLikeSidero(ctx, ref, sideroID)
+	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+		return ss.SignLikeSideroAs(ctx, ref, upstream.Name(), sideroID)
 	}}); err != nil {
 		t.Fatal(err)
 	}

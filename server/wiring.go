@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -17,10 +18,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/access"
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/registry"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -63,14 +66,16 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // Build constructs the domain components cfg describes:
 //
 //  1. the schematic store under <data-dir>/schematics;
-//  2. the embedded registry under <data-dir>/registry, unless an external
-//     registry is configured;
-//  3. the artifact source over that registry; in demo mode, the signed demo
-//     release seeded into it when missing;
-//  4. the verifier of the trust policy (with the demo key's rule in demo mode),
+//  2. the admin credential under <data-dir>/auth, made on first start;
+//  3. the embedded registry under <data-dir>/registry, anonymous reads and
+//     authenticated writes, unless an external registry is configured;
+//  4. the artifact source over that registry; in demo mode, the signed demo
+//     release seeded into it when never seeded;
+//  5. the verifier of the trust policy (with the demo key's rule in demo mode),
 //     and the import of --oci-layout, verified, into the embedded registry;
-//  5. the release manager over both;
-//  6. the asset cache under <data-dir>/assets and the builder over all of it.
+//  6. the release manager over both, with the release locks under
+//     <data-dir>/release-locks (the demo's and the layout's recorded now);
+//  7. the asset cache under <data-dir>/assets and the builder over all of it.
 func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	var deps Deps
 
@@ -81,7 +86,14 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 
 	deps.Schematics = store
 
-	src, embedded, err := newSource(ctx, cfg)
+	authn, err := adminCredential(cfg.DataDir, logger)
+	if err != nil {
+		return deps, err
+	}
+
+	deps.Authenticator = authn
+
+	src, embedded, err := newSource(ctx, cfg, registry.WithAccess(registry.Access{Authenticator: authn, AnonymousReads: !cfg.AuthReads}))
 	if err != nil {
 		return deps, err
 	}
@@ -91,16 +103,22 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 		deps.Closers = append(deps.Closers, embedded.Close)
 	}
 
-	var demoKey []byte
+	locks := artifacts.LockDir(filepath.Join(cfg.DataDir, "release-locks"))
+
+	var (
+		demoKey []byte
+		seed    *demoSeed
+	)
 
 	if cfg.Demo {
 		// Seeding writes with the namespace given to testrelease; reading
 		// the demo release needs the source to look under it too.
-		demoKey, err = seedDemo(ctx, src, cfg.DataDir, logger)
+		seed, err = seedDemo(ctx, src, cfg.DataDir, locks, logger)
 		if err != nil {
 			return deps, err
 		}
 
+		demoKey = seed.pub
 		src.Namespace = demoNamespace
 	}
 
@@ -108,6 +126,8 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	if err != nil {
 		return deps, err
 	}
+
+	var imported map[string]map[string]string
 
 	if cfg.Source.Layout != "" {
 		// The mirror engine serves the layout on a loopback port while it
@@ -117,12 +137,36 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 			return deps, err
 		}
 
-		if err := importLayout(ctx, cfg.Source.Layout, src, importVerifier, logger); err != nil {
+		imported, err = importLayout(ctx, cfg.Source.Layout, src, importVerifier, logger)
+		if err != nil {
 			return deps, err
 		}
 	}
 
-	deps.Releases = artifacts.NewManager(src, verifier, artifacts.Config{BrokenVersions: cfg.BrokenVersions}, logger)
+	deps.Releases = artifacts.NewManager(src, verifier, artifacts.Config{BrokenVersions: cfg.BrokenVersions, Locks: locks}, logger)
+
+	if seed != nil {
+		if err := lockDemo(ctx, deps.Releases, seed, logger); err != nil {
+			return deps, err
+		}
+	}
+
+	for v, want := range imported {
+		// The layout is what the operator said to serve: its digests are the
+		// lock, recorded again only when they changed.
+		if old, err := deps.Releases.Lock(v); err != nil {
+			return deps, err
+		} else if old != nil && maps.Equal(old.Images, want) {
+			continue
+		}
+
+		l, err := deps.Releases.RecordLock(ctx, v, want, "kiln serve --oci-layout "+cfg.Source.Layout)
+		if err != nil {
+			return deps, fmt.Errorf("OCI layout %s: %w", cfg.Source.Layout, err)
+		}
+
+		logger.Info("recorded the release lock of an imported version", "version", v, "imager", l.Images[release.ImagerRepo])
+	}
 
 	assets, err := storage.NewFSAssets(cfg.DataDir, cfg.AssetCacheBytes, logger)
 	if err != nil {
@@ -138,14 +182,34 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	return deps, nil
 }
 
-func newSource(ctx context.Context, cfg Config) (*artifacts.Source, *registry.Embedded, error) {
+// adminCredential makes the admin credential on first start, says where it
+// is, and returns the authenticator of the credentials in it.
+func adminCredential(dataDir string, logger *slog.Logger) (*access.Authenticator, error) {
+	files := access.Files{Dir: filepath.Join(dataDir, "auth")}
+
+	created, err := files.EnsureAdmin()
+	if err != nil {
+		return nil, err
+	}
+
+	if created {
+		logger.Warn("created the admin credential: writes to the embedded registry, kiln mirror --to this kiln and the admin calls need it",
+			"user", access.AdminUser, "password_file", files.Password(), "htpasswd", files.HTPasswd())
+	} else {
+		logger.Info("admin credentials", "htpasswd", files.HTPasswd(), "password_file", files.Password())
+	}
+
+	return access.NewAuthenticator(files.HTPasswd())
+}
+
+func newSource(ctx context.Context, cfg Config, regOpts ...registry.Option) (*artifacts.Source, *registry.Embedded, error) {
 	ext, err := url.Parse(cfg.externalURL())
 	if err != nil {
 		return nil, nil, fmt.Errorf("external URL: %w", err)
 	}
 
 	if cfg.Source.Registry == "" {
-		embedded, err := registry.NewEmbedded(ctx, filepath.Join(cfg.DataDir, "registry"))
+		embedded, err := registry.NewEmbedded(ctx, filepath.Join(cfg.DataDir, "registry"), regOpts...)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -122,7 +122,7 @@ type Verifier struct {
 const MirrorRootRefresh = 30 * time.Second
 
 type cacheKey struct {
-	repo, digest, rule, root string
+	repo, digest, rule, root, identity string
 }
 
 // NewVerifier returns a Verifier for the policy.
@@ -199,7 +199,8 @@ func (v *Verifier) mirrorTrustedRoot(ctx context.Context) (*root.TrustedRoot, st
 	return tr, d, nil
 }
 
-func (v *Verifier) anchors(r *rule, ropts []ociremote.Option, mirrorRoot *root.TrustedRoot) []anchor {
+func (v *Verifier) anchors(r *rule, ropts []ociremote.Option, mirrorRoot *root.TrustedRoot, want *name.Repository) []anchor {
+	claims := identityClaimVerifier(want)
 	var out []anchor
 	for _, k := range r.keys {
 		out = append(out, anchor{
@@ -207,7 +208,7 @@ func (v *Verifier) anchors(r *rule, ropts []ociremote.Option, mirrorRoot *root.T
 			co: cosign.CheckOpts{
 				RegistryClientOpts: ropts,
 				SigVerifier:        k.verifier,
-				ClaimVerifier:      cosign.SimpleClaimVerifier,
+				ClaimVerifier:      claims,
 				Offline:            true,
 				// Keys are trusted by the policy itself; a key-signed
 				// artifact in an air gap has no transparency log entry.
@@ -229,7 +230,7 @@ func (v *Verifier) anchors(r *rule, ropts []ociremote.Option, mirrorRoot *root.T
 					RegistryClientOpts: ropts,
 					TrustedMaterial:    tm,
 					Identities:         []cosign.Identity{id},
-					ClaimVerifier:      cosign.SimpleClaimVerifier,
+					ClaimVerifier:      claims,
 					// Offline: the transparency log proof must be in the
 					// signature (SET or inclusion proof); never ask Rekor.
 					Offline:   true,
@@ -262,8 +263,9 @@ func (v *Verifier) Check(ctx context.Context, ref name.Digest) error {
 }
 
 // Verify checks that ref carries a signature trusted for its repository by
-// the policy. It resolves nothing by tag: the caller passes the digest it
-// will use. Every refusal matches ErrUntrusted.
+// the policy and, under WithSignedIdentity, made for the repository the
+// caller uses it as. It resolves nothing by tag: the caller passes the
+// digest it will use. Every refusal matches ErrUntrusted.
 func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error) {
 	if err := ctx.Err(); err != nil {
 		return Verified{}, err
@@ -291,7 +293,15 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 		}
 	}
 
+	var want *name.Repository
+	if w, ok := SignedIdentity(ctx); ok {
+		want = &w
+	}
+
 	key := cacheKey{repo: repo.Name(), digest: h.String(), rule: r.canonical, root: rootDigest}
+	if want != nil {
+		key.identity = want.Name()
+	}
 	v.mu.Lock()
 	got, ok := v.cache[key]
 	v.mu.Unlock()
@@ -301,7 +311,7 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 
 	// The caller's options first, the context last so it always applies.
 	ropts := append(append([]remote.Option{}, v.remoteOpts...), remote.WithContext(ctx))
-	anchors := v.anchors(r, []ociremote.Option{ociremote.WithRemoteOptions(ropts...)}, mirrorRoot)
+	anchors := v.anchors(r, []ociremote.Option{ociremote.WithRemoteOptions(ropts...)}, mirrorRoot, want)
 
 	res, found, failures := v.verifyLegacy(ctx, ref, h, r, anchors)
 	if rootErr != nil {
@@ -310,7 +320,7 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 	if res.IsZero() {
 		var bfound bool
 		var bfail []error
-		res, bfound, bfail = v.verifyBundles(ctx, ref, h, r, anchors)
+		res, bfound, bfail = v.verifyBundles(ctx, ref, h, r, anchors, want)
 		found = found || bfound
 		failures = append(failures, bfail...)
 	}
@@ -319,7 +329,10 @@ func (v *Verifier) Verify(ctx context.Context, ref name.Digest) (Verified, error
 	}
 	if res.IsZero() {
 		reason := "no signature verifies against the policy"
+		idReason, misnamed := identityRefusal(failures)
 		switch {
+		case misnamed:
+			reason = idReason
 		case !found && len(failures) > 0:
 			reason = "could not read signatures from the registry"
 		case !found:
@@ -401,7 +414,7 @@ func signerOf(a anchor, sig oci.Signature) string {
 // verifyBundles checks sigstore bundles attached as OCI 1.1 referrers (or
 // under the sha256-<hex> fallback tag, which ggcr's Referrers reads when the
 // registry has no referrers API).
-func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, h v1.Hash, r *rule, anchors []anchor) (res Verified, found bool, failures []error) {
+func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, h v1.Hash, r *rule, anchors []anchor, want *name.Repository) (res Verified, found bool, failures []error) {
 	bundles, seen, failures := listBundles(ref, anchors[0].co.RegistryClientOpts)
 	found = seen
 	if len(bundles) == 0 {
@@ -434,6 +447,13 @@ func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, h v1.Hash
 				failures = append(failures, fmt.Errorf("bundle %d with %s (%s): %w", i, a.desc, shape, err))
 				v.log.DebugContext(ctx, "bundle rejected", "index", i, "anchor", a.desc, "error", err)
 				continue
+			}
+			if want != nil {
+				if err := checkBundleIdentity(b, h, *want); err != nil {
+					failures = append(failures, fmt.Errorf("bundle %d with %s: %w", i, a.desc, err))
+					// The same statement fails the same way with any anchor.
+					break
+				}
 			}
 			method, signer, evidence := MethodKeyBundle, a.desc, evidenceKey
 			if a.keyless {

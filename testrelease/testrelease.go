@@ -40,8 +40,11 @@ type Options struct {
 	Remote []remote.Option
 	// Sign, when set, is called once for every manifest pushed (each
 	// platform image, then its index), with the mirror repository and the
-	// digest, after the index is written. An error stops Push.
-	Sign func(ctx context.Context, ref name.Digest) error
+	// digest, after the index is written, and the upstream repository the
+	// image stands for ("ghcr.io/siderolabs/imager"): the name a real
+	// release's signature carries, which kiln checks for release images
+	// (signing.WithSignedIdentity). An error stops Push.
+	Sign func(ctx context.Context, ref name.Digest, upstream name.Repository) error
 	// Assets, when set, supplies real boot assets for usr/install/<arch>/
 	// (file is one of release.KernelAsset, InitramfsAsset, SDBootAsset,
 	// SDStubAsset). Returning an error matching fs.ErrNotExist keeps the
@@ -185,9 +188,16 @@ func (p *pusher) repo(mirrorPath string) name.Repository {
 	return p.opts.Registry.Repo(mirrorPath)
 }
 
-// push writes idx as repo:tag (children first, by remote.WriteIndex) and
-// signs each child, then the index.
-func (p *pusher) push(ctx context.Context, repo name.Repository, tag string, idx v1.ImageIndex) (name.Digest, error) {
+// push writes idx as mirrorPath:tag (children first, by remote.WriteIndex)
+// and signs each child, then the index.
+func (p *pusher) push(ctx context.Context, mirrorPath, tag string, idx v1.ImageIndex) (name.Digest, error) {
+	repo := p.repo(mirrorPath)
+
+	upstream, err := name.NewRepository(release.UpstreamPath(mirrorPath))
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("upstream of %s: %w", mirrorPath, err)
+	}
+
 	ref := repo.Tag(tag)
 	if err := remote.WriteIndex(ref, idx, p.remote...); err != nil {
 		return name.Digest{}, fmt.Errorf("push %s: %w", ref, err)
@@ -212,7 +222,7 @@ func (p *pusher) push(ctx context.Context, repo name.Repository, tag string, idx
 
 	for _, d := range refs {
 		if p.opts.Sign != nil {
-			if err := p.opts.Sign(ctx, d); err != nil {
+			if err := p.opts.Sign(ctx, d, upstream); err != nil {
 				return name.Digest{}, fmt.Errorf("sign %s: %w", d, err)
 			}
 		}
@@ -245,7 +255,7 @@ func (p *pusher) pushFiles(ctx context.Context, mirrorPath, tag, createdBy strin
 		return name.Digest{}, err
 	}
 
-	return p.push(ctx, p.repo(mirrorPath), tag, idx)
+	return p.push(ctx, mirrorPath, tag, idx)
 }
 
 // pushImager pushes installer-base (before 1.10: the installer) and the
@@ -280,7 +290,7 @@ func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 		return err
 	}
 
-	base, err := p.push(ctx, p.repo(baseRepo), version, idx)
+	base, err := p.push(ctx, baseRepo, version, idx)
 	if err != nil {
 		return err
 	}
@@ -326,7 +336,7 @@ func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 		return err
 	}
 
-	rel.Imager, err = p.push(ctx, p.repo(release.ImagerRepo), version, idx)
+	rel.Imager, err = p.push(ctx, release.ImagerRepo, version, idx)
 
 	return err
 }

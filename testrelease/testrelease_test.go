@@ -28,15 +28,22 @@ const testVersion = "v1.13.0"
 
 // signRecorder is a Sign that remembers what it was asked to sign.
 type signRecorder struct {
-	mu   sync.Mutex
-	refs []name.Digest
+	mu        sync.Mutex
+	refs      []name.Digest
+	upstreams map[string]string // mirror repository -> upstream it was signed as
 }
 
-func (s *signRecorder) sign(_ context.Context, ref name.Digest) error {
+func (s *signRecorder) sign(_ context.Context, ref name.Digest, upstream name.Repository) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
 	s.refs = append(s.refs, ref)
+
+	if s.upstreams == nil {
+		s.upstreams = map[string]string{}
+	}
+
+	s.upstreams[ref.Context().Name()] = upstream.Name()
 
 	return nil
 }
@@ -399,6 +406,23 @@ func TestPush(t *testing.T) {
 			}
 
 			seen[r.String()] = true
+		}
+
+		// Each is signed as the upstream repository it stands for, as a
+		// real release's signatures name it.
+		for mirrorRepo, want := range map[string]string{
+			rel.Imager.Context().Name():     "ghcr.io/siderolabs/imager",
+			rel.Extensions.Context().Name(): "ghcr.io/siderolabs/extensions",
+		} {
+			if got := signer.upstreams[mirrorRepo]; got != want {
+				t.Errorf("%s was signed as %q, want %q", mirrorRepo, got, want)
+			}
+		}
+
+		for mirrorRepo, got := range signer.upstreams {
+			if strings.HasSuffix(mirrorRepo, "/registry.k8s.io/kube-apiserver") && got != "registry.k8s.io/kube-apiserver" {
+				t.Errorf("%s was signed as %q, want registry.k8s.io/kube-apiserver", mirrorRepo, got)
+			}
 		}
 
 		// Everything reachable from what Push reported must be signed.

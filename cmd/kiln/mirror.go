@@ -30,6 +30,12 @@ the trust policy before anything of it is written. Endpoints:
   FILE.tar, archive:FILE    a single archive file to carry across the air gap
 Run it again to resume an interrupted copy: only what is missing is copied.
 
+Writing into a kiln needs its admin credential: --to-password-file
+<kiln data-dir>/auth/admin-password (user admin), or credentials stored by
+docker login / crane auth login. After copying a Talos version into a kiln,
+kiln mirror records the version's release lock there: the digests kiln will
+build from until the next kiln mirror (a re-tag in between is refused).
+
 Sigstore's trusted root (for keyless signatures) travels with the images:
 fetched through TUF when copying from upstream (--trusted-root tuf), taken
 from the source otherwise, and used by trust-policy rules that say
@@ -60,6 +66,9 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	trustedRoot := fs.String("trusted-root", "auto", "Sigstore trusted root to carry: tuf (fetch it through TUF), source (the one the source carries), none, or auto (tuf from upstream, else source)")
 	tufURL := fs.String("tuf-url", signing.PublicGoodTUFURL, "TUF repository --trusted-root tuf fetches from")
 	tufRoot := fs.String("tuf-root", "", "that repository's root.json, the trust anchor (default: the trust policy's tufRoot, else Sigstore's public-good root built into kiln)")
+	toUser := fs.String("to-username", "", "user for a --to registry or kiln (default with a password: admin, a kiln's admin user)")
+	toPassword := fs.String("to-password", "", "password for --to (prefer KILN_MIRROR_TO_PASSWORD or --to-password-file to the command line)")
+	toPasswordFile := fs.String("to-password-file", "", "file holding the password for --to, e.g. a kiln's <data-dir>/auth/admin-password")
 
 	if err := cli.Parse(fs, args, "KILN_MIRROR_", getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -99,15 +108,37 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return errors.New("nothing to copy: give --version and/or --images")
 	}
 
-	opts := []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithJobs(*jobs)}
+	var keychain authn.Keychain = authn.DefaultKeychain
+
+	dst, err := endpoint(*to, *insecure, nil)
+	if err != nil {
+		return err
+	}
+
+	dstReg, toRegistry := dst.(mirror.Registry)
+
+	toAuth, err := destinationAuth(*toUser, *toPassword, *toPasswordFile)
+	if err != nil {
+		return err
+	}
+
+	if toAuth != nil {
+		if !toRegistry || dstReg.Upstream {
+			return errors.New("--to-username/--to-password are for a registry or kiln destination")
+		}
+
+		// The given credentials for the destination, docker's for the rest.
+		keychain = authn.NewMultiKeychain(hostKeychain{host: dstReg.Registry.RegistryStr(), auth: toAuth}, authn.DefaultKeychain)
+	}
+
+	opts := []remote.Option{remote.WithAuthFromKeychain(keychain), remote.WithJobs(*jobs)}
 
 	src, err := endpoint(*from, *insecure, opts)
 	if err != nil {
 		return err
 	}
 
-	dst, err := endpoint(*to, *insecure, opts)
-	if err != nil {
+	if dst, err = endpoint(*to, *insecure, opts); err != nil {
 		return err
 	}
 
@@ -180,9 +211,15 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		prefix = "dry run, would copy"
 	}
 
-	_, err = fmt.Fprintf(stdout, "%s %s -> %s: %s\n", prefix, src, dst, stats)
+	if _, err := fmt.Fprintf(stdout, "%s %s -> %s: %s\n", prefix, src, dst, stats); err != nil {
+		return err
+	}
 
-	return err
+	if reg, ok := dst.(mirror.Registry); ok && !reg.Upstream && !*dryRun {
+		return lockReleases(ctx, reg, keychain, plan.ReleaseDigests(), stdout, stderr)
+	}
+
+	return nil
 }
 
 // carriedRoot finds the Sigstore trusted root to carry: fetched through TUF

@@ -125,6 +125,28 @@ func (k *Key) PublicKeyPEM() []byte {
 	return b
 }
 
+// ParseKey reads a key PrivateKeyPEM wrote (an unencrypted PKCS#8
+// "PRIVATE KEY" block of a type GenerateKey makes).
+func ParseKey(pemBytes []byte) (*Key, error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("no PRIVATE KEY PEM block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("private key of type %T cannot sign", k)
+	}
+	sv, err := signature.LoadSignerVerifier(priv, crypto.SHA256)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{priv: priv, sv: sv}, nil
+}
+
 // PrivateKeyPEM returns the private key as an unencrypted PKCS#8 PEM block.
 // (cosign's own key files are encrypted; `cosign import-key-pair` reads this.)
 func (k *Key) PrivateKeyPEM() ([]byte, error) {
@@ -138,16 +160,31 @@ func (k *Key) PrivateKeyPEM() ([]byte, error) {
 // SignerVerifier exposes the key for custom signatures.
 func (k *Key) SignerVerifier() signature.SignerVerifier { return k.sv }
 
-// SimpleSigningPayload is the payload `cosign sign` signs for ref.
+// SimpleSigningPayload is the payload `cosign sign` signs for ref: its
+// docker-reference is ref's repository.
 func SimpleSigningPayload(ref name.Digest) ([]byte, error) {
 	return (&sigpayload.Cosign{Image: ref}).MarshalJSON()
+}
+
+// SimpleSigningPayloadAs is the payload `cosign sign` signs for ref when the
+// image was signed under another name: its docker-reference is claimed
+// (e.g. the upstream repository of a mirrored image, "ghcr.io/siderolabs/imager").
+func SimpleSigningPayloadAs(ref name.Digest, claimed string) ([]byte, error) {
+	return (&sigpayload.Cosign{Image: ref, ClaimedIdentity: claimed}).MarshalJSON()
 }
 
 // SignLegacy signs ref with k and attaches the signature under the
 // sha256-<hex>.sig tag, as `cosign sign --key k --tlog-upload=false` does.
 // Signatures already there are kept.
 func SignLegacy(ctx context.Context, ref name.Digest, k *Key, opts ...remote.Option) error {
-	payload, err := SimpleSigningPayload(ref)
+	return SignLegacyAs(ctx, ref, ref.Context().Name(), k, opts...)
+}
+
+// SignLegacyAs is SignLegacy with the docker-reference claimed: what a
+// signature made upstream (as claimed) looks like once the image and its
+// .sig are mirrored to ref.
+func SignLegacyAs(ctx context.Context, ref name.Digest, claimed string, k *Key, opts ...remote.Option) error {
+	payload, err := SimpleSigningPayloadAs(ref, claimed)
 	if err != nil {
 		return err
 	}
@@ -177,15 +214,26 @@ func AttachLegacy(ctx context.Context, ref name.Digest, sig oci.Signature, opts 
 	return ociremote.WriteSignatures(ref.Repository, se, ropts)
 }
 
-// SignStatement is the in-toto statement `cosign sign` puts in a bundle.
+// SignStatement is the in-toto statement `cosign sign` puts in a bundle:
+// its one subject has the digest and no name.
 func SignStatement(ref name.Digest) ([]byte, error) {
+	return SignStatementNamed(ref, "")
+}
+
+// SignStatementNamed is SignStatement whose subject is also named (as
+// signers other than cosign may name it), unless subject is empty.
+func SignStatementNamed(ref name.Digest, subject string) ([]byte, error) {
 	h, err := v1.NewHash(ref.DigestStr())
 	if err != nil {
 		return nil, err
 	}
+	sub := map[string]any{"digest": map[string]string{h.Algorithm: h.Hex}}
+	if subject != "" {
+		sub["name"] = subject
+	}
 	return json.Marshal(map[string]any{
 		"_type":         "https://in-toto.io/Statement/v1",
-		"subject":       []any{map[string]any{"digest": map[string]string{h.Algorithm: h.Hex}}},
+		"subject":       []any{sub},
 		"predicateType": SignPredicateType,
 	})
 }
@@ -204,7 +252,12 @@ func SignBundle(ctx context.Context, ref name.Digest, k *Key, opts ...remote.Opt
 
 // KeyBundle returns the bundle JSON SignBundle would attach for ref.
 func KeyBundle(ref name.Digest, k *Key) ([]byte, error) {
-	stmt, err := SignStatement(ref)
+	return KeyBundleNamed(ref, "", k)
+}
+
+// KeyBundleNamed is KeyBundle over SignStatementNamed(ref, subject).
+func KeyBundleNamed(ref name.Digest, subject string, k *Key) ([]byte, error) {
+	stmt, err := SignStatementNamed(ref, subject)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ package kilnv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +22,307 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// GetReleaseLockRequest names a Talos version.
+type GetReleaseLockRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReleaseLockRequest) Reset() {
+	*x = GetReleaseLockRequest{}
+	mi := &file_kiln_v1_release_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReleaseLockRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReleaseLockRequest) ProtoMessage() {}
+
+func (x *GetReleaseLockRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_release_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReleaseLockRequest.ProtoReflect.Descriptor instead.
+func (*GetReleaseLockRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetReleaseLockRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+// GetReleaseLockResponse is the lock of the version asked for.
+type GetReleaseLockResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lock          *ReleaseLock           `protobuf:"bytes,1,opt,name=lock,proto3" json:"lock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReleaseLockResponse) Reset() {
+	*x = GetReleaseLockResponse{}
+	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReleaseLockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReleaseLockResponse) ProtoMessage() {}
+
+func (x *GetReleaseLockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReleaseLockResponse.ProtoReflect.Descriptor instead.
+func (*GetReleaseLockResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetReleaseLockResponse) GetLock() *ReleaseLock {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
+// ReleaseLock is one version of a release as it was mirrored.
+type ReleaseLock struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// When and by whom: "kiln mirror (admin)", "first use", "kiln serve --demo".
+	Recorded   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=recorded,proto3" json:"recorded,omitempty"`
+	RecordedBy string                 `protobuf:"bytes,3,opt,name=recorded_by,json=recordedBy,proto3" json:"recorded_by,omitempty"`
+	// Mirror path ("siderolabs/imager") to digest, for imager,
+	// installer-base (installer before 1.10), extensions, overlays and
+	// talosctl-all.
+	Images map[string]string `protobuf:"bytes,4,rep,name=images,proto3" json:"images,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Mirror path to digest of each extension and overlay image the locked
+	// catalogs name.
+	Extensions    map[string]string `protobuf:"bytes,5,rep,name=extensions,proto3" json:"extensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Overlays      map[string]string `protobuf:"bytes,6,rep,name=overlays,proto3" json:"overlays,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLock) Reset() {
+	*x = ReleaseLock{}
+	mi := &file_kiln_v1_release_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLock) ProtoMessage() {}
+
+func (x *ReleaseLock) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_release_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLock.ProtoReflect.Descriptor instead.
+func (*ReleaseLock) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReleaseLock) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ReleaseLock) GetRecorded() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Recorded
+	}
+	return nil
+}
+
+func (x *ReleaseLock) GetRecordedBy() string {
+	if x != nil {
+		return x.RecordedBy
+	}
+	return ""
+}
+
+func (x *ReleaseLock) GetImages() map[string]string {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+func (x *ReleaseLock) GetExtensions() map[string]string {
+	if x != nil {
+		return x.Extensions
+	}
+	return nil
+}
+
+func (x *ReleaseLock) GetOverlays() map[string]string {
+	if x != nil {
+		return x.Overlays
+	}
+	return nil
+}
+
+// LockReleaseRequest asks to lock a version.
+type LockReleaseRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The namespace the release was copied into; it must be the one kiln
+	// serves (empty for none).
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Mirror path to digest of what the caller copied: a tag that points
+	// elsewhere now fails the call (FailedPrecondition) rather than lock
+	// what someone else wrote since. Empty: lock what the tags say.
+	Images        map[string]string `protobuf:"bytes,3,rep,name=images,proto3" json:"images,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LockReleaseRequest) Reset() {
+	*x = LockReleaseRequest{}
+	mi := &file_kiln_v1_release_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LockReleaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LockReleaseRequest) ProtoMessage() {}
+
+func (x *LockReleaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_release_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LockReleaseRequest.ProtoReflect.Descriptor instead.
+func (*LockReleaseRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LockReleaseRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *LockReleaseRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *LockReleaseRequest) GetImages() map[string]string {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+// LockReleaseResponse is the lock recorded, and the one it replaced.
+type LockReleaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lock  *ReleaseLock           `protobuf:"bytes,1,opt,name=lock,proto3" json:"lock,omitempty"`
+	// Unset when the version had no lock.
+	Previous      *ReleaseLock `protobuf:"bytes,2,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LockReleaseResponse) Reset() {
+	*x = LockReleaseResponse{}
+	mi := &file_kiln_v1_release_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LockReleaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LockReleaseResponse) ProtoMessage() {}
+
+func (x *LockReleaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_release_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LockReleaseResponse.ProtoReflect.Descriptor instead.
+func (*LockReleaseResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LockReleaseResponse) GetLock() *ReleaseLock {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
+func (x *LockReleaseResponse) GetPrevious() *ReleaseLock {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
 // ListVersionsRequest asks for the offered (or the broken) versions.
 type ListVersionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -32,7 +334,7 @@ type ListVersionsRequest struct {
 
 func (x *ListVersionsRequest) Reset() {
 	*x = ListVersionsRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[0]
+	mi := &file_kiln_v1_release_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +346,7 @@ func (x *ListVersionsRequest) String() string {
 func (*ListVersionsRequest) ProtoMessage() {}
 
 func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[0]
+	mi := &file_kiln_v1_release_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +359,7 @@ func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListVersionsRequest) GetBroken() bool {
@@ -77,7 +379,7 @@ type ListVersionsResponse struct {
 
 func (x *ListVersionsResponse) Reset() {
 	*x = ListVersionsResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	mi := &file_kiln_v1_release_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +391,7 @@ func (x *ListVersionsResponse) String() string {
 func (*ListVersionsResponse) ProtoMessage() {}
 
 func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[1]
+	mi := &file_kiln_v1_release_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +404,7 @@ func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListVersionsResponse) GetVersions() []string {
@@ -122,7 +424,7 @@ type ListExtensionsRequest struct {
 
 func (x *ListExtensionsRequest) Reset() {
 	*x = ListExtensionsRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[2]
+	mi := &file_kiln_v1_release_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +436,7 @@ func (x *ListExtensionsRequest) String() string {
 func (*ListExtensionsRequest) ProtoMessage() {}
 
 func (x *ListExtensionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[2]
+	mi := &file_kiln_v1_release_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +449,7 @@ func (x *ListExtensionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExtensionsRequest.ProtoReflect.Descriptor instead.
 func (*ListExtensionsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListExtensionsRequest) GetVersion() string {
@@ -173,7 +475,7 @@ type ExtensionInfo struct {
 
 func (x *ExtensionInfo) Reset() {
 	*x = ExtensionInfo{}
-	mi := &file_kiln_v1_release_proto_msgTypes[3]
+	mi := &file_kiln_v1_release_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +487,7 @@ func (x *ExtensionInfo) String() string {
 func (*ExtensionInfo) ProtoMessage() {}
 
 func (x *ExtensionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[3]
+	mi := &file_kiln_v1_release_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +500,7 @@ func (x *ExtensionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtensionInfo.ProtoReflect.Descriptor instead.
 func (*ExtensionInfo) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExtensionInfo) GetName() string {
@@ -246,7 +548,7 @@ type ListExtensionsResponse struct {
 
 func (x *ListExtensionsResponse) Reset() {
 	*x = ListExtensionsResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[4]
+	mi := &file_kiln_v1_release_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -258,7 +560,7 @@ func (x *ListExtensionsResponse) String() string {
 func (*ListExtensionsResponse) ProtoMessage() {}
 
 func (x *ListExtensionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[4]
+	mi := &file_kiln_v1_release_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -271,7 +573,7 @@ func (x *ListExtensionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExtensionsResponse.ProtoReflect.Descriptor instead.
 func (*ListExtensionsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListExtensionsResponse) GetExtensions() []*ExtensionInfo {
@@ -291,7 +593,7 @@ type ListOverlaysRequest struct {
 
 func (x *ListOverlaysRequest) Reset() {
 	*x = ListOverlaysRequest{}
-	mi := &file_kiln_v1_release_proto_msgTypes[5]
+	mi := &file_kiln_v1_release_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +605,7 @@ func (x *ListOverlaysRequest) String() string {
 func (*ListOverlaysRequest) ProtoMessage() {}
 
 func (x *ListOverlaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[5]
+	mi := &file_kiln_v1_release_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +618,7 @@ func (x *ListOverlaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverlaysRequest.ProtoReflect.Descriptor instead.
 func (*ListOverlaysRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListOverlaysRequest) GetVersion() string {
@@ -342,7 +644,7 @@ type OverlayInfo struct {
 
 func (x *OverlayInfo) Reset() {
 	*x = OverlayInfo{}
-	mi := &file_kiln_v1_release_proto_msgTypes[6]
+	mi := &file_kiln_v1_release_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +656,7 @@ func (x *OverlayInfo) String() string {
 func (*OverlayInfo) ProtoMessage() {}
 
 func (x *OverlayInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[6]
+	mi := &file_kiln_v1_release_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +669,7 @@ func (x *OverlayInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverlayInfo.ProtoReflect.Descriptor instead.
 func (*OverlayInfo) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OverlayInfo) GetName() string {
@@ -408,7 +710,7 @@ type ListOverlaysResponse struct {
 
 func (x *ListOverlaysResponse) Reset() {
 	*x = ListOverlaysResponse{}
-	mi := &file_kiln_v1_release_proto_msgTypes[7]
+	mi := &file_kiln_v1_release_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +722,7 @@ func (x *ListOverlaysResponse) String() string {
 func (*ListOverlaysResponse) ProtoMessage() {}
 
 func (x *ListOverlaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_release_proto_msgTypes[7]
+	mi := &file_kiln_v1_release_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +735,7 @@ func (x *ListOverlaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverlaysResponse.ProtoReflect.Descriptor instead.
 func (*ListOverlaysResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_release_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_release_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListOverlaysResponse) GetOverlays() []*OverlayInfo {
@@ -447,7 +749,40 @@ var File_kiln_v1_release_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_release_proto_rawDesc = "" +
 	"\n" +
-	"\x15kiln/v1/release.proto\x12\akiln.v1\"-\n" +
+	"\x15kiln/v1/release.proto\x12\akiln.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n" +
+	"\x15GetReleaseLockRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\"B\n" +
+	"\x16GetReleaseLockResponse\x12(\n" +
+	"\x04lock\x18\x01 \x01(\v2\x14.kiln.v1.ReleaseLockR\x04lock\"\xf7\x03\n" +
+	"\vReleaseLock\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x126\n" +
+	"\brecorded\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\brecorded\x12\x1f\n" +
+	"\vrecorded_by\x18\x03 \x01(\tR\n" +
+	"recordedBy\x128\n" +
+	"\x06images\x18\x04 \x03(\v2 .kiln.v1.ReleaseLock.ImagesEntryR\x06images\x12D\n" +
+	"\n" +
+	"extensions\x18\x05 \x03(\v2$.kiln.v1.ReleaseLock.ExtensionsEntryR\n" +
+	"extensions\x12>\n" +
+	"\boverlays\x18\x06 \x03(\v2\".kiln.v1.ReleaseLock.OverlaysEntryR\boverlays\x1a9\n" +
+	"\vImagesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a=\n" +
+	"\x0fExtensionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
+	"\rOverlaysEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc8\x01\n" +
+	"\x12LockReleaseRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12?\n" +
+	"\x06images\x18\x03 \x03(\v2'.kiln.v1.LockReleaseRequest.ImagesEntryR\x06images\x1a9\n" +
+	"\vImagesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
+	"\x13LockReleaseResponse\x12(\n" +
+	"\x04lock\x18\x01 \x01(\v2\x14.kiln.v1.ReleaseLockR\x04lock\x120\n" +
+	"\bprevious\x18\x02 \x01(\v2\x14.kiln.v1.ReleaseLockR\bprevious\"-\n" +
 	"\x13ListVersionsRequest\x12\x16\n" +
 	"\x06broken\x18\x01 \x01(\bR\x06broken\"2\n" +
 	"\x14ListVersionsResponse\x12\x1a\n" +
@@ -472,11 +807,13 @@ const file_kiln_v1_release_proto_rawDesc = "" +
 	"\x03ref\x18\x03 \x01(\tR\x03ref\x12\x16\n" +
 	"\x06digest\x18\x04 \x01(\tR\x06digest\"H\n" +
 	"\x14ListOverlaysResponse\x120\n" +
-	"\boverlays\x18\x01 \x03(\v2\x14.kiln.v1.OverlayInfoR\boverlays2\xfd\x01\n" +
+	"\boverlays\x18\x01 \x03(\v2\x14.kiln.v1.OverlayInfoR\boverlays2\x9a\x03\n" +
 	"\x0eReleaseService\x12K\n" +
 	"\fListVersions\x12\x1c.kiln.v1.ListVersionsRequest\x1a\x1d.kiln.v1.ListVersionsResponse\x12Q\n" +
 	"\x0eListExtensions\x12\x1e.kiln.v1.ListExtensionsRequest\x1a\x1f.kiln.v1.ListExtensionsResponse\x12K\n" +
-	"\fListOverlays\x12\x1c.kiln.v1.ListOverlaysRequest\x1a\x1d.kiln.v1.ListOverlaysResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
+	"\fListOverlays\x12\x1c.kiln.v1.ListOverlaysRequest\x1a\x1d.kiln.v1.ListOverlaysResponse\x12Q\n" +
+	"\x0eGetReleaseLock\x12\x1e.kiln.v1.GetReleaseLockRequest\x1a\x1f.kiln.v1.GetReleaseLockResponse\x12H\n" +
+	"\vLockRelease\x12\x1b.kiln.v1.LockReleaseRequest\x1a\x1c.kiln.v1.LockReleaseResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_release_proto_rawDescOnce sync.Once
@@ -490,31 +827,53 @@ func file_kiln_v1_release_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_release_proto_rawDescData
 }
 
-var file_kiln_v1_release_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_kiln_v1_release_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kiln_v1_release_proto_goTypes = []any{
-	(*ListVersionsRequest)(nil),    // 0: kiln.v1.ListVersionsRequest
-	(*ListVersionsResponse)(nil),   // 1: kiln.v1.ListVersionsResponse
-	(*ListExtensionsRequest)(nil),  // 2: kiln.v1.ListExtensionsRequest
-	(*ExtensionInfo)(nil),          // 3: kiln.v1.ExtensionInfo
-	(*ListExtensionsResponse)(nil), // 4: kiln.v1.ListExtensionsResponse
-	(*ListOverlaysRequest)(nil),    // 5: kiln.v1.ListOverlaysRequest
-	(*OverlayInfo)(nil),            // 6: kiln.v1.OverlayInfo
-	(*ListOverlaysResponse)(nil),   // 7: kiln.v1.ListOverlaysResponse
+	(*GetReleaseLockRequest)(nil),  // 0: kiln.v1.GetReleaseLockRequest
+	(*GetReleaseLockResponse)(nil), // 1: kiln.v1.GetReleaseLockResponse
+	(*ReleaseLock)(nil),            // 2: kiln.v1.ReleaseLock
+	(*LockReleaseRequest)(nil),     // 3: kiln.v1.LockReleaseRequest
+	(*LockReleaseResponse)(nil),    // 4: kiln.v1.LockReleaseResponse
+	(*ListVersionsRequest)(nil),    // 5: kiln.v1.ListVersionsRequest
+	(*ListVersionsResponse)(nil),   // 6: kiln.v1.ListVersionsResponse
+	(*ListExtensionsRequest)(nil),  // 7: kiln.v1.ListExtensionsRequest
+	(*ExtensionInfo)(nil),          // 8: kiln.v1.ExtensionInfo
+	(*ListExtensionsResponse)(nil), // 9: kiln.v1.ListExtensionsResponse
+	(*ListOverlaysRequest)(nil),    // 10: kiln.v1.ListOverlaysRequest
+	(*OverlayInfo)(nil),            // 11: kiln.v1.OverlayInfo
+	(*ListOverlaysResponse)(nil),   // 12: kiln.v1.ListOverlaysResponse
+	nil,                            // 13: kiln.v1.ReleaseLock.ImagesEntry
+	nil,                            // 14: kiln.v1.ReleaseLock.ExtensionsEntry
+	nil,                            // 15: kiln.v1.ReleaseLock.OverlaysEntry
+	nil,                            // 16: kiln.v1.LockReleaseRequest.ImagesEntry
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
 }
 var file_kiln_v1_release_proto_depIdxs = []int32{
-	3, // 0: kiln.v1.ListExtensionsResponse.extensions:type_name -> kiln.v1.ExtensionInfo
-	6, // 1: kiln.v1.ListOverlaysResponse.overlays:type_name -> kiln.v1.OverlayInfo
-	0, // 2: kiln.v1.ReleaseService.ListVersions:input_type -> kiln.v1.ListVersionsRequest
-	2, // 3: kiln.v1.ReleaseService.ListExtensions:input_type -> kiln.v1.ListExtensionsRequest
-	5, // 4: kiln.v1.ReleaseService.ListOverlays:input_type -> kiln.v1.ListOverlaysRequest
-	1, // 5: kiln.v1.ReleaseService.ListVersions:output_type -> kiln.v1.ListVersionsResponse
-	4, // 6: kiln.v1.ReleaseService.ListExtensions:output_type -> kiln.v1.ListExtensionsResponse
-	7, // 7: kiln.v1.ReleaseService.ListOverlays:output_type -> kiln.v1.ListOverlaysResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2,  // 0: kiln.v1.GetReleaseLockResponse.lock:type_name -> kiln.v1.ReleaseLock
+	17, // 1: kiln.v1.ReleaseLock.recorded:type_name -> google.protobuf.Timestamp
+	13, // 2: kiln.v1.ReleaseLock.images:type_name -> kiln.v1.ReleaseLock.ImagesEntry
+	14, // 3: kiln.v1.ReleaseLock.extensions:type_name -> kiln.v1.ReleaseLock.ExtensionsEntry
+	15, // 4: kiln.v1.ReleaseLock.overlays:type_name -> kiln.v1.ReleaseLock.OverlaysEntry
+	16, // 5: kiln.v1.LockReleaseRequest.images:type_name -> kiln.v1.LockReleaseRequest.ImagesEntry
+	2,  // 6: kiln.v1.LockReleaseResponse.lock:type_name -> kiln.v1.ReleaseLock
+	2,  // 7: kiln.v1.LockReleaseResponse.previous:type_name -> kiln.v1.ReleaseLock
+	8,  // 8: kiln.v1.ListExtensionsResponse.extensions:type_name -> kiln.v1.ExtensionInfo
+	11, // 9: kiln.v1.ListOverlaysResponse.overlays:type_name -> kiln.v1.OverlayInfo
+	5,  // 10: kiln.v1.ReleaseService.ListVersions:input_type -> kiln.v1.ListVersionsRequest
+	7,  // 11: kiln.v1.ReleaseService.ListExtensions:input_type -> kiln.v1.ListExtensionsRequest
+	10, // 12: kiln.v1.ReleaseService.ListOverlays:input_type -> kiln.v1.ListOverlaysRequest
+	0,  // 13: kiln.v1.ReleaseService.GetReleaseLock:input_type -> kiln.v1.GetReleaseLockRequest
+	3,  // 14: kiln.v1.ReleaseService.LockRelease:input_type -> kiln.v1.LockReleaseRequest
+	6,  // 15: kiln.v1.ReleaseService.ListVersions:output_type -> kiln.v1.ListVersionsResponse
+	9,  // 16: kiln.v1.ReleaseService.ListExtensions:output_type -> kiln.v1.ListExtensionsResponse
+	12, // 17: kiln.v1.ReleaseService.ListOverlays:output_type -> kiln.v1.ListOverlaysResponse
+	1,  // 18: kiln.v1.ReleaseService.GetReleaseLock:output_type -> kiln.v1.GetReleaseLockResponse
+	4,  // 19: kiln.v1.ReleaseService.LockRelease:output_type -> kiln.v1.LockReleaseResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_release_proto_init() }
@@ -528,7 +887,7 @@ func file_kiln_v1_release_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_release_proto_rawDesc), len(file_kiln_v1_release_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,8 @@ const (
 	ReleaseService_ListVersions_FullMethodName   = "/kiln.v1.ReleaseService/ListVersions"
 	ReleaseService_ListExtensions_FullMethodName = "/kiln.v1.ReleaseService/ListExtensions"
 	ReleaseService_ListOverlays_FullMethodName   = "/kiln.v1.ReleaseService/ListOverlays"
+	ReleaseService_GetReleaseLock_FullMethodName = "/kiln.v1.ReleaseService/GetReleaseLock"
+	ReleaseService_LockRelease_FullMethodName    = "/kiln.v1.ReleaseService/LockRelease"
 )
 
 // ReleaseServiceClient is the client API for ReleaseService service.
@@ -38,6 +40,15 @@ type ReleaseServiceClient interface {
 	ListExtensions(ctx context.Context, in *ListExtensionsRequest, opts ...grpc.CallOption) (*ListExtensionsResponse, error)
 	// ListOverlays lists a version's official overlays (none before 1.7).
 	ListOverlays(ctx context.Context, in *ListOverlaysRequest, opts ...grpc.CallOption) (*ListOverlaysResponse, error)
+	// GetReleaseLock returns the lock of a version: the digests its images
+	// had when it was mirrored, which builds use. NotFound when there is
+	// none yet (it is recorded at the version's first use).
+	GetReleaseLock(ctx context.Context, in *GetReleaseLockRequest, opts ...grpc.CallOption) (*GetReleaseLockResponse, error)
+	// LockRelease records a new lock for a version from what the mirror's
+	// tags point to now, every image verified, replacing the old one. kiln
+	// mirror calls it after copying a release into kiln. Needs the admin
+	// credential (Unauthenticated otherwise).
+	LockRelease(ctx context.Context, in *LockReleaseRequest, opts ...grpc.CallOption) (*LockReleaseResponse, error)
 }
 
 type releaseServiceClient struct {
@@ -78,6 +89,26 @@ func (c *releaseServiceClient) ListOverlays(ctx context.Context, in *ListOverlay
 	return out, nil
 }
 
+func (c *releaseServiceClient) GetReleaseLock(ctx context.Context, in *GetReleaseLockRequest, opts ...grpc.CallOption) (*GetReleaseLockResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReleaseLockResponse)
+	err := c.cc.Invoke(ctx, ReleaseService_GetReleaseLock_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *releaseServiceClient) LockRelease(ctx context.Context, in *LockReleaseRequest, opts ...grpc.CallOption) (*LockReleaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LockReleaseResponse)
+	err := c.cc.Invoke(ctx, ReleaseService_LockRelease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReleaseServiceServer is the server API for ReleaseService service.
 // All implementations must embed UnimplementedReleaseServiceServer
 // for forward compatibility.
@@ -92,6 +123,15 @@ type ReleaseServiceServer interface {
 	ListExtensions(context.Context, *ListExtensionsRequest) (*ListExtensionsResponse, error)
 	// ListOverlays lists a version's official overlays (none before 1.7).
 	ListOverlays(context.Context, *ListOverlaysRequest) (*ListOverlaysResponse, error)
+	// GetReleaseLock returns the lock of a version: the digests its images
+	// had when it was mirrored, which builds use. NotFound when there is
+	// none yet (it is recorded at the version's first use).
+	GetReleaseLock(context.Context, *GetReleaseLockRequest) (*GetReleaseLockResponse, error)
+	// LockRelease records a new lock for a version from what the mirror's
+	// tags point to now, every image verified, replacing the old one. kiln
+	// mirror calls it after copying a release into kiln. Needs the admin
+	// credential (Unauthenticated otherwise).
+	LockRelease(context.Context, *LockReleaseRequest) (*LockReleaseResponse, error)
 	mustEmbedUnimplementedReleaseServiceServer()
 }
 
@@ -110,6 +150,12 @@ func (UnimplementedReleaseServiceServer) ListExtensions(context.Context, *ListEx
 }
 func (UnimplementedReleaseServiceServer) ListOverlays(context.Context, *ListOverlaysRequest) (*ListOverlaysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOverlays not implemented")
+}
+func (UnimplementedReleaseServiceServer) GetReleaseLock(context.Context, *GetReleaseLockRequest) (*GetReleaseLockResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetReleaseLock not implemented")
+}
+func (UnimplementedReleaseServiceServer) LockRelease(context.Context, *LockReleaseRequest) (*LockReleaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LockRelease not implemented")
 }
 func (UnimplementedReleaseServiceServer) mustEmbedUnimplementedReleaseServiceServer() {}
 func (UnimplementedReleaseServiceServer) testEmbeddedByValue()                        {}
@@ -186,6 +232,42 @@ func _ReleaseService_ListOverlays_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReleaseService_GetReleaseLock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReleaseLockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReleaseServiceServer).GetReleaseLock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReleaseService_GetReleaseLock_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReleaseServiceServer).GetReleaseLock(ctx, req.(*GetReleaseLockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ReleaseService_LockRelease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LockReleaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReleaseServiceServer).LockRelease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReleaseService_LockRelease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReleaseServiceServer).LockRelease(ctx, req.(*LockReleaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReleaseService_ServiceDesc is the grpc.ServiceDesc for ReleaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -204,6 +286,14 @@ var ReleaseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOverlays",
 			Handler:    _ReleaseService_ListOverlays_Handler,
+		},
+		{
+			MethodName: "GetReleaseLock",
+			Handler:    _ReleaseService_GetReleaseLock_Handler,
+		},
+		{
+			MethodName: "LockRelease",
+			Handler:    _ReleaseService_LockRelease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

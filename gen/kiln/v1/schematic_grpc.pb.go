@@ -38,6 +38,9 @@ type SchematicServiceClient interface {
 	// NotFound.
 	GetSchematic(ctx context.Context, in *GetSchematicRequest, opts ...grpc.CallOption) (*GetSchematicResponse, error)
 	// ListSchematics pages through stored schematic IDs in ascending order.
+	// Needs the admin credential (Unauthenticated otherwise) unless kiln
+	// serve --public-schematic-list: a schematic's ID is what keeps it
+	// private.
 	ListSchematics(ctx context.Context, in *ListSchematicsRequest, opts ...grpc.CallOption) (*ListSchematicsResponse, error)
 }
 
@@ -93,6 +96,9 @@ type SchematicServiceServer interface {
 	// NotFound.
 	GetSchematic(context.Context, *GetSchematicRequest) (*GetSchematicResponse, error)
 	// ListSchematics pages through stored schematic IDs in ascending order.
+	// Needs the admin credential (Unauthenticated otherwise) unless kiln
+	// serve --public-schematic-list: a schematic's ID is what keeps it
+	// private.
 	ListSchematics(context.Context, *ListSchematicsRequest) (*ListSchematicsResponse, error)
 	mustEmbedUnimplementedSchematicServiceServer()
 }

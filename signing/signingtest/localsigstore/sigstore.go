@@ -503,6 +503,11 @@ type Options struct {
 	// BreakInclusionProof alters one hash of the inclusion proof after the
 	// checkpoint is signed: a proof that does not lead to the checkpoint.
 	BreakInclusionProof bool
+	// As is the image name the signature claims: the docker-reference of a
+	// legacy .sig, the subject name of a bundle's statement. Empty: a .sig
+	// names the repository it is attached in and a bundle names nothing,
+	// as cosign signs.
+	As string
 }
 
 func (o Options) when() time.Time {
@@ -571,7 +576,12 @@ func (s *Sigstore) set(body []byte, integrated, index int64) ([]byte, error) {
 // bundle (hashedrekord v0.0.1 entry, SET), as keyless `cosign sign` (v2)
 // stores it. Only Options.Identity and Options.Time are used.
 func (s *Sigstore) SignLegacy(ctx context.Context, ref name.Digest, o Options, opts ...remote.Option) error {
-	payload, err := signingtest.SimpleSigningPayload(ref)
+	claimed := o.As
+	if claimed == "" {
+		claimed = ref.Context().Name()
+	}
+
+	payload, err := signingtest.SimpleSigningPayloadAs(ref, claimed)
 	if err != nil {
 		return err
 	}
@@ -661,7 +671,15 @@ func (s *Sigstore) SignBundle(ctx context.Context, ref name.Digest, o Options, o
 // legacy .sig (Rekor v1) and a bundle referrer recorded in Rekor v2 with an
 // RFC 3161 timestamp.
 func (s *Sigstore) SignLikeSidero(ctx context.Context, ref name.Digest, id Identity, opts ...remote.Option) error {
-	if err := s.SignLegacy(ctx, ref, Options{Identity: id}, opts...); err != nil {
+	return s.SignLikeSideroAs(ctx, ref, "", id, opts...)
+}
+
+// SignLikeSideroAs is SignLikeSidero for an image signed upstream as the
+// repository as ("ghcr.io/siderolabs/imager") and mirrored to ref: the
+// .sig's docker-reference names as; the bundle, made as cosign makes it,
+// names no image.
+func (s *Sigstore) SignLikeSideroAs(ctx context.Context, ref name.Digest, as string, id Identity, opts ...remote.Option) error {
+	if err := s.SignLegacy(ctx, ref, Options{Identity: id, As: as}, opts...); err != nil {
 		return err
 	}
 
@@ -672,7 +690,7 @@ func (s *Sigstore) SignLikeSidero(ctx context.Context, ref name.Digest, id Ident
 // over the in-toto statement `cosign sign` makes, the leaf certificate,
 // and the log entry and timestamp o asks for.
 func (s *Sigstore) Bundle(ref name.Digest, o Options) ([]byte, error) {
-	stmt, err := signingtest.SignStatement(ref)
+	stmt, err := signingtest.SignStatementNamed(ref, o.As)
 	if err != nil {
 		return nil, err
 	}

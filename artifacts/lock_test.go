@@ -1,0 +1,253 @@
+package artifacts_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/registry"
+	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
+	"github.com/kiln-dev/kiln/testrelease"
+)
+
+// identityVerifier trusts every image and records the identity each was
+// verified as.
+type identityVerifier struct{ seen map[string]string }
+
+func (v *identityVerifier) Verify(ctx context.Context, ref name.Digest) error {
+	id, ok := signing.SignedIdentity(ctx)
+	if !ok {
+		return errors.New("verified without a signed identity: " + ref.String())
+	}
+
+	v.seen[ref.Context().RepositoryStr()] = id.Name()
+
+	return nil
+}
+
+type lockFixture struct {
+	m      *artifacts.Manager
+	rels   map[string]*testrelease.Release
+	host   name.Registry
+	inproc remote.Option
+	locks  artifacts.LockDir
+	v      *identityVerifier
+}
+
+func newLockFixture(t *testing.T, versions ...string) *lockFixture {
+	t.Helper()
+
+	reg, err := registry.NewEmbedded(t.Context(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+
+	f := &lockFixture{rels: map[string]*testrelease.Release{}, inproc: remote.WithTransport(registry.Transport(reg)), v: &identityVerifier{seen: map[string]string{}}}
+	f.host, _ = name.NewRegistry("kiln.internal", name.Insecure)
+
+	for _, v := range versions {
+		rel, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		f.rels[v] = rel
+	}
+
+	f.locks = artifacts.LockDir(filepath.Join(t.TempDir(), "locks"))
+	src := &artifacts.Source{Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}, PublicHost: "kiln.lan", NameOptions: []name.Option{name.Insecure}}
+	f.m = artifacts.NewManager(src, f.v, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+
+	return f
+}
+
+// retag points mirror/<path>:tag at digest, as `crane tag` by an admin would.
+func (f *lockFixture) retag(t *testing.T, path, tag string, digest name.Digest) {
+	t.Helper()
+
+	desc, err := remote.Get(digest, f.inproc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := remote.Tag(f.host.Repo("mirror", path).Tag(tag), desc, f.inproc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReleaseLock: a version's first use records in its lock what it
+// read (each image verified as its upstream repository); an explicit
+// RecordLock records the whole release. Re-tagging the imager afterwards
+// changes nothing kiln reads, and Drift names the repository, version and
+// both digests until a new lock is recorded.
+func TestReleaseLock(t *testing.T) {
+	ctx := t.Context()
+	f := newLockFixture(t, "v1.12.0", "v1.13.0")
+	v13, v12 := f.rels["v1.13.0"], f.rels["v1.12.0"]
+
+	ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0")
+	if err != nil || ref != v13.Imager {
+		t.Fatalf("Verified imager = %v, %v; want %s", ref, err, v13.Imager)
+	}
+
+	if _, err := f.m.Extensions(ctx, "v1.13.0"); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := f.locks.Lock("v1.13.0")
+	if err != nil || l == nil {
+		t.Fatalf("no lock on disk after first use: %v", err)
+	}
+
+	if l.RecordedBy != "first use" || len(l.Images) != 2 || l.Images[release.ImagerRepo] != v13.Imager.DigestStr() ||
+		l.Images[release.ExtensionsRepo] != v13.Extensions.DigestStr() {
+		t.Fatalf("lock after first use = %+v, want the imager and the extensions catalog", l)
+	}
+
+	if got, want := l.Extensions["siderolabs/gvisor"], v13.ExtensionImages["siderolabs/gvisor"].DigestStr(); got != want {
+		t.Errorf("lock's gvisor = %q, want the catalog's %s", got, want)
+	}
+
+	l, err = f.m.RecordLock(ctx, "v1.13.0", nil, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if l.Images[release.ImagerRepo] != v13.Imager.DigestStr() || l.Images[release.InstallerBaseRepo] != v13.InstallerBase.DigestStr() ||
+		l.Images[release.ExtensionsRepo] != v13.Extensions.DigestStr() || l.Images[release.OverlaysRepo] != v13.Overlays.DigestStr() ||
+		l.Images[release.TalosctlAllRepo] != v13.TalosctlAll.DigestStr() || len(l.Overlays) == 0 || len(l.Extensions) == 0 {
+		t.Fatalf("RecordLock = %+v, want the release's digests", l)
+	}
+
+	for repo, want := range map[string]string{
+		"mirror/siderolabs/imager":         "ghcr.io/siderolabs/imager",
+		"mirror/siderolabs/installer-base": "ghcr.io/siderolabs/installer-base",
+		"mirror/siderolabs/extensions":     "ghcr.io/siderolabs/extensions",
+		"mirror/siderolabs/talosctl-all":   "ghcr.io/siderolabs/talosctl-all",
+	} {
+		if got := f.v.seen[repo]; got != want {
+			t.Errorf("%s verified as %q, want %q", repo, got, want)
+		}
+	}
+
+	if err := f.m.Drift(ctx, "v1.13.0"); err != nil {
+		t.Fatalf("Drift of an untouched release: %v", err)
+	}
+
+	// The attack: v1.12.0's signed imager tagged v1.13.0.
+	f.retag(t, release.ImagerRepo, "v1.13.0", v12.Imager)
+
+	if ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0"); err != nil || ref != v13.Imager {
+		t.Fatalf("after the re-tag Verified = %v, %v; want the locked %s", ref, err, v13.Imager)
+	}
+
+	err = f.m.Drift(ctx, "v1.13.0")
+
+	var le *artifacts.LockError
+	if !errors.As(err, &le) || !errors.Is(err, artifacts.ErrLockMismatch) {
+		t.Fatalf("Drift = %v, want a LockError", err)
+	}
+
+	for _, want := range []string{"mirror/siderolabs/imager:v1.13.0", v13.Imager.DigestStr(), v12.Imager.DigestStr(), "(test, "} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Drift error %q does not name %s", err, want)
+		}
+	}
+
+	// A kiln mirror that copied something else than the tag now says is
+	// refused; one that copied what the tag says records a new lock.
+	if _, err := f.m.RecordLock(ctx, "v1.13.0", map[string]string{release.ImagerRepo: v13.Imager.DigestStr()}, "kiln mirror (admin)"); !errors.Is(err, artifacts.ErrLockMismatch) ||
+		!strings.Contains(err.Error(), "was copied as "+v13.Imager.DigestStr()+" but the mirror's tag points to "+v12.Imager.DigestStr()) {
+		t.Fatalf("RecordLock of what the tag no longer holds = %v, want ErrLockMismatch", err)
+	}
+
+	l, err = f.m.RecordLock(ctx, "v1.13.0", map[string]string{release.ImagerRepo: v12.Imager.DigestStr()}, "kiln mirror (admin)")
+	if err != nil || l.Images[release.ImagerRepo] != v12.Imager.DigestStr() {
+		t.Fatalf("RecordLock = %+v, %v", l, err)
+	}
+
+	if err := f.m.Drift(ctx, "v1.13.0"); err != nil {
+		t.Fatalf("Drift after a new lock: %v", err)
+	}
+
+	if ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0"); err != nil || ref != v12.Imager {
+		t.Fatalf("after the new lock Verified = %v, %v; want %s", ref, err, v12.Imager)
+	}
+
+	// A deleted tag is drift too.
+	if err := remote.Delete(f.host.Repo("mirror", release.OverlaysRepo).Digest(v13.Overlays.DigestStr()), f.inproc); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := f.m.Drift(ctx, "v1.13.0"); !errors.As(err, &le) || le.Current != "" || !strings.Contains(err.Error(), "is now gone") {
+		t.Fatalf("Drift with a deleted tag = %v", err)
+	}
+}
+
+// TestReleaseLockRefusesUnverified: a lock is never recorded over an image
+// the verifier refuses, at first use or by RecordLock, and the refusal
+// names the repository.
+func TestReleaseLockRefusesUnverified(t *testing.T) {
+	f := newLockFixture(t, "v1.13.0")
+	refusing := artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/imager"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+
+	if _, err := refusing.Verified(t.Context(), release.ImagerRepo, "v1.13.0"); !errors.Is(err, errRefused) {
+		t.Fatalf("Verified = %v, want the refusal", err)
+	}
+
+	if l, err := f.locks.Lock("v1.13.0"); err != nil || l != nil {
+		t.Fatalf("a lock was recorded over a refused image: %+v, %v", l, err)
+	}
+
+	refusing = artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/talosctl-all"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+
+	if _, err := refusing.RecordLock(t.Context(), "v1.13.0", nil, "test"); !errors.Is(err, errRefused) || !strings.Contains(err.Error(), "siderolabs/talosctl-all") {
+		t.Fatalf("RecordLock = %v, want the talosctl-all refusal", err)
+	}
+
+	if l, err := f.locks.Lock("v1.13.0"); err != nil || l != nil {
+		t.Fatalf("a lock was recorded over a refused image: %+v, %v", l, err)
+	}
+}
+
+// TestLockDir: locks survive a restart as files; a malformed or foreign
+// file is an error, not an empty lock.
+func TestLockDir(t *testing.T) {
+	d := artifacts.LockDir(t.TempDir())
+
+	if l, err := d.Lock("v1.13.0"); l != nil || err != nil {
+		t.Fatalf("Lock of nothing = %v, %v", l, err)
+	}
+
+	want := &artifacts.Lock{Version: "v1.13.0", RecordedBy: "test", Images: map[string]string{release.ImagerRepo: "sha256:" + strings.Repeat("a", 64)}}
+	if err := d.PutLock(want); err != nil {
+		t.Fatal(err)
+	}
+
+	got, err := d.Lock("v1.13.0")
+	if err != nil || got.Images[release.ImagerRepo] != want.Images[release.ImagerRepo] {
+		t.Fatalf("Lock = %+v, %v", got, err)
+	}
+
+	if err := os.WriteFile(filepath.Join(string(d), "v1.12.0.json"), []byte(`{"version":"v1.13.0","images":{"a":"b"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := d.Lock("v1.12.0"); err == nil {
+		t.Fatal("a lock file of another version was accepted")
+	}
+
+	if _, err := d.Lock("../etc/passwd"); err == nil {
+		t.Fatal("a version that is a path was accepted")
+	}
+}
