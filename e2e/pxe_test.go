@@ -93,7 +93,7 @@ func TestPXEBoot(t *testing.T) {
 	k := startKiln(t, nil, "--listen", "127.0.0.1:"+port, "--external-url", "http://10.0.2.2:"+port,
 		"--data-dir", t.TempDir(), "--trust-policy", policy)
 
-	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--version", "v1.13.0", "--arch", "amd64",
+	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", "v1.13.0", "--arch", "amd64",
 		"--trust-policy", policy); err != nil {
 		t.Fatalf("kiln mirror: %v\n%s", err, out)
 	}
