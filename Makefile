@@ -245,6 +245,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/
+	$(GO) test -run '^$$' -fuzz '^FuzzKernel$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./builder/grub/
+	$(GO) test -run '^$$' -fuzz '^FuzzModDep$$' -fuzztime $(FUZZTIME) ./builder/grub/
 
 clean:
 	rm -rf $(BIN) _tools tools/node_modules

@@ -100,6 +100,9 @@ func PatchElToritoImage(img []byte, imageLBA, pvdLBA uint32) error {
 		return errors.New("grub: El Torito image is too small")
 	}
 
+	// xorriso patches the blocklist first, and the checksum covers it.
+	le.PutUint64(img[cdbootSize+blocklistOff:], uint64(imageLBA)*4+(cdbootSize+sectorSize)/sectorSize)
+
 	le.PutUint32(img[8:], pvdLBA)
 	le.PutUint32(img[12:], imageLBA)
 	le.PutUint32(img[16:], uint32(len(img)))
@@ -114,8 +117,6 @@ func PatchElToritoImage(img []byte, imageLBA, pvdLBA uint32) error {
 
 	le.PutUint32(img[20:], sum)
 	clear(img[24:64])
-
-	le.PutUint64(img[cdbootSize+blocklistOff:], uint64(imageLBA)*4+(cdbootSize+sectorSize)/sectorSize)
 
 	return nil
 }

@@ -126,6 +126,12 @@ func loadEFIKernel(kb []byte, machine uint16) (*efiKernel, error) {
 	isBSS := func(s *elfSection) bool { return s.flags&(shfExecinstr|shfAlloc) == shfAlloc && s.typ == shtNobits }
 	isKept := func(s *elfSection) bool { return isText(s) || isData(s) || isBSS(s) }
 
+	for i := range f.sections {
+		if s := &f.sections[i]; isKept(s) && s.size > maxImageSize {
+			return nil, fmt.Errorf("section %s is %d bytes", s.name, s.size)
+		}
+	}
+
 	put := func(i int, cur uint64) uint64 {
 		s := &f.sections[i]
 		if s.align != 0 {
@@ -183,8 +189,8 @@ func loadEFIKernel(kb []byte, machine uint16) (*efiKernel, error) {
 			}
 
 			b := f.bytesOf(s)
-			for off := uint64(0); off+16 <= uint64(len(b)); off += s.entsize {
-				if uint32(le.Uint64(b[off+8:])) == uint32(elf.R_AARCH64_ADR_GOT_PAGE) {
+			for i := uint64(0); i < uint64(len(b))/s.entsize; i++ {
+				if off := i * s.entsize; off+16 <= uint64(len(b)) && uint32(le.Uint64(b[off+8:])) == uint32(elf.R_AARCH64_ADR_GOT_PAGE) {
 					gotSize += 8
 				}
 			}

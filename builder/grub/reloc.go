@@ -139,9 +139,11 @@ func (r *relocator) entries(s *elfSection) ([]rela, error) {
 	}
 
 	b := r.f.bytesOf(s)
-	out := make([]rela, 0, uint64(len(b))/s.entsize)
+	n := uint64(len(b)) / s.entsize
+	out := make([]rela, 0, n)
 
-	for off := uint64(0); off+s.entsize <= uint64(len(b)); off += s.entsize {
+	for i := uint64(0); i < n; i++ {
+		off := i * s.entsize
 		e := rela{offset: le.Uint64(b[off:]), sym: le.Uint64(b[off+8:]) >> 32, typ: uint32(le.Uint64(b[off+8:]))}
 		if s.typ == shtRela {
 			e.addend = le.Uint64(b[off+16:])
