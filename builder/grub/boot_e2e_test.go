@@ -386,12 +386,13 @@ func TestBootDiskOVMF(t *testing.T) {
 	}
 }
 
-// TestBootISOSeaBIOS boots an ISO with the i386-pc-eltorito image under
-// SeaBIOS, patched by PatchElToritoImage and PatchHybridMBR (xorriso only
-// lays the volume out): as a CD-ROM (cdboot.img → core.img), choosing the
-// reset entry, and as a USB stick (boot_hybrid.img → diskboot.img →
-// core.img); GRUB reads Talos's ISO grub.cfg from the ISO9660 volume either
-// way.
+// TestBootISOSeaBIOS boots an ISO with grub-mkrescue's El Torito image
+// (MkrescueElTorito: biosdisk and iso9660 built in, the rest of GRUB's modules
+// on the volume) under SeaBIOS, patched by PatchElToritoImage and
+// PatchHybridMBR (xorriso only lays the volume out): as a CD-ROM (cdboot.img →
+// core.img), choosing the reset entry, and as a USB stick (boot_hybrid.img →
+// diskboot.img → core.img); GRUB reads Talos's ISO grub.cfg from the ISO9660
+// volume either way.
 func TestBootISOSeaBIOS(t *testing.T) {
 	needBootFixtures(t)
 	testfixture.RequireTool(t, "xorriso")
@@ -399,7 +400,14 @@ func TestBootISOSeaBIOS(t *testing.T) {
 	dir := t.TempDir()
 	cmdline := "console=ttyS0 kiln.test=grub-iso"
 
-	img, err := MakeImage(os.DirFS(systemGrub+"/i386-pc"), Options{Format: FormatPCElTorito, Modules: isoModules, Prefix: "/boot/grub"})
+	pcDir := os.DirFS(systemGrub + "/i386-pc")
+
+	o, err := MkrescueElTorito(pcDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	img, err := MakeImage(pcDir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,6 +422,25 @@ func TestBootISOSeaBIOS(t *testing.T) {
 	writeFile(t, filepath.Join(tree, "boot/initramfs.xz"), initrd(t))
 	writeFile(t, filepath.Join(tree, "boot/grub/grub.cfg"), ISOConfig(talosVer, cmdline))
 	writeFile(t, filepath.Join(tree, "boot/grub/i386-pc/eltorito.img"), img)
+
+	// The rest of GRUB loads from the ISO, as grub-mkrescue copies it there.
+	mods, _ := filepath.Glob(systemGrub + "/i386-pc/*.mod")
+	lists, _ := filepath.Glob(systemGrub + "/i386-pc/*.lst")
+
+	if len(mods) == 0 || len(lists) == 0 {
+		t.Fatal("no GRUB modules")
+	}
+
+	mods = append(mods, lists...)
+
+	for _, m := range mods {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		writeFile(t, filepath.Join(tree, "boot/grub/i386-pc", filepath.Base(m)), b)
+	}
 
 	isoPath := filepath.Join(dir, "grub.iso")
 	xorrisoISO(t, tree, isoPath, false)

@@ -63,7 +63,7 @@ func makeEFI(dir fs.FS, o Options, machine uint16) ([]byte, error) {
 		return nil, fmt.Errorf("grub: kernel.img: %w", err)
 	}
 
-	mods, err := moduleArea(dir, o.Modules, o.Prefix, 8)
+	mods, err := moduleArea(dir, o, 8)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 // with it.
 type platformDir struct {
 	label   string // "2.06 x86_64-efi (bookworm)"
+	system  bool   // Debian 12's, installed by TEST_DEBS
 	dir     string
 	efi     Format // the EFI format of the directory, "" for i386-pc
 	mkimage []string
@@ -32,8 +33,8 @@ func platformDirs(t testing.TB) []platformDir {
 
 	sys := []string{"grub-mkimage"}
 	dirs := []platformDir{
-		{label: "i386-pc (bookworm)", dir: systemGrub + "/i386-pc", mkimage: sys},
-		{label: "x86_64-efi (bookworm)", dir: systemGrub + "/x86_64-efi", efi: FormatX86_64EFI, mkimage: sys},
+		{label: "i386-pc (bookworm)", system: true, dir: systemGrub + "/i386-pc", mkimage: sys},
+		{label: "x86_64-efi (bookworm)", system: true, dir: systemGrub + "/x86_64-efi", efi: FormatX86_64EFI, mkimage: sys},
 	}
 
 	versions := testfixture.GrubVersions()
@@ -80,6 +81,15 @@ func grubMkimage(t testing.TB, p platformDir, o Options) ([]byte, error) {
 
 	if o.Format == FormatX86_64EFI || o.Format == FormatARM64EFI {
 		args = append(args, "--compression", "xz")
+	}
+
+	if o.Config != nil {
+		cfg := filepath.Join(t.TempDir(), "load.cfg")
+		if err := os.WriteFile(cfg, o.Config, 0o644); err != nil {
+			t.Fatal(err)
+		}
+
+		args = append(args, "-c", cfg)
 	}
 
 	cmd := exec.Command(p.mkimage[0], append(args, o.Modules...)...)

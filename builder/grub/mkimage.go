@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 )
 
 // Format is a grub-mkimage output format (its -O argument).
@@ -17,7 +18,7 @@ const (
 	FormatARM64EFI   Format = "arm64-efi"
 )
 
-// Options are grub-mkimage's arguments: -O, the module list and -p.
+// Options are grub-mkimage's arguments: -O, the module list, -p and -c.
 type Options struct {
 	Format  Format
 	Modules []string
@@ -25,6 +26,39 @@ type Options struct {
 	// TalosPrefix. grub-mkimage requires one; an empty prefix is embedded as
 	// `-p ''` embeds it.
 	Prefix string
+	// Config is an embedded configuration run before grub.cfg (-c); nil
+	// for none. Talos's images have none; grub-mkrescue's El Torito image has
+	// one (MkrescueElTorito).
+	Config []byte
+}
+
+// MkrescueElTorito returns the options grub-mkrescue (2.06–2.14, which
+// Talos's ISOs are made with) makes boot/grub/i386-pc/eltorito.img with:
+// biosdisk and iso9660, prefix /boot/grub, and an embedded configuration that
+// loads each partition map partmap.lst lists. dir is the i386-pc directory.
+func MkrescueElTorito(dir fs.FS) (Options, error) {
+	b, err := readFile(dir, "partmap.lst", 1<<20)
+	if err != nil {
+		return Options{}, err
+	}
+
+	// write_part: each line, trailing CR/LF removed, as "insmod <line>";
+	// fgets' 256-byte reads split longer lines, which no GRUB has.
+	var cfg []byte
+
+	for line := range strings.SplitAfterSeq(string(b), "\n") {
+		if line == "" {
+			continue
+		}
+
+		if len(line) > 255 {
+			return Options{}, fmt.Errorf("grub: partmap.lst line longer than 255 bytes")
+		}
+
+		cfg = fmt.Appendf(cfg, "insmod %s\n", strings.TrimRight(line, "\r\n"))
+	}
+
+	return Options{Format: FormatPCElTorito, Modules: []string{"biosdisk", "iso9660"}, Prefix: "/boot/grub", Config: cfg}, nil
 }
 
 // MakeImage does what `grub-mkimage -d <dir> -O <format> -p <prefix>
@@ -77,7 +111,7 @@ func makePC(dir fs.FS, o Options, eltorito bool) ([]byte, error) {
 		return nil, fmt.Errorf("grub: kernel.img: %w", err)
 	}
 
-	mods, err := moduleArea(dir, o.Modules, o.Prefix, 4)
+	mods, err := moduleArea(dir, o, 4)
 	if err != nil {
 		return nil, err
 	}

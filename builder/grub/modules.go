@@ -9,6 +9,7 @@ import (
 // Module area object types (include/grub/kernel.h).
 const (
 	objTypeELF    = 0
+	objTypeConfig = 2
 	objTypePrefix = 3
 
 	moduleMagic = 0x676d696d // "mimg"
@@ -16,9 +17,12 @@ const (
 
 // moduleArea builds what grub-mkimage appends to the kernel: a
 // grub_module_info{32,64} header, each module (type ELF, padded to the
-// pointer size) in dependency order, and the prefix string.
-func moduleArea(dir fs.FS, modules []string, prefix string, ptr uint64) ([]byte, error) {
-	order, err := Modules(dir, modules)
+// pointer size) in dependency order, the embedded config and the prefix
+// string, each NUL-terminated and padded.
+func moduleArea(dir fs.FS, o Options, ptr uint64) ([]byte, error) {
+	prefix := o.Prefix
+
+	order, err := Modules(dir, o.Modules)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +49,18 @@ func moduleArea(dir fs.FS, modules []string, prefix string, ptr uint64) ([]byte,
 		if len(area) > maxImageSize {
 			return nil, fmt.Errorf("grub: modules larger than %d bytes", maxImageSize)
 		}
+	}
+
+	if o.Config != nil {
+		if len(o.Config) > maxFileSize {
+			return nil, fmt.Errorf("grub: embedded config larger than %d bytes", maxFileSize)
+		}
+
+		size := alignUp(uint64(len(o.Config))+1, ptr)
+		area = le.AppendUint32(area, objTypeConfig)
+		area = le.AppendUint32(area, uint32(size+8))
+		area = append(area, o.Config...)
+		area = append(area, make([]byte, size-uint64(len(o.Config)))...)
 	}
 
 	if len(prefix) > 4096 || strings.IndexByte(prefix, 0) >= 0 {
