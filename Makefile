@@ -190,7 +190,7 @@ $(E2E_IPXE)/.done:
 
 tools: $(BUF) $(GRPCURL)
 
-e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done
 
 ## Tests.
 test: deps tools check-generate lint unit integration

@@ -133,11 +133,11 @@ func partition(t *testing.T, disk string, n int) (first, last int64) {
 // BIOS (core.img, patched, and boot.img in the MBR as
 // PatchBlocklistsForDiskImage leaves them) and BOOT (ext2 here, XFS in Talos,
 // with A/vmlinuz, A/initramfs.xz and grub/grub.cfg), all made with Talos's
-// module lists and prefix.
-func talosDisk(t *testing.T, dir, cmdline string) string {
+// module lists and prefix, from the GRUB directories under lib.
+func talosDisk(t *testing.T, dir, lib, cmdline string) string {
 	t.Helper()
 
-	pc, efi := os.DirFS(systemGrub+"/i386-pc"), os.DirFS(systemGrub+"/x86_64-efi")
+	pc, efi := os.DirFS(lib+"/i386-pc"), os.DirFS(lib+"/x86_64-efi")
 
 	core, err := MakeImage(pc, Options{Format: FormatPC, Modules: slices.Concat(TalosModules, TalosBIOSModules), Prefix: TalosPrefix})
 	if err != nil {
@@ -327,33 +327,60 @@ func needBootFixtures(t *testing.T) {
 	testfixture.Require(t, testfixture.Kernel(), busybox, systemGrub+"/i386-pc/kernel.img", systemGrub+"/x86_64-efi/kernel.img")
 }
 
+// grubLibs are the GRUB builds the disk is booted with: Debian 12's 2.06,
+// and unstable's (2.14, what Talos 1.13 ships) from `make deps`.
+func grubLibs(t *testing.T) map[string]string {
+	t.Helper()
+
+	sid := filepath.Join(testfixture.GrubVersions(), "sid/root/usr/lib/grub")
+	testfixture.Require(t, sid+"/i386-pc/kernel.img", sid+"/x86_64-efi/kernel.img")
+
+	libs := map[string]string{}
+	for _, lib := range []string{systemGrub, sid} {
+		v, err := Version(os.DirFS(lib + "/i386-pc"))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		libs[v] = lib
+	}
+
+	return libs
+}
+
 // TestBootDiskSeaBIOS boots the Talos-layout disk as a virtio disk under
 // SeaBIOS: boot.img in the MBR → core.img from the BIOS partition → GRUB
 // reads (hd0,gpt3)/grub/grub.cfg (Talos's text) → kernel and initramfs. The
-// menu lists Talos's entries; the default boots, and so does the reset entry
+// menu's default entry boots, and (with GRUB 2.06) so does the reset entry
 // with its wipe argument.
 func TestBootDiskSeaBIOS(t *testing.T) {
 	needBootFixtures(t)
 
-	dir := t.TempDir()
-	cmdline := "console=ttyS0 kiln.test=grub-bios"
-	disk := talosDisk(t, dir, cmdline)
+	for version, lib := range grubLibs(t) {
+		dir := t.TempDir()
+		cmdline := "console=ttyS0 kiln.test=grub-bios"
+		disk := talosDisk(t, dir, lib, cmdline)
 
-	for _, tc := range []struct {
-		name, want string
-		keys       []string
-	}{
-		{"default", cmdline, nil},
-		{"reset", cmdline + " talos.experimental.wipe=system:EPHEMERAL,STATE", resetEntry},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			console, line := qemu(t, tc.keys, "-machine", "pc", "-drive", "file="+disk+",format=raw,if=virtio")
-			checkMenu(t, console, "A - Talos "+talosVer, "Reset Talos installation and return to maintenance mode")
-
-			if !strings.Contains(line, "cmdline=[BOOT_IMAGE=/A/vmlinuz "+tc.want+"]") {
-				t.Fatalf("booted with another command line: %s", line)
+		for _, tc := range []struct {
+			name, want string
+			keys       []string
+		}{
+			{"default", cmdline, nil},
+			{"reset", cmdline + " talos.experimental.wipe=system:EPHEMERAL,STATE", resetEntry},
+		} {
+			if tc.keys != nil && lib != systemGrub {
+				continue
 			}
-		})
+
+			t.Run(version+"/"+tc.name, func(t *testing.T) {
+				console, line := qemu(t, tc.keys, "-machine", "pc", "-drive", "file="+disk+",format=raw,if=virtio")
+				checkMenu(t, console, "A - Talos "+talosVer, "Reset Talos installation and return to maintenance mode")
+
+				if !strings.Contains(line, "cmdline=[BOOT_IMAGE=/A/vmlinuz "+tc.want+"]") {
+					t.Fatalf("booted with another command line: %s", line)
+				}
+			})
+		}
 	}
 }
 
@@ -363,26 +390,30 @@ func TestBootDiskOVMF(t *testing.T) {
 	needBootFixtures(t)
 	testfixture.Require(t, ovmfCode, ovmfVars)
 
-	dir := t.TempDir()
-	cmdline := "console=ttyS0 kiln.test=grub-efi"
-	disk := talosDisk(t, dir, cmdline)
+	for version, lib := range grubLibs(t) {
+		t.Run(version, func(t *testing.T) {
+			dir := t.TempDir()
+			cmdline := "console=ttyS0 kiln.test=grub-efi"
+			disk := talosDisk(t, dir, lib, cmdline)
 
-	vars := filepath.Join(dir, "OVMF_VARS.fd")
-	b, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Fatal(err)
-	}
+			vars := filepath.Join(dir, "OVMF_VARS.fd")
+			b, err := os.ReadFile(ovmfVars)
+			if err != nil {
+				t.Fatal(err)
+			}
 
-	writeFile(t, vars, b)
+			writeFile(t, vars, b)
 
-	console, line := qemu(t, nil, "-machine", "q35",
-		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
-		"-drive", "if=pflash,format=raw,file="+vars,
-		"-drive", "file="+disk+",format=raw,if=virtio")
-	checkMenu(t, console, "A - Talos "+talosVer, "Reset Talos installation and return to maintenance mode")
+			console, line := qemu(t, nil, "-machine", "q35",
+				"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
+				"-drive", "if=pflash,format=raw,file="+vars,
+				"-drive", "file="+disk+",format=raw,if=virtio")
+			checkMenu(t, console, "A - Talos "+talosVer, "Reset Talos installation and return to maintenance mode")
 
-	if !strings.Contains(line, "cmdline=[BOOT_IMAGE=/A/vmlinuz "+cmdline+"]") {
-		t.Fatalf("booted with another command line: %s", line)
+			if !strings.Contains(line, "cmdline=[BOOT_IMAGE=/A/vmlinuz "+cmdline+"]") {
+				t.Fatalf("booted with another command line: %s", line)
+			}
+		})
 	}
 }
 
