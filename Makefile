@@ -100,8 +100,10 @@ $(COSIGN):
 #   kmod (depmod, modprobe), attr          modules.* files compared with depmod's; the boot fixture's rootfs
 #   systemd-boot-efi, busybox-static       parts of the boot fixture
 #   curl                                   the integration suite runs the README's curl examples
+#   grub-pc-bin, grub-efi-amd64-bin        GRUB 2.06's i386-pc and x86_64-efi trees and grub-mkimage,
+#                                          what builder/grub's images are compared with
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
-	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl
+	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl grub-pc-bin grub-efi-amd64-bin
 # make e2e adds a real registry process, skopeo, QEMU with OVMF and iPXE ROMs.
 E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
@@ -132,9 +134,43 @@ $(E2E_KERNEL)/.done:
 		apt-get download "$$K" && dpkg -x "$$K"_*.deb $(E2E_KERNEL) && rm -f "$$K"_*.deb
 	touch $@
 
+# GRUB as Talos releases ship it (2.12 up to Talos 1.12, 2.14 since) beside
+# Debian 12's 2.06: Debian 13's and unstable's grub-pc-bin, grub-efi-amd64-bin,
+# grub-efi-arm64-bin and grub-mkimage with the libraries it runs with (through
+# their own ld.so), and Debian 12's arm64-efi tree, for builder/grub's
+# byte-for-byte comparison with grub-mkimage. One directory per suite under
+# _e2e/grub, from an apt configuration of its own; nothing on the machine
+# changes. Unstable moves: the test reads each tree's version from its
+# modinfo.sh.
+E2E_GRUB ?= $(CURDIR)/_e2e/grub
+E2E_GRUB_APT = -o Dir::Etc::SourceList=$(E2E_GRUB)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
+	-o Dir::State::Lists=$(E2E_GRUB)/apt/lists -o Dir::Cache=$(E2E_GRUB)/apt/cache -o APT::Sandbox::User=root \
+	-o APT::Architectures::=amd64 -o APT::Architectures::=arm64
+
+$(E2E_GRUB)/.done:
+	rm -rf $(E2E_GRUB) && mkdir -p $(E2E_GRUB)/apt/lists/partial $(E2E_GRUB)/apt/cache/archives/partial
+	mirror=$$(apt-get indextargets --format '$$(REPO_URI) $$(CODENAME)' 'Created-By: Packages' 2>/dev/null | \
+		awk '$$1 ~ /\/debian\/$$/ && $$2 !~ /-/ {print $$1; exit}'); \
+	for suite in bookworm trixie sid; do \
+		echo "deb [arch=amd64,arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $${mirror:-http://deb.debian.org/debian/} $$suite main"; \
+	done >$(E2E_GRUB)/apt/sources.list
+	apt-get $(E2E_GRUB_APT) -qq update
+	mkdir -p $(E2E_GRUB)/bookworm && cd $(E2E_GRUB)/bookworm && \
+		apt-get $(E2E_GRUB_APT) -qq download grub-efi-arm64-bin:arm64/bookworm && \
+		for d in *.deb; do dpkg -x $$d root || exit 1; done && rm -f *.deb
+	for suite in trixie sid; do \
+		mkdir -p $(E2E_GRUB)/$$suite && cd $(E2E_GRUB)/$$suite && \
+		apt-get $(E2E_GRUB_APT) -qq download grub-common/$$suite grub2-common/$$suite grub-pc-bin/$$suite \
+			grub-efi-amd64-bin/$$suite grub-efi-arm64-bin:arm64/$$suite libc6/$$suite libdevmapper1.02.1/$$suite \
+			liblzma5/$$suite libselinux1/$$suite libudev1/$$suite libpcre2-8-0/$$suite libcap2/$$suite && \
+		for d in *.deb; do dpkg -x $$d root || exit 1; done && rm -f *.deb || exit 1; \
+	done
+	rm -rf $(E2E_GRUB)/apt
+	touch $@
+
 # Everything the unit tests read with that is not Go: the only step of
 # make test that needs root and Debian's archive.
-deps: test-debs $(E2E_KERNEL)/.done
+deps: test-debs $(E2E_KERNEL)/.done $(E2E_GRUB)/.done
 
 # Debian 13's iPXE 1.21.1 beside the machine's 2019 build, for the PXE boot
 # test: ipxe-qemu's BIOS ROMs, and ipxe's ipxe-amd64.efi, as trixie's EFI ROMs
@@ -168,7 +204,7 @@ FACTORY_ORACLE := $(TOOLS)/factory-oracle
 $(FACTORY_ORACLE): hack/factory-oracle/main.go hack/factory-oracle/go.mod hack/factory-oracle/go.sum
 	cd hack/factory-oracle && $(GO) build -o $(FACTORY_ORACLE) .
 
-e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done
 
 ## Tests.
 test: deps tools check-generate lint unit integration
@@ -177,14 +213,14 @@ test: deps tools check-generate lint unit integration
 # the fixture kernel, which make deps installs; under make a missing one fails
 # the test naming it (KILN_REQUIRE_FIXTURES=1), a plain go test skips it.
 unit: $(FACTORY_ORACLE)
-	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_FACTORY_ORACLE=$(FACTORY_ORACLE) $(GO) test -race -count=1 -timeout 12m ./...
+	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_FACTORY_ORACLE=$(FACTORY_ORACLE) KILN_GRUB_VERSIONS=$(E2E_GRUB) $(GO) test -race -count=1 -timeout 12m ./...
 
 # The real binary on a real port, driven by curl-like HTTP, grpcurl and a gRPC client.
 integration: build $(GRPCURL)
 	KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) $(GO) test -tags integration -count=1 -v ./e2e/...
 
 E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
-	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root
+	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root KILN_GRUB_VERSIONS=$(E2E_GRUB)
 
 e2e: build e2e-tools
 	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
@@ -227,6 +263,8 @@ fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/
 	$(GO) test -run '^$$' -fuzz '^FuzzWrite$$' -fuzztime $(FUZZTIME) ./builder/xfs/
+	$(GO) test -run '^$$' -fuzz '^FuzzKernel$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./builder/grub/
+	$(GO) test -run '^$$' -fuzz '^FuzzModDep$$' -fuzztime $(FUZZTIME) ./builder/grub/
 
 # kiln against the public factory's own code: the same ID or the same
 # refusal for every body (make diff-factory FUZZTIME=10m).

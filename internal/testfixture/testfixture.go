@@ -123,3 +123,15 @@ func RequireTool(tb testing.TB, names ...string) {
 		}
 	}
 }
+
+// GrubVersions is where `make deps` unpacks Debian 13's and unstable's GRUB
+// (module trees and grub-mkimage with the libraries it runs with) and Debian
+// 12's arm64-efi tree, one directory per suite: KILN_GRUB_VERSIONS, else
+// <repo>/_e2e/grub.
+func GrubVersions() string {
+	if d := os.Getenv("KILN_GRUB_VERSIONS"); d != "" {
+		return d
+	}
+
+	return inRepo("_e2e", "grub")
+}
