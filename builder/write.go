@@ -440,7 +440,8 @@ func metaValues(p *Plan) []meta.Value {
 // UKI, as Talos's imager chooses them by output kind (pkg/imager buildUKI):
 // the ISO's gets the reset profile, the disk image's reset-maintenance (as
 // an installer's would, with cmdline.ForInstaller), a UKI download the main
-// profile only. No profiles before Talos 1.10.
+// profile only and, like an installer, cmdline.ForInstaller's line, the
+// rule the public factory gives both. No profiles before Talos 1.10.
 func ukiContents(p *Plan) (string, []uki.Profile, error) {
 	var (
 		line  string
@@ -456,7 +457,7 @@ func ukiContents(p *Plan) (string, []uki.Profile, error) {
 		line, err = kernelCmdline(p)
 		reset = uki.ResetToMaintenance
 	default:
-		line, err = kernelCmdline(p)
+		line, err = cmdline.ForInstaller(cmdlineOptions(p))
 		reset = uki.NoReset
 	}
 

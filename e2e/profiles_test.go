@@ -132,11 +132,10 @@ func TestBootProfilesKiln(t *testing.T) {
 		return s
 	}
 
-	isoOpts, ukiOpts := opts, opts
+	isoOpts := opts
 	isoOpts.ISO, isoOpts.IncludeMeta = true, true
-	ukiOpts.IncludeMeta = true
 
-	isoLine, diskLine, ukiLine := must(cmdline.Build(isoOpts)), must(cmdline.Build(opts)), must(cmdline.Build(ukiOpts))
+	isoLine, diskLine, ukiLine := must(cmdline.Build(isoOpts)), must(cmdline.Build(opts)), must(cmdline.ForInstaller(opts))
 
 	t.Run("uki download: main profile only", func(t *testing.T) {
 		profiles, cmdlines := ukiProfiles(t, ukiFile)
