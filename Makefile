@@ -21,7 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate k8s-images check-k8s-images lint fmt vet staticcheck buf-lint \
-        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl clean
+        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean
 
 all: build
 
@@ -222,6 +222,25 @@ $(TALOSCTL_CACHE): hack/talosctl-cache/main.go.txt
 
 compare-talosctl: $(TALOSCTL_CACHE) e2e-tools
 	TALOSCTL=$(TALOSCTL_CACHE) $(E2E_ENV) $(GO) test -tags 'integration talosctl' -count=1 -v -run Talosctl ./imagecache/...
+
+# Talos's own UKI builder (internal/pkg/uki, what pkg/imager buildUKI runs),
+# for the section-by-section comparison in builder/uki/talos_test.go; by hand
+# like talosctl-cache. The talos module's zip lacks pkg/machinery, which its
+# go.mod replaces with ./pkg/machinery: filled from the machinery module.
+TALOS_UKI     := $(TOOLS)/talos-uki
+TALOS_UKI_SRC := $(CURDIR)/_tools/talos-uki-src
+
+$(TALOS_UKI): hack/talos-uki/main.go.txt
+	rm -rf $(TALOS_UKI_SRC) && mkdir -p $(dir $(TALOS_UKI_SRC))
+	dir() { $(GO) mod download -json "$$1" | sed -n 's/.*"Dir": "\(.*\)",/\1/p'; } && \
+		cp -r "$$(dir github.com/siderolabs/talos@$(TALOS_VERSION))" $(TALOS_UKI_SRC) && chmod -R u+w $(TALOS_UKI_SRC) && \
+		cp -r "$$(dir github.com/siderolabs/talos/pkg/machinery@$(TALOS_VERSION))" $(TALOS_UKI_SRC)/pkg/machinery && \
+		chmod -R u+w $(TALOS_UKI_SRC)/pkg/machinery
+	mkdir -p $(TALOS_UKI_SRC)/cmd/talos-uki && cp hack/talos-uki/main.go.txt $(TALOS_UKI_SRC)/cmd/talos-uki/main.go
+	cd $(TALOS_UKI_SRC) && GOWORK=off $(GO) build -o $(TALOS_UKI) ./cmd/talos-uki
+
+compare-talos-uki: $(TALOS_UKI) $(E2E_SDBOOT)/.done $(E2E_KERNEL)/.done
+	KILN_REQUIRE_FIXTURES=1 TALOS_UKI=$(TALOS_UKI) $(E2E_ENV) $(GO) test -tags talos -count=1 -v -run Talos ./builder/uki/
 
 # The image cache benchmark compares with crane and skopeo, from Debian's registry.
 bench: $(CRANE) e2e-debs
