@@ -21,7 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate k8s-images check-k8s-images lint fmt vet staticcheck buf-lint \
-        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl clean
+        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean
 
 all: build
 
@@ -108,6 +108,7 @@ TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk u
 E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
 E2E_IPXE   := $(CURDIR)/_e2e/ipxe-trixie
+E2E_SDBOOT := $(CURDIR)/_e2e/sdboot-trixie
 
 # apt-get install what is missing (as root, from Debian's archive); nothing
 # when everything is there.
@@ -172,25 +173,37 @@ $(E2E_GRUB)/.done:
 # make test that needs root and Debian's archive.
 deps: test-debs $(E2E_KERNEL)/.done $(E2E_GRUB)/.done
 
+# Debian 13 (trixie) packages beside the machine's Debian 12 ones, for the
+# boot tests: $(call trixie-debs,DIR,PACKAGES) fetches PACKAGES through an apt
+# configuration of its own under DIR (trixie's index from the mirror apt
+# already uses), unpacks them into DIR/root and drops the index again;
+# nothing on the machine changes.
+trixie-apt = -o Dir::Etc::SourceList=$(1)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
+	-o Dir::State::Lists=$(1)/apt/lists -o Dir::Cache=$(1)/apt/cache -o APT::Sandbox::User=root
+
+define trixie-debs
+rm -rf $(1) && mkdir -p $(1)/apt/lists/partial $(1)/apt/cache/archives/partial
+mirror=$$(apt-get indextargets --format '$$(REPO_URI) $$(CODENAME)' 'Created-By: Packages' 2>/dev/null | \
+	awk '$$1 ~ /\/debian\/$$/ && $$2 !~ /-/ {print $$1; exit}'); \
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $${mirror:-http://deb.debian.org/debian/} trixie main" \
+	>$(1)/apt/sources.list
+apt-get $(call trixie-apt,$(1)) -qq update
+cd $(1) && apt-get $(call trixie-apt,$(1)) -qq download $(addsuffix /trixie,$(2)) && \
+	for d in *.deb; do dpkg -x $$d root || exit 1; done && rm -f *.deb
+rm -rf $(1)/apt
+touch $(1)/.done
+endef
+
 # Debian 13's iPXE 1.21.1 beside the machine's 2019 build, for the PXE boot
 # test: ipxe-qemu's BIOS ROMs, and ipxe's ipxe-amd64.efi, as trixie's EFI ROMs
-# carry no iPXE (its NEWS: UEFI machines chain-load ipxe.efi). Trixie's index
-# in an apt configuration of its own under _e2e/, the .debs unpacked there;
-# nothing on the machine changes.
-E2E_IPXE_APT = -o Dir::Etc::SourceList=$(E2E_IPXE)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
-	-o Dir::State::Lists=$(E2E_IPXE)/apt/lists -o Dir::Cache=$(E2E_IPXE)/apt/cache -o APT::Sandbox::User=root
-
+# carry no iPXE (its NEWS: UEFI machines chain-load ipxe.efi).
 $(E2E_IPXE)/.done:
-	rm -rf $(E2E_IPXE) && mkdir -p $(E2E_IPXE)/apt/lists/partial $(E2E_IPXE)/apt/cache/archives/partial
-	mirror=$$(apt-get indextargets --format '$$(REPO_URI) $$(CODENAME)' 'Created-By: Packages' 2>/dev/null | \
-		awk '$$1 ~ /\/debian\/$$/ && $$2 !~ /-/ {print $$1; exit}'); \
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $${mirror:-http://deb.debian.org/debian/} trixie main" \
-		>$(E2E_IPXE)/apt/sources.list
-	apt-get $(E2E_IPXE_APT) -qq update
-	cd $(E2E_IPXE) && apt-get $(E2E_IPXE_APT) -qq download ipxe-qemu/trixie ipxe/trixie && \
-		for d in ipxe-qemu_*.deb ipxe_*.deb; do dpkg -x $$d root || exit 1; done && rm -f *.deb
-	rm -rf $(E2E_IPXE)/apt
-	touch $@
+	$(call trixie-debs,$(E2E_IPXE),ipxe-qemu ipxe)
+
+# Debian 13's systemd-boot and systemd-stub 257 (Debian 12 has 252), which
+# honour UKI .profile sections: the multi-profile UKI boot test.
+$(E2E_SDBOOT)/.done:
+	$(call trixie-debs,$(E2E_SDBOOT),systemd-boot-efi)
 
 tools: $(BUF) $(GRPCURL)
 
@@ -204,7 +217,7 @@ FACTORY_ORACLE := $(TOOLS)/factory-oracle
 $(FACTORY_ORACLE): hack/factory-oracle/main.go hack/factory-oracle/go.mod hack/factory-oracle/go.sum
 	cd hack/factory-oracle && $(GO) build -o $(FACTORY_ORACLE) .
 
-e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done $(E2E_SDBOOT)/.done
 
 ## Tests.
 test: deps tools check-generate lint unit integration
@@ -220,7 +233,8 @@ integration: build $(GRPCURL)
 	KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) $(GO) test -tags integration -count=1 -v ./e2e/...
 
 E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
-	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root KILN_GRUB_VERSIONS=$(E2E_GRUB)
+	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root KILN_GRUB_VERSIONS=$(E2E_GRUB) \
+	KILN_E2E_SDBOOT=$(E2E_SDBOOT)/root/usr/lib/systemd/boot/efi
 
 e2e: build e2e-tools
 	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
@@ -245,6 +259,25 @@ $(TALOSCTL_CACHE): hack/talosctl-cache/main.go.txt
 
 compare-talosctl: $(TALOSCTL_CACHE) e2e-tools
 	TALOSCTL=$(TALOSCTL_CACHE) $(E2E_ENV) $(GO) test -tags 'integration talosctl' -count=1 -v -run Talosctl ./imagecache/...
+
+# Talos's own UKI builder (internal/pkg/uki, what pkg/imager buildUKI runs),
+# for the section-by-section comparison in builder/uki/talos_test.go; by hand
+# like talosctl-cache. The talos module's zip lacks pkg/machinery, which its
+# go.mod replaces with ./pkg/machinery: filled from the machinery module.
+TALOS_UKI     := $(TOOLS)/talos-uki
+TALOS_UKI_SRC := $(CURDIR)/_tools/talos-uki-src
+
+$(TALOS_UKI): hack/talos-uki/main.go.txt
+	rm -rf $(TALOS_UKI_SRC) && mkdir -p $(dir $(TALOS_UKI_SRC))
+	dir() { $(GO) mod download -json "$$1" | sed -n 's/.*"Dir": "\(.*\)",/\1/p'; } && \
+		cp -r "$$(dir github.com/siderolabs/talos@$(TALOS_VERSION))" $(TALOS_UKI_SRC) && chmod -R u+w $(TALOS_UKI_SRC) && \
+		cp -r "$$(dir github.com/siderolabs/talos/pkg/machinery@$(TALOS_VERSION))" $(TALOS_UKI_SRC)/pkg/machinery && \
+		chmod -R u+w $(TALOS_UKI_SRC)/pkg/machinery
+	mkdir -p $(TALOS_UKI_SRC)/cmd/talos-uki && cp hack/talos-uki/main.go.txt $(TALOS_UKI_SRC)/cmd/talos-uki/main.go
+	cd $(TALOS_UKI_SRC) && GOWORK=off $(GO) build -o $(TALOS_UKI) ./cmd/talos-uki
+
+compare-talos-uki: $(TALOS_UKI) $(E2E_SDBOOT)/.done $(E2E_KERNEL)/.done
+	KILN_REQUIRE_FIXTURES=1 TALOS_UKI=$(TALOS_UKI) $(E2E_ENV) $(GO) test -tags talos -count=1 -v -run Talos ./builder/uki/
 
 # The image cache benchmark compares with crane and skopeo, from Debian's registry.
 bench: $(CRANE) e2e-debs

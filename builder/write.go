@@ -148,7 +148,7 @@ func (j *job) uki(ctx context.Context, out io.Writer) (int64, error) {
 		return 0, err
 	}
 
-	line, err := kernelCmdline(p)
+	line, profiles, err := ukiContents(p)
 	if err != nil {
 		return 0, err
 	}
@@ -186,13 +186,12 @@ func (j *job) uki(ctx context.Context, out io.Writer) (int64, error) {
 
 	j.emit(Event{Phase: "assemble", Message: "UKI"})
 
-	// Single profile: the reset profiles Talos 1.10+ adds need systemd 257
-	// stubs; kiln does not add them yet.
 	res, err := uki.Assemble(ctx, stub, uki.Sections{
-		OSRel:   osrel,
-		Cmdline: line,
-		Linux:   uki.Blob{R: kernel, Size: ksize},
-		Initrd:  uki.Blob{R: initrd, Size: isize},
+		OSRel:    osrel,
+		Cmdline:  line,
+		Linux:    uki.Blob{R: kernel, Size: ksize},
+		Initrd:   uki.Blob{R: initrd, Size: isize},
+		Profiles: profiles,
 	}, out, uki.Options{StripSymbols: true})
 	if err != nil {
 		return 0, fmt.Errorf("assemble UKI: %w", err)
@@ -438,14 +437,55 @@ func metaValues(p *Plan) []meta.Value {
 	return values
 }
 
+// ukiContents returns the main command line and the profiles of the plan's
+// UKI, as Talos's imager chooses them by output kind (pkg/imager buildUKI):
+// the ISO's gets the reset profile, the disk image's reset-maintenance (as
+// an installer's would, with cmdline.ForInstaller), a UKI download the main
+// profile only and, like an installer, cmdline.ForInstaller's line, the
+// rule the public factory gives both. No profiles before Talos 1.10.
+func ukiContents(p *Plan) (string, []uki.Profile, error) {
+	var (
+		line  string
+		err   error
+		reset uki.Reset
+	)
+
+	switch p.Output.Kind {
+	case KindISO:
+		line, err = kernelCmdline(p)
+		reset = uki.ResetSystemDisk
+	case KindDisk:
+		line, err = kernelCmdline(p)
+		reset = uki.ResetToMaintenance
+	default:
+		line, err = cmdline.ForInstaller(cmdlineOptions(p))
+		reset = uki.NoReset
+	}
+
+	if err != nil {
+		return "", nil, err
+	}
+
+	profiles, err := uki.TalosProfiles(p.Version, line, reset)
+	if err != nil {
+		return "", nil, err
+	}
+
+	return line, profiles, nil
+}
+
 // kernelCmdline is the command line of the plan's output: extra kernel
 // args for every kind that has a command line, META as an environment
 // argument where there is no META partition to hold it (§7.1, §4.5).
 func kernelCmdline(p *Plan) (string, error) {
+	return cmdline.Build(cmdlineOptions(p))
+}
+
+func cmdlineOptions(p *Plan) cmdline.Options {
 	c := p.schematic.Customization
 	values := metaValues(p)
 
-	return cmdline.Build(cmdline.Options{
+	return cmdline.Options{
 		Platform:     p.Output.Platform,
 		Arch:         p.Output.Arch,
 		TalosVersion: p.Version,
@@ -454,7 +494,7 @@ func kernelCmdline(p *Plan) (string, error) {
 		ExtraArgs:    c.ExtraKernelArgs,
 		Meta:         values,
 		IncludeMeta:  p.Output.Kind != KindDisk && len(values) > 0,
-	})
+	}
 }
 
 func fileFrom(path, src string) esp.File {

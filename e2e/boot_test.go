@@ -163,6 +163,10 @@ func TestBootProof(t *testing.T) {
 		}
 	}
 
+	// Debian 12's systemd-stub 252 knows no UKI profiles and boots the
+	// last .cmdline, the reset profile's (the ISO's "reset", the disk's
+	// "reset-maintenance"); TestBootProfilesKiln boots the main profiles
+	// with systemd 257.
 	checkConsole := func(t *testing.T, console string, wantMETAPartition bool) {
 		t.Helper()
 
@@ -171,6 +175,15 @@ func TestBootProof(t *testing.T) {
 			if !strings.Contains(cmdline, want) {
 				t.Errorf("kernel command line %q lacks %q", cmdline, want)
 			}
+		}
+
+		wipe := " talos.experimental.wipe=system"
+		if wantMETAPartition {
+			wipe += ":EPHEMERAL,STATE"
+		}
+
+		if !strings.HasSuffix(cmdline, wipe) {
+			t.Errorf("systemd-stub 252 booted %q, want the reset profile's line (ending %q)", cmdline, wipe)
 		}
 
 		ext := console[strings.Index(console, "KILN-EXTENSIONS-BEGIN"):]

@@ -4,13 +4,24 @@
 //
 // Section order follows the Talos imager: the stub's own sections (with its
 // .sbat), then .osrel .cmdline .uname [.splash] [.pcrpkey] .linux .initrd,
-// then optional .profile/.cmdline pairs (multi-profile UKIs, systemd >= 257;
-// off by default because older stubs, such as Debian 12's systemd 252, boot
-// the last .cmdline they find). New sections get consecutive virtual
-// addresses after the stub's image, aligned to the stub's SectionAlignment,
-// and file offsets aligned to its FileAlignment; SizeOfImage,
-// SizeOfInitializedData, SizeOfHeaders, NumberOfSections and CheckSum are
-// fixed up.
+// then the .profile sections, each followed by its own .cmdline if it has
+// one. New sections get consecutive virtual addresses after the stub's
+// image, aligned to the stub's SectionAlignment, and file offsets aligned to
+// its FileAlignment, as Talos's PE writer (internal/pkg/uki/internal/pe)
+// places them; SizeOfImage, SizeOfInitializedData, SizeOfHeaders,
+// NumberOfSections and CheckSum are fixed up.
+//
+// Profiles (UKI specification, systemd >= 257): the sections before the
+// first .profile are the base, and profile N is the base with the sections
+// after the N-th .profile (up to the next one) in place of those of the same
+// name. TalosProfiles gives the ones Talos's imager adds from Talos 1.10:
+// "ID=main" with no .cmdline of its own (so the base command line), then
+// for an ISO "ID=reset" and for a disk image or installer
+// "ID=reset-maintenance", each with the main command line plus
+// talos.experimental.wipe=.... systemd-stub boots profile 0 unless
+// systemd-boot chose another entry ("<file>@<ID>"). Stubs older than 257,
+// such as Debian 12's 252, know no profiles and boot the last .cmdline they
+// find, the reset one.
 //
 // The kernel and initramfs are streamed from io.Readers in 1 MiB chunks and
 // never held in memory; only the stub (tens of KiB) is read whole.

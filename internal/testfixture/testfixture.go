@@ -1,6 +1,7 @@
 // Package testfixture locates the Debian parts tests boot and read: the
 // linux-image package unpacked by `make deps` (or KILN_E2E_KERNEL),
-// systemd-boot-efi, busybox-static and OVMF.
+// systemd-boot-efi (Debian 12's, and Debian 13's beside it), busybox-static
+// and OVMF.
 package testfixture
 
 import (
@@ -18,6 +19,18 @@ func KernelDir() string {
 	}
 
 	return inRepo("_e2e", "kernel")
+}
+
+// SDBootTrixieDir is the EFI directory of Debian 13's systemd-boot-efi (257,
+// whose stub and boot loader honour UKI .profile sections), unpacked by
+// `make e2e-tools`: KILN_E2E_SDBOOT, else
+// <repo>/_e2e/sdboot-trixie/root/usr/lib/systemd/boot/efi.
+func SDBootTrixieDir() string {
+	if d := os.Getenv("KILN_E2E_SDBOOT"); d != "" {
+		return d
+	}
+
+	return inRepo("_e2e", "sdboot-trixie", "root", "usr", "lib", "systemd", "boot", "efi")
 }
 
 // inRepo joins elem to the repository root (the directory holding go.mod
