@@ -68,6 +68,7 @@ fmt:
 vet:
 	$(GO) vet ./...
 	cd hack/factory-oracle && $(GO) vet ./...
+	cd hack/installer-oracle && $(GO) vet ./...
 	$(GO) vet -tags 'integration e2e' ./e2e/...
 
 staticcheck:
@@ -169,14 +170,22 @@ $(FACTORY_ORACLE): hack/factory-oracle/main.go hack/factory-oracle/go.mod hack/f
 
 e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done
 
+# Talos's own installer-layer code (pkg/imager/filemap) for
+# builder/installer's differential test; its own module for Talos's
+# dependency versions (hack/installer-oracle/go.mod).
+INSTALLER_ORACLE := $(TOOLS)/installer-oracle
+
+$(INSTALLER_ORACLE): hack/installer-oracle/main.go hack/installer-oracle/go.mod hack/installer-oracle/go.sum
+	cd hack/installer-oracle && $(GO) build -o $(INSTALLER_ORACLE) .
+
 ## Tests.
 test: deps tools check-generate lint unit integration
 
 # The builder's tests read what it writes with Debian's tools (TEST_DEBS) and
 # the fixture kernel, which make deps installs; under make a missing one fails
 # the test naming it (KILN_REQUIRE_FIXTURES=1), a plain go test skips it.
-unit: $(FACTORY_ORACLE)
-	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_FACTORY_ORACLE=$(FACTORY_ORACLE) $(GO) test -race -count=1 -timeout 12m ./...
+unit: $(FACTORY_ORACLE) $(INSTALLER_ORACLE)
+	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_FACTORY_ORACLE=$(FACTORY_ORACLE) KILN_INSTALLER_ORACLE=$(INSTALLER_ORACLE) $(GO) test -race -count=1 -timeout 12m ./...
 
 # The real binary on a real port, driven by curl-like HTTP, grpcurl and a gRPC client.
 integration: build $(GRPCURL)
