@@ -16,6 +16,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
@@ -423,5 +425,61 @@ func TestUsesUKI(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("UsesUKI(%s) = %v, %v; want %v", v, got, err, want)
 		}
+	}
+}
+
+func TestOverlayFromImageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		entries []entry
+		want    string
+	}{
+		{"no installer", []entry{{name: "installers/other", mode: 0o755, data: "x"}}, `no installer "rpi_generic"`},
+		{"symlink", []entry{
+			{name: "installers/rpi_generic", mode: 0o755, data: "x"},
+			{name: "artifacts/link", typeflag: tar.TypeSymlink, link: "/etc/passwd"},
+		}, "artifacts/link is not a regular file"},
+		{"foreign hard link", []entry{
+			{name: "profiles/p.yaml", mode: 0o644, data: "p"},
+			{name: "installers/rpi_generic", mode: 0o755, data: "x"},
+			{name: "artifacts/p", typeflag: tar.TypeLink, link: "profiles/p.yaml"},
+		}, "not an overlay artifact"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img, err := mutate.AppendLayers(empty.Image, layerOf(t, tc.entries))
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			_, err = installer.OverlayFromImage(context.Background(), img, "rpi_generic", nil, t.TempDir())
+			if !errors.Is(err, installer.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want ErrInvalid saying %q", err, tc.want)
+			}
+		})
+	}
+
+	for _, bad := range []string{"", "..", "a/b"} {
+		if _, err := installer.OverlayFromImage(context.Background(), empty.Image, bad, nil, t.TempDir()); !errors.Is(err, installer.ErrInvalid) {
+			t.Errorf("overlay name %q: %v", bad, err)
+		}
+	}
+
+	// A hard link between artifacts is the same content twice.
+	img, err := mutate.AppendLayers(empty.Image, layerOf(t, []entry{
+		{name: "./artifacts/a", mode: 0o644, data: "same"},
+		{name: "artifacts/b", typeflag: tar.TypeLink, link: "artifacts/a", mode: 0o644},
+		{name: "installers/rpi_generic", mode: 0o700, data: "x"},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ov, err := installer.OverlayFromImage(context.Background(), img, "rpi_generic", nil, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if len(ov.Artifacts) != 2 || ov.Artifacts[1].Content.Size != 4 || ov.InstallerMode != 0o700 {
+		t.Errorf("overlay %+v", ov)
 	}
 }
