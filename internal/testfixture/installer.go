@@ -1,0 +1,42 @@
+package testfixture
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// BuildInstaller compiles the fixture installer (internal/testfixture/installer,
+// the /bin/installer of the synthetic installer-base) for linux/arch as a
+// static binary and returns it.
+func BuildInstaller(tb testing.TB, arch string) []byte {
+	tb.Helper()
+
+	src := inRepo("internal", "testfixture", "installer")
+	if src == "" {
+		tb.Fatal("not inside the kiln repository")
+	}
+
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // the toolchain running the test
+	}
+
+	out := filepath.Join(tb.TempDir(), "installer")
+	cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags=-s -w", "-o", out, ".")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
+
+	if b, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("building the fixture installer for %s: %v\n%s", arch, err, b)
+	}
+
+	b, err := os.ReadFile(out)
+	if err != nil {
+		tb.Fatal(err)
+	}
+
+	return b
+}
