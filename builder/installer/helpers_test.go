@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 
@@ -220,17 +219,6 @@ func names(entries []tarEntry) []string {
 	for i, e := range entries {
 		out[i] = e.hdr.Name
 	}
-
-	return out
-}
-
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-
-	sort.Strings(out)
 
 	return out
 }
