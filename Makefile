@@ -228,6 +228,8 @@ fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./schematic/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzCarriedRoot$$' -fuzztime $(FUZZTIME) ./signing/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSigner$$' -fuzztime $(FUZZTIME) ./signing/
+	$(GO) test -run '^$$' -fuzz '^FuzzOverlayFromImage$$' -fuzztime $(FUZZTIME) ./builder/installer/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/

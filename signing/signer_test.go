@@ -345,3 +345,31 @@ func TestSignLegacyReplaces(t *testing.T) {
 	}
 
 }
+
+// FuzzParseSigner: any bytes are a signer or an ErrInvalidKey, never a
+// panic.
+func FuzzParseSigner(f *testing.F) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	sec1, _ := x509.MarshalECPrivateKey(k)
+
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), []byte(""))
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), []byte(""))
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED SIGSTORE PRIVATE KEY", Bytes: []byte(`{"kdf":{"name":"scrypt","params":{"N":2,"r":1,"p":1},"salt":"AA=="},"cipher":{"name":"nacl/secretbox","nonce":"AA=="},"ciphertext":"AA=="}`)}), []byte("x"))
+	f.Add([]byte("-----BEGIN PRIVATE KEY-----\n\n-----END PRIVATE KEY-----\n"), []byte(""))
+
+	f.Fuzz(func(t *testing.T, data, password []byte) {
+		s, err := signing.ParseSigner(data, password)
+		if err != nil {
+			if !errors.Is(err, signing.ErrInvalidKey) {
+				t.Fatalf("error not matching ErrInvalidKey: %v", err)
+			}
+
+			return
+		}
+
+		if len(s.PublicKeyPEM()) == 0 {
+			t.Fatal("signer without a public key")
+		}
+	})
+}

@@ -16,6 +16,10 @@ import (
 	"github.com/kiln-dev/kiln/internal/iox"
 )
 
+// MaxOverlaySize bounds the bytes OverlayFromImage stores (real overlays
+// are tens of MB; a sparse or hostile tar entry can claim terabytes).
+const MaxOverlaySize = 1 << 30
+
 // OverlayFromImage reads what the overlay layer needs from an overlay image
 // (its linux/<arch> image, whose root holds artifacts/, installers/<name>
 // and profiles/): the artifacts tree and the installer called name, as
@@ -34,6 +38,7 @@ func OverlayFromImage(ctx context.Context, img v1.Image, overlayName string, ext
 	installer := "installers/" + overlayName
 	stored := map[string]Blob{} // for hard links
 	dirs := map[string]bool{}
+	budget := int64(MaxOverlaySize)
 
 	tr := tar.NewReader(rc)
 
@@ -53,6 +58,12 @@ func OverlayFromImage(ctx context.Context, img v1.Image, overlayName string, ext
 
 		p := strings.TrimSuffix(strings.TrimPrefix(path.Clean("/"+hdr.Name), "/"), "/")
 		mode := hdr.Mode & 0o777
+
+		if hdr.Typeflag == tar.TypeReg && (p == "installers/"+overlayName || strings.HasPrefix(p, "artifacts/")) {
+			if budget -= hdr.Size; budget < 0 {
+				return nil, fmt.Errorf("%w: overlay image holds more than %d bytes of artifacts and installer", ErrInvalid, MaxOverlaySize)
+			}
+		}
 
 		switch {
 		case p == installer:
@@ -121,7 +132,7 @@ func storeEntry(ctx context.Context, hdr *tar.Header, r io.Reader, stored map[st
 		return Blob{}, err
 	}
 
-	n, err := iox.Copy(ctx, f, r)
+	n, err := io.Copy(f, iox.ContextReader(ctx, r))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
