@@ -458,6 +458,25 @@ func TestOverlayFromImageErrors(t *testing.T) {
 		})
 	}
 
+	// A header claiming more than an overlay may hold is refused before
+	// anything is read (a sparse entry expands to its claimed size).
+	var huge bytes.Buffer
+
+	tw := tar.NewWriter(&huge)
+	tw.WriteHeader(&tar.Header{Name: "installers/rpi_generic", Mode: 0o755, Size: 1})                //nolint:errcheck
+	tw.Write([]byte("x"))                                                                            //nolint:errcheck
+	tw.WriteHeader(&tar.Header{Name: "artifacts/bomb", Mode: 0o644, Size: installer.MaxOverlaySize}) //nolint:errcheck
+
+	img, err := mutate.AppendLayers(empty.Image, rawLayer(huge.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := installer.OverlayFromImage(context.Background(), img, "rpi_generic", nil, t.TempDir()); !errors.Is(err, installer.ErrInvalid) ||
+		!strings.Contains(err.Error(), "more than") {
+		t.Errorf("an oversized overlay: %v", err)
+	}
+
 	for _, bad := range []string{"", "..", "a/b"} {
 		if _, err := installer.OverlayFromImage(context.Background(), empty.Image, bad, nil, t.TempDir()); !errors.Is(err, installer.ErrInvalid) {
 			t.Errorf("overlay name %q: %v", bad, err)
@@ -465,7 +484,7 @@ func TestOverlayFromImageErrors(t *testing.T) {
 	}
 
 	// A hard link between artifacts is the same content twice.
-	img, err := mutate.AppendLayers(empty.Image, layerOf(t, []entry{
+	img, err = mutate.AppendLayers(empty.Image, layerOf(t, []entry{
 		{name: "./artifacts/a", mode: 0o644, data: "same"},
 		{name: "artifacts/b", typeflag: tar.TypeLink, link: "artifacts/a", mode: 0o644},
 		{name: "installers/rpi_generic", mode: 0o700, data: "x"},
