@@ -181,20 +181,31 @@ func Build(ctx context.Context, opts Options, platforms ...Platform) (*Index, er
 		return nil, fmt.Errorf("%w: no platforms", ErrInvalid)
 	}
 
-	var seen []string
-
-	images := make([]*image, 0, len(platforms))
+	// Every input is checked before anything is written, so a bad arm64
+	// input does not leave amd64's layers behind.
+	plans := make([]*plan, 0, len(platforms))
 
 	for _, p := range platforms {
-		if slices.Contains(seen, p.Arch) {
-			return nil, fmt.Errorf("%w: architecture %q given twice", ErrInvalid, p.Arch)
+		for _, q := range plans {
+			if q.arch == p.Arch {
+				return nil, fmt.Errorf("%w: architecture %q given twice", ErrInvalid, p.Arch)
+			}
 		}
 
-		seen = append(seen, p.Arch)
-
-		img, err := buildImage(ctx, opts, p)
+		pl, err := planImage(opts, p)
 		if err != nil {
 			return nil, fmt.Errorf("installer linux/%s: %w", p.Arch, err)
+		}
+
+		plans = append(plans, pl)
+	}
+
+	images := make([]*image, 0, len(plans))
+
+	for _, pl := range plans {
+		img, err := pl.write(ctx, opts)
+		if err != nil {
+			return nil, fmt.Errorf("installer linux/%s: %w", pl.arch, err)
 		}
 
 		images = append(images, img)
@@ -203,8 +214,15 @@ func Build(ctx context.Context, opts Options, platforms ...Platform) (*Index, er
 	return newIndex(images)
 }
 
-// buildImage assembles one platform image.
-func buildImage(ctx context.Context, opts Options, p Platform) (*image, error) {
+// plan is one platform image with its inputs checked.
+type plan struct {
+	arch      string
+	base      *base
+	artifacts []File
+	overlay   []File // nil without an overlay
+}
+
+func planImage(opts Options, p Platform) (*plan, error) {
 	if !slices.Contains(release.Arches, p.Arch) {
 		return nil, fmt.Errorf("%w: unknown architecture %q (want one of %v)", ErrInvalid, p.Arch, release.Arches)
 	}
@@ -218,25 +236,40 @@ func buildImage(ctx context.Context, opts Options, p Platform) (*image, error) {
 		return nil, err
 	}
 
-	files, err := ArtifactFiles(opts.Version, p.Arch, p.Assets)
-	if err != nil {
+	pl := &plan{arch: p.Arch, base: base}
+
+	if pl.artifacts, err = ArtifactFiles(opts.Version, p.Arch, p.Assets); err != nil {
 		return nil, err
 	}
 
-	artifacts, err := writeLayer(ctx, opts.Dir, files)
+	if err := checkFiles(pl.artifacts); err != nil {
+		return nil, err
+	}
+
+	if p.Overlay != nil {
+		if pl.overlay, err = overlayFiles(p.Overlay); err != nil {
+			return nil, err
+		}
+
+		if err := checkFiles(pl.overlay); err != nil {
+			return nil, fmt.Errorf("overlay: %w", err)
+		}
+	}
+
+	return pl, nil
+}
+
+// write writes the planned layers and assembles the image.
+func (pl *plan) write(ctx context.Context, opts Options) (*image, error) {
+	artifacts, err := writeLayer(ctx, opts.Dir, pl.artifacts)
 	if err != nil {
 		return nil, fmt.Errorf("artifacts layer: %w", err)
 	}
 
-	own := []ownLayer{{layer: artifacts, createdBy: "kiln: boot assets (" + release.InstallDir + "/" + p.Arch + "/)"}}
+	own := []ownLayer{{layer: artifacts, createdBy: "kiln: boot assets (" + release.InstallDir + "/" + pl.arch + "/)"}}
 
-	if p.Overlay != nil {
-		files, err := overlayFiles(p.Overlay)
-		if err != nil {
-			return nil, err
-		}
-
-		l, err := writeLayer(ctx, opts.Dir, files)
+	if pl.overlay != nil {
+		l, err := writeLayer(ctx, opts.Dir, pl.overlay)
 		if err != nil {
 			return nil, fmt.Errorf("overlay layer: %w", err)
 		}
@@ -244,7 +277,7 @@ func buildImage(ctx context.Context, opts Options, p Platform) (*image, error) {
 		own = append(own, ownLayer{layer: l, createdBy: "kiln: overlay (overlay/)"})
 	}
 
-	return assemble(p.Arch, opts.Created, base, own)
+	return assemble(pl.arch, opts.Created, pl.base, own)
 }
 
 // Paths of the overlay layer (constants.ImagerOverlay*Path without the

@@ -376,6 +376,9 @@ func TestBuildErrors(t *testing.T) {
 	wrongArch := good
 	wrongArch.Base = baseImage(t, "v1.13.0", "arm64", 1)
 
+	armNoUKI := installer.Platform{Arch: "arm64", Base: baseImage(t, "v1.13.0", "arm64", 1), Assets: assetFiles(t, inputs, "arm64")}
+	armNoUKI.Assets.UKI = installer.Blob{}
+
 	for _, tc := range []struct {
 		name      string
 		opts      installer.Options
@@ -388,6 +391,7 @@ func TestBuildErrors(t *testing.T) {
 		{"no UKI", opts, []installer.Platform{noUKI}, true, "needs the UKI asset (usr/install/amd64/vmlinuz.efi)"},
 		{"wrong base", opts, []installer.Platform{wrongArch}, true, "base installer is linux/arm64, not linux/amd64"},
 		{"twice", opts, []installer.Platform{good, good}, true, `"amd64" given twice`},
+		{"second arch", opts, []installer.Platform{good, armNoUKI}, true, "linux/arm64: invalid installer input: Talos v1.13.0 installer for arm64 needs the UKI"},
 		{"arch", opts, []installer.Platform{{Arch: "riscv64", Base: good.Base, Assets: good.Assets}}, true, "unknown architecture"},
 		{"short", opts, []installer.Platform{short}, false, "content is 5 bytes, 10 were announced"},
 		{"long", opts, []installer.Platform{long}, false, "longer than the 3 bytes announced"},
@@ -404,10 +408,10 @@ func TestBuildErrors(t *testing.T) {
 		})
 	}
 
-	// Nothing half-written stays behind.
-	left, err := filepath.Glob(filepath.Join(dir, "*.partial"))
-	if err != nil || len(left) > 0 {
-		t.Errorf("partial layers left: %v %v", left, err)
+	// Nothing is written for a refused input, nothing half-written
+	// stays behind.
+	if left, err := os.ReadDir(dir); err != nil || len(left) > 0 {
+		t.Errorf("files left in the store: %v %v", left, err)
 	}
 
 	// A cancelled build stops.

@@ -42,21 +42,9 @@ func cleanRel(p string) (string, error) {
 // and names the file by its digest. Entries are sorted by path and carry
 // only name, mode, size and type, as Talos's filemap.Build writes them.
 func writeLayer(ctx context.Context, dir string, files []File) (*fileLayer, error) {
-	files = slices.Clone(files)
-	slices.SortFunc(files, func(a, b File) int { return cmp.Compare(a.Path, b.Path) })
-
-	for i, f := range files {
-		if _, err := cleanRel(f.Path); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-
-		if i > 0 && files[i-1].Path == f.Path {
-			return nil, fmt.Errorf("%w: path %q given twice", ErrInvalid, f.Path)
-		}
-
-		if !f.Dir && (f.Content.IsZero() || f.Content.Size < 0) {
-			return nil, fmt.Errorf("%w: %s has no content", ErrInvalid, f.Path)
-		}
+	files = sortedFiles(files)
+	if err := checkFiles(files); err != nil {
+		return nil, err
 	}
 
 	tmp, err := os.CreateTemp(dir, "layer-*.partial")
@@ -113,6 +101,35 @@ func writeLayer(ctx context.Context, dir string, files []File) (*fileLayer, erro
 	committed = true
 
 	return l, nil
+}
+
+func sortedFiles(files []File) []File {
+	files = slices.Clone(files)
+	slices.SortFunc(files, func(a, b File) int { return cmp.Compare(a.Path, b.Path) })
+
+	return files
+}
+
+// checkFiles checks a layer's entries: clean relative paths, each once,
+// content for every file.
+func checkFiles(files []File) error {
+	files = sortedFiles(files)
+
+	for i, f := range files {
+		if _, err := cleanRel(f.Path); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+
+		if i > 0 && files[i-1].Path == f.Path {
+			return fmt.Errorf("%w: path %q given twice", ErrInvalid, f.Path)
+		}
+
+		if !f.Dir && (f.Content.IsZero() || f.Content.Size < 0) {
+			return fmt.Errorf("%w: %s has no content", ErrInvalid, f.Path)
+		}
+	}
+
+	return nil
 }
 
 // writeEntry writes one tar entry with Talos's header fields.
