@@ -67,8 +67,8 @@ fmt:
 
 vet:
 	$(GO) vet ./...
-	cd hack/factory-oracle && $(GO) vet ./...
 	cd hack/installer-oracle && $(GO) vet ./...
+	cd hack/factory-oracle && $(GO) vet ./...
 	$(GO) vet -tags 'integration e2e' ./e2e/...
 
 staticcheck:
@@ -178,14 +178,17 @@ INSTALLER_ORACLE := $(TOOLS)/installer-oracle
 $(INSTALLER_ORACLE): hack/installer-oracle/main.go hack/installer-oracle/go.mod hack/installer-oracle/go.sum
 	cd hack/installer-oracle && $(GO) build -o $(INSTALLER_ORACLE) .
 
+# The tests find it there (testfixture.InstallerOracle).
+unit: $(INSTALLER_ORACLE)
+
 ## Tests.
 test: deps tools check-generate lint unit integration
 
 # The builder's tests read what it writes with Debian's tools (TEST_DEBS) and
 # the fixture kernel, which make deps installs; under make a missing one fails
 # the test naming it (KILN_REQUIRE_FIXTURES=1), a plain go test skips it.
-unit: $(FACTORY_ORACLE) $(INSTALLER_ORACLE)
-	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_FACTORY_ORACLE=$(FACTORY_ORACLE) KILN_INSTALLER_ORACLE=$(INSTALLER_ORACLE) $(GO) test -race -count=1 -timeout 12m ./...
+unit: $(FACTORY_ORACLE)
+	KILN_REQUIRE_FIXTURES=1 KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_FACTORY_ORACLE=$(FACTORY_ORACLE) $(GO) test -race -count=1 -timeout 12m ./...
 
 # The real binary on a real port, driven by curl-like HTTP, grpcurl and a gRPC client.
 integration: build $(GRPCURL)
@@ -227,9 +230,9 @@ FUZZTIME ?= 2m
 fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./schematic/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
-	$(GO) test -run '^$$' -fuzz '^FuzzCarriedRoot$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSigner$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzOverlayFromImage$$' -fuzztime $(FUZZTIME) ./builder/installer/
+	$(GO) test -run '^$$' -fuzz '^FuzzCarriedRoot$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./imagecache/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubernetesImages$$' -fuzztime $(FUZZTIME) ./release/

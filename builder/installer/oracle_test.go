@@ -21,8 +21,8 @@ import (
 	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
-// Talos's own layer code (hack/installer-oracle, built by make as
-// KILN_INSTALLER_ORACLE) against kiln's, for the layers kiln writes.
+// Talos's own layer code (hack/installer-oracle, which make unit builds)
+// against kiln's, for the layers kiln writes.
 
 type oracleFile struct {
 	ImagePath  string
@@ -44,8 +44,7 @@ type oracleLayer struct {
 func talosLayer(t *testing.T, files []oracleFile, walks []oracleWalk) oracleLayer {
 	t.Helper()
 
-	bin := os.Getenv("KILN_INSTALLER_ORACLE")
-	testfixture.Require(t, bin)
+	bin := testfixture.InstallerOracle(t)
 
 	req, err := json.Marshal(map[string]any{"files": files, "walks": walks})
 	if err != nil {

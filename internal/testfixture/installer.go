@@ -40,3 +40,19 @@ func BuildInstaller(tb testing.TB, arch string) []byte {
 
 	return b
 }
+
+// InstallerOracle is Talos's own installer-layer code behind a JSON pipe
+// (hack/installer-oracle, which make unit builds): $KILN_INSTALLER_ORACLE,
+// else <repo>/_tools/bin/installer-oracle; see Require.
+func InstallerOracle(tb testing.TB) string {
+	tb.Helper()
+
+	bin := os.Getenv("KILN_INSTALLER_ORACLE")
+	if bin == "" {
+		bin = inRepo("_tools", "bin", "installer-oracle")
+	}
+
+	Require(tb, bin)
+
+	return bin
+}
