@@ -304,7 +304,10 @@ func (s *Signer) SignLegacy(ctx context.Context, ref name.Digest, opts ...remote
 // Bundle returns the Sigstore bundle (v0.3 JSON) `cosign sign --key
 // --tlog-upload=false` makes for ref: a DSSE envelope over an in-toto
 // statement whose subject is ref's digest and whose predicate type is
-// cosign's signature type, with the key's hint and no log entry.
+// cosign's signature type, with the key's hint and no log entry. Unlike
+// cosign, the subject also names ref's repository, so that the bundle, like
+// the .sig's docker-reference, says which image it was made for (verifiers
+// that look only at the digest ignore the name).
 func (s *Signer) Bundle(ref name.Digest) ([]byte, error) {
 	alg, hex, ok := strings.Cut(ref.DigestStr(), ":")
 	if !ok {
@@ -313,7 +316,7 @@ func (s *Signer) Bundle(ref name.Digest) ([]byte, error) {
 
 	stmt, err := protojson.Marshal(&intotov1.Statement{
 		Type:          intotov1.StatementTypeUri,
-		Subject:       []*intotov1.ResourceDescriptor{{Digest: map[string]string{alg: hex}}},
+		Subject:       []*intotov1.ResourceDescriptor{{Name: ref.Context().Name(), Digest: map[string]string{alg: hex}}},
 		PredicateType: cosignSignPredicate,
 	})
 	if err != nil {

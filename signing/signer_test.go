@@ -344,6 +344,48 @@ func TestSignLegacyReplaces(t *testing.T) {
 		t.Errorf("annotations %v (%v)", ann, err)
 	}
 
+	// The bundle's statement: cosign's, with the repository named.
+	b, err := s.Bundle(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var bundle struct {
+		MediaType            string `json:"mediaType"`
+		VerificationMaterial struct {
+			PublicKey   struct{ Hint string } `json:"publicKey"`
+			TlogEntries []any                 `json:"tlogEntries"`
+		} `json:"verificationMaterial"`
+		DsseEnvelope struct {
+			Payload     []byte `json:"payload"`
+			PayloadType string `json:"payloadType"`
+		} `json:"dsseEnvelope"`
+	}
+
+	if err := json.Unmarshal(b, &bundle); err != nil {
+		t.Fatal(err)
+	}
+
+	var st struct {
+		Type          string `json:"_type"`
+		PredicateType string `json:"predicateType"`
+		Subject       []struct {
+			Name   string            `json:"name"`
+			Digest map[string]string `json:"digest"`
+		} `json:"subject"`
+	}
+
+	if err := json.Unmarshal(bundle.DsseEnvelope.Payload, &st); err != nil {
+		t.Fatal(err)
+	}
+
+	if bundle.MediaType != "application/vnd.dev.sigstore.bundle.v0.3+json" || bundle.VerificationMaterial.PublicKey.Hint == "" ||
+		len(bundle.VerificationMaterial.TlogEntries) != 0 || bundle.DsseEnvelope.PayloadType != "application/vnd.in-toto+json" ||
+		st.Type != "https://in-toto.io/Statement/v1" || st.PredicateType != "https://sigstore.dev/cosign/sign/v1" ||
+		len(st.Subject) != 1 || st.Subject[0].Name != repo.Name() || "sha256:"+st.Subject[0].Digest["sha256"] != d.DigestStr() {
+		t.Errorf("bundle %s\nstatement %s", b, bundle.DsseEnvelope.Payload)
+	}
+
 }
 
 // FuzzParseSigner: any bytes are a signer or an ErrInvalidKey, never a
