@@ -67,6 +67,7 @@ fmt:
 
 vet:
 	$(GO) vet ./...
+	cd hack/installer-oracle && $(GO) vet ./...
 	cd hack/factory-oracle && $(GO) vet ./...
 	$(GO) vet -tags 'integration e2e cosigncli talosctl' ./...
 
@@ -219,6 +220,17 @@ $(FACTORY_ORACLE): hack/factory-oracle/main.go hack/factory-oracle/go.mod hack/f
 
 e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done $(E2E_SDBOOT)/.done
 
+# Talos's own installer-layer code (pkg/imager/filemap) for
+# builder/installer's differential test; its own module for Talos's
+# dependency versions (hack/installer-oracle/go.mod).
+INSTALLER_ORACLE := $(TOOLS)/installer-oracle
+
+$(INSTALLER_ORACLE): hack/installer-oracle/main.go hack/installer-oracle/go.mod hack/installer-oracle/go.sum
+	cd hack/installer-oracle && $(GO) build -o $(INSTALLER_ORACLE) .
+
+# The tests find it there (testfixture.InstallerOracle).
+unit: $(INSTALLER_ORACLE)
+
 ## Tests.
 test: deps tools check-generate lint unit integration
 
@@ -288,6 +300,8 @@ FUZZTIME ?= 2m
 fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./schematic/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSigner$$' -fuzztime $(FUZZTIME) ./signing/
+	$(GO) test -run '^$$' -fuzz '^FuzzOverlayFromImage$$' -fuzztime $(FUZZTIME) ./builder/installer/
 	$(GO) test -run '^$$' -fuzz '^FuzzCarriedRoot$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzSignedIdentity$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./builder/cpio/

@@ -17,4 +17,7 @@
 // gap: it fetches Sigstore's trusted root through TUF, keeping the metadata
 // that vouches for it, so that [CarriedRoot.Verify] can check it again on
 // the far side with no network.
+//
+// [Signer] is the other direction: it signs what kiln builds (installer
+// indexes) with kiln's own key, in both of cosign's formats, offline.
 package signing

@@ -101,11 +101,32 @@ func placeholderAsset(version, arch, name, kver string) ([]byte, error) {
 }
 
 // installerBaseFiles is the content of installer-base, which the imager is
-// built on, for one arch.
-func installerBaseFiles(version, arch string) []entry {
-	return []entry{
-		exe("usr/bin/installer", elfPlaceholder(fmt.Sprintf("talos %s installer linux/%s", version, arch))),
+// built on, for one arch: bin is the installer, a placeholder when nil.
+func installerBaseFiles(version, arch string, bin []byte) []entry {
+	if bin == nil {
+		bin = elfPlaceholder(fmt.Sprintf("talos %s installer linux/%s", version, arch))
 	}
+
+	return []entry{exe("usr/bin/installer", bin)}
+}
+
+// installer asks Options.Installer for a real installer binary; nil means
+// "use the placeholder", as for asset.
+func (o *Options) installer(arch string) ([]byte, error) {
+	if o.Installer == nil {
+		return nil, nil
+	}
+
+	data, err := o.Installer(arch)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+
+	if err != nil {
+		return nil, fmt.Errorf("installer-base linux/%s installer: %w", arch, err)
+	}
+
+	return data, nil
 }
 
 // imagerExtraFiles is what the imager adds to installer-base besides the

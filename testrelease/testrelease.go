@@ -50,6 +50,11 @@ type Options struct {
 	// SDStubAsset). Returning an error matching fs.ErrNotExist keeps the
 	// placeholder for that file; any other error stops Push.
 	Assets func(arch, file string) ([]byte, error)
+	// Installer, when set, supplies installer-base's (before 1.10 the
+	// installer's) usr/bin/installer for an arch, e.g. the fixture that
+	// testfixture.BuildInstaller compiles. Returning an error matching
+	// fs.ErrNotExist keeps the placeholder; any other error stops Push.
+	Installer func(arch string) ([]byte, error)
 	// KernelVersion names usr/lib/modules/<kver> in the kernel-module
 	// extension; DefaultKernelVersion when empty. Set it to the version of a
 	// real kernel passed through Assets.
@@ -272,7 +277,12 @@ func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 
 	baseLayers := map[string]v1.Layer{}
 	for _, arch := range release.Arches {
-		l, err := layerOf(installerBaseFiles(version, arch))
+		bin, err := p.opts.installer(arch)
+		if err != nil {
+			return err
+		}
+
+		l, err := layerOf(installerBaseFiles(version, arch, bin))
 		if err != nil {
 			return fmt.Errorf("installer-base linux/%s: %w", arch, err)
 		}

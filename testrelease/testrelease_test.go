@@ -693,3 +693,49 @@ func TestPushAssets(t *testing.T) {
 		t.Errorf("drbd does not follow KernelVersion: %v", keys(drbd))
 	}
 }
+
+// TestPushInstaller puts a supplied installer binary into installer-base
+// (and so the imager built on it), keeping the placeholder elsewhere.
+func TestPushInstaller(t *testing.T) {
+	t.Parallel()
+
+	bin := []byte("\x7fELF a real installer")
+	boom := errors.New("compiler on fire")
+
+	installer := func(fail bool) func(arch string) ([]byte, error) {
+		return func(arch string) ([]byte, error) {
+			switch {
+			case fail:
+				return nil, boom
+			case arch == "amd64":
+				return bin, nil
+			default:
+				return nil, fs.ErrNotExist
+			}
+		}
+	}
+
+	reg := newRegistry(t)
+
+	if _, err := Push(t.Context(), Options{Version: testVersion, Registry: reg, Installer: installer(true)}); !errors.Is(err, boom) {
+		t.Fatalf("Push with failing Installer: %v, want %v", err, boom)
+	}
+
+	rel, err := Push(t.Context(), Options{Version: testVersion, Registry: reg, Installer: installer(false)})
+	if err != nil {
+		t.Fatalf("Push: %v", err)
+	}
+
+	for _, ref := range []name.Digest{rel.InstallerBase, rel.Imager} {
+		imgs := platforms(t, ref)
+
+		amd := flatten(t, imgs["amd64"])["usr/bin/installer"]
+		if !bytes.Equal(amd.data, bin) || amd.mode&0o777 != 0o755 {
+			t.Errorf("%s amd64 usr/bin/installer = %q (%o), want the supplied binary, 0755", ref, amd.data, amd.mode)
+		}
+
+		if arm := flatten(t, imgs["arm64"])["usr/bin/installer"].data; !bytes.Contains(arm, []byte("placeholder")) {
+			t.Errorf("%s arm64 usr/bin/installer = %q, want the placeholder", ref, arm)
+		}
+	}
+}

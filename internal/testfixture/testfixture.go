@@ -70,6 +70,21 @@ func Crane(tb testing.TB) string {
 	return bin
 }
 
+// Cosign is the cosign CLI tests run as a peer: $COSIGN, else the one
+// `make e2e-tools` installs in <repo>/_tools/bin; see Require.
+func Cosign(tb testing.TB) string {
+	tb.Helper()
+
+	bin := os.Getenv("COSIGN")
+	if bin == "" {
+		bin = inRepo("_tools", "bin", "cosign")
+	}
+
+	Require(tb, bin)
+
+	return bin
+}
+
 // DockerRegistry is Debian's distribution registry: $DOCKER_REGISTRY, else
 // docker-registry on PATH; see Require.
 func DockerRegistry(tb testing.TB) string {
