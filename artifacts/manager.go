@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/kiln-dev/kiln/release"
+
+	"github.com/kiln-dev/kiln/internal/echo"
 )
 
 // ErrVersionNotAvailable is returned for a Talos version the mirror does not
@@ -22,7 +24,7 @@ var ErrVersionNotAvailable = errors.New("is not available")
 // VersionError names the version that is not available.
 type VersionError struct{ Version string }
 
-func (e *VersionError) Error() string { return "version " + e.Version + " is not available" }
+func (e *VersionError) Error() string { return "version " + echo.Clip(e.Version) + " is not available" }
 
 // Is makes every VersionError match ErrVersionNotAvailable.
 func (e *VersionError) Is(target error) bool { return target == ErrVersionNotAvailable }
@@ -140,7 +142,7 @@ type InvalidVersionError struct {
 }
 
 func (e *InvalidVersionError) Error() string {
-	return fmt.Sprintf("invalid Talos version %q: want vMAJOR.MINOR.PATCH", e.Version)
+	return fmt.Sprintf("invalid Talos version %q: want vMAJOR.MINOR.PATCH", echo.Clip(e.Version))
 }
 
 func (e *InvalidVersionError) Unwrap() error { return e.Err }

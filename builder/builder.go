@@ -24,6 +24,8 @@ import (
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
+
+	"github.com/kiln-dev/kiln/internal/echo"
 )
 
 // Config tunes a Builder.
@@ -167,7 +169,7 @@ type Event struct {
 type SchematicNotFoundError struct{ ID string }
 
 func (e *SchematicNotFoundError) Error() string {
-	return fmt.Sprintf("schematic ID %q not found", e.ID)
+	return fmt.Sprintf("schematic ID %q not found", echo.Clip(e.ID))
 }
 
 // Is lets the error classifier treat it as any other missing content.

@@ -22,7 +22,8 @@ import (
 // limits, services, reflection and health.
 func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, img *images, healthSrv *health.Server) *grpc.Server {
 	srv := grpc.NewServer(
-		grpc.MaxRecvMsgSize(maxSchematicBytes+64<<10),
+		// A CreateSchematic request holds one schematic.
+		grpc.MaxRecvMsgSize(int(domain.limits.MaxBytes)+64<<10),
 		grpc.ChainUnaryInterceptor(unaryInterceptor(logger)),
 		grpc.ChainStreamInterceptor(streamInterceptor(logger)),
 	)

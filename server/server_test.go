@@ -41,6 +41,8 @@ type testServer struct {
 	http *http.Client
 	grpc kilnv1.SchematicServiceClient
 	conn *grpc.ClientConn
+	// stop shuts the server down (once); the test's cleanup does too.
+	stop func()
 }
 
 func startServer(t *testing.T, cfg Config) *testServer {
@@ -84,16 +86,22 @@ func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServe
 
 	ts := &testServer{addr: lis.Addr().String(), dir: cfg.DataDir, http: &http.Client{Timeout: 10 * time.Second}}
 
-	t.Cleanup(func() {
-		// A connection the client opened but never used counts as busy for
-		// 5 s on the server side; closing them keeps shutdown quick.
-		ts.http.CloseIdleConnections()
-		cancel()
+	var once sync.Once
 
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	ts.stop = func() {
+		once.Do(func() {
+			// A connection the client opened but never used counts as busy for
+			// 5 s on the server side; closing them keeps shutdown quick.
+			ts.http.CloseIdleConnections()
+			cancel()
+
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+
+	t.Cleanup(ts.stop)
 
 	creds := insecure.NewCredentials()
 	if cfg.TLSCert != "" {
@@ -195,7 +203,7 @@ func TestPublicRoutes(t *testing.T) {
 	})
 
 	t.Run("body too large", func(t *testing.T) {
-		resp, _ := ts.do(t, "POST", "/schematics", "customization: {embeddedMachineConfiguration: '"+strings.Repeat("x", maxSchematicBytes)+"'}")
+		resp, _ := ts.do(t, "POST", "/schematics", "customization: {embeddedMachineConfiguration: '"+strings.Repeat("x", defaultSchematicMax)+"'}")
 		if resp.StatusCode != http.StatusRequestEntityTooLarge {
 			t.Errorf("status = %d, want 413", resp.StatusCode)
 		}
@@ -412,12 +420,17 @@ func TestConcurrentCreates(t *testing.T) {
 func TestSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 
-	func() {
-		ts := startServer(t, Config{DataDir: dir})
-		if resp, body := ts.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
-			t.Fatalf("create = %d %s", resp.StatusCode, body)
-		}
-	}()
+	first := startServer(t, Config{DataDir: dir})
+	if resp, body := first.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
+		t.Fatalf("create = %d %s", resp.StatusCode, body)
+	}
+
+	// Two kilns on one data directory would clean each other's scratch.
+	if _, err := Build(t.Context(), withDefaults(Config{DataDir: dir}), slogDiscard()); err == nil || !strings.Contains(err.Error(), "another kiln is using the data directory") {
+		t.Fatalf("a second kiln on the same data directory: %v", err)
+	}
+
+	first.stop()
 
 	ts := startServer(t, Config{DataDir: dir})
 	if resp, body := ts.do(t, "GET", "/schematics/"+emptyID, ""); resp.StatusCode != 200 || body != "customization: {}\n" {

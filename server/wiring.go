@@ -53,6 +53,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		lis.Close() //nolint:errcheck // already failing
 
+		for _, c := range deps.Closers {
+			c() //nolint:errcheck // already failing
+		}
+
 		return err
 	}
 
@@ -70,8 +74,17 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 //     and the import of --oci-layout, verified, into the embedded registry;
 //  5. the release manager over both;
 //  6. the asset cache under <data-dir>/assets and the builder over all of it.
-func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
-	var deps Deps
+func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err error) {
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return deps, err
+	}
+
+	defer func() {
+		if err != nil {
+			unlock() //nolint:errcheck // already failing
+		}
+	}()
 
 	store, err := storage.NewFS(cfg.DataDir, logger)
 	if err != nil {
@@ -80,7 +93,7 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 
 	deps.Schematics = store
 
-	src, embedded, err := newSource(ctx, cfg)
+	src, embedded, err := newSource(ctx, cfg, logger)
 	if err != nil {
 		return deps, err
 	}
@@ -131,19 +144,25 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	deps.Builder = builder.New(ctx, builder.Config{
 		DataDir:        cfg.DataDir,
 		MaxConcurrency: cfg.MaxBuilds,
+		MaxQueue:       cfg.MaxBuildQueue,
 		FactoryURL:     cfg.externalURL(),
 	}, builder.Deps{Schematics: store, Releases: deps.Releases, Assets: assets, Logger: logger})
+
+	// Last: the lock outlives everything else that uses the directory.
+	deps.Closers = append(deps.Closers, unlock)
 
 	return deps, nil
 }
 
-func newSource(ctx context.Context, cfg Config) (*artifacts.Source, *registry.Embedded, error) {
+func newSource(ctx context.Context, cfg Config, logger *slog.Logger) (*artifacts.Source, *registry.Embedded, error) {
 	ext, err := url.Parse(cfg.externalURL())
 	if err != nil {
 		return nil, nil, fmt.Errorf("external URL: %w", err)
 	}
 
 	if cfg.Source.Registry == "" {
+		removeStaleUploads(filepath.Join(cfg.DataDir, "registry"), logger)
+
 		embedded, err := registry.NewEmbedded(ctx, filepath.Join(cfg.DataDir, "registry"))
 		if err != nil {
 			return nil, nil, err
