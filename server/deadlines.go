@@ -77,13 +77,17 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 	}
 
 	n, err := b.ReadCloser.Read(p)
-	if err != nil {
+
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF):
 		b.done = true
 		b.rc.SetReadDeadline(time.Time{}) //nolint:errcheck // as in wrap
-
-		if isTimeout(err) {
-			err = &bodyTimeoutError{timeout: b.timeout, err: err}
-		}
+	case isTimeout(err):
+		// The deadline stays: the server discards what is left of the
+		// body before it answers, and must not wait for it forever.
+		b.done = true
+		err = &bodyTimeoutError{timeout: b.timeout, err: err}
 	}
 
 	return n, err

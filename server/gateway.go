@@ -24,8 +24,9 @@ import (
 func newGateway(ctx context.Context, maxSchematic int64) (http.Handler, *bufconn.Listener, *grpc.ClientConn, error) {
 	lis := bufconn.Listen(1 << 20)
 
-	// A CreateSchematic answer holds the schematic twice (YAML and typed).
-	maxMsg := int(2*maxSchematic) + 64<<10
+	// A CreateSchematic answer holds the canonical schematic (at most twice
+	// the limit) twice: as YAML and typed.
+	maxMsg := int(4*maxSchematic) + 64<<10
 
 	conn, err := grpc.NewClient("passthrough:///kiln-gateway",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),

@@ -26,7 +26,7 @@ import (
 // extensions). What can be large is the embedded machine configuration,
 // one string that the node count does not grow with.
 type SchematicLimits struct {
-	// MaxBytes bounds a schematic as sent and its canonical form
+	// MaxBytes bounds a schematic as sent, and twice it its canonical form
 	// (--max-schematic-size).
 	MaxBytes int64
 	// MaxNodes bounds the YAML nodes of a schematic, aliases counted at
@@ -34,6 +34,9 @@ type SchematicLimits struct {
 	MaxNodes int
 	// Parallel bounds the schematics parsed at once.
 	Parallel int
+	// minCut is the shortest quoted string checkSchematicText cuts; 0 is
+	// 256. Tests lower it so that a fuzzer reaches the cutting.
+	minCut int
 }
 
 // Element limits of a schematic: see SchematicLimits for why these are
@@ -135,7 +138,12 @@ func checkSchematicText(data []byte, lim SchematicLimits) error {
 
 	tooMany := overLimit("schematic has more than %d YAML nodes (the limit; aliases count at each use)", lim.MaxNodes)
 
-	reduced, cuts := reduceScalars(data)
+	minCut := lim.minCut
+	if minCut == 0 {
+		minCut = defaultMinCut
+	}
+
+	reduced, cuts := reduceScalars(data, minCut)
 
 	if len(cuts) > 0 && structureBound(reduced) <= lim.MaxNodes {
 		if nodes, err := countNodes(reduced, cuts, lim); err == nil || !errors.Is(err, errUnconfirmed) {
@@ -180,15 +188,15 @@ type cut struct {
 	dropped      int
 }
 
-// Below this, a quoted string is left as is.
-const minCut = 256
+// defaultMinCut: shorter quoted strings are left as they are.
+const defaultMinCut = 256
 
 // reduceScalars copies data with the content of long quoted strings and of
 // block scalars dropped: "..." becomes "x", '...' becomes 'x', and of a
 // block scalar only the header and its first content line are kept.
 // Which quote or '|' starts a scalar is guessed; countNodes has the parser
 // confirm every guess.
-func reduceScalars(data []byte) ([]byte, []cut) {
+func reduceScalars(data []byte, minCut int) ([]byte, []cut) {
 	var (
 		out  = make([]byte, 0, min(len(data), 1<<20))
 		cuts []cut
@@ -606,7 +614,7 @@ func checkSchematic(sc *schematic.Schematic) error {
 		nodes, depth := optionsSize(sc.Overlay.Options, 1)
 
 		if depth > maxOverlayDepth {
-			return overLimit("overlay.options is nested %d levels deep; the limit is %d", depth, maxOverlayDepth)
+			return overLimit("overlay.options is nested more than %d levels deep (the limit)", maxOverlayDepth)
 		}
 
 		if nodes > maxOverlayNodes {

@@ -228,6 +228,7 @@ type Server struct {
 	tls     *tls.Config
 	closers []func() error
 	conns   *connLimiter
+	nofile  uint64
 }
 
 // Deps are the domain components a server fronts.
@@ -285,6 +286,24 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	public.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }) //nolint:errcheck
 	public.HandleFunc("GET /readyz", s.readyz)
 
+	nofile, err := raiseFileLimit()
+	if err != nil {
+		logger.Warn("cannot read the file-descriptor limit", "error", err)
+	}
+
+	maxConns := cfg.MaxConnections
+	if maxConns == 0 {
+		maxConns = connLimitFor(nofile)
+	}
+
+	if nofile > 0 && uint64(maxConns)+fdReserve+healthReserve > nofile {
+		logger.Warn("--max-connections is above what the file-descriptor limit allows; connections past it will fail",
+			"max_connections", s.conns.max, "file_limit", s.nofile)
+	}
+
+	s.conns = newConnLimiter(maxConns, healthReserve, logger)
+	s.nofile = nofile
+
 	s.handler = rootHandler(s.grpc, gateway, public, logger, deadlines{read: cfg.ReadTimeout, write: cfg.WriteTimeout})
 
 	return s, nil
@@ -316,23 +335,6 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
-
-	nofile, err := raiseFileLimit()
-	if err != nil {
-		s.logger.Warn("cannot read the file-descriptor limit", "error", err)
-	}
-
-	maxConns := s.cfg.MaxConnections
-	if maxConns == 0 {
-		maxConns = connLimitFor(nofile)
-	}
-
-	if nofile > 0 && uint64(maxConns)+fdReserve+healthReserve > nofile {
-		s.logger.Warn("--max-connections is above what the file-descriptor limit allows; connections past it will fail",
-			"max_connections", maxConns, "file_limit", nofile)
-	}
-
-	s.conns = newConnLimiter(maxConns, healthReserve, s.logger)
 
 	readHeader := s.cfg.ReadTimeout
 	if readHeader == 0 {
@@ -388,7 +390,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.health.SetServingStatus(kilnv1.ImageCacheService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
 	s.logger.Info("kiln serving", "address", lis.Addr().String(), "tls", s.tls != nil, "data_dir", s.cfg.DataDir,
-		"max_connections", maxConns, "file_limit", nofile)
+		"max_connections", s.conns.max, "file_limit", s.nofile)
 
 	g.Go(func() error {
 		<-gctx.Done()
@@ -428,7 +430,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return nil
 	})
 
-	err = g.Wait()
+	err := g.Wait()
 	if err != nil {
 		s.logger.Error("kiln stopped", "error", err)
 	} else {

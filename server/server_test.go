@@ -43,6 +43,7 @@ type testServer struct {
 	conn *grpc.ClientConn
 	// stop shuts the server down (once); the test's cleanup does too.
 	stop func()
+	srv  *Server
 }
 
 func startServer(t *testing.T, cfg Config) *testServer {
@@ -84,7 +85,7 @@ func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServe
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
 
-	ts := &testServer{addr: lis.Addr().String(), dir: cfg.DataDir, http: &http.Client{Timeout: 10 * time.Second}}
+	ts := &testServer{addr: lis.Addr().String(), dir: cfg.DataDir, http: &http.Client{Timeout: 10 * time.Second}, srv: srv}
 
 	var once sync.Once
 
