@@ -592,6 +592,7 @@ func (b *Builder) run(key string, bd *build, work func(context.Context, func(Eve
 		defer func() { <-b.sem }()
 	case <-bd.ctx.Done():
 		bd.err = fmt.Errorf("waiting for a build slot: %w", context.Cause(bd.ctx))
+		b.deps.Logger.DebugContext(bd.ctx, "build cancelled before it started", "key", key, "cause", context.Cause(bd.ctx))
 
 		return
 	}

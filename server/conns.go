@@ -269,6 +269,14 @@ func (l *connLimiter) connContext(ctx context.Context, c net.Conn) context.Conte
 	return context.WithValue(ctx, connEntryKey{}, e)
 }
 
+// idleCount is the number of connections with no request in flight.
+func (l *connLimiter) idleCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+
+	return l.idle.Len()
+}
+
 // open is the number of connections admitted.
 func (l *connLimiter) open() int {
 	l.mu.Lock()

@@ -306,7 +306,7 @@ func TestConnectionCap(t *testing.T) {
 	}
 
 	for range 100 {
-		if lim.idle.Len() == 0 && lim.open() >= maxConns {
+		if lim.idleCount() == 0 && lim.open() >= maxConns {
 			break
 		}
 
