@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // readUntilClosed reads c until the server closes it and says how long
@@ -345,5 +347,33 @@ func TestConnLimitFor(t *testing.T) {
 		if got := connLimitFor(nofile); got != want {
 			t.Errorf("connLimitFor(%d) = %d, want %d", nofile, got, want)
 		}
+	}
+}
+
+// A gRPC stream that sends nothing for many times the timeouts (a health
+// watch, a build between progress messages) is not cut by them.
+func TestGRPCStreamOutlivesTimeouts(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+
+	ts := startServer(t, Config{ReadTimeout: timeout, WriteTimeout: timeout, IdleTimeout: timeout})
+
+	watch, err := healthpb.NewHealthClient(ts.conn).Watch(t.Context(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if first, err := watch.Recv(); err != nil || first.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first health status: %v, %v", first, err)
+	}
+
+	time.Sleep(6 * timeout)
+
+	// Shutting down turns health NOT_SERVING: the stream must still be
+	// there to say so.
+	go ts.stop()
+
+	next, err := watch.Recv()
+	if err != nil || next.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("after %s of silence: %v, %v", 6*timeout, next, err)
 	}
 }
