@@ -215,6 +215,10 @@ func reduceScalars(data []byte, minCut int) ([]byte, []cut) {
 		out = append(out, b...)
 	}
 
+	// An unterminated quote of a kind means no later one of that kind
+	// closes either: looking again each time would take quadratic time.
+	var unclosed [256]bool
+
 	i := 0
 	for i < len(data) {
 		if j := bytes.IndexAny(data[i:], "\"'\n"); j != 0 {
@@ -249,7 +253,7 @@ func reduceScalars(data []byte, minCut int) ([]byte, []cut) {
 			emit(data[i:skip.keepEnd])
 			i = skip.keepEnd + skip.drop
 
-		case !quoteMayStart(data, i):
+		case unclosed[c] || !quoteMayStart(data, i):
 			emit(data[i : i+1])
 			i++
 
@@ -258,6 +262,8 @@ func reduceScalars(data []byte, minCut int) ([]byte, []cut) {
 
 			switch {
 			case end < 0:
+				unclosed[c] = true
+
 				emit(data[i : i+1])
 				i++
 			case end-i-2 < minCut:

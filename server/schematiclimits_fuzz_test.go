@@ -153,21 +153,81 @@ func FuzzSchematicTextBound(f *testing.F) {
 	})
 }
 
-// The seeds as a plain test, with the limits the server uses, so that a
-// change to the reduction cannot pass unfuzzed.
+// The seeds as a plain test: with the tiny limits nothing over them gets
+// through, and with the server's limits nothing the decoder takes is
+// refused (they are all far below them).
 func TestSchematicTextSeeds(t *testing.T) {
-	lim := SchematicLimits{MaxBytes: 1 << 20, MaxNodes: 12, Parallel: 1, minCut: 3}
+	tiny := SchematicLimits{MaxBytes: 1 << 20, MaxNodes: 12, Parallel: 1, minCut: 3}
 
 	for _, s := range schematicTextSeeds {
-		err := checkSchematicText([]byte(s), lim)
-
 		nodes, _, ok := oracleNodes([]byte(s))
-		if ok && err == nil && nodes > lim.MaxNodes {
+		if !ok {
+			continue
+		}
+
+		if err := checkSchematicText([]byte(s), tiny); err == nil && nodes > tiny.MaxNodes {
 			t.Errorf("accepted %q, %d values", s, nodes)
 		}
 
-		if ok && nodes <= 8 && err != nil && !strings.Contains(err.Error(), "YAML nodes") {
-			t.Errorf("%q: %v", s, err)
+		if err := checkSchematicText([]byte(s), DefaultSchematicLimits()); err != nil {
+			t.Errorf("%q refused with the server's limits: %v", s, err)
 		}
+	}
+}
+
+// Texts the size of the limit, shaped to make the check itself slow: runs
+// of quotes that never close, escapes, block headers, spaces before quotes.
+// Each must be answered (the test's timeout is the bound; a quadratic scan
+// of 4 MiB would not finish).
+func TestSchematicTextCheckLinear(t *testing.T) {
+	lim := DefaultSchematicLimits()
+
+	for name, text := range schematicTextsForSpeed() {
+		start := time.Now()
+		err := checkSchematicText([]byte(text), lim)
+		t.Logf("%s: %v in %s", name, err, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+func schematicTextsForSpeed() map[string]string {
+	const size = 4<<20 - 64
+
+	fill := func(unit string) string { return strings.Repeat(unit, size/len(unit)) }
+
+	var config strings.Builder
+
+	config.WriteString("customization:\n  embeddedMachineConfiguration: |\n")
+
+	for i := 0; config.Len() < size; i++ {
+		config.WriteString("    key: [value, {nested: true}]\n")
+	}
+
+	return map[string]string{
+		"single quotes":  fill("'"),
+		"escaped quotes": "\"" + fill("\\\""),
+		"spaced quotes":  fill("                \""),
+		"block headers":  fill("a: |\n"),
+		"kernel args":    "customization:\n  extraKernelArgs:\n" + fill("    - a=bbbbbbbb\n"),
+		"flow ints":      "[" + fill("1,") + "1]",
+		"machine config": config.String(),
+		"json config":    `{"customization":{"embeddedMachineConfiguration":"` + fill(`key: [value]\n`) + `"}}`,
+		"nested headers": fill(" a: |\n"),
+		"blank after |":  "a: |\n" + fill("\n") + "b: 1\n",
+	}
+}
+
+// BenchmarkCheckSchematicText measures the check on texts of the size
+// limit, before any decoding.
+func BenchmarkCheckSchematicText(b *testing.B) {
+	lim := DefaultSchematicLimits()
+
+	for name, text := range schematicTextsForSpeed() {
+		b.Run(strings.ReplaceAll(name, " ", "_"), func(b *testing.B) {
+			b.SetBytes(int64(len(text)))
+
+			for b.Loop() {
+				checkSchematicText([]byte(text), lim) //nolint:errcheck // measured, not checked
+			}
+		})
 	}
 }
