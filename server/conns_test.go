@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -376,4 +377,38 @@ func TestGRPCStreamOutlivesTimeouts(t *testing.T) {
 	if err != nil || next.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("after %s of silence: %v, %v", 6*timeout, next, err)
 	}
+}
+
+// A cap above what the file-descriptor limit allows is taken, with a
+// warning.
+func TestConnectionCapAboveFileLimit(t *testing.T) {
+	logs := &syncWriter{w: &strings.Builder{}}
+
+	ts := startServerLogged(t, Config{MaxConnections: 1 << 30}, slog.New(slog.NewTextHandler(logs, nil)))
+	if resp, _ := ts.do(t, "GET", "/healthz", ""); resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+
+	if !strings.Contains(logs.String(), "above what the file-descriptor limit allows") {
+		t.Errorf("no warning:\n%s", logs.String())
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	return s.w.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	return s.w.(*strings.Builder).String()
 }

@@ -298,7 +298,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 
 	if nofile > 0 && uint64(maxConns)+fdReserve+healthReserve > nofile {
 		logger.Warn("--max-connections is above what the file-descriptor limit allows; connections past it will fail",
-			"max_connections", s.conns.max, "file_limit", s.nofile)
+			"max_connections", maxConns, "file_limit", nofile)
 	}
 
 	s.conns = newConnLimiter(maxConns, healthReserve, logger)
