@@ -12,9 +12,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/kiln-dev/kiln/release"
-
 	"github.com/kiln-dev/kiln/internal/echo"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // ErrVersionNotAvailable is returned for a Talos version the mirror does not

@@ -19,13 +19,12 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
-
-	"github.com/kiln-dev/kiln/internal/echo"
 )
 
 // Config tunes a Builder.

@@ -11,9 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/kiln-dev/kiln/internal/version"
-
 	"github.com/kiln-dev/kiln/internal/echo"
+	"github.com/kiln-dev/kiln/internal/version"
 )
 
 type requestIDKey struct{}

@@ -9,10 +9,9 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
-
-	"github.com/kiln-dev/kiln/internal/echo"
 )
 
 // schematics is the schematic domain service: parse, canonicalise, store,
