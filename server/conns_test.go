@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 // readUntilClosed reads c until the server closes it and says how long
@@ -95,6 +98,61 @@ func TestConnectionTimeouts(t *testing.T) {
 		}
 
 		t.Logf("idle HTTP/2 connection closed after %s (idle timeout %s)", took.Round(time.Millisecond), timeout)
+	})
+}
+
+// The same over HTTP/2: a stream whose body stalls is answered 408 within
+// the read timeout (h2c), and an idle TLS HTTP/2 connection is closed.
+func TestHTTP2Timeouts(t *testing.T) {
+	const timeout = time.Second
+
+	dir := t.TempDir()
+	cert, key := testfixture.SelfSignedCert(t, dir)
+
+	plain := startServer(t, Config{ReadTimeout: timeout, WriteTimeout: timeout, IdleTimeout: timeout})
+	secure := startServer(t, Config{ReadTimeout: timeout, WriteTimeout: timeout, IdleTimeout: timeout, TLSCert: cert, TLSKey: key})
+
+	t.Run("slow body over h2c", func(t *testing.T) {
+		protocols := new(http.Protocols)
+		protocols.SetUnencryptedHTTP2(true)
+
+		client := &http.Client{Transport: &http.Transport{Protocols: protocols}, Timeout: 20 * timeout}
+		pr, pw := io.Pipe()
+
+		defer pw.Close()
+
+		go pw.Write([]byte("customization:")) //nolint:errcheck
+
+		start := time.Now()
+
+		resp, err := client.Post("http://"+plain.addr+"/schematics", "application/yaml", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+
+		if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout {
+			t.Fatalf("HTTP/%d %d, want HTTP/2 408", resp.ProtoMajor, resp.StatusCode)
+		}
+
+		t.Logf("stalled HTTP/2 body answered 408 after %s (read timeout %s)", time.Since(start).Round(time.Millisecond), timeout)
+	})
+
+	t.Run("idle TLS h2", func(t *testing.T) {
+		c, err := tls.Dial("tcp", secure.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}) //nolint:gosec // test certificate
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+
+		if c.ConnectionState().NegotiatedProtocol != "h2" {
+			t.Fatalf("negotiated %q", c.ConnectionState().NegotiatedProtocol)
+		}
+
+		io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00") //nolint:errcheck
+
+		took, _ := readUntilClosed(t, c, 10*timeout)
+		t.Logf("idle HTTP/2 over TLS closed after %s (idle timeout %s)", took.Round(time.Millisecond), timeout)
 	})
 }
 
