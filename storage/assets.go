@@ -50,7 +50,9 @@ type AssetWriter interface {
 	// (disk images are written sparse at offsets).
 	File() *os.File
 	// Commit hashes what was written (the file, holes included), syncs it
-	// and makes it visible atomically.
+	// and makes it visible atomically. It stops, leaving nothing, when the
+	// context given to Create ends: hashing a multi-gigabyte disk image
+	// takes seconds that an abandoned build should not keep.
 	Commit() error
 	// Cancel drops the write.
 	Cancel() error
@@ -275,10 +277,11 @@ func (a *FSAssets) Create(ctx context.Context, key string) (AssetWriter, error) 
 		return nil, fmt.Errorf("asset %s: %w", key, err)
 	}
 
-	return &fsAssetWriter{a: a, key: key, f: f}, nil
+	return &fsAssetWriter{ctx: ctx, a: a, key: key, f: f}, nil
 }
 
 type fsAssetWriter struct {
+	ctx  context.Context //nolint:containedctx // Commit is bound to the build that created the writer
 	a    *FSAssets
 	key  string
 	f    *os.File
@@ -316,7 +319,7 @@ func (w *fsAssetWriter) Commit() (err error) {
 		return err
 	}
 
-	sum, err := hashFile(context.Background(), w.f)
+	sum, err := hashFile(w.ctx, w.f)
 	if err != nil {
 		return err
 	}

@@ -178,3 +178,31 @@ func TestIncompleteAssetsRemovedAtStart(t *testing.T) {
 		t.Fatalf("complete asset = %q", data)
 	}
 }
+
+// Commit stops with the context of Create, and leaves nothing.
+func TestCommitCancelled(t *testing.T) {
+	dir := t.TempDir()
+	a := newAssets(t, dir, 0)
+
+	ctx, cancel := context.WithCancel(context.Background())
+
+	w, err := a.Create(ctx, "eeeeeeeeeeee")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	io.WriteString(w, "an asset") //nolint:errcheck
+	cancel()
+
+	if err := w.Commit(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Commit after cancel = %v, want context.Canceled", err)
+	}
+
+	if _, err := a.Open(context.Background(), "eeeeeeeeeeee"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Open after a cancelled commit = %v", err)
+	}
+
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "assets", "tmp")); len(tmp) != 0 {
+		t.Fatalf("a cancelled commit left %d temp files", len(tmp))
+	}
+}
