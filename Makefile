@@ -299,6 +299,7 @@ bench: $(CRANE) e2e-debs
 FUZZTIME ?= 2m
 fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./schematic/
+	$(GO) test -run '^$$' -fuzz '^FuzzSchematicTextBound$$' -fuzztime $(FUZZTIME) ./server/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSigner$$' -fuzztime $(FUZZTIME) ./signing/
 	$(GO) test -run '^$$' -fuzz '^FuzzOverlayFromImage$$' -fuzztime $(FUZZTIME) ./builder/installer/

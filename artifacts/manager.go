@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/release"
 )
 
@@ -23,7 +24,7 @@ var ErrVersionNotAvailable = errors.New("is not available")
 // VersionError names the version that is not available.
 type VersionError struct{ Version string }
 
-func (e *VersionError) Error() string { return "version " + e.Version + " is not available" }
+func (e *VersionError) Error() string { return "version " + echo.Clip(e.Version) + " is not available" }
 
 // Is makes every VersionError match ErrVersionNotAvailable.
 func (e *VersionError) Is(target error) bool { return target == ErrVersionNotAvailable }
@@ -152,7 +153,7 @@ type InvalidVersionError struct {
 }
 
 func (e *InvalidVersionError) Error() string {
-	return fmt.Sprintf("invalid Talos version %q: want vMAJOR.MINOR.PATCH", e.Version)
+	return fmt.Sprintf("invalid Talos version %q: want vMAJOR.MINOR.PATCH", echo.Clip(e.Version))
 }
 
 func (e *InvalidVersionError) Unwrap() error { return e.Err }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
@@ -32,6 +32,9 @@ type Config struct {
 	DataDir string
 	// MaxConcurrency caps builds running at once; the rest queue.
 	MaxConcurrency int
+	// MaxQueue bounds the builds waiting for a slot: a new build beyond it
+	// is refused with a BusyError. 0 is DefaultMaxQueue.
+	MaxQueue int
 	// BuildTimeout bounds one build.
 	BuildTimeout time.Duration
 	// FactoryURL is kiln's external URL: the schematic extension's author
@@ -46,6 +49,35 @@ type Deps struct {
 	Assets     storage.Assets
 	Logger     *slog.Logger
 }
+
+// DefaultMaxQueue is the default bound of builds waiting for a slot.
+const DefaultMaxQueue = 32
+
+// ErrBusy marks a build refused because every slot is taken and the queue
+// is full; the server answers it with 503 and Retry-After.
+var ErrBusy = errors.New("build queue is full")
+
+// BusyError is a build refused for load; RetryAfter is a hint for clients.
+type BusyError struct {
+	Running, Queued int
+	RetryAfter      time.Duration
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("kiln is busy: %d builds running and %d waiting for a slot (the most it queues); retry in %s",
+		e.Running, e.Queued, e.RetryAfter)
+}
+
+// Is makes every BusyError match ErrBusy.
+func (e *BusyError) Is(target error) bool { return target == ErrBusy }
+
+// busyRetryAfter is what a refused client is told to wait: about one short
+// build, so a burst is spread rather than retried at once.
+const busyRetryAfter = 10 * time.Second
+
+// errAbandoned is the cause of a build cancelled because every request
+// that waited for it went away.
+var errAbandoned = errors.New("every request waiting for the build went away")
 
 // Builder builds boot assets.
 type Builder struct {
@@ -62,8 +94,13 @@ type Builder struct {
 	builds atomic.Int64
 }
 
-// New returns a builder whose builds end at the latest when life does.
+// New returns a builder whose builds end at the latest when life does. It
+// removes what builds a crash interrupted left behind (scratch directories
+// under <DataDir>/tmp, half-extracted imagers): the caller owns the data
+// directory, so no other build can be using them.
 func New(life context.Context, cfg Config, deps Deps) *Builder {
+	cleanScratch(cfg.DataDir, deps.Logger)
+
 	if cfg.MaxConcurrency <= 0 {
 		cfg.MaxConcurrency = 2
 	}
@@ -72,11 +109,40 @@ func New(life context.Context, cfg Config, deps Deps) *Builder {
 		cfg.BuildTimeout = 20 * time.Minute
 	}
 
+	if cfg.MaxQueue <= 0 {
+		cfg.MaxQueue = DefaultMaxQueue
+	}
+
 	return &Builder{
 		cfg: cfg, deps: deps, life: life,
 		sem:      make(chan struct{}, cfg.MaxConcurrency),
 		inflight: map[string]*build{},
 		extracts: map[string]*extraction{},
+	}
+}
+
+// cleanScratch removes <dataDir>/tmp and <dataDir>/artifacts/imager/*.tmp.
+func cleanScratch(dataDir string, logger *slog.Logger) {
+	if dataDir == "" {
+		return
+	}
+
+	leftovers, _ := filepath.Glob(filepath.Join(dataDir, "artifacts", "imager", "*.tmp")) //nolint:errcheck // a fixed pattern
+
+	if entries, err := os.ReadDir(filepath.Join(dataDir, scratchDir)); err == nil {
+		for _, e := range entries {
+			leftovers = append(leftovers, filepath.Join(dataDir, scratchDir, e.Name()))
+		}
+	}
+
+	for _, path := range leftovers {
+		if err := os.RemoveAll(path); err != nil {
+			logger.Warn("could not remove a scratch directory left by an interrupted build", "path", path, "error", err)
+
+			continue
+		}
+
+		logger.Info("removed a scratch directory left by an interrupted build", "path", path)
 	}
 }
 
@@ -101,7 +167,7 @@ type Event struct {
 type SchematicNotFoundError struct{ ID string }
 
 func (e *SchematicNotFoundError) Error() string {
-	return fmt.Sprintf("schematic ID %q not found", e.ID)
+	return fmt.Sprintf("schematic ID %q not found", echo.Clip(e.ID))
 }
 
 // Is lets the error classifier treat it as any other missing content.
@@ -308,17 +374,48 @@ type Result struct {
 	CacheHit bool
 }
 
-// build is one in-flight build, shared by every request for its key.
+// build is one in-flight build, shared by every request for its key. It
+// runs while at least one request waits for it: the last to leave cancels
+// it, so abandoned requests never keep a build slot busy.
 type build struct {
-	mu   sync.Mutex
-	subs []func(Event)
-	done chan struct{}
-	err  error
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+	err    error // set before done closes
+
+	mu      sync.Mutex
+	subs    map[int]func(Event)
+	nextSub int
+	waiters int // guarded by Builder.mu
+	started atomic.Bool
+}
+
+// subscribe adds a progress receiver and returns its handle.
+func (bd *build) subscribe(f func(Event)) int {
+	bd.mu.Lock()
+	defer bd.mu.Unlock()
+
+	bd.nextSub++
+	bd.subs[bd.nextSub] = f
+
+	return bd.nextSub
+}
+
+// unsubscribe stops events to a receiver whose request went away (its
+// stream is closed; sending to it would fail or panic).
+func (bd *build) unsubscribe(id int) {
+	bd.mu.Lock()
+	delete(bd.subs, id)
+	bd.mu.Unlock()
 }
 
 func (bd *build) emit(e Event) {
 	bd.mu.Lock()
-	subs := slices.Clone(bd.subs)
+	subs := make([]func(Event), 0, len(bd.subs))
+
+	for _, s := range bd.subs {
+		subs = append(subs, s)
+	}
 	bd.mu.Unlock()
 
 	for _, s := range subs {
@@ -354,7 +451,7 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 		start := time.Now()
 
 		if err := b.assemble(ctx, p, emit); err != nil {
-			b.deps.Logger.ErrorContext(ctx, "build failed", "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version, "error", err)
+			b.logFailure(ctx, "build", err, "asset", p.Output.Path, "schematic", p.SchematicID, "version", p.Version)
 
 			return err
 		}
@@ -372,7 +469,10 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 }
 
 // cached returns the asset under key, running work to make it when it is
-// not in the cache: once for all concurrent callers, in a build slot.
+// not in the cache: once for all concurrent callers, in a build slot. A
+// caller whose ctx ends stops waiting; when the last one has gone, the build
+// is cancelled. A new build is refused with a BusyError when every slot is
+// taken and MaxQueue builds already wait.
 func (b *Builder) cached(ctx context.Context, key string, progress func(Event), work func(context.Context, func(Event)) error) (storage.Asset, bool, error) {
 	if a, err := b.deps.Assets.Open(ctx, key); err == nil {
 		progress(Event{CacheHit: true})
@@ -386,22 +486,33 @@ func (b *Builder) cached(ctx context.Context, key string, progress func(Event), 
 
 	bd, running := b.inflight[key]
 	if !running {
-		bd = &build{done: make(chan struct{})}
+		if len(b.inflight) >= b.cfg.MaxConcurrency+b.cfg.MaxQueue {
+			busy := &BusyError{Running: b.running(), RetryAfter: busyRetryAfter}
+			busy.Queued = len(b.inflight) - busy.Running
+			b.mu.Unlock()
+
+			return nil, false, busy
+		}
+
+		bd = b.newBuild(ctx)
 		b.inflight[key] = bd
 	}
 
-	bd.mu.Lock()
-	bd.subs = append(bd.subs, progress)
-	bd.mu.Unlock()
+	bd.waiters++
+	sub := bd.subscribe(progress)
 	b.mu.Unlock()
 
 	if !running {
-		go b.run(ctx, key, bd, work)
+		go b.run(key, bd, work)
 	}
 
 	select {
 	case <-bd.done:
+		bd.unsubscribe(sub)
 	case <-ctx.Done():
+		bd.unsubscribe(sub)
+		b.leave(key, bd)
+
 		return nil, false, ctx.Err()
 	}
 
@@ -417,35 +528,99 @@ func (b *Builder) cached(ctx context.Context, key string, progress func(Event), 
 	return a, false, nil
 }
 
-// run does the work for key detached from the request that started it: it
-// keeps the request's values (request ID) but not its cancellation, ends
-// after BuildTimeout, and stops when the builder's life ends.
-func (b *Builder) run(reqCtx context.Context, key string, bd *build, work func(context.Context, func(Event)) error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), b.cfg.BuildTimeout)
-	stop := context.AfterFunc(b.life, cancel)
+// newBuild makes the shared state of a build. Its context keeps the values
+// of the request that started it (the request ID) but none of its
+// cancellation: it ends when its last waiter leaves, after BuildTimeout, or
+// when the builder's life ends.
+func (b *Builder) newBuild(reqCtx context.Context) *build {
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(reqCtx))
+	ctx, cancelTimeout := context.WithTimeout(ctx, b.cfg.BuildTimeout)
+	stop := context.AfterFunc(b.life, func() { cancel(b.life.Err()) })
 
-	defer func() {
+	bd := &build{ctx: ctx, done: make(chan struct{}), subs: map[int]func(Event){}}
+	bd.cancel = func(cause error) {
 		stop()
-		cancel()
+		cancel(cause)
+		cancelTimeout()
+	}
 
-		b.mu.Lock()
+	return bd
+}
+
+// running counts builds holding a slot; b.mu is held.
+func (b *Builder) running() int {
+	n := 0
+
+	for _, bd := range b.inflight {
+		if bd.started.Load() {
+			n++
+		}
+	}
+
+	return n
+}
+
+// leave is a waiter giving up; the last one cancels the build and forgets
+// it, so that a later request for the same asset starts afresh rather than
+// joining a build that is being torn down.
+func (b *Builder) leave(key string, bd *build) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	bd.waiters--
+	if bd.waiters > 0 {
+		return
+	}
+
+	if b.inflight[key] == bd {
 		delete(b.inflight, key)
+	}
+
+	bd.cancel(errAbandoned)
+}
+
+// run does the work for key in a build slot, in the build's own context.
+func (b *Builder) run(key string, bd *build, work func(context.Context, func(Event)) error) {
+	defer func() {
+		b.mu.Lock()
+		if b.inflight[key] == bd {
+			delete(b.inflight, key)
+		}
 		b.mu.Unlock()
 
+		bd.cancel(context.Canceled)
 		close(bd.done)
 	}()
 
 	select {
 	case b.sem <- struct{}{}:
 		defer func() { <-b.sem }()
-	case <-ctx.Done():
-		bd.err = fmt.Errorf("waiting for a build slot: %w", ctx.Err())
+	case <-bd.ctx.Done():
+		bd.err = fmt.Errorf("waiting for a build slot: %w", context.Cause(bd.ctx))
+		b.deps.Logger.DebugContext(bd.ctx, "build cancelled before it started", "key", key, "cause", context.Cause(bd.ctx))
 
 		return
 	}
 
+	bd.started.Store(true)
 	b.builds.Add(1)
-	bd.err = work(ctx, bd.emit)
+	bd.err = work(bd.ctx, bd.emit)
+}
+
+// logFailure logs a failed build: an abandoned one at INFO (nobody is left
+// to care), a full disk at WARN (the operator's to fix), anything else at
+// ERROR.
+func (b *Builder) logFailure(ctx context.Context, what string, err error, attrs ...any) {
+	attrs = append(attrs, "error", err)
+
+	switch {
+	case errors.Is(context.Cause(ctx), errAbandoned):
+		b.deps.Logger.InfoContext(ctx, what+" cancelled: "+errAbandoned.Error(), attrs...)
+	case storage.IsNoSpace(err):
+		b.deps.Logger.WarnContext(ctx, what+" failed: the data disk is full", attrs...)
+	default:
+		b.deps.Logger.ErrorContext(ctx, what+" failed", attrs...)
+	}
 }
 
 // assemble writes the asset of p into the cache.
@@ -492,40 +667,49 @@ func (b *Builder) imagerFiles(ctx context.Context, p *Plan, emit func(Event)) (s
 	hex := strings.TrimPrefix(p.imagerRef.DigestStr(), "sha256:")
 	dir := filepath.Join(b.cfg.DataDir, "artifacts", "imager", hex)
 
-	if _, err := os.Stat(dir); err == nil {
-		return dir, nil
-	}
-
-	b.mu.Lock()
-
-	ex, running := b.extracts[hex]
-	if !running {
-		ex = &extraction{done: make(chan struct{})}
-		b.extracts[hex] = ex
-	}
-	b.mu.Unlock()
-
-	if !running {
-		emit(Event{Phase: "fetch", Artifact: p.imagerRef.String(), Message: "extracting boot assets from the imager"})
-		ex.err = b.extractImager(ctx, p.imagerRef, dir)
+	for {
+		if _, err := os.Stat(dir); err == nil {
+			return dir, nil
+		}
 
 		b.mu.Lock()
-		delete(b.extracts, hex)
+
+		ex, running := b.extracts[hex]
+		if !running {
+			ex = &extraction{done: make(chan struct{})}
+			b.extracts[hex] = ex
+		}
 		b.mu.Unlock()
-		close(ex.done)
-	}
 
-	select {
-	case <-ex.done:
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
+		if !running {
+			emit(Event{Phase: "fetch", Artifact: p.imagerRef.String(), Message: "extracting boot assets from the imager"})
+			ex.err = b.extractImager(ctx, p.imagerRef, dir)
 
-	if ex.err != nil {
-		return "", ex.err
-	}
+			b.mu.Lock()
+			delete(b.extracts, hex)
+			b.mu.Unlock()
+			close(ex.done)
+		}
 
-	return dir, nil
+		select {
+		case <-ex.done:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+
+		// The extraction ran in the context of the build that started it;
+		// if that build was cancelled, this one extracts again.
+		if ex.err != nil && running && ctx.Err() == nil &&
+			(errors.Is(ex.err, context.Canceled) || errors.Is(ex.err, context.DeadlineExceeded)) {
+			continue
+		}
+
+		if ex.err != nil {
+			return "", ex.err
+		}
+
+		return dir, nil
+	}
 }
 
 // extractImager writes the imager's usr/install tree into dir via a temp

@@ -30,10 +30,19 @@ type env struct {
 	kernel  []byte
 	emptyID string
 	schemas storage.Schematics
+	assets  storage.Assets
+	dir     string
 }
 
 // kernelAsset is the demo imager's amd64 kernel, as testrelease makes it.
 func newEnv(t *testing.T) *env {
+	t.Helper()
+
+	return newEnvWith(t, func(*builder.Config) {})
+}
+
+// newEnvWith is newEnv with the builder's configuration changed by tune.
+func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 	t.Helper()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -84,10 +93,12 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 
-	b := builder.New(ctx, builder.Config{DataDir: dir, MaxConcurrency: 2, FactoryURL: "http://kiln.lan"},
-		builder.Deps{Schematics: schemas, Releases: mgr, Assets: assets, Logger: logger})
+	cfg := builder.Config{DataDir: dir, MaxConcurrency: 2, FactoryURL: "http://kiln.lan"}
+	tune(&cfg)
 
-	return &env{b: b, kernel: kernel, emptyID: id, schemas: schemas}
+	b := builder.New(ctx, cfg, builder.Deps{Schematics: schemas, Releases: mgr, Assets: assets, Logger: logger})
+
+	return &env{b: b, kernel: kernel, emptyID: id, schemas: schemas, assets: assets, dir: dir}
 }
 
 func TestConcurrentRequestsBuildOnce(t *testing.T) {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/kiln-dev/kiln/internal/echo"
 )
 
 // Kind is the kind of a boot asset.
@@ -56,7 +58,7 @@ type PathError struct{ Path string }
 // and goes on with the forms a path can take.
 func (e *PathError) Error() string {
 	return fmt.Sprintf("error parsing profile from path: invalid profile path: %q; valid paths: %s (<arch> amd64 or arm64, <platform> e.g. metal)",
-		e.Path, strings.Join(pathForms, ", "))
+		echo.Clip(e.Path), strings.Join(pathForms, ", "))
 }
 
 func (e *PathError) Is(target error) bool { return target == ErrInvalidPath }

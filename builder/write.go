@@ -36,10 +36,14 @@ type job struct {
 
 func (j *job) asset(file string) string { return assetPath(j.dir, j.p.Output.Arch, file) }
 
+// scratchDir is the builds' scratch space under the data directory; what a
+// crash leaves there is removed when the next builder starts.
+const scratchDir = "tmp"
+
 // scratch makes a new directory under the data directory's tmp/, for the
 // caller to remove.
 func (b *Builder) scratch(prefix string) (string, error) {
-	dir := filepath.Join(b.cfg.DataDir, "tmp")
+	dir := filepath.Join(b.cfg.DataDir, scratchDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}

@@ -93,8 +93,17 @@ func (s *syncBuffer) String() string {
 func startKiln(t *testing.T, env []string, args ...string) *kiln {
 	t.Helper()
 
-	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json"}, args...)
-	cmd := exec.Command(binary(t, "KILN_BIN"), args...)
+	return startKilnCmd(t, nil, env, args...)
+}
+
+// startKilnCmd is startKiln with kiln run through wrapper (a command line
+// that ends by exec'ing its arguments), if any.
+func startKilnCmd(t *testing.T, wrapper []string, env []string, args ...string) *kiln {
+	t.Helper()
+
+	args = append([]string{binary(t, "KILN_BIN"), "serve", "--listen", "127.0.0.1:0", "--log-format", "json"}, args...)
+	args = append(append([]string(nil), wrapper...), args...)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 
 	stderr, err := cmd.StderrPipe()

@@ -16,8 +16,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -380,6 +382,48 @@ func TestWriteAtomic(t *testing.T) {
 				t.Errorf("second write: %v", err)
 			}
 		})
+	}
+}
+
+// TestStaleTempRemoved: a write killed midway (kill -9) leaves its
+// temporary directories beside the output; the next write to the same
+// output removes those whose process is gone, and nothing of a live
+// process or of another output.
+func TestStaleTempRemoved(t *testing.T) {
+	f := newFixture(t, 1024, 1)
+	opts := Options{Layout: OCI, Logger: quiet(), Signatures: true}
+	p := f.plan(t, opts)
+
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+
+	deadPID := strconv.Itoa(dead.Process.Pid)
+	parent := t.TempDir()
+	stale := []string{".cache.oci-" + deadPID + "-1", ".cache.spool-" + deadPID + "-2", ".cache.flat-3", ".cache.spool-4"}
+	kept := []string{".cache.oci-" + strconv.Itoa(os.Getpid()) + "-5", ".other.oci-" + deadPID + "-6", ".cache.notes"}
+
+	for _, name := range append(append([]string(nil), stale...), kept...) {
+		if err := os.MkdirAll(filepath.Join(parent, name, "blobs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if _, err := Write(t.Context(), p, filepath.Join(parent, "cache"), opts); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, name := range stale {
+		if _, err := os.Stat(filepath.Join(parent, name)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s survived the next write: %v", name, err)
+		}
+	}
+
+	for _, name := range kept {
+		if _, err := os.Stat(filepath.Join(parent, name)); err != nil {
+			t.Errorf("%s was removed: %v", name, err)
+		}
 	}
 }
 

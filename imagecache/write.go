@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +68,9 @@ func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error
 		return st, fmt.Errorf("output parent: %w", err)
 	}
 
-	out, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+"."+p.layout.String()+"-")
+	removeStaleTemp(parent, filepath.Base(dir), opts.logger())
+
+	out, err := os.MkdirTemp(parent, tempPrefix(dir, p.layout.String()))
 	if err != nil {
 		return st, fmt.Errorf("temp dir: %w", err)
 	}
@@ -76,7 +80,7 @@ func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error
 	w.total = p.Size()
 
 	if p.layout == OCI {
-		spools, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".spool-")
+		spools, err := os.MkdirTemp(parent, tempPrefix(dir, "spool"))
 		if err != nil {
 			return st, fmt.Errorf("temp dir: %w", err)
 		}
@@ -123,6 +127,63 @@ func Write(ctx context.Context, p *Plan, dir string, opts Options) (Stats, error
 		"blobs", st.Blobs, "cached", st.CachedBlobs, "bytes", st.TreeBytes, "duration", st.Duration)
 
 	return st, nil
+}
+
+// The temporary directories of a Write sit beside its output, named
+// .<output>.<kind>-<pid>-<random> (kind: oci, flat or spool). A process
+// killed mid-write leaves them; the next Write to the same output removes
+// those whose process is gone.
+func tempPrefix(dir, kind string) string {
+	return "." + filepath.Base(dir) + "." + kind + "-" + strconv.Itoa(os.Getpid()) + "-"
+}
+
+// removeStaleTemp removes the temporary directories of Writes to
+// parent/base whose process no longer runs. Names without a process ID
+// (an older kiln's) count as stale.
+func removeStaleTemp(parent, base string, logger *slog.Logger) {
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "."+base+".")
+		if !ok || !e.IsDir() {
+			continue
+		}
+
+		kind, rest, ok := strings.Cut(rest, "-")
+		if !ok || (kind != OCI.String() && kind != Flat.String() && kind != "spool") {
+			continue
+		}
+
+		if pidText, _, ok := strings.Cut(rest, "-"); ok {
+			if pid, err := strconv.Atoi(pidText); err == nil && pid > 0 && processAlive(pid) {
+				continue
+			}
+		}
+
+		path := filepath.Join(parent, e.Name())
+		if err := os.RemoveAll(path); err != nil {
+			logger.Warn("could not remove what an interrupted image cache write left", "path", path, "error", err)
+
+			continue
+		}
+
+		logger.Info("removed what an interrupted image cache write left", "path", path)
+	}
+}
+
+// processAlive reports whether a process with pid exists (signal 0 checks
+// without sending anything; EPERM means it exists under another user).
+func processAlive(pid int) bool {
+	if pid == os.Getpid() {
+		return true
+	}
+
+	err := unix.Kill(pid, 0)
+
+	return err == nil || errors.Is(err, unix.EPERM)
 }
 
 // checkEmpty refuses an existing non-empty dir (rename replaces only an

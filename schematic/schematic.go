@@ -129,6 +129,10 @@ func Parse(data []byte) (*Schematic, error) {
 		return nil, &invalidError{err}
 	}
 
+	if err := onlyDocument(dec); err != nil {
+		return nil, err
+	}
+
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}

@@ -291,3 +291,25 @@ func TestImageCacheSection(t *testing.T) {
 		t.Errorf("typo in imageCache accepted: %v", err)
 	}
 }
+
+// A second document is refused rather than dropped; empty ones after the
+// first are nothing to drop.
+func TestParseOneDocument(t *testing.T) {
+	for _, ok := range []string{"customization: {}\n", "customization: {}\n---\n", "---\ncustomization: {}\n...\n", "customization: {}\n--- ~\n---\n"} {
+		if _, err := schematic.Parse([]byte(ok)); err != nil {
+			t.Errorf("Parse(%q): %v", ok, err)
+		}
+	}
+
+	for _, bad := range []string{"customization: {}\n---\ncustomization: {extraKernelArgs: [a]}\n", "{}\n---\n[\n", "customization: {}\n---\nfoo\n"} {
+		_, err := schematic.Parse([]byte(bad))
+		if !errors.Is(err, schematic.ErrInvalid) {
+			t.Errorf("Parse(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+
+	_, err := schematic.Parse([]byte("customization: {}\n---\ncustomization: {extraKernelArgs: [a]}\n"))
+	if err == nil || !strings.Contains(err.Error(), "more than one YAML document (line 2") {
+		t.Errorf("error = %v, want it to say where the second document starts", err)
+	}
+}

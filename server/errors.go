@@ -3,10 +3,16 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
@@ -55,6 +61,8 @@ func codeOf(err error) codes.Code {
 		return codes.NotFound
 	case errors.Is(err, signing.ErrUntrusted), errors.Is(err, release.ErrInvalidCatalog), errors.Is(err, artifacts.ErrLockMismatch):
 		return codes.FailedPrecondition
+	case errors.Is(err, builder.ErrBusy), storage.IsNoSpace(err):
+		return codes.ResourceExhausted
 	}
 
 	if s, ok := status.FromError(err); ok {
@@ -84,6 +92,15 @@ func toStatus(err error) error {
 		unsupErr  *builder.UnsupportedError
 	)
 
+	var busy *builder.BusyError
+	if errors.As(err, &busy) {
+		return resourceStatus(busy.Error(), reasonBusy, busy.RetryAfter)
+	}
+
+	if storage.IsNoSpace(err) {
+		return resourceStatus(noSpaceText, reasonNoSpace, 0)
+	}
+
 	// The public factory's exact texts where clients may compare them.
 	switch {
 	case errors.As(err, &schemaErr):
@@ -102,6 +119,60 @@ func toStatus(err error) error {
 	default:
 		return status.Error(code, "internal server error")
 	}
+}
+
+// What a client is told when a write fails for a full disk; the path and
+// the rest stay in the log.
+const noSpaceText = "kiln's data disk is full: the write was undone and nothing was stored; free space there or lower --asset-cache-size"
+
+// Reasons (google.rpc.ErrorInfo) of the ResourceExhausted statuses, which
+// the HTTP surfaces answer differently: a full build queue is 503 with
+// Retry-After (try again soon), a full disk 507 (the server needs care).
+const (
+	errorDomain   = "kiln.dev"
+	reasonBusy    = "BUILD_QUEUE_FULL"
+	reasonNoSpace = "NO_SPACE"
+)
+
+func resourceStatus(msg, reason string, retry time.Duration) error {
+	st := status.New(codes.ResourceExhausted, msg)
+
+	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: reason, Domain: errorDomain}}
+	if retry > 0 {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
+	}
+
+	if withDetails, err := st.WithDetails(details...); err == nil {
+		st = withDetails
+	}
+
+	return st.Err()
+}
+
+// httpStatusOf is the HTTP status of a status, and the Retry-After (in
+// seconds) to send with it, if any.
+func httpStatusOf(st *status.Status) (int, string) {
+	if st.Code() != codes.ResourceExhausted {
+		return httpStatus(st.Code()), ""
+	}
+
+	code, retry := httpStatus(st.Code()), ""
+
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			switch d.GetReason() {
+			case reasonBusy:
+				code = http.StatusServiceUnavailable
+			case reasonNoSpace:
+				code = http.StatusInsufficientStorage
+			}
+		case *errdetails.RetryInfo:
+			retry = strconv.FormatInt(int64(math.Ceil(d.GetRetryDelay().AsDuration().Seconds())), 10)
+		}
+	}
+
+	return code, retry
 }
 
 // httpStatus is the HTTP status of a gRPC code, as grpc-gateway maps it, so

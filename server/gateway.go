@@ -23,13 +23,17 @@ import (
 // client dials. Going through a real gRPC connection (not the in-process
 // Register...HandlerServer) gives REST the same interceptors, error mapping
 // and streaming as gRPC; an in-memory pipe avoids dialling our own TLS port.
-func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.ClientConn, error) {
+func newGateway(ctx context.Context, maxSchematic int64) (http.Handler, *bufconn.Listener, *grpc.ClientConn, error) {
 	lis := bufconn.Listen(1 << 20)
+
+	// A CreateSchematic answer holds the canonical schematic (at most twice
+	// the limit) twice: as YAML and typed.
+	maxMsg := int(4*maxSchematic) + 64<<10
 
 	conn, err := grpc.NewClient("passthrough:///kiln-gateway",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSchematicBytes+64<<10), grpc.MaxCallSendMsgSize(maxSchematicBytes+64<<10)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
 	)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("gateway client: %w", err)
@@ -68,11 +72,16 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 				body = []byte(`{"code":13,"message":"internal server error"}`)
 			}
 
+			code, retryAfter := httpStatusOf(st)
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+
 			w.Header().Set("Content-Type", m.ContentType(st.Proto()))
 			if st.Code() == codes.Unauthenticated {
 				w.Header().Set("WWW-Authenticate", access.Challenge)
 			}
-			w.WriteHeader(httpStatus(st.Code()))
+			w.WriteHeader(code)
 			_, _ = w.Write(body) //nolint:errcheck // the client is gone
 		}),
 		// A stream that fails before its first message gets the same HTTP
@@ -81,7 +90,7 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 		runtime.WithStreamErrorHandler(func(ctx context.Context, err error) *status.Status {
 			st := status.Convert(err)
 			if o, ok := ctx.Value(streamStatusKey{}).(*streamStatus); ok {
-				o.code = httpStatus(st.Code())
+				o.code, o.retryAfter = httpStatusOf(st)
 			}
 
 			return st
@@ -110,11 +119,50 @@ func newGateway(ctx context.Context) (http.Handler, *bufconn.Listener, *grpc.Cli
 	return withStreamStatus(mux), lis, conn, nil
 }
 
+// limitBodies bounds the REST gateway's request bodies as POST /schematics
+// bounds its own: the gateway reads a body whole before it calls gRPC, and
+// its largest request holds one schematic (as YAML or as typed JSON).
+func limitBodies(next http.Handler, s *schematics) http.Handler {
+	limit := s.limits.MaxBytes + 64<<10
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+
+			return
+		}
+
+		if r.ContentLength > limit {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			fmt.Fprintf(w, `{"code":3,"message":"request body is larger than %s (the schematic limit, --max-schematic-size)"}`+"\n", sizeText(s.limits.MaxBytes)) //nolint:errcheck // the client is gone
+
+			return
+		}
+
+		reserve := r.ContentLength
+		if reserve <= 0 {
+			reserve = limit
+		}
+
+		if err := s.bodies.Acquire(r.Context(), reserve); err != nil {
+			return // the client is gone
+		}
+		defer s.bodies.Release(reserve)
+
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		next.ServeHTTP(w, r)
+	})
+}
+
 type streamStatusKey struct{}
 
 // streamStatus carries the status of a stream's error from the gateway's
 // stream error handler to the WriteHeader that follows it.
-type streamStatus struct{ code int }
+type streamStatus struct {
+	code       int
+	retryAfter string
+}
 
 // withStreamStatus lets the stream error handler choose the HTTP status.
 func withStreamStatus(next http.Handler) http.Handler {
@@ -133,6 +181,10 @@ type streamStatusWriter struct {
 func (w *streamStatusWriter) WriteHeader(code int) {
 	if w.status.code != 0 {
 		code = w.status.code
+	}
+
+	if w.status.retryAfter != "" {
+		w.Header().Set("Retry-After", w.status.retryAfter)
 	}
 
 	w.ResponseWriter.WriteHeader(code)

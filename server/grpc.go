@@ -22,7 +22,8 @@ import (
 // limits, services, reflection and health.
 func newGRPCServer(logger *slog.Logger, domain *schematics, rel *releases, img *images, healthSrv *health.Server, g *guard) *grpc.Server {
 	srv := grpc.NewServer(
-		grpc.MaxRecvMsgSize(maxSchematicBytes+64<<10),
+		// A CreateSchematic request holds one schematic.
+		grpc.MaxRecvMsgSize(int(domain.limits.MaxBytes)+64<<10),
 		// The guard runs inside the first, so its refusals are logged and
 		// classified like any other error.
 		grpc.ChainUnaryInterceptor(unaryInterceptor(logger), g.unary),

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/internal/version"
 )
 
@@ -33,7 +34,7 @@ func newRequestID() string {
 
 // rootHandler splits the one listener between gRPC, the REST gateway and the
 // public routes, and wraps the HTTP ones in the public factory's headers.
-func rootHandler(grpcServer *grpc.Server, gateway, public http.Handler, logger *slog.Logger) http.Handler {
+func rootHandler(grpcServer *grpc.Server, gateway, public http.Handler, logger *slog.Logger, dl deadlines) http.Handler {
 	serverHeader := "Image Factory (kiln " + version.Version() + ")"
 
 	httpHandler := http.NewServeMux()
@@ -41,7 +42,19 @@ func rootHandler(grpcServer *grpc.Server, gateway, public http.Handler, logger *
 	httpHandler.Handle("/", public)
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		if healthOnly(r) && !isHealthCheck(r) {
+			// Admitted past the connection cap for health checks only.
+			w.Header().Set("Connection", "close")
+			w.Header().Set("Retry-After", "5")
+			http.Error(w, "kiln is at its connection limit; retry later", http.StatusServiceUnavailable)
+
+			return
+		}
+
+		w, r, done := dl.wrap(w, r, isStreamed(r))
+		defer done()
+
+		if isGRPC(r) {
 			grpcServer.ServeHTTP(w, r)
 
 			return
@@ -55,12 +68,15 @@ func rootHandler(grpcServer *grpc.Server, gateway, public http.Handler, logger *
 
 		w.Header().Set("X-Request-ID", id)
 		w.Header().Set("Server", serverHeader)
-		cors(w.Header())
 
-		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-			w.WriteHeader(http.StatusNoContent)
+		if corsRoute(r.URL.Path) {
+			cors(w.Header())
 
-			return
+			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+				w.WriteHeader(http.StatusNoContent)
+
+				return
+			}
 		}
 
 		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
@@ -74,9 +90,24 @@ func rootHandler(grpcServer *grpc.Server, gateway, public http.Handler, logger *
 			level = slog.LevelDebug
 		}
 
-		logger.Log(ctx, level, "http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+		logger.Log(ctx, level, "http request", "method", r.Method, "path", echo.Clip(r.URL.Path), "status", rec.status,
 			"duration", time.Since(start), "request_id", id)
 	})
+}
+
+// corsRoute reports whether a path is one of the public factory's routes,
+// which browsers on other origins may read (its web UI is served from
+// elsewhere). The embedded registry and the REST gateway are not: nothing
+// in a browser needs them cross-origin, and the registry's writes must not
+// be reachable from any page a user happens to open.
+func corsRoute(path string) bool {
+	for _, prefix := range []string{"/schematics", "/versions", "/version/", "/image/", "/pxe/", "/imagecache/"} {
+		if strings.HasPrefix(path, prefix) {
+			return true
+		}
+	}
+
+	return false
 }
 
 // cors matches the public factory's: any origin may read, browsers may see the

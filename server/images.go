@@ -3,16 +3,19 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kiln-dev/kiln/builder"
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -86,11 +89,18 @@ func (f *factoryRoutes) image(w http.ResponseWriter, r *http.Request) {
 
 	filename := req.Path
 	if name := r.URL.Query().Get("filename"); name != "" {
+		if err := checkFilename(name); err != nil {
+			f.writeError(w, r, err)
+
+			return
+		}
+
 		filename = name
 	}
 
 	var (
 		asset storage.Asset
+		built bool // this request waited for the build
 		err   error
 	)
 
@@ -114,7 +124,7 @@ func (f *factoryRoutes) image(w http.ResponseWriter, r *http.Request) {
 
 		res, err = f.images.builder.Build(r.Context(), req, nil)
 		if err == nil {
-			asset = res.Asset
+			asset, built = res.Asset, !res.CacheHit
 		}
 	}
 
@@ -127,17 +137,112 @@ func (f *factoryRoutes) image(w http.ResponseWriter, r *http.Request) {
 	defer asset.Close()
 
 	setDownloadHeaders(w, req.Path, filename)
-	w.Header().Set("X-Kiln-Cache", "hit")
+	w.Header().Set("X-Kiln-Cache", cacheHeader(built))
 	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
 
 	http.ServeContent(w, r, "", asset.ModTime(), asset)
 }
 
+// cacheHeader is X-Kiln-Cache: "miss" when the request had to wait for a
+// build (its own or one it joined), "hit" when the asset was there.
+func cacheHeader(built bool) string {
+	if built {
+		return "miss"
+	}
+
+	return "hit"
+}
+
 func setDownloadHeaders(w http.ResponseWriter, path, filename string) {
 	w.Header().Set("Content-Type", builder.ContentType(path))
-	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": filename}))
+	w.Header().Set("Content-Disposition", contentDisposition(filename))
 	w.Header().Set("Accept-Ranges", "bytes")
+}
+
+// maxFilename is the longest ?filename= taken (a file name on most file
+// systems).
+const maxFilename = 255
+
+// checkFilename refuses a ?filename= that is not a plain file name: a
+// browser or `curl -OJ` saves under it, so no directory part, no control
+// characters (they would break the header), nothing but UTF-8.
+func checkFilename(name string) error {
+	bad := func(why string) error {
+		return &invalidArgumentError{fmt.Sprintf("filename %q is not a plain file name: %s", echo.Clip(name), why)}
+	}
+
+	switch {
+	case len(name) > maxFilename:
+		return bad(fmt.Sprintf("longer than %d bytes", maxFilename))
+	case !utf8.ValidString(name):
+		return bad("not UTF-8")
+	case strings.ContainsAny(name, `/\`):
+		return bad("it has a path separator")
+	case name == "." || name == "..":
+		return bad("it names a directory")
+	}
+
+	for _, r := range name {
+		if unicode.IsControl(r) {
+			return bad("it has a control character")
+		}
+	}
+
+	return nil
+}
+
+// contentDisposition is "attachment" with the file name as RFC 6266 wants
+// it: a quoted-string (the public factory's form, `filename="x.iso"`) with
+// '"' and '\' escaped, and for a name beyond ASCII also filename* in UTF-8
+// (RFC 8187), the plain filename then holding an ASCII stand-in.
+func contentDisposition(name string) string {
+	var ascii strings.Builder
+
+	plain := true
+
+	for _, r := range name {
+		switch {
+		case r == '"' || r == '\\':
+			ascii.WriteByte('\\')
+			ascii.WriteRune(r)
+		case r < 0x80:
+			ascii.WriteRune(r)
+		default:
+			plain = false
+
+			ascii.WriteByte('_')
+		}
+	}
+
+	v := `attachment; filename="` + ascii.String() + `"`
+	if !plain {
+		v += "; filename*=UTF-8''" + rfc8187(name)
+	}
+
+	return v
+}
+
+// rfc8187 percent-encodes all but RFC 8187's attr-char.
+func rfc8187(s string) string {
+	const hexDigits = "0123456789ABCDEF"
+
+	var b strings.Builder
+
+	for i := range len(s) {
+		c := s[i]
+		if c < 0x80 && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$&+-.^_`|~", c) >= 0) {
+			b.WriteByte(c)
+
+			continue
+		}
+
+		b.WriteByte('%')
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&15])
+	}
+
+	return b.String()
 }
 
 // imageService is the gRPC adapter of images.

@@ -46,7 +46,7 @@ func TestImageRoute(t *testing.T) {
 	etag := resp.Header.Get("ETag")
 	for h, want := range map[string]string{
 		"Content-Type":        "application/octet-stream",
-		"Content-Disposition": `attachment; filename=kernel-amd64`,
+		"Content-Disposition": `attachment; filename="kernel-amd64"`,
 		"Accept-Ranges":       "bytes",
 	} {
 		if got := resp.Header.Get(h); got != want {
@@ -94,7 +94,7 @@ func TestImageRoute(t *testing.T) {
 	// Now HEAD answers from the cache.
 	resp, _ = ts.do(t, "HEAD", url+"?filename=my-kernel", "")
 	if resp.StatusCode != 200 || resp.Header.Get("ETag") != etag || resp.Header.Get("Content-Length") != strconv.Itoa(len(full)) ||
-		resp.Header.Get("Content-Disposition") != "attachment; filename=my-kernel" {
+		resp.Header.Get("Content-Disposition") != `attachment; filename="my-kernel"` {
 		t.Fatalf("warm HEAD = %d etag %q length %q disposition %q", resp.StatusCode, resp.Header.Get("ETag"),
 			resp.Header.Get("Content-Length"), resp.Header.Get("Content-Disposition"))
 	}

@@ -164,7 +164,7 @@ func TestDemo(t *testing.T) {
 	cfg := Config{DataDir: t.TempDir(), Demo: true}
 	ctx := context.Background()
 
-	src, embedded, err := newSource(ctx, withDefaults(cfg))
+	src, embedded, err := newSource(ctx, withDefaults(cfg), slogDiscard())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"strconv"
 
+	"golang.org/x/sync/semaphore"
+
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
+	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -14,7 +17,22 @@ import (
 // schematics is the schematic domain service: parse, canonicalise, store,
 // look up. Both the gRPC service and the public routes call it.
 type schematics struct {
-	store storage.Schematics
+	store  storage.Schematics
+	limits SchematicLimits
+	// parses bounds schematics parsed and canonicalised at once; bodies the
+	// bytes of POST /schematics bodies held in memory at once.
+	parses parseSlots
+	bodies *semaphore.Weighted
+}
+
+func newSchematics(store storage.Schematics, limits SchematicLimits) *schematics {
+	limits = limits.orDefaults()
+
+	return &schematics{
+		store: store, limits: limits,
+		parses: make(parseSlots, limits.Parallel),
+		bodies: semaphore.NewWeighted(bodyBudgetFactor * limits.MaxBytes),
+	}
 }
 
 // created is the outcome of storing a schematic.
@@ -25,8 +43,22 @@ type created struct {
 	isNew     bool
 }
 
-// create stores a parsed schematic under its ID.
+// create stores a typed schematic under its ID.
 func (s *schematics) create(ctx context.Context, sc *schematic.Schematic) (created, error) {
+	if err := s.parses.acquire(ctx); err != nil {
+		return created{}, err
+	}
+	defer s.parses.release()
+
+	return s.store1(ctx, sc)
+}
+
+// store1 checks, canonicalises and stores a schematic; a parse slot is held.
+func (s *schematics) store1(ctx context.Context, sc *schematic.Schematic) (created, error) {
+	if err := checkSchematic(sc); err != nil {
+		return created{}, err
+	}
+
 	if err := sc.Validate(); err != nil {
 		return created{}, err
 	}
@@ -34,6 +66,12 @@ func (s *schematics) create(ctx context.Context, sc *schematic.Schematic) (creat
 	canonical, err := sc.Marshal()
 	if err != nil {
 		return created{}, err
+	}
+
+	// The canonical form indents an embedded configuration's lines: it may
+	// be somewhat larger than what was sent, not without bound.
+	if int64(len(canonical)) > 2*s.limits.MaxBytes {
+		return created{}, overLimit("schematic's canonical form is larger than %s (twice the limit, --max-schematic-size)", sizeText(2*s.limits.MaxBytes))
 	}
 
 	id := schematic.IDOf(canonical)
@@ -46,14 +84,24 @@ func (s *schematics) create(ctx context.Context, sc *schematic.Schematic) (creat
 	return created{id: id, canonical: canonical, parsed: sc, isNew: isNew}, nil
 }
 
-// createRaw parses YAML or JSON and stores it.
+// createRaw parses YAML or JSON and stores it, within the limits: the
+// text is measured before the decoder sees it (see checkSchematicText).
 func (s *schematics) createRaw(ctx context.Context, raw []byte) (created, error) {
+	if err := s.parses.acquire(ctx); err != nil {
+		return created{}, err
+	}
+	defer s.parses.release()
+
+	if err := checkSchematicText(raw, s.limits); err != nil {
+		return created{}, err
+	}
+
 	sc, err := schematic.Parse(raw)
 	if err != nil {
 		return created{}, err
 	}
 
-	return s.create(ctx, sc)
+	return s.store1(ctx, sc)
 }
 
 // get returns a stored schematic's canonical form. A malformed ID cannot be
@@ -93,7 +141,7 @@ func (s *schematics) list(ctx context.Context, pageSize int32, token string) ([]
 	}
 
 	if token != "" && !schematic.ValidID(token) {
-		return nil, "", &invalidArgumentError{fmt.Sprintf("page_token %q is not one this server returned", token)}
+		return nil, "", &invalidArgumentError{fmt.Sprintf("page_token %q is not one this server returned", echo.Clip(token))}
 	}
 
 	size := int(pageSize)

@@ -53,6 +53,24 @@ type Config struct {
 	TrustPolicy string
 	// MaxBuilds caps asset builds running at once.
 	MaxBuilds int
+	// MaxBuildQueue bounds the builds waiting for a slot; more are refused
+	// with 503 and Retry-After.
+	MaxBuildQueue int
+	// ReadTimeout bounds reading a request: its headers, and its body
+	// whole, or for streamed bodies (registry uploads, gRPC) each read.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds each write of a response: a client that reads
+	// nothing for that long is dropped, a slow one is served.
+	WriteTimeout time.Duration
+	// IdleTimeout closes HTTP/1 keep-alive and HTTP/2 connections with no
+	// request in flight.
+	IdleTimeout time.Duration
+	// MaxConnections caps open connections; 0 sizes the cap from the
+	// file-descriptor limit.
+	MaxConnections int
+	// Schematic bounds what one schematic may hold and how many are parsed
+	// at once.
+	Schematic SchematicLimits
 	// AssetCacheBytes bounds the asset cache; 0 is unlimited.
 	AssetCacheBytes int64
 	// Demo seeds a signed synthetic release into the embedded registry
@@ -98,7 +116,12 @@ func DefaultConfig() Config {
 		DataDir:         "./_data",
 		ShutdownTimeout: 30 * time.Second,
 		MaxBuilds:       2,
+		MaxBuildQueue:   builder.DefaultMaxQueue,
+		ReadTimeout:     time.Minute,
+		WriteTimeout:    time.Minute,
+		IdleTimeout:     2 * time.Minute,
 		AssetCacheBytes: 20 << 30,
+		Schematic:       DefaultSchematicLimits(),
 	}
 }
 
@@ -122,6 +145,23 @@ func (c Config) Validate() error {
 
 	if c.ShutdownTimeout < 0 {
 		return fmt.Errorf("shutdown timeout %s is negative", c.ShutdownTimeout)
+	}
+
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"read timeout", c.ReadTimeout}, {"write timeout", c.WriteTimeout}, {"idle timeout", c.IdleTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s %s is negative", d.name, d.v)
+		}
+	}
+
+	if c.MaxConnections < 0 || c.MaxBuilds < 0 || c.MaxBuildQueue < 0 {
+		return errors.New("--max-connections, --max-builds and --max-build-queue cannot be negative")
+	}
+
+	if err := c.Schematic.validate(); err != nil {
+		return err
 	}
 
 	if c.ExternalURL != "" {
@@ -185,6 +225,11 @@ func (c Config) externalURL() string {
 	return scheme + "://" + c.Listen
 }
 
+// maxHeaderBytes bounds a request's headers (and its URL): enough for any
+// client kiln serves, small enough that thousands of slow clients sending
+// headers cannot take much memory (net/http's default is 1 MiB).
+const maxHeaderBytes = 64 << 10
+
 // Server is a configured kiln server, not yet serving.
 type Server struct {
 	cfg     Config
@@ -197,6 +242,8 @@ type Server struct {
 	ready   atomic.Bool
 	tls     *tls.Config
 	closers []func() error
+	conns   *connLimiter
+	nofile  uint64
 }
 
 // Deps are the domain components a server fronts.
@@ -233,7 +280,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		}
 	}
 
-	domain := &schematics{store: deps.Schematics}
+	domain := newSchematics(deps.Schematics, cfg.Schematic)
 	rel := &releases{manager: deps.Releases}
 	img := &images{builder: deps.Builder, externalURL: cfg.externalURL(), pxeURL: cfg.externalURL()}
 	if cfg.ExternalPXEURL != "" {
@@ -242,12 +289,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	g := &guard{authn: deps.Authenticator, publicList: cfg.PublicSchematicList}
 	s.grpc = newGRPCServer(logger, domain, rel, img, s.health, g)
 
-	gateway, gwLis, gwConn, err := newGateway(ctx)
+	gateway, gwLis, gwConn, err := newGateway(ctx, domain.limits.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
 
 	s.gwLis, s.gwConn = gwLis, gwConn
+	gateway = limitBodies(gateway, domain)
 
 	public := http.NewServeMux()
 	(&factoryRoutes{schematics: domain, releases: rel, images: img, logger: logger}).register(public)
@@ -260,7 +308,25 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	public.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }) //nolint:errcheck
 	public.HandleFunc("GET /readyz", s.readyz)
 
-	s.handler = rootHandler(s.grpc, gateway, public, logger)
+	nofile, err := raiseFileLimit()
+	if err != nil {
+		logger.Warn("cannot read the file-descriptor limit", "error", err)
+	}
+
+	maxConns := cfg.MaxConnections
+	if maxConns == 0 {
+		maxConns = connLimitFor(nofile)
+	}
+
+	if nofile > 0 && uint64(maxConns)+fdReserve+healthReserve > nofile {
+		logger.Warn("--max-connections is above what the file-descriptor limit allows; connections past it will fail",
+			"max_connections", maxConns, "file_limit", nofile)
+	}
+
+	s.conns = newConnLimiter(maxConns, healthReserve, logger)
+	s.nofile = nofile
+
+	s.handler = rootHandler(s.grpc, gateway, public, logger, deadlines{read: cfg.ReadTimeout, write: cfg.WriteTimeout})
 
 	return s, nil
 }
@@ -292,10 +358,22 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	protocols.SetHTTP2(true)
 	protocols.SetUnencryptedHTTP2(true)
 
+	readHeader := s.cfg.ReadTimeout
+	if readHeader == 0 {
+		readHeader = 30 * time.Second // slow headers are never welcome
+	}
+
 	httpSrv := &http.Server{
-		Handler:           s.handler,
-		Protocols:         protocols,
-		ReadHeaderTimeout: 30 * time.Second,
+		Handler:   s.handler,
+		Protocols: protocols,
+		// The body and write deadlines are per request (see deadlines):
+		// a global ReadTimeout or WriteTimeout would cut long downloads
+		// and build streams.
+		ReadHeaderTimeout: readHeader,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         s.conns.track,
+		ConnContext:       s.conns.connContext,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
@@ -304,6 +382,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		httpSrv.TLSConfig = s.tls
 		lis = tls.NewListener(lis, s.tls)
 	}
+
+	// Outside TLS, so the connections it tracks are the ones the server's
+	// hooks see.
+	lis = s.conns.listener(lis)
 
 	g, gctx := errgroup.WithContext(ctx)
 
@@ -329,7 +411,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.health.SetServingStatus(kilnv1.ImageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kilnv1.ImageCacheService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
-	s.logger.Info("kiln serving", "address", lis.Addr().String(), "tls", s.tls != nil, "data_dir", s.cfg.DataDir)
+	s.logger.Info("kiln serving", "address", lis.Addr().String(), "tls", s.tls != nil, "data_dir", s.cfg.DataDir,
+		"max_connections", s.conns.max, "file_limit", s.nofile)
 
 	g.Go(func() error {
 		<-gctx.Done()

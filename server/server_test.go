@@ -44,8 +44,9 @@ type testServer struct {
 	http *http.Client
 	grpc kilnv1.SchematicServiceClient
 	conn *grpc.ClientConn
-	// stop shuts the server down (before the test ends, to restart it).
+	// stop shuts the server down (once); the test's cleanup does too.
 	stop func()
+	srv  *Server
 }
 
 func startServer(t *testing.T, cfg Config) *testServer {
@@ -87,14 +88,14 @@ func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServe
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
 
-	ts := &testServer{addr: lis.Addr().String(), dir: cfg.DataDir, http: &http.Client{Timeout: 10 * time.Second}}
+	ts := &testServer{addr: lis.Addr().String(), dir: cfg.DataDir, http: &http.Client{Timeout: 10 * time.Second}, srv: srv}
 
 	var once sync.Once
 
 	ts.stop = func() {
 		once.Do(func() {
-			// A connection the client opened but never used counts as busy
-			// for 5 s on the server side; closing them keeps shutdown quick.
+			// A connection the client opened but never used counts as busy for
+			// 5 s on the server side; closing them keeps shutdown quick.
 			ts.http.CloseIdleConnections()
 			cancel()
 
@@ -236,7 +237,7 @@ func TestPublicRoutes(t *testing.T) {
 	})
 
 	t.Run("body too large", func(t *testing.T) {
-		resp, _ := ts.do(t, "POST", "/schematics", "customization: {embeddedMachineConfiguration: '"+strings.Repeat("x", maxSchematicBytes)+"'}")
+		resp, _ := ts.do(t, "POST", "/schematics", "customization: {embeddedMachineConfiguration: '"+strings.Repeat("x", defaultSchematicMax)+"'}")
 		if resp.StatusCode != http.StatusRequestEntityTooLarge {
 			t.Errorf("status = %d, want 413", resp.StatusCode)
 		}
@@ -462,12 +463,17 @@ func TestConcurrentCreates(t *testing.T) {
 func TestSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 
-	func() {
-		ts := startServer(t, Config{DataDir: dir})
-		if resp, body := ts.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
-			t.Fatalf("create = %d %s", resp.StatusCode, body)
-		}
-	}()
+	first := startServer(t, Config{DataDir: dir})
+	if resp, body := first.do(t, "POST", "/schematics", "{}"); resp.StatusCode != 201 {
+		t.Fatalf("create = %d %s", resp.StatusCode, body)
+	}
+
+	// Two kilns on one data directory would clean each other's scratch.
+	if _, err := Build(t.Context(), withDefaults(Config{DataDir: dir}), slogDiscard()); err == nil || !strings.Contains(err.Error(), "another kiln is using the data directory") {
+		t.Fatalf("a second kiln on the same data directory: %v", err)
+	}
+
+	first.stop()
 
 	ts := startServer(t, Config{DataDir: dir})
 	if resp, body := ts.do(t, "GET", "/schematics/"+emptyID, ""); resp.StatusCode != 200 || body != "customization: {}\n" {

@@ -107,7 +107,7 @@ func TestServeWithTheMirrorsTrustedRoot(t *testing.T) {
 	}
 
 	// The root is in the embedded registry for later verifications.
-	src, embedded, err := newSource(context.Background(), withDefaults(Config{DataDir: ts.dir}))
+	src, embedded, err := newSource(context.Background(), withDefaults(Config{DataDir: ts.dir}), slogDiscard())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		lis.Close() //nolint:errcheck // already failing
 
+		for _, c := range deps.Closers {
+			c() //nolint:errcheck // already failing
+		}
+
 		return err
 	}
 
@@ -76,8 +80,17 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 //  6. the release manager over both, with the release locks under
 //     <data-dir>/release-locks (the demo's and the layout's recorded now);
 //  7. the asset cache under <data-dir>/assets and the builder over all of it.
-func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
-	var deps Deps
+func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err error) {
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return deps, err
+	}
+
+	defer func() {
+		if err != nil {
+			unlock() //nolint:errcheck // already failing
+		}
+	}()
 
 	store, err := storage.NewFS(cfg.DataDir, logger)
 	if err != nil {
@@ -93,7 +106,7 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 
 	deps.Authenticator = authn
 
-	src, embedded, err := newSource(ctx, cfg, registry.WithAccess(registry.Access{Authenticator: authn, AnonymousReads: !cfg.AuthReads}))
+	src, embedded, err := newSource(ctx, cfg, logger, registry.WithAccess(registry.Access{Authenticator: authn, AnonymousReads: !cfg.AuthReads}))
 	if err != nil {
 		return deps, err
 	}
@@ -176,8 +189,12 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (Deps, error) {
 	deps.Builder = builder.New(ctx, builder.Config{
 		DataDir:        cfg.DataDir,
 		MaxConcurrency: cfg.MaxBuilds,
+		MaxQueue:       cfg.MaxBuildQueue,
 		FactoryURL:     cfg.externalURL(),
 	}, builder.Deps{Schematics: store, Releases: deps.Releases, Assets: assets, Logger: logger})
+
+	// Last: the lock outlives everything else that uses the directory.
+	deps.Closers = append(deps.Closers, unlock)
 
 	return deps, nil
 }
@@ -202,13 +219,15 @@ func adminCredential(dataDir string, logger *slog.Logger) (*access.Authenticator
 	return access.NewAuthenticator(files.HTPasswd())
 }
 
-func newSource(ctx context.Context, cfg Config, regOpts ...registry.Option) (*artifacts.Source, *registry.Embedded, error) {
+func newSource(ctx context.Context, cfg Config, logger *slog.Logger, regOpts ...registry.Option) (*artifacts.Source, *registry.Embedded, error) {
 	ext, err := url.Parse(cfg.externalURL())
 	if err != nil {
 		return nil, nil, fmt.Errorf("external URL: %w", err)
 	}
 
 	if cfg.Source.Registry == "" {
+		removeStaleUploads(filepath.Join(cfg.DataDir, "registry"), logger)
+
 		embedded, err := registry.NewEmbedded(ctx, filepath.Join(cfg.DataDir, "registry"), regOpts...)
 		if err != nil {
 			return nil, nil, err

@@ -50,7 +50,9 @@ type AssetWriter interface {
 	// (disk images are written sparse at offsets).
 	File() *os.File
 	// Commit hashes what was written (the file, holes included), syncs it
-	// and makes it visible atomically.
+	// and makes it visible atomically. It stops, leaving nothing, when the
+	// context given to Create ends: hashing a multi-gigabyte disk image
+	// takes seconds that an abandoned build should not keep.
 	Commit() error
 	// Cancel drops the write.
 	Cancel() error
@@ -63,7 +65,8 @@ type AssetWriter interface {
 //	<dir>/assets/tmp/<random>            writes in progress (removed on start)
 //
 // An asset counts as present only with its .json, which is renamed into
-// place last.
+// place last; an asset file without one (a crash between the two renames)
+// and a .json.tmp are removed on start.
 const (
 	assetsDir    = "assets"
 	assetsTmpDir = "tmp"
@@ -101,7 +104,48 @@ func NewFSAssets(dir string, limit int64, logger *slog.Logger) (*FSAssets, error
 		return nil, fmt.Errorf("asset cache: %w", err)
 	}
 
-	return &FSAssets{dir: root, limit: limit, logger: logger, verified: map[string]time.Time{}}, nil
+	a := &FSAssets{dir: root, limit: limit, logger: logger, verified: map[string]time.Time{}}
+	a.removeIncomplete()
+
+	return a, nil
+}
+
+// removeIncomplete removes what a crash during a commit left: metadata
+// half written, and asset files whose metadata was never written (they
+// would never be served, nor counted against the bound).
+func (a *FSAssets) removeIncomplete() {
+	buckets, _ := os.ReadDir(a.dir) //nolint:errcheck // nothing to clean in an unreadable cache
+
+	for _, b := range buckets {
+		if !b.IsDir() || b.Name() == assetsTmpDir {
+			continue
+		}
+
+		bucket := filepath.Join(a.dir, b.Name())
+		files, _ := os.ReadDir(bucket) //nolint:errcheck // as above
+
+		for _, f := range files {
+			name := f.Name()
+
+			incomplete := strings.HasSuffix(name, ".tmp")
+			if !incomplete && !strings.HasSuffix(name, ".json") {
+				_, err := os.Stat(filepath.Join(bucket, name+".json"))
+				incomplete = errors.Is(err, fs.ErrNotExist)
+			}
+
+			if !incomplete {
+				continue
+			}
+
+			if err := os.Remove(filepath.Join(bucket, name)); err != nil {
+				a.logger.Warn("could not remove an incomplete cached asset", "path", filepath.Join(bucket, name), "error", err)
+
+				continue
+			}
+
+			a.logger.Info("removed an incomplete cached asset", "path", filepath.Join(bucket, name))
+		}
+	}
 }
 
 func (a *FSAssets) path(key string) string { return filepath.Join(a.dir, key[:2], key) }
@@ -233,10 +277,11 @@ func (a *FSAssets) Create(ctx context.Context, key string) (AssetWriter, error) 
 		return nil, fmt.Errorf("asset %s: %w", key, err)
 	}
 
-	return &fsAssetWriter{a: a, key: key, f: f}, nil
+	return &fsAssetWriter{ctx: ctx, a: a, key: key, f: f}, nil
 }
 
 type fsAssetWriter struct {
+	ctx  context.Context //nolint:containedctx // Commit is bound to the build that created the writer
 	a    *FSAssets
 	key  string
 	f    *os.File
@@ -274,7 +319,7 @@ func (w *fsAssetWriter) Commit() (err error) {
 		return err
 	}
 
-	sum, err := hashFile(context.Background(), w.f)
+	sum, err := hashFile(w.ctx, w.f)
 	if err != nil {
 		return err
 	}
@@ -311,6 +356,8 @@ func (w *fsAssetWriter) Commit() (err error) {
 func writeFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		os.Remove(tmp) //nolint:errcheck // a full disk may have left part of it
+
 		return err
 	}
 

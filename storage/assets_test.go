@@ -138,3 +138,71 @@ func TestAssetsEvictLeastRecentlyUsed(t *testing.T) {
 		f.Close()
 	}
 }
+
+// A crash between an asset's rename and its metadata, or during the
+// metadata write, leaves files nothing would ever serve or evict: the next
+// start removes them and keeps complete entries.
+func TestIncompleteAssetsRemovedAtStart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	put(t, newAssets(t, dir, 0), "cccccccccccc", "the asset")
+
+	bucket := filepath.Join(dir, "assets", "dd")
+	if err := os.MkdirAll(bucket, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	orphans := []string{filepath.Join(bucket, "dddddddddddd"), filepath.Join(bucket, "dddddddddddd.json.tmp")}
+	for _, f := range orphans {
+		if err := os.WriteFile(f, []byte("half"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	a := newAssets(t, dir, 0)
+
+	for _, f := range orphans {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s survived the start: %v", f, err)
+		}
+	}
+
+	got, err := a.Open(ctx, "cccccccccccc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+
+	if data, _ := io.ReadAll(got); string(data) != "the asset" {
+		t.Fatalf("complete asset = %q", data)
+	}
+}
+
+// Commit stops with the context of Create, and leaves nothing.
+func TestCommitCancelled(t *testing.T) {
+	dir := t.TempDir()
+	a := newAssets(t, dir, 0)
+
+	ctx, cancel := context.WithCancel(context.Background())
+
+	w, err := a.Create(ctx, "eeeeeeeeeeee")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	io.WriteString(w, "an asset") //nolint:errcheck
+	cancel()
+
+	if err := w.Commit(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Commit after cancel = %v, want context.Canceled", err)
+	}
+
+	if _, err := a.Open(context.Background(), "eeeeeeeeeeee"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Open after a cancelled commit = %v", err)
+	}
+
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "assets", "tmp")); len(tmp) != 0 {
+		t.Fatalf("a cancelled commit left %d temp files", len(tmp))
+	}
+}

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"syscall"
 )
 
 // ErrNotFound is returned for content that is not stored.
@@ -10,6 +11,12 @@ var ErrNotFound = errors.New("not found")
 
 // ErrCorrupt is returned for stored content that no longer matches its key.
 var ErrCorrupt = errors.New("stored content does not match its key")
+
+// IsNoSpace reports whether err is a write refused because the file system
+// is full (or a quota is reached): the server answers it with 507, not 500.
+func IsNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
 
 // Schematics stores canonical schematics under their IDs.
 //

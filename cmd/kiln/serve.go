@@ -20,7 +20,7 @@ const serveEnvPrefix = "KILN_"
 // serveSettings are the flags of kiln serve that are not fields of the
 // server's Config as they are.
 type serveSettings struct {
-	cacheSize, broken, logLevel, logFormat *string
+	cacheSize, schematicSize, broken, logLevel, logFormat *string
 }
 
 // newServeFlags defines kiln serve's flags over cfg. It is also what the
@@ -49,6 +49,12 @@ func newServeFlags(cfg *server.Config, out io.Writer) (*flag.FlagSet, *serveSett
 	fs.StringVar(&cfg.Source.Password, "registry-password", "", "basic-auth password for --registry (prefer KILN_REGISTRY_PASSWORD to the command line)")
 	fs.StringVar(&cfg.TrustPolicy, "trust-policy", "", "signature trust policy file (see Trust policy); without one every artifact is refused")
 	fs.IntVar(&cfg.MaxBuilds, "max-builds", cfg.MaxBuilds, "asset builds running at once; more wait for a slot")
+	fs.IntVar(&cfg.MaxBuildQueue, "max-build-queue", cfg.MaxBuildQueue, "builds waiting for a slot; past it a new build is refused with 503 and Retry-After (gRPC ResourceExhausted)")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "open connections; at the cap the oldest idle one is closed for a new one, and when all are busy 64 more are let in for health checks only (0 = (file-descriptor limit - 320) / 2)")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", cfg.ReadTimeout, "time to receive a request's headers, and its whole body; a registry upload or gRPC stream must only send something within it")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", cfg.WriteTimeout, "time each write of a response may wait for the client: a stalled client is dropped, a slow download is not cut")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "HTTP/1 keep-alive and HTTP/2 connections with no request in flight are closed after this")
+	s.schematicSize = fs.String("max-schematic-size", "4MiB", "largest schematic taken, as sent (KiB, MiB; its canonical form may be twice that); also bounds gRPC messages and REST bodies")
 	s.cacheSize = fs.String("asset-cache-size", "20GiB", "bound of the built-asset cache, least recently used out first (KiB, MiB, GiB, TiB; 0 = unbounded)")
 	fs.BoolVar(&cfg.Demo, "demo", false, "seed a signed synthetic Talos release into the embedded registry (what make run does)")
 	fs.BoolVar(&cfg.AuthReads, "auth-reads", false, "require credentials for reads of the embedded registry (/v2) too; writes always need them (see Security)")
@@ -83,6 +89,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	}
 
 	cfg.AssetCacheBytes = size
+
+	if cfg.Schematic.MaxBytes, err = parseSize(*set.schematicSize); err != nil || cfg.Schematic.MaxBytes == 0 {
+		return fmt.Errorf("--max-schematic-size: %q: want a size such as 4MiB", *set.schematicSize)
+	}
 
 	cfg.BrokenVersions = splitList(*set.broken)
 
