@@ -1,8 +1,10 @@
 package schematic_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,15 +27,48 @@ import (
 //     the same schematic without that section;
 //   - a schematic whose canonical form the factory's own code cannot read
 //     back as itself: the factory accepts it (and then cannot serve it),
-//     kiln refuses it.
+//     kiln refuses it;
+//   - a body with more than its first document (another document, or text
+//     after the first that does not parse): the factory reads the first and
+//     drops the rest, kiln refuses it.
 
 const (
 	factoryEmpty   = "EOF"
 	factoryOwner   = "owner field is only supported in Enterprise edition"
 	kilnOwner      = "owner is not supported: this factory has no authentication, remove the owner field"
 	kilnUnstorable = "schematic cannot be stored: its canonical YAML does not read back "
+	kilnDocuments  = "the body holds more than one YAML document"
 	constructErr   = "yaml: construct errors: "
 )
+
+// moreThanOneDocument tells whether body has anything after its first YAML
+// document but empty documents: another document, or text that does not
+// parse.
+func moreThanOneDocument(body []byte) bool {
+	dec := yaml.NewDecoder(bytes.NewReader(body))
+
+	var first yaml.Node
+	if err := dec.Decode(&first); err != nil {
+		return false
+	}
+
+	for {
+		var doc yaml.Node
+
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return false
+		}
+
+		if err != nil {
+			return true
+		}
+
+		if len(doc.Content) != 1 || doc.Content[0].Kind != yaml.ScalarNode || doc.Content[0].Tag != "!!null" {
+			return true
+		}
+	}
+}
 
 func isImageCacheItem(item string) bool {
 	return strings.HasPrefix(item, "line ") && strings.HasSuffix(item, ": field imageCache not found in type schematic.Customization")
@@ -89,6 +124,14 @@ func agreeAt(t *testing.T, o *factoryOracle, body []byte, depth int) {
 
 			if !back.Refused && string(back.Canonical) == string(want.Canonical) {
 				t.Fatalf("body %q:\nkiln refuses it as unstorable (%v)\nbut the factory reads its canonical form back:\n%s", body, kerr, want.Canonical)
+			}
+
+			return
+		}
+
+		if kerr != nil && strings.HasPrefix(kerr.Error(), kilnDocuments) {
+			if !moreThanOneDocument(body) {
+				t.Fatalf("body %q:\nkiln refuses it as more than one document (%v)\nbut it is one", body, kerr)
 			}
 
 			return
