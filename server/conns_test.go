@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -35,6 +36,16 @@ func readUntilClosed(t *testing.T, c net.Conn, limit time.Duration) (time.Durati
 	}
 
 	return time.Since(start), string(data)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10 s for %s", what)
+		}
+	}
 }
 
 func dial(t *testing.T, addr string) net.Conn {
@@ -350,7 +361,14 @@ func TestConnectionCap(t *testing.T) {
 
 	var bodies []*io.PipeWriter
 
-	for range maxConns {
+	// The health checks' connections close after their answers; until the
+	// server has seen them close they count as busy, and the count below
+	// would take one for a request.
+	waitFor(t, "the health checks' connections to close", func() bool { return lim.open() == lim.idleCount() })
+
+	// One at a time: a connection accepted but not yet in a request counts
+	// as idle, and the next one would evict it.
+	for i := range maxConns {
 		pr, pw := io.Pipe()
 		bodies = append(bodies, pw)
 
@@ -364,14 +382,12 @@ func TestConnectionCap(t *testing.T) {
 		})
 
 		pw.Write([]byte("customization:")) //nolint:errcheck
+
+		waitFor(t, fmt.Sprintf("request %d to be read", i), func() bool { return lim.open()-lim.idleCount() == i+1 })
 	}
 
-	for range 100 {
-		if lim.idleCount() == 0 && lim.open() >= maxConns {
-			break
-		}
-
-		time.Sleep(20 * time.Millisecond)
+	if lim.idleCount() != 0 || lim.open() < maxConns {
+		t.Fatalf("every slot should be busy: %d open, %d idle", lim.open(), lim.idleCount())
 	}
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
