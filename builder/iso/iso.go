@@ -15,7 +15,7 @@
 //	                volume space is partition 1, terminator
 //	block 35..      go-diskfs's ISO9660 + Rock Ridge volume (no Joliet), every
 //	                address relative to partition 1: directories, path tables,
-//	                the (hidden) El Torito catalog, file data; /imagecache/
+//	                the El Torito catalog /boot.catalog, file data; /imagecache/
 //	                always present
 //	after it        the whole-device copy of the directories and path tables
 //	                (addresses absolute; file data shared)
@@ -205,8 +205,7 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		DeepDirectories:  true,
 		VolumeIdentifier: p.VolumeID,
 		ElTorito: &iso9660.ElTorito{
-			BootCatalog:     "/boot.catalog",
-			HideBootCatalog: true,
+			BootCatalog: "/boot.catalog", // visible, as xorrisofs leaves it
 			Entries: []*iso9660.ElToritoEntry{{
 				Platform:     iso9660.EFI,
 				Emulation:    iso9660.NoEmulation,

@@ -109,8 +109,14 @@ func normalize(f *os.File, vd *volumeDescriptors, t time.Time) error {
 		return fmt.Errorf("iso: write PVD: %w", err)
 	}
 
-	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}}
-	return n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:]))
+	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock}
+	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:])); err != nil {
+		return err
+	}
+	if !n.catalogOK {
+		return fmt.Errorf("iso: no directory record for the boot catalog")
+	}
+	return nil
 }
 
 type normalizer struct {
@@ -119,6 +125,10 @@ type normalizer struct {
 	base  int64 // byte offset of the volume in f
 	limit int64 // bytes of the volume
 	seen  map[uint32]bool
+	// catalog is the block of /boot.catalog, which go-diskfs records with
+	// its 64 bytes and mode 0; xorriso with one block and mode 0444.
+	catalog   uint32
+	catalogOK bool
 }
 
 func (n *normalizer) dir(lba, size uint32) error {
@@ -159,6 +169,13 @@ func (n *normalizer) dir(lba, size uint32) error {
 			}
 		}
 		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
+		if r[25]&2 == 0 && binary.LittleEndian.Uint32(r[2:]) == n.catalog && su < l {
+			setBoth32(r[10:], blockSize)
+			if !setPXMode(r[su:], 0o100444) {
+				return fmt.Errorf("iso: no Rock Ridge PX entry for the boot catalog")
+			}
+			n.catalogOK = true
+		}
 		if r[25]&2 != 0 && !isDot {
 			subs = append(subs, sub{binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:])})
 		}
@@ -222,4 +239,21 @@ func (n *normalizer) susp(b []byte) error {
 		i += l
 	}
 	return nil
+}
+
+// setPXMode sets the file mode of the Rock Ridge PX entry of a System Use
+// area, reporting whether there was one.
+func setPXMode(b []byte, mode uint32) bool {
+	for i := 0; i+4 <= len(b); {
+		l := int(b[i+2])
+		if l < 4 || i+l > len(b) {
+			return false
+		}
+		if string(b[i:i+2]) == "PX" && l >= 12 {
+			setBoth32(b[i+4:], mode)
+			return true
+		}
+		i += l
+	}
+	return false
 }
