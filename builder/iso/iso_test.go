@@ -240,6 +240,7 @@ func TestWriteErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	never := func() (io.ReadCloser, error) { t.Fatal("Open called"); return nil, nil }
+	empty := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("")), nil }
 	f, err := os.Create(filepath.Join(dir, "out.iso"))
 	if err != nil {
 		t.Fatal(err)
@@ -255,10 +256,17 @@ func TestWriteErrors(t *testing.T) {
 		{"reserved", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "imagecache", Open: never}}}, iso.ErrInvalidPath},
 		{"abs", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "/x", Open: never}}}, iso.ErrInvalidPath},
 		{"lowercase", iso.Params{VolumeID: "talos", ESP: espPath}, iso.ErrInvalidVolumeID},
+		{"volset", iso.Params{VolumeID: "X", VolumeSetID: "Talos-\n", ESP: espPath}, iso.ErrInvalidVolumeID},
+		{"long-names", iso.Params{VolumeID: "X", ESP: espPath, TempDir: dir, Files: []iso.File{
+			{Path: "d/a" + strings.Repeat("n", 200), Open: empty},
+			{Path: "d/b" + strings.Repeat("n", 200), Open: empty},
+		}}, iso.ErrInvalidPath},
 		{"volid33", iso.Params{VolumeID: strings.Repeat("A", 33), ESP: espPath}, iso.ErrInvalidVolumeID},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := iso.Write(context.Background(), f, tc.p); !errors.Is(err, tc.want) {
+			_, err := iso.Write(context.Background(), f, tc.p)
+			t.Log(err)
+			if !errors.Is(err, tc.want) {
 				t.Fatalf("Write: err = %v, want %v", err, tc.want)
 			}
 		})

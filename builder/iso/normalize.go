@@ -109,7 +109,7 @@ func normalize(f *os.File, vd *volumeDescriptors, t time.Time) error {
 		return fmt.Errorf("iso: write PVD: %w", err)
 	}
 
-	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock}
+	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{}}
 	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:])); err != nil {
 		return err
 	}
@@ -129,6 +129,12 @@ type normalizer struct {
 	// its 64 bytes and mode 0; xorriso with one block and mode 0444.
 	catalog   uint32
 	catalogOK bool
+	// ce holds the continuation areas of named entries: go-diskfs v1.9.4
+	// points every name of a directory that needs one (Rock Ridge names
+	// of about 120 bytes or more) at the first one's, so readers see one
+	// name several times. Refused rather than written wrong.
+	ce    map[int64]bool
+	named bool
 }
 
 func (n *normalizer) dir(lba, size uint32) error {
@@ -163,12 +169,13 @@ func (n *normalizer) dir(lba, size uint32) error {
 		if nameLen%2 == 0 {
 			su++
 		}
+		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
 		if su < l {
+			n.named = !isDot
 			if err := n.susp(r[su:]); err != nil {
 				return err
 			}
 		}
-		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
 		if r[25]&2 == 0 && binary.LittleEndian.Uint32(r[2:]) == n.catalog && su < l {
 			setBoth32(r[10:], blockSize)
 			if !setPXMode(r[su:], 0o100444) {
@@ -221,6 +228,12 @@ func (n *normalizer) susp(b []byte) error {
 			off := int64(blk)*blockSize + int64(at)
 			if off+int64(cl) > n.limit {
 				return fmt.Errorf("iso: continuation area beyond the volume")
+			}
+			if n.named {
+				if n.ce[off] {
+					return fmt.Errorf("%w: go-diskfs gave several long names of one directory the same Rock Ridge continuation area (at block %d); names of about 120 bytes or more need one each", ErrInvalidPath, blk)
+				}
+				n.ce[off] = true
 			}
 			off += n.base
 			c := make([]byte, cl)
