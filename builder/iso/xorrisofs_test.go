@@ -84,9 +84,9 @@ func TestSameAsTalosXorrisofs(t *testing.T) {
 		bt := fakeTree(t, dir)
 		for i := range 300 {
 			p := fmt.Sprintf("imagecache/manifests/many/%03d-%s", i, strings.Repeat("n", 96))
-		if i%10 == 0 {
-			p = fmt.Sprintf("imagecache/manifests/long/d%03d/%03d-%s", i, i, strings.Repeat("n", 196))
-		}
+			if i%10 == 0 {
+				p = fmt.Sprintf("imagecache/manifests/long/d%03d/%03d-%s", i, i, strings.Repeat("n", 196))
+			}
 			data := []byte(p)
 			bt.bytes[p] = data
 			bt.iso = append(bt.iso, iso.File{Path: p, Size: int64(len(data)),
