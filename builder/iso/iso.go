@@ -39,7 +39,13 @@
 // hidden placeholder and patched afterwards; and go-diskfs takes every time
 // from the clock or the staged files, so a final pass (normalize.go) rewrites
 // the volume descriptor dates, every directory record date and every Rock
-// Ridge TF time to Params.ModTime: equal inputs give byte-identical images.
+// Ridge TF time to Params.ModTime: equal inputs give byte-identical images;
+// go-diskfs gives several names of one directory that need a Rock Ridge
+// continuation area (about 120 bytes or more) the same one, so such a tree
+// is refused (ErrInvalidPath); go-diskfs writes from the start of its
+// backend only, so it gets a backend.Sub at partition 1; its preparer id
+// (its URL), El Torito id and /boot.catalog record are rewritten as
+// xorriso's.
 package iso
 
 import (
