@@ -309,7 +309,7 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 	j.emit(Event{Phase: "assemble", Message: "ISO"})
 
 	if _, err := iso.Write(ctx, out, iso.Params{
-		VolumeID: iso.VolumeID(j.p.Version), Files: tree, ESP: espPath,
+		VolumeID: iso.VolumeID(j.p.Version), VolumeSetID: iso.Label(j.p.Version), Files: tree, ESP: espPath,
 		ModTime: time.Unix(j.p.Epoch, 0), TempDir: j.tmp,
 	}); err != nil {
 		return fmt.Errorf("write ISO: %w", err)

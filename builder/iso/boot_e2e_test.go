@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,8 +32,20 @@ const (
 	bootTimeout = 240 * time.Second
 )
 
+// usbModules are the fixture kernel's modules the guest loads, in
+// dependency order, to see the USB stick and mount its partition 1.
+var usbModules = []string{
+	"drivers/usb/common/usb-common.ko", "drivers/usb/core/usbcore.ko", "drivers/usb/host/xhci-hcd.ko",
+	"drivers/usb/host/xhci-pci.ko", "drivers/scsi/scsi_common.ko", "drivers/scsi/scsi_mod.ko",
+	"crypto/crct10dif_common.ko", "crypto/crct10dif_generic.ko", "lib/crc-t10dif.ko", "lib/crc64.ko",
+	"crypto/crc64_rocksoft_generic.ko", "lib/crc64-rocksoft.ko", "block/t10-pi.ko", "drivers/scsi/sd_mod.ko",
+	"drivers/usb/storage/usb-storage.ko", "drivers/cdrom/cdrom.ko", "fs/isofs/isofs.ko",
+}
+
 // initrd is a busybox initramfs whose /init prints the marker and the
-// kernel command line on the console, then powers off.
+// kernel command line on the console; then, if the boot medium is a USB
+// stick (sda), mounts its partition 1 as iso9660 and prints its volume id,
+// root directory mode and loader.conf's first line; then powers off.
 func initrd(t *testing.T) []byte {
 	t.Helper()
 	bb, err := os.ReadFile(busybox)
@@ -40,21 +53,46 @@ func initrd(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	script := "#!/bin/busybox sh\n" +
-		"/bin/busybox mkdir -p /proc\n" +
-		"/bin/busybox mount -t proc proc /proc\n" +
-		"/bin/busybox echo \"" + bootMarker + " cmdline=[$(/bin/busybox cat /proc/cmdline)]\"\n" +
-		"/bin/busybox poweroff -f\n"
+		"/bin/busybox --install -s /bin\n" +
+		"export PATH=/bin\n" +
+		"mkdir -p /proc /sys /dev /mnt\n" +
+		"mount -t proc proc /proc\n" +
+		"mount -t sysfs sysfs /sys\n" +
+		"mount -t devtmpfs devtmpfs /dev\n" +
+		"echo \"" + bootMarker + " cmdline=[$(cat /proc/cmdline)]\"\n" +
+		"for m in /lib/modules/*.ko; do insmod $m 2>/dev/null; done\n" +
+		"for i in $(seq 1 40); do [ -e /dev/sda1 ] && break; sleep 0.5; done\n" +
+		"if [ -e /dev/sda1 ]; then\n" +
+		"  if mount -t iso9660 -o ro /dev/sda1 /mnt; then\n" +
+		"    echo \"KILN-P1 volid=[$(dd if=/dev/sda1 bs=1 skip=32808 count=32 2>/dev/null | tr -d ' ')] mode=$(stat -c %a /mnt) loader=[$(head -n 1 /mnt/loader/loader.conf)]\"\n" +
+		"  else\n" +
+		"    echo KILN-P1-MOUNT-FAILED\n" +
+		"  fi\n" +
+		"fi\n" +
+		"poweroff -f\n"
 	var buf bytes.Buffer
 	w := cpio.NewWriter(&buf)
-	entries := []struct {
+	type entry struct {
 		h    cpio.Header
 		data []byte
-	}{
+	}
+	entries := []entry{
 		{cpio.Header{Name: "bin", Mode: cpio.TypeDir | 0o755}, nil},
 		{cpio.Header{Name: "dev", Mode: cpio.TypeDir | 0o755}, nil},
 		{cpio.Header{Name: "dev/console", Mode: cpio.TypeChar | 0o600, RDevMajor: 5, RDevMinor: 1}, nil},
 		{cpio.Header{Name: "bin/busybox", Mode: cpio.TypeReg | 0o755, Size: int64(len(bb))}, bb},
 		{cpio.Header{Name: "init", Mode: cpio.TypeReg | 0o755, Size: int64(len(script))}, []byte(script)},
+		{cpio.Header{Name: "lib", Mode: cpio.TypeDir | 0o755}, nil},
+		{cpio.Header{Name: "lib/modules", Mode: cpio.TypeDir | 0o755}, nil},
+	}
+	for i, m := range usbModules {
+		b, err := os.ReadFile(filepath.Join(testfixture.ModulesDir(), "kernel", m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Numbered so the shell glob loads them in dependency order.
+		name := fmt.Sprintf("lib/modules/%02d-%s", i, filepath.Base(m))
+		entries = append(entries, entry{cpio.Header{Name: name, Mode: cpio.TypeReg | 0o644, Size: int64(len(b))}, b})
 	}
 	for _, e := range entries {
 		h := e.h
@@ -133,11 +171,12 @@ func TestBootQEMU(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		media []string
+		usb   bool
 	}{
-		{"cdrom", []string{"-cdrom", img}},
-		{"usb-disk", usb(img)},
-		{"cdrom-fat32-esp", []string{"-cdrom", img32}},
-		{"usb-disk-fat32-esp", usb(img32)},
+		{"cdrom", []string{"-cdrom", img}, false},
+		{"usb-disk", usb(img), true},
+		{"cdrom-fat32-esp", []string{"-cdrom", img32}, false},
+		{"usb-disk-fat32-esp", usb(img32), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
@@ -161,11 +200,14 @@ func TestBootQEMU(t *testing.T) {
 			cmd.Stdout, cmd.Stderr = &out, &out
 			err = cmd.Run()
 			got := out.String()
-			line := ""
+			line, p1 := "", ""
 			sc := bufio.NewScanner(strings.NewReader(got))
 			for sc.Scan() {
 				if strings.Contains(sc.Text(), bootMarker) {
 					line = sc.Text()
+				}
+				if strings.Contains(sc.Text(), "KILN-P1") {
+					p1 = strings.TrimSpace(sc.Text())
 				}
 			}
 			if line == "" {
@@ -179,6 +221,14 @@ func TestBootQEMU(t *testing.T) {
 				t.Fatalf("booted with another command line: %s", line)
 			}
 			t.Logf("booted in %s: %s", time.Since(start).Round(100*time.Millisecond), line)
+			if tc.usb {
+				// The guest kernel mounts partition 1 of the stick on its own.
+				want := "KILN-P1 volid=[TALOS_V1_13_0] mode=755 loader=[# systemd-boot configuration]"
+				if p1 != want {
+					t.Fatalf("partition 1 in the guest: %q, want %q", p1, want)
+				}
+				t.Logf("guest: %s", p1)
+			}
 		})
 	}
 }

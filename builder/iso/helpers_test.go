@@ -99,11 +99,12 @@ func buildISO(t testing.TB, dir string, bt bootTree, espMin int64) (string, iso.
 	}
 	defer f.Close()
 	l, err := iso.Write(ctx, f, iso.Params{
-		VolumeID: iso.VolumeID(talosVer),
-		Files:    bt.iso,
-		ESP:      espPath,
-		ModTime:  modTime,
-		TempDir:  dir,
+		VolumeID:    iso.VolumeID(talosVer),
+		VolumeSetID: iso.Label(talosVer),
+		Files:       bt.iso,
+		ESP:         espPath,
+		ModTime:     modTime,
+		TempDir:     dir,
 	})
 	if err != nil {
 		t.Fatalf("iso.Write: %v", err)

@@ -2,21 +2,32 @@
 // (github.com/diskfs/go-diskfs), the equivalent of the Talos imager's
 // sd-boot `xorrisofs` invocation (talos-formats.md §3.4).
 //
-// Layout of the image (512-byte sectors, 2048-byte ISO blocks):
+// Layout of the image (512-byte sectors, 2048-byte ISO blocks), that of
+// Talos's `xorrisofs ... -partition_cyl_align all -partition_offset 16
+// -iso_mbr_part_type 0x83 -append_partition 2 0xef efiboot.img`:
 //
-//	LBA 0           MBR: p1 0x83 = the ISO9660 volume from LBA 64, p2 0xEF = the ESP,
-//	                p3 0xEE over LBA 1..63 (a hybrid MBR, so GPT-aware systems use the GPT)
-//	LBA 1..33       primary GPT: 1 "ISO9660" (basic data) and 2 "EFI" (ESP), same extents
-//	block 16..      ISO9660 + Rock Ridge (no Joliet): volume descriptors, tree, files,
-//	                /imagecache/ always present; El Torito catalog (hidden) with one
-//	                EFI no-emulation entry whose image is the appended ESP
-//	1 MiB-aligned   the ESP image (esp.Build), El Torito image and partition 2
-//	last 33 LBAs    backup GPT; the image size is a multiple of 1 MiB
+//	LBA 0           MBR only (no GPT, no boot code, signature 0), cylinders of
+//	                64 heads x 32 sectors: p1 0x83 from LBA 64 (block 16) to the
+//	                ESP, p2 0xEF = the ESP rounded up to 1 MiB
+//	block 16..18    whole-device volume descriptors: PVD (volume space = the
+//	                whole image), El Torito boot record, terminator
+//	block 32..33    partition 1's volume descriptors (its block 16): PVD whose
+//	                volume space is partition 1, terminator
+//	block 35..      go-diskfs's ISO9660 + Rock Ridge volume (no Joliet), every
+//	                address relative to partition 1: directories, path tables,
+//	                the El Torito catalog /boot.catalog, file data; /imagecache/
+//	                always present
+//	after it        the whole-device copy of the directories and path tables
+//	                (addresses absolute; file data shared)
+//	1 MiB-aligned   the ESP image (esp.Build): El Torito image (one EFI
+//	                no-emulation entry) and partition 2; the image size is a
+//	                multiple of 1 MiB
 //
 // A CD-ROM boot reads the El Torito catalog; a USB stick (dd of the file)
-// boots through the GPT (or the MBR) partition 2. Unlike xorriso's
-// -partition_offset 16 there is no second directory tree relative to
-// partition 1, so partition 1 alone is not mountable; the whole device is.
+// boots through MBR partition 2. Partition 1 alone is a mountable ISO9660
+// volume (blkid finds iso9660 TALOS_<VERSION> on it), as on Talos's ISO.
+// Volume set id Label(version), preparer and El Torito id empty, root
+// directory mode 0755, as xorriso writes them.
 //
 // go-diskfs defects worked around (go-diskfs-findings.md): Joliet is never
 // enabled (it corrupts subdirectories and moves the boot record); files of
@@ -28,7 +39,13 @@
 // hidden placeholder and patched afterwards; and go-diskfs takes every time
 // from the clock or the staged files, so a final pass (normalize.go) rewrites
 // the volume descriptor dates, every directory record date and every Rock
-// Ridge TF time to Params.ModTime: equal inputs give byte-identical images.
+// Ridge TF time to Params.ModTime: equal inputs give byte-identical images;
+// go-diskfs gives several names of one directory that need a Rock Ridge
+// continuation area (about 120 bytes or more) the same one, so such a tree
+// is refused (ErrInvalidPath); go-diskfs writes from the start of its
+// backend only, so it gets a backend.Sub at partition 1; its preparer id
+// (its URL), El Torito id and /boot.catalog record are rewritten as
+// xorriso's.
 package iso
 
 import (
@@ -43,6 +60,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 
@@ -91,6 +109,9 @@ type File struct {
 type Params struct {
 	// VolumeID is the ISO9660 volume identifier, e.g. VolumeID("v1.13.0").
 	VolumeID string
+	// VolumeSetID is the volume set identifier, e.g. Label("v1.13.0");
+	// empty leaves it blank. At most 128 printable ASCII characters.
+	VolumeSetID string
 	// Files is the ISO tree. Directories are created as needed; the
 	// directory imagecache/ always exists.
 	Files []File
@@ -109,10 +130,14 @@ type Params struct {
 // Layout reports where the parts of a written image are.
 type Layout struct {
 	Size     int64 // bytes, a multiple of 1 MiB
-	ISOSize  int64 // bytes of the ISO9660 volume proper (from 0)
-	ESPStart int64 // byte offset of the ESP (partition 2, El Torito image)
+	ISOSize  int64 // bytes of the ISO9660 structures and data (from 0)
+	ESPStart int64 // byte offset of the ESP (partition 2, El Torito image); partition 1 ends here
 	ESPSize  int64
 }
+
+// Label returns the volume set id the Talos imager gives an ISO of
+// talosVersion (pkg/imager/iso Label, non-SecureBoot): "Talos-v1.13.0".
+func Label(talosVersion string) string { return "Talos-" + talosVersion }
 
 // VolumeID returns the volume id the Talos imager gives an ISO of
 // talosVersion: "Talos-<version>" upper-cased, with '-', '_' and '.' mapped
@@ -158,6 +183,12 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, fmt.Errorf("iso: staging directory: %w", err)
 	}
 	defer os.RemoveAll(ws)
+	// The staging directory's mode becomes the Rock Ridge mode of the root
+	// directory; MkdirTemp's 0700 would shut non-root users out of the
+	// mounted ISO.
+	if err := os.Chmod(ws, 0o755); err != nil {
+		return Layout{}, fmt.Errorf("iso: staging directory: %w", err)
+	}
 
 	if err := stage(ctx, ws, p.Files); err != nil {
 		return Layout{}, err
@@ -169,7 +200,8 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err := out.Truncate(0); err != nil {
 		return Layout{}, fmt.Errorf("iso: %w", err)
 	}
-	fsys, err := iso9660.Create(file.New(out, false), 0, 0, blockSize, ws)
+	base := int64(partOffset) * blockSize
+	fsys, err := iso9660.Create(backend.Sub(file.New(out, false), base, 0), 0, 0, blockSize, ws)
 	if err != nil {
 		return Layout{}, fmt.Errorf("iso: create: %w", err)
 	}
@@ -179,8 +211,7 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		DeepDirectories:  true,
 		VolumeIdentifier: p.VolumeID,
 		ElTorito: &iso9660.ElTorito{
-			BootCatalog:     "/boot.catalog",
-			HideBootCatalog: true,
+			BootCatalog: "/boot.catalog", // visible, as xorrisofs leaves it
 			Entries: []*iso9660.ElToritoEntry{{
 				Platform:     iso9660.EFI,
 				Emulation:    iso9660.NoEmulation,
@@ -196,13 +227,30 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, err
 	}
 
-	vd, err := readVolumeDescriptors(out)
+	vd, err := readVolumeDescriptors(out, base)
 	if err != nil {
 		return Layout{}, err
 	}
-	l := Layout{ISOSize: int64(vd.volumeBlocks) * blockSize, ESPSize: espInfo.Size()}
+	if err := normalize(out, vd, p.ModTime); err != nil {
+		return Layout{}, err
+	}
+	pvd := make([]byte, blockSize)
+	if _, err := out.ReadAt(pvd, base+vd.pvdBlock*blockSize); err != nil {
+		return Layout{}, fmt.Errorf("iso: read PVD: %w", err)
+	}
+	setIdentifier(pvd[190:318], p.VolumeSetID)
+	setIdentifier(pvd[446:574], "") // preparer: go-diskfs writes its URL
+
+	// The whole-device directory tree goes right after the volume.
+	treeAt := uint32(partOffset) + vd.volumeBlocks
+	dev, err := writeDeviceTree(out, vd, pvd, treeAt)
+	if err != nil {
+		return Layout{}, err
+	}
+	first, end := metaRegion(pvd)
+	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espInfo.Size()}
 	l.ESPStart = roundUp(l.ISOSize, mib)
-	l.Size = roundUp(l.ESPStart+roundUp(l.ESPSize, blockSize)+33*sectorSize, mib)
+	l.Size = l.ESPStart + roundUp(l.ESPSize, mib)
 
 	if err := appendESP(ctx, out, p.ESP, l); err != nil {
 		return Layout{}, err
@@ -213,13 +261,21 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err := patchElTorito(out, vd, l); err != nil {
 		return Layout{}, err
 	}
-	if err := normalize(out, vd, l, p.ModTime); err != nil {
+	if err := writeDescriptors(out, vd, pvd, dev, l); err != nil {
 		return Layout{}, err
 	}
-	if err := writeSystemArea(out, l, p.VolumeID); err != nil {
+	if err := writeMBR(out, l); err != nil {
 		return Layout{}, err
 	}
 	return l, nil
+}
+
+// setIdentifier writes an ISO9660 identifier field: s, padded with spaces.
+func setIdentifier(field []byte, s string) {
+	for i := range field {
+		field[i] = ' '
+	}
+	copy(field, s)
 }
 
 func validate(p Params) error {
@@ -229,6 +285,14 @@ func validate(p Params) error {
 	for _, r := range p.VolumeID {
 		if !(r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_') {
 			return fmt.Errorf("%w: %q has %q, not a d-character", ErrInvalidVolumeID, p.VolumeID, r)
+		}
+	}
+	if len(p.VolumeSetID) > 128 {
+		return fmt.Errorf("%w: volume set id %q longer than 128 bytes", ErrInvalidVolumeID, p.VolumeSetID)
+	}
+	for _, r := range p.VolumeSetID {
+		if r < ' ' || r > '~' {
+			return fmt.Errorf("%w: volume set id %q has %q, not printable ASCII", ErrInvalidVolumeID, p.VolumeSetID, r)
 		}
 	}
 	if p.ESP == "" {

@@ -75,8 +75,8 @@ func TestWriteReaders(t *testing.T) {
 					t.Errorf("xorriso -find lacks %s:\n%s", want, find)
 				}
 			}
-			if strings.Contains(find, "placeholder") || strings.Contains(find, "boot.catalog") {
-				t.Errorf("xorriso -find shows hidden files:\n%s", find)
+			if strings.Contains(find, "placeholder") || !strings.Contains(find, "'/boot.catalog'") {
+				t.Errorf("xorriso -find shows the placeholder or lacks /boot.catalog:\n%s", find)
 			}
 			rep := run(t, "xorriso", "-indev", img, "-report_el_torito", "plain", "-report_system_area", "plain")
 			t.Logf("xorriso reports:\n%s", rep)
@@ -88,22 +88,78 @@ func TestWriteReaders(t *testing.T) {
 			if !strings.Contains(strings.Join(strings.Fields(rep), " "), wantImg) {
 				t.Errorf("El Torito report lacks %q", wantImg)
 			}
-			for _, want := range []string{"GPT", "ISO9660", "0xef"} {
-				if !strings.Contains(rep, want) {
+			// MBR-only, as xorrisofs -partition_offset 16 makes it.
+			p1 := l.ESPStart/512 - 64
+			p2 := (l.ESPSize + 1<<20 - 1) >> 20 << 11
+			for _, want := range []string{
+				"System area summary: MBR cyl-align-on",
+				"Partition offset : 16",
+				fmt.Sprintf("MBR partition : 1 0x00 0x83 64 %d", p1),
+				fmt.Sprintf("MBR partition : 2 0x00 0xef %d %d", l.ESPStart/512, p2),
+			} {
+				if !strings.Contains(strings.Join(strings.Fields(rep), " "), want) {
 					t.Errorf("system area report lacks %q", want)
 				}
 			}
+			if strings.Contains(rep, "GPT") {
+				t.Errorf("system area report shows a GPT")
+			}
+			sf := run(t, "sfdisk", "-d", img)
+			t.Logf("sfdisk -d:\n%s", sf)
+			for _, want := range []string{"label: dos", fmt.Sprintf("start=%12d, size=%12d, type=83", 64, p1),
+				fmt.Sprintf("start=%12d, size=%12d, type=ef", l.ESPStart/512, p2)} {
+				if !strings.Contains(sf, want) {
+					t.Errorf("sfdisk -d lacks %q", want)
+				}
+			}
+			if strings.Count(sf, "start=") != 2 {
+				t.Errorf("sfdisk -d: not exactly two partitions")
+			}
+			if v := run(t, "sgdisk", "-v", img); !strings.Contains(v, "Found invalid GPT and valid MBR") {
+				t.Errorf("sgdisk -v does not see MBR-only:\n%s", v)
+			}
 
 			info := run(t, "isoinfo", "-d", "-i", img)
-			for _, want := range []string{"Volume id: TALOS_V1_13_0", "Rock Ridge signatures version 1 found", "El Torito VD version 1 found"} {
+			for _, want := range []string{"Volume id: TALOS_V1_13_0", "Volume set id: Talos-v1.13.0", "Data preparer id: \n",
+				"Rock Ridge signatures version 1 found", "El Torito VD version 1 found", "ID ''"} {
 				if !strings.Contains(info, want) {
 					t.Errorf("isoinfo -d lacks %q:\n%s", want, info)
 				}
 			}
 
-			if v := run(t, "sgdisk", "-v", img); !strings.Contains(v, "No problems found") {
-				t.Errorf("sgdisk -v:\n%s", v)
+			// Partition 1 alone is the ISO9660 volume: blkid, isoinfo and
+			// xorriso read it as such.
+			part1 := filepath.Join(dir, "p1.img")
+			extract(t, img, part1, 64*512, p1*512)
+			bl := run(t, "blkid", "-p", "-o", "export", part1)
+			t.Logf("blkid -p partition 1:\n%s", bl)
+			for _, want := range []string{"TYPE=iso9660", "LABEL=TALOS_V1_13_0", "VOLUME_SET_ID=Talos-v1.13.0"} {
+				if !strings.Contains(bl, want+"\n") {
+					t.Errorf("blkid on partition 1 lacks %s", want)
+				}
 			}
+			if strings.Contains(bl, "go-diskfs") || strings.Contains(info, "go-diskfs") {
+				t.Errorf("go-diskfs named in the volume")
+			}
+			info1 := run(t, "isoinfo", "-d", "-i", part1)
+			if !strings.Contains(info1, fmt.Sprintf("Volume size is: %d\n", p1/4)) || !strings.Contains(info1, "Rock Ridge signatures version 1 found") {
+				t.Errorf("isoinfo -d partition 1:\n%s", info1)
+			}
+			for _, src := range []string{img, part1} {
+				ls := run(t, "xorriso", "-indev", src, "-lsdl", "/", "--")
+				if !strings.Contains(ls, "drwxr-xr-x") {
+					t.Errorf("root directory of %s is not 0755:\n%s", filepath.Base(src), ls)
+				}
+			}
+			out1 := filepath.Join(dir, "x1")
+			run(t, "xorriso", "-osirrox", "on", "-indev", part1, "-extract", "/", out1)
+			for p, want := range bt.bytes {
+				got, err := os.ReadFile(filepath.Join(out1, p))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("extracted %s from partition 1: %v, %d bytes, want %d", p, err, len(got), len(want))
+				}
+			}
+
 			fd := run(t, "fdisk", "-l", img)
 			t.Logf("fdisk -l:\n%s", fd)
 
@@ -184,6 +240,7 @@ func TestWriteErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	never := func() (io.ReadCloser, error) { t.Fatal("Open called"); return nil, nil }
+	empty := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("")), nil }
 	f, err := os.Create(filepath.Join(dir, "out.iso"))
 	if err != nil {
 		t.Fatal(err)
@@ -199,10 +256,17 @@ func TestWriteErrors(t *testing.T) {
 		{"reserved", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "imagecache", Open: never}}}, iso.ErrInvalidPath},
 		{"abs", iso.Params{VolumeID: "X", ESP: espPath, Files: []iso.File{{Path: "/x", Open: never}}}, iso.ErrInvalidPath},
 		{"lowercase", iso.Params{VolumeID: "talos", ESP: espPath}, iso.ErrInvalidVolumeID},
+		{"volset", iso.Params{VolumeID: "X", VolumeSetID: "Talos-\n", ESP: espPath}, iso.ErrInvalidVolumeID},
+		{"long-names", iso.Params{VolumeID: "X", ESP: espPath, TempDir: dir, Files: []iso.File{
+			{Path: "d/a" + strings.Repeat("n", 200), Open: empty},
+			{Path: "d/b" + strings.Repeat("n", 200), Open: empty},
+		}}, iso.ErrInvalidPath},
 		{"volid33", iso.Params{VolumeID: strings.Repeat("A", 33), ESP: espPath}, iso.ErrInvalidVolumeID},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := iso.Write(context.Background(), f, tc.p); !errors.Is(err, tc.want) {
+			_, err := iso.Write(context.Background(), f, tc.p)
+			t.Log(err)
+			if !errors.Is(err, tc.want) {
 				t.Fatalf("Write: err = %v, want %v", err, tc.want)
 			}
 		})

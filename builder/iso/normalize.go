@@ -8,19 +8,22 @@ import (
 )
 
 // volumeDescriptors is what the post-Finalize passes need from the volume
-// descriptor set.
+// descriptor set go-diskfs wrote at byte base of the file. Block numbers
+// are relative to base, as the volume's own pointers are.
 type volumeDescriptors struct {
+	base         int64
 	pvdBlock     int64
-	bootBlock    int64 // 0: none
+	bootBlock    int64
+	termBlock    int64
 	volumeBlocks uint32
 	catalogBlock uint32
 }
 
-func readVolumeDescriptors(f *os.File) (*volumeDescriptors, error) {
-	vd := &volumeDescriptors{}
+func readVolumeDescriptors(f *os.File, base int64) (*volumeDescriptors, error) {
+	vd := &volumeDescriptors{base: base}
 	b := make([]byte, blockSize)
 	for blk := int64(16); blk < 64; blk++ {
-		if _, err := f.ReadAt(b, blk*blockSize); err != nil {
+		if _, err := f.ReadAt(b, base+blk*blockSize); err != nil {
 			return nil, fmt.Errorf("iso: read volume descriptor %d: %w", blk, err)
 		}
 		if string(b[1:6]) != "CD001" {
@@ -39,26 +42,37 @@ func readVolumeDescriptors(f *os.File) (*volumeDescriptors, error) {
 			if vd.pvdBlock == 0 || vd.bootBlock == 0 {
 				return nil, fmt.Errorf("iso: no primary or boot record volume descriptor")
 			}
+			vd.termBlock = blk
 			return vd, nil
 		}
 	}
 	return nil, fmt.Errorf("iso: no volume descriptor set terminator")
 }
 
-// patchElTorito points the single catalog entry at the appended ESP and
-// makes the volume space cover the whole image: with a sector count below
-// 2, EDK2 takes the boot image to run from its LBA to the end of the
-// volume space (ElTorito.c), so it must not end before the ESP.
+// patchElTorito points the single catalog entry at the appended ESP (an
+// absolute block: El Torito is read from the whole device) and blanks the
+// validation entry's id, where go-diskfs puts its URL (xorriso leaves it
+// empty). With a sector count below 2, EDK2 takes the boot image to run
+// from its LBA to the end of the volume space (ElTorito.c), so the
+// whole-device volume space must not end before the ESP (see
+// writeDeviceDescriptors); xorriso writes 0 for an ESP of more than 0xFFFF
+// sectors too.
 func patchElTorito(f *os.File, vd *volumeDescriptors, l Layout) error {
 	cat := make([]byte, blockSize)
-	off := int64(vd.catalogBlock) * blockSize
+	off := vd.base + int64(vd.catalogBlock)*blockSize
 	if _, err := f.ReadAt(cat, off); err != nil {
 		return fmt.Errorf("iso: read boot catalog: %w", err)
 	}
-	e := cat[32:64]
-	if cat[0] != 1 || e[0] != 0x88 || e[1] != 0 {
+	v, e := cat[0:32], cat[32:64]
+	if v[0] != 1 || v[30] != 0x55 || v[31] != 0xAA || e[0] != 0x88 || e[1] != 0 {
 		return fmt.Errorf("iso: unexpected boot catalog from go-diskfs")
 	}
+	clear(v[4:30])
+	var sum uint16
+	for i := 0; i < 32; i += 2 {
+		sum += binary.LittleEndian.Uint16(v[i:])
+	}
+	binary.LittleEndian.PutUint16(v[28:], -sum)
 	count := l.ESPSize / sectorSize
 	if count > 0xFFFF {
 		count = 0 // "to the end of the volume": see above
@@ -68,19 +82,11 @@ func patchElTorito(f *os.File, vd *volumeDescriptors, l Layout) error {
 	if _, err := f.WriteAt(cat, off); err != nil {
 		return fmt.Errorf("iso: write boot catalog: %w", err)
 	}
-	blocks := uint32(l.Size / blockSize)
-	var both [8]byte
-	binary.LittleEndian.PutUint32(both[0:], blocks)
-	binary.BigEndian.PutUint32(both[4:], blocks)
-	if _, err := f.WriteAt(both[:], vd.pvdBlock*blockSize+80); err != nil {
-		return fmt.Errorf("iso: write volume size: %w", err)
-	}
-	vd.volumeBlocks = blocks
 	return nil
 }
 
 // normalize sets every time stamp of the ISO9660 structures to t.
-func normalize(f *os.File, vd *volumeDescriptors, l Layout, t time.Time) error {
+func normalize(f *os.File, vd *volumeDescriptors, t time.Time) error {
 	if t.IsZero() || t.Year() < 1980 {
 		t = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
@@ -90,7 +96,7 @@ func normalize(f *os.File, vd *volumeDescriptors, l Layout, t time.Time) error {
 	unset := []byte("0000000000000000\x00")
 
 	pvd := make([]byte, blockSize)
-	if _, err := f.ReadAt(pvd, vd.pvdBlock*blockSize); err != nil {
+	if _, err := f.ReadAt(pvd, vd.base+vd.pvdBlock*blockSize); err != nil {
 		return fmt.Errorf("iso: read PVD: %w", err)
 	}
 	copy(pvd[813:], dec)   // creation
@@ -99,19 +105,36 @@ func normalize(f *os.File, vd *volumeDescriptors, l Layout, t time.Time) error {
 	copy(pvd[864:], unset) // effective
 	root := pvd[156 : 156+34]
 	copy(root[18:25], rec)
-	if _, err := f.WriteAt(pvd, vd.pvdBlock*blockSize); err != nil {
+	if _, err := f.WriteAt(pvd, vd.base+vd.pvdBlock*blockSize); err != nil {
 		return fmt.Errorf("iso: write PVD: %w", err)
 	}
 
-	n := &normalizer{f: f, rec: rec, limit: l.ISOSize, seen: map[uint32]bool{}}
-	return n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:]))
+	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{}}
+	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:])); err != nil {
+		return err
+	}
+	if !n.catalogOK {
+		return fmt.Errorf("iso: no directory record for the boot catalog")
+	}
+	return nil
 }
 
 type normalizer struct {
 	f     *os.File
 	rec   []byte
-	limit int64
+	base  int64 // byte offset of the volume in f
+	limit int64 // bytes of the volume
 	seen  map[uint32]bool
+	// catalog is the block of /boot.catalog, which go-diskfs records with
+	// its 64 bytes and mode 0; xorriso with one block and mode 0444.
+	catalog   uint32
+	catalogOK bool
+	// ce holds the continuation areas of named entries: go-diskfs v1.9.4
+	// points every name of a directory that needs one (Rock Ridge names
+	// of about 120 bytes or more) at the first one's, so readers see one
+	// name several times. Refused rather than written wrong.
+	ce    map[int64]bool
+	named bool
 }
 
 func (n *normalizer) dir(lba, size uint32) error {
@@ -123,6 +146,7 @@ func (n *normalizer) dir(lba, size uint32) error {
 	if off+int64(size) > n.limit {
 		return fmt.Errorf("iso: directory at block %d beyond the volume", lba)
 	}
+	off += n.base
 	d := make([]byte, size)
 	if _, err := n.f.ReadAt(d, off); err != nil {
 		return fmt.Errorf("iso: read directory: %w", err)
@@ -145,12 +169,20 @@ func (n *normalizer) dir(lba, size uint32) error {
 		if nameLen%2 == 0 {
 			su++
 		}
+		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
 		if su < l {
+			n.named = !isDot
 			if err := n.susp(r[su:]); err != nil {
 				return err
 			}
 		}
-		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
+		if r[25]&2 == 0 && binary.LittleEndian.Uint32(r[2:]) == n.catalog && su < l {
+			setBoth32(r[10:], blockSize)
+			if !setPXMode(r[su:], 0o100444) {
+				return fmt.Errorf("iso: no Rock Ridge PX entry for the boot catalog")
+			}
+			n.catalogOK = true
+		}
 		if r[25]&2 != 0 && !isDot {
 			subs = append(subs, sub{binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:])})
 		}
@@ -197,6 +229,13 @@ func (n *normalizer) susp(b []byte) error {
 			if off+int64(cl) > n.limit {
 				return fmt.Errorf("iso: continuation area beyond the volume")
 			}
+			if n.named {
+				if n.ce[off] {
+					return fmt.Errorf("%w: go-diskfs gave several long names of one directory the same Rock Ridge continuation area (at block %d); names of about 120 bytes or more need one each", ErrInvalidPath, blk)
+				}
+				n.ce[off] = true
+			}
+			off += n.base
 			c := make([]byte, cl)
 			if _, err := n.f.ReadAt(c, off); err != nil {
 				return fmt.Errorf("iso: read continuation area: %w", err)
@@ -213,4 +252,21 @@ func (n *normalizer) susp(b []byte) error {
 		i += l
 	}
 	return nil
+}
+
+// setPXMode sets the file mode of the Rock Ridge PX entry of a System Use
+// area, reporting whether there was one.
+func setPXMode(b []byte, mode uint32) bool {
+	for i := 0; i+4 <= len(b); {
+		l := int(b[i+2])
+		if l < 4 || i+l > len(b) {
+			return false
+		}
+		if string(b[i:i+2]) == "PX" && l >= 12 {
+			setBoth32(b[i+4:], mode)
+			return true
+		}
+		i += l
+	}
+	return false
 }
