@@ -21,7 +21,8 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate k8s-images check-k8s-images lint fmt vet staticcheck buf-lint \
-        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean
+        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean \
+        bench-imager bench-debs
 
 all: build
 
@@ -292,8 +293,47 @@ compare-talos-uki: $(TALOS_UKI) $(E2E_SDBOOT)/.done $(E2E_KERNEL)/.done
 	KILN_REQUIRE_FIXTURES=1 TALOS_UKI=$(TALOS_UKI) $(E2E_ENV) $(GO) test -tags talos -count=1 -v -run Talos ./builder/uki/
 
 # The image cache benchmark compares with crane and skopeo, from Debian's registry.
-bench: $(CRANE) e2e-debs
+bench: $(CRANE) e2e-debs bench-imager
 	DOCKER_REGISTRY=$$(command -v docker-registry) CRANE=$(CRANE) $(GO) test -run '^$$' -bench . -benchmem ./...
+
+# kiln's builder side by side with Talos's own imager (pkg/imager v1.13.9)
+# on the same input files, and kiln's warm downloads against Debian's nginx
+# serving the same file (issue 17): paired rounds, the table and every
+# measurement under _bench/results. By hand; BENCH_ARGS passes flags
+# (-only iso,raw -rounds 7 -profile=false). The driver (hack/imager-bench)
+# is kiln's module; Talos's imager (hack/imager-bench/talos) its own, with
+# Talos's dependency versions. The imager runs Debian 12's xorriso,
+# dosfstools, GRUB, zstd and xz, and Debian 13's mtools 4.0.48 and mkfs.xfs
+# 6.13 through shims the bench writes (Debian 12's mtools cannot write the
+# imager's small ESPs, its mkfs.xfs lacks -p file=); nginx and the Debian 13
+# tools are unpacked under _e2e, not installed; perf profiles kiln.
+BENCH_DIR     := $(CURDIR)/_bench
+IMAGER_BENCH  := $(BENCH_DIR)/bin/imager-bench
+TALOS_IMAGER  := $(BENCH_DIR)/bin/talos-imager
+BENCH_TRIXIE  := $(CURDIR)/_e2e/imager-trixie
+BENCH_NGINX   := $(CURDIR)/_e2e/nginx
+BENCH_DEBS    := $(TEST_DEBS) linux-perf
+
+$(TALOS_IMAGER): hack/imager-bench/talos/main.go hack/imager-bench/talos/go.mod hack/imager-bench/talos/go.sum
+	cd hack/imager-bench/talos && GOWORK=off $(GO) build -o $(TALOS_IMAGER) .
+
+$(BENCH_TRIXIE)/.done:
+	$(call trixie-debs,$(BENCH_TRIXIE),mtools xfsprogs libc6 libblkid1 libuuid1 libinih1 liburcu8t64)
+
+# Debian 12's nginx, unpacked like the kernel: installing it would start a
+# system nginx on port 80.
+$(BENCH_NGINX)/.done:
+	rm -rf $(BENCH_NGINX) && mkdir -p $(BENCH_NGINX)
+	cd $(BENCH_NGINX) && apt-get download nginx && dpkg -x nginx_*.deb root && rm -f nginx_*.deb
+	touch $@
+
+bench-debs:
+	$(call install-debs,$(BENCH_DEBS))
+
+bench-imager: build $(TALOS_IMAGER) bench-debs $(E2E_KERNEL)/.done $(BENCH_TRIXIE)/.done $(BENCH_NGINX)/.done
+	$(GO) build -o $(IMAGER_BENCH) ./hack/imager-bench
+	$(IMAGER_BENCH) -kiln $(KILN) -kiln-version $(VERSION) -talos-imager $(TALOS_IMAGER) -kernel-dir $(E2E_KERNEL) \
+		-trixie $(BENCH_TRIXIE)/root -nginx $(BENCH_NGINX)/root/usr/sbin/nginx -out $(BENCH_DIR) $(BENCH_ARGS)
 
 # Fuzz each parser for FUZZTIME (default 2m); new crashers land in testdata/fuzz.
 FUZZTIME ?= 2m
