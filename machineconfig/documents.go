@@ -1,6 +1,10 @@
 package machineconfig
 
-import "slices"
+import (
+	"cmp"
+	"slices"
+	"strconv"
+)
 
 // The documents of a patch, as Talos's machinery decodes them (strictly:
 // every key here is one its types have). Field order is the order written.
@@ -17,6 +21,7 @@ type machinePatch struct {
 }
 
 type installPatch struct {
+	Disk  string `yaml:"disk,omitempty"`
 	Image string `yaml:"image"`
 }
 
@@ -85,13 +90,18 @@ type imageCacheConfig struct {
 	} `yaml:"local"`
 }
 
-// unattendedInstallConfig is merged into the one `talosctl gen config`
-// writes from 1.14 (with the install disk's selector): only the image.
+// unattendedInstallConfig replaces the one `talosctl gen config` writes
+// from 1.14: whole, as a merge would drop the disk selector.
 type unattendedInstallConfig struct {
 	Meta      `yaml:",inline"`
 	Installer struct {
 		Image string `yaml:"image"`
 	} `yaml:"installer"`
+	Provisioning struct {
+		DiskSelector struct {
+			Match string `yaml:"match"`
+		} `yaml:"diskSelector"`
+	} `yaml:"provisioning"`
 }
 
 type volumeConfig struct {
@@ -131,9 +141,10 @@ func documents(opts Options, form Form, p *Patch, tls []tlsHost, verifyKey []byt
 	if v.Has(UnattendedInstall) {
 		d := unattendedInstallConfig{Meta: meta("UnattendedInstallConfig")}
 		d.Installer.Image = p.InstallImage
+		d.Provisioning.DiskSelector.Match = diskSelector(cmp.Or(opts.InstallDisk, DefaultInstallDisk))
 		docs = append(docs, d)
 	} else {
-		machine.Install = &installPatch{Image: p.InstallImage}
+		machine.Install = &installPatch{Disk: opts.InstallDisk, Image: p.InstallImage}
 	}
 
 	legacyTLS := func() {
@@ -249,4 +260,10 @@ func verification(kilnHost string, key []byte, factory bool) imageVerificationCo
 	}
 
 	return d
+}
+
+// diskSelector is the CEL selector `talosctl gen config --install-disk`
+// writes for a disk.
+func diskSelector(disk string) string {
+	return "disk.dev_path == " + strconv.Quote(disk)
 }

@@ -1,6 +1,7 @@
 package machineconfig
 
 import (
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,6 +23,7 @@ import (
 // the options asked for.
 type summary struct {
 	InstallImage string                   `json:"installImage"`
+	InstallDisk  string                   `json:"installDisk"`
 	Mirrors      map[string]summaryMirror `json:"mirrors"`
 	TLS          map[string]summaryTLS    `json:"tls,omitempty"`
 	ImageCache   bool                     `json:"imageCache"`
@@ -56,6 +58,13 @@ func expected(t testing.TB, opts Options, p *Patch) summary {
 	t.Helper()
 
 	s := summary{InstallImage: p.InstallImage, Mirrors: map[string]summaryMirror{}, ImageCache: opts.ImageCache}
+
+	// gen config's disk, unless the patch names one; from 1.14 as the
+	// UnattendedInstallConfig's selector.
+	s.InstallDisk = cmp.Or(opts.InstallDisk, DefaultInstallDisk)
+	if opts.Version.Has(UnattendedInstall) {
+		s.InstallDisk = diskSelector(s.InstallDisk)
+	}
 
 	for _, m := range p.Mirrors {
 		s.Mirrors[m.Host] = summaryMirror{Endpoints: m.Endpoints, SkipFallback: true}
@@ -190,7 +199,8 @@ func variants(t testing.TB, v Version) []variant {
 		{"external-mirror", Options{Kiln: Registry{URL: "https://kiln.lan", CA: ca},
 			Mirror: Registry{URL: "https://harbor.lan", CA: mirrorCA}, Namespace: "talos/mirror"}},
 		{"cache", Options{Kiln: Registry{URL: "https://kiln.lan:8443", CA: ca}, ImageCache: true, CacheVolume: "2GiB", SigningKey: key}},
-		{"cache-disk", Options{Kiln: Registry{URL: "http://kiln.lan:8080"}, ImageCache: true, SigningKey: key, Platform: "nocloud"}},
+		{"cache-disk", Options{Kiln: Registry{URL: "http://kiln.lan:8080"}, ImageCache: true, SigningKey: key, Platform: "nocloud",
+			InstallDisk: "/dev/nvme0n1"}},
 		{"cache-plain", Options{Kiln: Registry{URL: "http://kiln.lan:8080"}, ImageCache: true, CacheVolume: "4GB",
 			Mirror: Registry{URL: "http://harbor.lan"}, Held: []string{"quay.io", "ghcr.io"}}},
 	}

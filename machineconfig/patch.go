@@ -2,6 +2,7 @@ package machineconfig
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -90,6 +91,13 @@ type Options struct {
 	Platform string
 	// Form is the form to write; zero is Version.DefaultForm().
 	Form Form
+	// InstallDisk is the disk the node installs to, as talosctl gen config
+	// --install-disk names it. Empty leaves machine.install.disk alone and,
+	// from 1.14, means talosctl's default /dev/sda: there the patch carries
+	// the whole UnattendedInstallConfig, as Talos's strategic merge drops a
+	// disk selector the patch leaves out (cel.Expression.Merge takes the
+	// patch's empty expression).
+	InstallDisk string
 	// ImageCache turns the node's image cache on: the schematic embeds one.
 	ImageCache bool
 	// CacheVolume, with ImageCache, sizes the IMAGECACHE volume an ISO's
@@ -146,7 +154,12 @@ var (
 	// volumeSize is the size grammar accepted for CacheVolume: what Talos's
 	// ByteSize parses, restricted to whole binary or decimal units.
 	volumeSize = regexp.MustCompile(`^[1-9][0-9]{0,5}(MiB|GiB|TiB|MB|GB|TB)$`)
+	// devicePath is a disk as talosctl's --install-disk takes it.
+	devicePath = regexp.MustCompile(`^/dev/[A-Za-z0-9][A-Za-z0-9/_.:-]{0,200}$`)
 )
+
+// DefaultInstallDisk is talosctl gen config's --install-disk default.
+const DefaultInstallDisk = "/dev/sda"
 
 // IsHost reports whether s can be a registry host in an image reference
 // (and so a mirror's name): a DNS name or IP with an optional port.
@@ -314,6 +327,10 @@ func Generate(opts Options) (*Patch, error) {
 
 	if opts.ImageCache && opts.CacheVolume != "" && !volumeSize.MatchString(opts.CacheVolume) {
 		return nil, invalidf("cache volume size %q: want a whole number of MiB, GiB, TiB, MB, GB or TB, e.g. 2GiB", opts.CacheVolume)
+	}
+
+	if opts.InstallDisk != "" && (!devicePath.MatchString(opts.InstallDisk) || strings.Contains(opts.InstallDisk, "..")) {
+		return nil, invalidf("install disk %q: want a device path such as /dev/sda or /dev/disk/by-id/...", opts.InstallDisk)
 	}
 
 	for _, h := range opts.Held {
@@ -508,6 +525,11 @@ func render(opts Options, p *Patch, docs []any) ([]byte, error) {
 
 	fmt.Fprintf(&b, "# Machine-config patch from kiln for Talos %s, schematic %s (%s form).\n", opts.Version, opts.Schematic, p.Form)
 	fmt.Fprintf(&b, "# talosctl gen config <cluster> <endpoint> --config-patch @airgap.yaml\n")
+
+	if opts.Version.Has(UnattendedInstall) {
+		fmt.Fprintf(&b, "# Installs to %s: from Talos 1.14 the patch replaces the UnattendedInstallConfig of gen config whole.\n",
+			cmp.Or(opts.InstallDisk, DefaultInstallDisk))
+	}
 
 	for _, w := range p.Warnings {
 		fmt.Fprintf(&b, "# WARNING: %s\n", w)

@@ -116,6 +116,7 @@ func summarize(cfg config.Provider) (s summary, err error) {
 	}()
 
 	s.InstallImage = cfg.Machine().Install().Image()
+	s.InstallDisk = cfg.Machine().Install().Disk()
 	s.Mirrors = map[string]summaryMirror{}
 
 	for host, m := range cfg.RegistryMirrorConfigs() {
