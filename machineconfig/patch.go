@@ -107,6 +107,10 @@ type Options struct {
 	// SigningKey is kiln's cosign public key (PEM): with it, versions that
 	// verify image signatures check kiln's installers with it.
 	SigningKey []byte
+	// AuthReads says kiln's registry wants a credential for pulls too
+	// (kiln serve --auth-reads): the patch carries no credential, so it
+	// warns that nodes need one.
+	AuthReads bool
 }
 
 // Mirror is one registry mirror of a patch.
@@ -510,6 +514,10 @@ func warnings(kiln, mirror *url.URL, opts Options) []string {
 		} else if r.u.Hostname() == "localhost" {
 			w = append(w, fmt.Sprintf("%s's address %s is a loopback address: nodes cannot reach it (kiln serve --external-url)", r.what, r.u.Host))
 		}
+	}
+
+	if opts.AuthReads {
+		w = append(w, fmt.Sprintf("kiln (%s) requires credentials for reads (--auth-reads): this patch carries none, add a read credential for %s to the node's registry auth, or nodes cannot pull", kiln.Host, kiln.Host))
 	}
 
 	if len(opts.SigningKey) == 0 && opts.Version.Has(ImageVerification) {
