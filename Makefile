@@ -314,6 +314,7 @@ fuzz: diff-factory
 	$(GO) test -run '^$$' -fuzz '^FuzzWrite$$' -fuzztime $(FUZZTIME) ./builder/xfs/
 	$(GO) test -run '^$$' -fuzz '^FuzzKernel$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./builder/grub/
 	$(GO) test -run '^$$' -fuzz '^FuzzModDep$$' -fuzztime $(FUZZTIME) ./builder/grub/
+	$(GO) test -run '^$$' -fuzz '^FuzzGenerate$$' -fuzztime $(FUZZTIME) ./machineconfig/
 
 # kiln's machine-config patches (machineconfig) read by each Talos version's
 # own machinery: hack/machineconfig-check built once per version from the Go
