@@ -5,6 +5,8 @@ package e2e
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -20,6 +22,8 @@ import (
 	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 // TestAirgapPatchPulls: a registry client configured from nothing but the
@@ -34,19 +38,48 @@ import (
 // themselves point at a closed port, as skipFallback would have it, so a
 // pull that the mirror did not answer fails.
 func TestAirgapPatchPulls(t *testing.T) {
-	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--demo")
+	t.Run("http", func(t *testing.T) {
+		k := startKiln(t, nil, "--data-dir", t.TempDir(), "--demo")
+		airgapPulls(t, k, "http", "", &http.Client{Timeout: time.Minute})
+		k.stop(t)
+	})
+
+	// Over TLS, the CA the patch names for kiln's host is the only one
+	// skopeo trusts (its --cert-dir), and the mirrors are https.
+	t.Run("tls", func(t *testing.T) {
+		dir := t.TempDir()
+		cert, key := testfixture.SelfSignedCert(t, dir)
+		k := startKiln(t, nil, "--data-dir", filepath.Join(dir, "data"), "--demo", "--tls-cert", cert, "--tls-key", key)
+
+		pool := x509.NewCertPool()
+		if pem, err := os.ReadFile(cert); err != nil || !pool.AppendCertsFromPEM(pem) {
+			t.Fatalf("%s: %v", cert, err)
+		}
+
+		client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+		airgapPulls(t, k, "https", cert, client)
+		k.stop(t)
+	})
+}
+
+// airgapPulls pulls every image of k's demo mirror through the mirrors of
+// its patches, in both forms.
+func airgapPulls(t *testing.T, k *kiln, scheme, caFile string, client *http.Client) {
+	t.Helper()
+
 	crane := binary(t, "CRANE")
 	kilnBin := binary(t, "KILN_BIN")
-	client := &http.Client{Timeout: time.Minute}
+	base := scheme + "://" + k.addr
 
 	const schematicID = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
 
-	if code, _, body := httpDo(t, client, "POST", "http://"+k.addr+"/schematics", "{}"); code != 201 {
+	if code, _, body := httpDo(t, client, "POST", base+"/schematics", "{}"); code != 201 {
 		t.Fatalf("POST /schematics = %d %s", code, body)
 	}
 
 	// Every tag of every repository the mirror holds, by the name a node
-	// asks for, with the digest kiln has for it.
+	// asks for, with the digest kiln has for it (crane --insecure: plain
+	// HTTP, or any certificate).
 	var images []mirroredImage
 
 	for _, repo := range strings.Fields(run(t, crane, "catalog", "--insecure", k.addr)) {
@@ -77,10 +110,14 @@ func TestAirgapPatchPulls(t *testing.T) {
 		form    string
 	}{
 		{"v1.13.0", nil, "RegistryMirrorConfig"},
+		// Before 1.12.2 the TLS settings are in machine.registries.config.
 		{"v1.12.0", []string{"--form", "legacy"}, "  registries:\n    mirrors:\n"},
 	} {
 		t.Run(tc.version+strings.Join(tc.flags, ""), func(t *testing.T) {
-			args := append([]string{"config", "airgap", "--kiln", "http://" + k.addr, "--schematic", schematicID, "--talos-version", tc.version}, tc.flags...)
+			args := append([]string{"config", "airgap", "--kiln", base, "--schematic", schematicID, "--talos-version", tc.version}, tc.flags...)
+			if caFile != "" {
+				args = append(args, "--ca-file", caFile)
+			}
 
 			out, err := exec.Command(kilnBin, args...).Output()
 			if err != nil {
@@ -97,22 +134,35 @@ func TestAirgapPatchPulls(t *testing.T) {
 				query = "?form=legacy"
 			}
 
-			if code, _, body := httpDo(t, client, "GET", "http://"+k.addr+"/config/"+schematicID+"/"+tc.version+"/airgap.yaml"+query, ""); code != 200 || body != patch {
+			if code, _, body := httpDo(t, client, "GET", base+"/config/"+schematicID+"/"+tc.version+"/airgap.yaml"+query, ""); code != 200 || body != patch {
 				t.Fatalf("GET /config/... = %d, not what kiln config airgap printed:\n%s", code, body)
 			}
 
-			conf := registriesConf(t, patch)
+			certDir := t.TempDir()
+			conf := registriesConf(t, patch, certDir)
 			t.Logf("registries.conf from the patch:\n%s", conf)
+
+			if _, err := os.Stat(filepath.Join(certDir, "ca.crt")); (err == nil) != (scheme == "https") {
+				t.Fatalf("over %s, the patch's CA for kiln: %v", scheme, err)
+			}
 
 			confFile := filepath.Join(t.TempDir(), "registries.conf")
 			if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 				t.Fatal(err)
 			}
 
+			if scheme == "https" {
+				// The control: without the patch's CA kiln is not trusted.
+				if err := pullThroughMirror(confFile, t.TempDir(), filepath.Join(t.TempDir(), "control"), images[0]); err == nil ||
+					!strings.Contains(err.Error(), "certificate") {
+					t.Fatalf("a pull through kiln over TLS without the patch's CA: %v", err)
+				}
+			}
+
 			start := time.Now()
 
 			for i, img := range images {
-				if err := pullThroughMirror(confFile, filepath.Join(t.TempDir(), strconv.Itoa(i)), img); err != nil {
+				if err := pullThroughMirror(confFile, certDir, filepath.Join(t.TempDir(), strconv.Itoa(i)), img); err != nil {
 					t.Error(err)
 				}
 			}
@@ -120,16 +170,15 @@ func TestAirgapPatchPulls(t *testing.T) {
 			t.Logf("pulled %d images (%s) by their upstream names in %s", len(images), upstreamHosts(images), time.Since(start).Round(time.Millisecond))
 		})
 	}
-
-	k.stop(t)
 }
 
 // pullThroughMirror pulls an image by its upstream name with skopeo
 // configured by confFile, and checks it is kiln's: the manifest skopeo gets
 // has kiln's digest, and the linux/amd64 image (the image itself when it is
 // no index) is copied whole, every blob checked against its digest, into
-// dir with the manifest the index names.
-func pullThroughMirror(confFile, dir string, img mirroredImage) error {
+// dir with the manifest the index names. certDir holds the only CA skopeo
+// trusts.
+func pullThroughMirror(confFile, certDir, dir string, img mirroredImage) error {
 	skopeo := func(args ...string) ([]byte, error) {
 		cmd := exec.Command("skopeo", append([]string{"--registries-conf", confFile, "--insecure-policy"}, args...)...)
 		// No credential of this machine's user reaches kiln.
@@ -146,7 +195,7 @@ func pullThroughMirror(confFile, dir string, img mirroredImage) error {
 		return out, nil
 	}
 
-	raw, err := skopeo("inspect", "--raw", "--retry-times", "0", "docker://"+img.upstream)
+	raw, err := skopeo("inspect", "--raw", "--retry-times", "0", "--cert-dir", certDir, "docker://"+img.upstream)
 	if err != nil {
 		return err
 	}
@@ -185,7 +234,7 @@ func pullThroughMirror(confFile, dir string, img mirroredImage) error {
 		}
 	}
 
-	if _, err := skopeo("copy", "--preserve-digests", "--retry-times", "0", "--override-os", "linux", "--override-arch", "amd64",
+	if _, err := skopeo("copy", "--preserve-digests", "--retry-times", "0", "--src-cert-dir", certDir, "--override-os", "linux", "--override-arch", "amd64",
 		"docker://"+img.upstream, "dir:"+dir); err != nil {
 		return err
 	}
@@ -209,13 +258,32 @@ func digestOf(b []byte) string {
 }
 
 // registriesConf is a containers-registries.conf(5) with the patch's
-// mirrors, read by Talos's own config loader.
-func registriesConf(t *testing.T, patch string) string {
+// mirrors, read by Talos's own config loader; the CAs the patch gives the
+// mirrors' hosts go to certDir/ca.crt.
+func registriesConf(t *testing.T, patch, certDir string) string {
 	t.Helper()
 
 	cfg, err := configloader.NewFromBytes([]byte(patch), configloader.WithAllowPatchDelete())
 	if err != nil {
 		t.Fatalf("Talos's loader refuses the patch: %v", err)
+	}
+
+	tlsConfigs := cfg.RegistryTLSConfigs()
+
+	var cas []byte
+
+	for host, c := range tlsConfigs {
+		if c.InsecureSkipVerify() {
+			t.Fatalf("%s: insecureSkipVerify", host)
+		}
+
+		cas = append(cas, c.CA()...)
+	}
+
+	if len(cas) > 0 {
+		if err := os.WriteFile(filepath.Join(certDir, "ca.crt"), cas, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	mirrors := cfg.RegistryMirrorConfigs()
@@ -256,6 +324,10 @@ func registriesConf(t *testing.T, patch string) string {
 				// containerd would ask <path>/v2/..., which no
 				// containers/image location can say (and kiln never writes).
 				t.Fatalf("%s: endpoint %s has a path without overridePath", h, ep.Endpoint())
+			}
+
+			if u.Scheme == "https" && tlsConfigs[u.Host] == nil {
+				t.Errorf("%s: no TLS settings for the https endpoint %s", h, ep.Endpoint())
 			}
 
 			fmt.Fprintf(&b, "[[registry.mirror]]\nlocation = %q\ninsecure = %t\n", u.Host+strings.TrimSuffix(path, "/"), u.Scheme == "http")
