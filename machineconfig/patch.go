@@ -507,12 +507,13 @@ func warnings(kiln, mirror *url.URL, opts Options) []string {
 			w = append(w, fmt.Sprintf("%s (%s) is trusted with insecureSkipVerify: nodes accept any certificate for it", r.what, r.u.Host))
 		}
 
-		if host, _, err := net.SplitHostPort(r.u.Host); err == nil {
-			if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-				w = append(w, fmt.Sprintf("%s's address %s is a loopback address: nodes cannot reach it (kiln serve --external-url)", r.what, r.u.Host))
-			}
-		} else if r.u.Hostname() == "localhost" {
+		ip := net.ParseIP(r.u.Hostname())
+
+		switch {
+		case r.u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback()):
 			w = append(w, fmt.Sprintf("%s's address %s is a loopback address: nodes cannot reach it (kiln serve --external-url)", r.what, r.u.Host))
+		case ip != nil && ip.IsUnspecified():
+			w = append(w, fmt.Sprintf("%s's address %s is the unspecified address: nodes cannot reach it (kiln serve --external-url)", r.what, r.u.Host))
 		}
 	}
 

@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kiln-dev/kiln/access"
 	"github.com/kiln-dev/kiln/artifacts"
@@ -46,9 +48,12 @@ type airgapRoutes struct {
 	// authn, with --auth-reads, is asked for a credential on every request:
 	// a patch lists the upstream hosts the mirror holds, which its catalog
 	// then shows only to a client with one.
-	authn  *access.Authenticator
-	errors *factoryRoutes
-	logger *slog.Logger
+	authn *access.Authenticator
+	// setupErr, when kiln's own settings cannot make a patch, answers
+	// every request.
+	setupErr error
+	errors   *factoryRoutes
+	logger   *slog.Logger
 }
 
 func newAirgapRoutes(cfg Config, sc *schematics, releases *artifacts.Manager, authn *access.Authenticator, logger *slog.Logger) (*airgapRoutes, error) {
@@ -97,7 +102,28 @@ func newAirgapRoutes(cfg Config, sc *schematics, releases *artifacts.Manager, au
 		}
 	}
 
+	// kiln's own settings, checked once: a node-facing address or CA
+	// that cannot go into a patch is this kiln's fault, not a client's.
+	if _, err := machineconfig.Generate(machineconfig.Options{
+		Version: mustVersion(machineconfig.MinVersion), Schematic: strings.Repeat("0", 64),
+		Kiln: a.kiln, Mirror: a.mirror, Namespace: releases.Source().Namespace,
+	}); err != nil {
+		msg := strings.TrimPrefix(err.Error(), machineconfig.ErrInvalid.Error()+": ")
+		a.setupErr = status.Error(codes.FailedPrecondition, "this kiln cannot write machine-config patches: "+msg+" (kiln serve --external-url, --registry-ca)")
+
+		logger.Warn("machine-config patches are off", "error", msg)
+	}
+
 	return a, nil
+}
+
+func mustVersion(s string) machineconfig.Version {
+	v, err := machineconfig.ParseVersion(s)
+	if err != nil {
+		panic(err)
+	}
+
+	return v
 }
 
 // originOf is scheme://host of a URL (the external URL may carry a path).
@@ -157,6 +183,12 @@ var airgapParams = map[string]bool{"form": true, "platform": true, "install-disk
 //	?cache-volume=2GiB|none  the IMAGECACHE volume an ISO's cache is copied to
 func (a *airgapRoutes) patch(w http.ResponseWriter, r *http.Request) {
 	if !a.authorized(w, r) {
+		return
+	}
+
+	if a.setupErr != nil {
+		a.errors.writeError(w, r, a.setupErr)
+
 		return
 	}
 

@@ -222,3 +222,17 @@ func TestAirgapPatchAuthReads(t *testing.T) {
 		t.Errorf("no warning that nodes need a credential:\n%s", body)
 	}
 }
+
+// TestAirgapPatchBadExternalURL: an external URL that cannot name a
+// registry in an image reference is kiln's setting, not the client's
+// mistake: 412 naming it, not 400.
+func TestAirgapPatchBadExternalURL(t *testing.T) {
+	ts := startServer(t, Config{Demo: true, ExternalURL: "http://[fd00::5]:8080"})
+	path := "/config/" + createSchematic(t, ts, "{}") + "/v1.13.0/airgap.yaml"
+
+	resp, body := ts.do(t, "GET", path, "")
+	if resp.StatusCode != 412 || !strings.Contains(body, `this kiln cannot write machine-config patches: kiln URL "http://[fd00::5]:8080"`) ||
+		!strings.Contains(body, "--external-url") {
+		t.Errorf("GET %s = %d %q", path, resp.StatusCode, body)
+	}
+}
