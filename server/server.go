@@ -402,7 +402,8 @@ There is no web UI (yet). On this port:
                                                 cmdline-metal-amd64, metal-amd64.iso, metal-amd64.raw.zst, ...
   GET  /pxe/{schematic}/{version}/metal-amd64   an iPXE script
   GET  /imagecache/{id}.tar                     a built image cache
-  GET  /config/{schematic}/{version}/airgap.yaml  the machine-config patch for nodes pulling from kiln
+  GET  /config/{schematic}/{version}/airgap.yaml
+                                                the machine-config patch for nodes pulling from kiln
   /v2/                                          the OCI registry of the mirror
   /v1/...                                       the REST gateway of the gRPC API (gRPC itself, with
                                                 reflection, on this same port: grpcurl -plaintext HOST list)
