@@ -21,8 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate k8s-images check-k8s-images lint fmt vet staticcheck buf-lint \
-        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean \
-        check-machineconfig
+        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean
 
 all: build
 
@@ -329,6 +328,7 @@ MACHINECONFIG_VERSIONS := v1.10.0 v1.10.9 v1.11.6 v1.12.0-alpha.2 v1.12.0 v1.12.
 	v1.13.0-alpha.2 v1.13.0 v1.13.9 v1.14.0-alpha.2 v1.14.1
 MACHINECONFIG_CHECK := $(CURDIR)/_tools/machineconfig-check
 
+.PHONY: check-machineconfig
 check-machineconfig:
 	hack/machineconfig-check/build.sh $(MACHINECONFIG_CHECK) $(MACHINECONFIG_VERSIONS)
 	KILN_MACHINECONFIG_CHECK=$(MACHINECONFIG_CHECK) $(GO) test -count=1 -v -run 'TestMachineryVersions' ./machineconfig/
