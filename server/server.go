@@ -304,6 +304,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		public.Handle("/v2/", deps.Registry)
 	}
 
+	if deps.Releases != nil {
+		ag, err := newAirgapRoutes(cfg, domain, deps.Releases, deps.Authenticator, logger)
+		if err != nil {
+			return nil, err
+		}
+
+		ag.register(public)
+	}
+
 	public.HandleFunc("GET /{$}", rootPage)
 	public.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }) //nolint:errcheck
 	public.HandleFunc("GET /readyz", s.readyz)
@@ -476,6 +485,8 @@ There is no web UI (yet). On this port:
                                                 cmdline-metal-amd64, metal-amd64.iso, metal-amd64.raw.zst, ...
   GET  /pxe/{schematic}/{version}/metal-amd64   an iPXE script
   GET  /imagecache/{id}.tar                     a built image cache
+  GET  /config/{schematic}/{version}/airgap.yaml
+                                                the machine-config patch for nodes pulling from kiln
   /v2/                                          the OCI registry of the mirror
   /v1/...                                       the REST gateway of the gRPC API (gRPC itself, with
                                                 reflection, on this same port: grpcurl -plaintext HOST list)

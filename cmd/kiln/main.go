@@ -25,6 +25,7 @@ Usage:
   kiln mirror --from SRC --to DST --version V   copy Talos releases with their signatures
   kiln cache create --images FILE|- --output DIR   write a talosctl-compatible image cache
   kiln schematic id [FILE|-]    print the ID and canonical form of a schematic, offline
+  kiln config airgap --kiln URL --schematic ID --talos-version V   print the machine-config patch for nodes pulling from kiln
   kiln version                  print kiln's version
 
 Run 'kiln <command> -h' for a command's flags. Every flag can also be set as a
@@ -50,6 +51,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = mirrorCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "schematic":
 		err = schematicCmd(args[1:], stdin, stdout, stderr)
+	case "config":
+		err = configCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "version":
 		err = versionCmd(stdout)
 	case "help", "-h", "-help", "--help":

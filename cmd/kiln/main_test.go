@@ -25,7 +25,7 @@ func TestHelp(t *testing.T) {
 		{"help"}, {"-h"}, {"--help"},
 		{"serve", "--help"}, {"mirror", "--help"},
 		{"cache", "--help"}, {"cache", "-h"}, {"cache", "help"}, {"cache", "create", "--help"},
-		{"schematic", "--help"}, {"schematic", "-h"}, {"schematic", "id", "--help"}, {"schematic", "id", "-h"},
+		{"schematic", "--help"}, {"schematic", "-h"}, {"config", "--help"}, {"config", "airgap", "--help"}, {"config", "airgap", "-h"}, {"schematic", "id", "--help"}, {"schematic", "id", "-h"},
 	} {
 		code, stdout, stderr := runKiln(t, "", args...)
 		if code != 0 || !strings.Contains(stdout+stderr, "Usage") || strings.Contains(stdout+stderr, "no such file") {
