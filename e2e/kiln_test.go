@@ -158,8 +158,10 @@ func startKilnCmd(t *testing.T, wrapper []string, env []string, args ...string) 
 	case k.addr = <-addrc:
 	case err := <-k.done:
 		t.Fatalf("kiln exited before serving: %v\n%s", err, k.logs.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("kiln did not start serving in 30 s\n%s", k.logs.String())
+	case <-time.After(2 * time.Minute):
+		// Seeding the demo release on a first start takes 6 s on an idle
+		// 2-core machine and went past 30 s on a loaded one.
+		t.Fatalf("kiln did not start serving in 2 minutes\n%s", k.logs.String())
 	}
 
 	return k
