@@ -250,7 +250,12 @@ func (a *FSAssets) check(ctx context.Context, key string, f *os.File, st os.File
 
 	if (legacy && sum != meta.SHA256) || (!legacy && !bytes.Equal(crcs, meta.CRC32C)) {
 		a.drop(key)
-		a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "chunk", firstDiff(crcs, meta.CRC32C))
+
+		if legacy {
+			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "sha256", sum, "recorded", meta.SHA256)
+		} else {
+			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "chunk", firstDiff(crcs, meta.CRC32C))
+		}
 
 		return fmt.Errorf("asset %s: content no longer matches the digests recorded at commit: %w", key, ErrCorrupt)
 	}
