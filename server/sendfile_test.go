@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 // sendfileServerEnv makes the test binary a kiln that serves until its
@@ -36,9 +38,11 @@ func TestSendfileServerHelper(t *testing.T) {
 // served are counted in the sendfile calls strace sees, but for the first
 // 512 of each response, which net/http writes itself.
 func TestDownloadsUseSendfile(t *testing.T) {
+	testfixture.RequireTool(t, "strace")
+
 	straceBin, err := exec.LookPath("strace")
 	if err != nil {
-		t.Skip("strace is not installed (make test-deps installs it)")
+		t.Fatal(err)
 	}
 
 	trace := filepath.Join(t.TempDir(), "strace.out")
