@@ -314,7 +314,7 @@ func (a *FSAssets) Create(ctx context.Context, key string) (AssetWriter, error) 
 		return nil, fmt.Errorf("asset %s: %w", key, err)
 	}
 
-	return &fsAssetWriter{ctx: ctx, a: a, key: key, f: f}, nil
+	return &fsAssetWriter{ctx: ctx, a: a, key: key, f: f, stream: newStreamDigest()}, nil
 }
 
 type fsAssetWriter struct {
@@ -323,11 +323,32 @@ type fsAssetWriter struct {
 	key  string
 	f    *os.File
 	done bool
+	// stream digests what Write writes, as it goes; nil once the file may
+	// have been written anywhere else (WriteAt, File), when Commit digests
+	// the file instead.
+	stream *streamDigest
 }
 
-func (w *fsAssetWriter) Write(p []byte) (int, error)              { return w.f.Write(p) }
-func (w *fsAssetWriter) WriteAt(p []byte, off int64) (int, error) { return w.f.WriteAt(p, off) }
-func (w *fsAssetWriter) File() *os.File                           { return w.f }
+func (w *fsAssetWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if w.stream != nil {
+		w.stream.write(p[:n])
+	}
+
+	return n, err
+}
+
+func (w *fsAssetWriter) WriteAt(p []byte, off int64) (int, error) {
+	w.stream = nil
+
+	return w.f.WriteAt(p, off)
+}
+
+func (w *fsAssetWriter) File() *os.File {
+	w.stream = nil
+
+	return w.f
+}
 
 func (w *fsAssetWriter) Cancel() error {
 	if w.done {
@@ -366,8 +387,14 @@ func (w *fsAssetWriter) Commit() (err error) {
 		return err
 	}
 
-	sum, crcs, err := digest(w.ctx, w.f, st.Size(), true)
-	if err != nil {
+	var (
+		sum  string
+		crcs []byte
+	)
+
+	if w.stream != nil && w.stream.n == st.Size() {
+		sum, crcs = w.stream.sum()
+	} else if sum, crcs, err = digest(w.ctx, w.f, st.Size(), true); err != nil {
 		return err
 	}
 

@@ -152,6 +152,44 @@ func digest(ctx context.Context, f *os.File, size int64, sum bool) (string, []by
 	return hex.EncodeToString(h.Sum(nil)), crcs, nil
 }
 
+// streamDigest is digest computed from the bytes of sequential writes, for
+// an asset written only by Write: nothing is read back at Commit.
+type streamDigest struct {
+	sha     hash.Hash
+	crcs    []byte
+	crc     uint32
+	inChunk int
+	n       int64
+}
+
+func newStreamDigest() *streamDigest { return &streamDigest{sha: sha256.New()} }
+
+func (s *streamDigest) write(p []byte) {
+	s.sha.Write(p)
+	s.n += int64(len(p))
+
+	for len(p) > 0 {
+		k := min(len(p), chunkSize-s.inChunk)
+		s.crc = crc32.Update(s.crc, castagnoli, p[:k])
+		s.inChunk += k
+		p = p[k:]
+
+		if s.inChunk == chunkSize {
+			s.crcs = binary.BigEndian.AppendUint32(s.crcs, s.crc)
+			s.crc, s.inChunk = 0, 0
+		}
+	}
+}
+
+func (s *streamDigest) sum() (string, []byte) {
+	crcs := s.crcs
+	if s.inChunk > 0 {
+		crcs = binary.BigEndian.AppendUint32(crcs, s.crc)
+	}
+
+	return hex.EncodeToString(s.sha.Sum(nil)), crcs
+}
+
 // stamp is what changes when a file is written, replaced or truncated: an
 // entry verified under one stamp is trusted while the stamp stays.
 type stamp struct {

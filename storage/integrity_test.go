@@ -360,3 +360,67 @@ func TestAssetsKilledMidWrite(t *testing.T) {
 			round, delay, committed, len(partial), whole)
 	}
 }
+
+// An asset written only by Write is digested as it is written; its digests
+// are those Commit computes from the file for one written at offsets, and a
+// fresh process checks them.
+func TestAssetDigestedWhileWritten(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := newAssets(t, dir, 0)
+
+	content := killedContent("killed-0777") // 4 MiB + 3 MiB-ish, not whole chunks
+	content = append(content, make([]byte, 2<<20)...)
+
+	streamed, err := a.Create(ctx, "streamed-asset")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for rest, k := content, 1; len(rest) > 0; k = k*3 + 1 { // uneven writes across chunk boundaries
+		n := min(len(rest), k%(1<<21)+1)
+		if _, err := streamed.Write(rest[:n]); err != nil {
+			t.Fatal(err)
+		}
+
+		rest = rest[n:]
+	}
+
+	if err := streamed.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	atOffsets, err := a.Create(ctx, "offsets-asset")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := atOffsets.WriteAt(content[:len(content)-2<<20], 0); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := atOffsets.File().Truncate(int64(len(content))); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := atOffsets.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	m1, _ := os.ReadFile(assetPath(dir, "streamed-asset") + ".json")
+	m2, _ := os.ReadFile(assetPath(dir, "offsets-asset") + ".json")
+
+	if !bytes.Equal(m1, m2) {
+		t.Fatalf("digests written while writing:\n%s\nfrom the file:\n%s", m1, m2)
+	}
+
+	f, err := newAssets(t, dir, 0).Open(ctx, "streamed-asset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	if sum := sha256.Sum256(content); f.SHA256() != hex.EncodeToString(sum[:]) {
+		t.Fatalf("digest %s, want %x", f.SHA256(), sum)
+	}
+}
