@@ -105,8 +105,10 @@ $(COSIGN):
 #   curl                                   the integration suite runs the README's curl examples
 #   grub-pc-bin, grub-efi-amd64-bin        GRUB 2.06's i386-pc and x86_64-efi trees and grub-mkimage,
 #                                          what builder/grub's images are compared with
+#   strace                                 downloads are proven to go out with sendfile(2)
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
-	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl grub-pc-bin grub-efi-amd64-bin
+	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl grub-pc-bin grub-efi-amd64-bin \
+	strace
 # make e2e adds a real registry process, skopeo, QEMU with OVMF and iPXE ROMs.
 E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -122,6 +123,10 @@ type deadlineWriter struct {
 	timeout time.Duration
 	h2      bool
 	last    time.Time
+	// failed is the error of a file sent past the server's buffer (see
+	// ReadFrom): later writes fail with it, as they would have through
+	// that buffer, which keeps a write error.
+	failed error
 }
 
 func (w *deadlineWriter) arm() {
@@ -142,6 +147,10 @@ func (w *deadlineWriter) disarm() {
 }
 
 func (w *deadlineWriter) Write(p []byte) (int, error) {
+	if w.failed != nil {
+		return 0, w.failed
+	}
+
 	w.arm()
 	defer w.disarm()
 
@@ -163,3 +172,61 @@ func (w *deadlineWriter) FlushError() error {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// sendfilePiece is how much of a file ReadFrom sends per write deadline: a
+// client slower than this per write timeout counts as stalled.
+const sendfilePiece = 1 << 20
+
+// ReadFrom keeps file downloads (http.ServeContent) on sendfile: the
+// server's own writer hands a file to the connection's ReadFrom, which a
+// wrapper without ReadFrom hides. The file goes in pieces, each under the
+// write timeout as a Write is, passed on as an *io.LimitedReader directly
+// around the file: the one wrapper net's sendfile looks through.
+func (w *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
+	src, limit := r, int64(-1)
+	if lr, ok := r.(*io.LimitedReader); ok {
+		src, limit = lr.R, lr.N
+	}
+
+	rf, ok := w.ResponseWriter.(io.ReaderFrom)
+	if _, file := src.(syscall.Conn); !ok || !file || w.h2 || w.failed != nil {
+		return io.Copy(writeOnly{w}, r)
+	}
+
+	if lr, ok := r.(*io.LimitedReader); ok {
+		defer func() { lr.N = limit }()
+	}
+
+	var total int64
+
+	for limit != 0 {
+		piece := int64(sendfilePiece)
+		if limit > 0 {
+			piece = min(piece, limit)
+		}
+
+		w.arm()
+		n, err := rf.ReadFrom(&io.LimitedReader{R: src, N: piece})
+		w.disarm()
+
+		total += n
+		if limit > 0 {
+			limit -= n
+		}
+
+		if err != nil {
+			w.failed = err
+
+			return total, err
+		}
+
+		if n < piece {
+			return total, nil
+		}
+	}
+
+	return total, nil
+}
+
+// writeOnly hides a writer's ReadFrom from io.Copy.
+type writeOnly struct{ io.Writer }

@@ -1,9 +1,8 @@
 package storage
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,8 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 // Assets caches built boot assets under their build-plan key.
@@ -42,17 +39,18 @@ type Asset interface {
 	ModTime() time.Time
 }
 
-// AssetWriter writes an asset; the digest is computed while writing.
+// AssetWriter writes an asset; its digests are computed once, at Commit.
 type AssetWriter interface {
 	io.Writer
 	io.WriterAt
 	// File is the temp file being written, for writers that need one
 	// (disk images are written sparse at offsets).
 	File() *os.File
-	// Commit hashes what was written (the file, holes included), syncs it
-	// and makes it visible atomically. It stops, leaving nothing, when the
-	// context given to Create ends: hashing a multi-gigabyte disk image
-	// takes seconds that an abandoned build should not keep.
+	// Commit syncs what was written, digests it in one pass that skips the
+	// file's holes, and makes it visible atomically with its digests, which
+	// Open then trusts. It stops, leaving nothing, when the context given to
+	// Create ends: digesting a multi-gigabyte disk image takes a second that
+	// an abandoned build should not keep.
 	Commit() error
 	// Cancel drops the write.
 	Cancel() error
@@ -61,7 +59,7 @@ type AssetWriter interface {
 // On-disk layout of the asset cache:
 //
 //	<dir>/assets/<key[0:2]>/<key>        the asset
-//	<dir>/assets/<key[0:2]>/<key>.json   {"size":..,"sha256":..}, written after the asset
+//	<dir>/assets/<key[0:2]>/<key>.json   {"size":..,"sha256":..,"crc32c":..}, written after the asset
 //	<dir>/assets/tmp/<random>            writes in progress (removed on start)
 //
 // An asset counts as present only with its .json, which is renamed into
@@ -75,6 +73,10 @@ const (
 type assetMeta struct {
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// CRC32C holds the big-endian CRC-32C of each chunkSize piece (see
+	// digest.go). Entries written before it existed lack it: their first
+	// Open checks the sha256 and adds it.
+	CRC32C []byte `json:"crc32c,omitempty"`
 }
 
 // FSAssets is the filesystem asset cache, bounded in total size: after each
@@ -85,7 +87,7 @@ type FSAssets struct {
 	logger *slog.Logger
 
 	mu       sync.Mutex
-	verified map[string]time.Time // key -> mtime of the entry when its digest last checked out
+	verified map[string]stamp // key -> the entry's file when its digests last checked out
 }
 
 var _ Assets = (*FSAssets)(nil)
@@ -104,7 +106,7 @@ func NewFSAssets(dir string, limit int64, logger *slog.Logger) (*FSAssets, error
 		return nil, fmt.Errorf("asset cache: %w", err)
 	}
 
-	a := &FSAssets{dir: root, limit: limit, logger: logger, verified: map[string]time.Time{}}
+	a := &FSAssets{dir: root, limit: limit, logger: logger, verified: map[string]stamp{}}
 	a.removeIncomplete()
 
 	return a, nil
@@ -158,8 +160,12 @@ func validKey(key string) error {
 	return nil
 }
 
-// Open implements Assets. The first open of an entry in this process checks
-// its full digest; later opens trust it while its mtime is unchanged.
+// Open implements Assets. An entry is trusted while its file keeps the stamp
+// (inode, size, mtime, ctime) under which its digests last checked out in
+// this process: its Commit, or its first Open after a start, which checks the
+// chunk CRCs of the chunks that hold data. A file written since (a flipped
+// byte moves its ctime), truncated or replaced is checked again; one that
+// does not match is dropped.
 func (a *FSAssets) Open(ctx context.Context, key string) (Asset, error) {
 	if err := validKey(key); err != nil {
 		return nil, err
@@ -198,29 +204,10 @@ func (a *FSAssets) Open(ctx context.Context, key string) (Asset, error) {
 		return nil, fmt.Errorf("asset %s: size changed: %w", key, ErrCorrupt)
 	}
 
-	a.mu.Lock()
-	checkedAt, ok := a.verified[key]
-	a.mu.Unlock()
+	if err := a.check(ctx, key, f, st, &meta); err != nil {
+		f.Close()
 
-	if !ok || !checkedAt.Equal(st.ModTime()) {
-		sum, err := hashFile(ctx, f)
-		if err != nil {
-			f.Close()
-
-			return nil, fmt.Errorf("asset %s: %w", key, err)
-		}
-
-		if sum != meta.SHA256 {
-			f.Close()
-			a.drop(key)
-			a.logger.Warn("dropping a corrupt cached asset", "key", key)
-
-			return nil, fmt.Errorf("asset %s: digest %s, recorded %s: %w", key, sum, meta.SHA256, ErrCorrupt)
-		}
-
-		a.mu.Lock()
-		a.verified[key] = st.ModTime()
-		a.mu.Unlock()
+		return nil, err
 	}
 
 	// The access time drives eviction; atime is often off (noatime), so
@@ -241,13 +228,63 @@ func (a *FSAssets) drop(key string) {
 	a.mu.Unlock()
 }
 
-func hashFile(ctx context.Context, f *os.File) (string, error) {
-	h := sha256.New()
-	if _, err := iox.Copy(ctx, h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
-		return "", err
+// check verifies an entry's file against its metadata unless it was
+// verified under its current stamp already.
+func (a *FSAssets) check(ctx context.Context, key string, f *os.File, st os.FileInfo, meta *assetMeta) error {
+	now := stampOf(st)
+
+	a.mu.Lock()
+	trusted, ok := a.verified[key]
+	a.mu.Unlock()
+
+	if ok && trusted == now {
+		return nil
 	}
 
-	return hex.EncodeToString(h.Sum(nil)), nil
+	legacy := len(meta.CRC32C) == 0
+
+	sum, crcs, err := digest(ctx, f, meta.Size, legacy)
+	if err != nil {
+		return fmt.Errorf("asset %s: %w", key, err)
+	}
+
+	if (legacy && sum != meta.SHA256) || (!legacy && !bytes.Equal(crcs, meta.CRC32C)) {
+		a.drop(key)
+
+		if legacy {
+			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "sha256", sum, "recorded", meta.SHA256)
+		} else {
+			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "chunk", firstDiff(crcs, meta.CRC32C))
+		}
+
+		return fmt.Errorf("asset %s: content no longer matches the digests recorded at commit: %w", key, ErrCorrupt)
+	}
+
+	if legacy {
+		meta.CRC32C = crcs
+		data, _ := json.Marshal(meta) //nolint:errcheck // plain struct
+
+		if err := writeFileAtomic(a.path(key)+".json", data); err != nil {
+			a.logger.Warn("could not record the chunk digests of a cached asset", "key", key, "error", err)
+		}
+	}
+
+	a.mu.Lock()
+	a.verified[key] = now
+	a.mu.Unlock()
+
+	return nil
+}
+
+// firstDiff is the index of the first chunk whose CRCs differ, for the log.
+func firstDiff(got, want []byte) int {
+	for i := 0; i+4 <= min(len(got), len(want)); i += 4 {
+		if !bytes.Equal(got[i:i+4], want[i:i+4]) {
+			return i / 4
+		}
+	}
+
+	return min(len(got), len(want)) / 4
 }
 
 type fsAsset struct {
@@ -277,7 +314,7 @@ func (a *FSAssets) Create(ctx context.Context, key string) (AssetWriter, error) 
 		return nil, fmt.Errorf("asset %s: %w", key, err)
 	}
 
-	return &fsAssetWriter{ctx: ctx, a: a, key: key, f: f}, nil
+	return &fsAssetWriter{ctx: ctx, a: a, key: key, f: f, stream: newStreamDigest()}, nil
 }
 
 type fsAssetWriter struct {
@@ -286,11 +323,32 @@ type fsAssetWriter struct {
 	key  string
 	f    *os.File
 	done bool
+	// stream digests what Write writes, as it goes; nil once the file may
+	// have been written anywhere else (WriteAt, File), when Commit digests
+	// the file instead.
+	stream *streamDigest
 }
 
-func (w *fsAssetWriter) Write(p []byte) (int, error)              { return w.f.Write(p) }
-func (w *fsAssetWriter) WriteAt(p []byte, off int64) (int, error) { return w.f.WriteAt(p, off) }
-func (w *fsAssetWriter) File() *os.File                           { return w.f }
+func (w *fsAssetWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if w.stream != nil {
+		w.stream.write(p[:n])
+	}
+
+	return n, err
+}
+
+func (w *fsAssetWriter) WriteAt(p []byte, off int64) (int, error) {
+	w.stream = nil
+
+	return w.f.WriteAt(p, off)
+}
+
+func (w *fsAssetWriter) File() *os.File {
+	w.stream = nil
+
+	return w.f
+}
 
 func (w *fsAssetWriter) Cancel() error {
 	if w.done {
@@ -314,17 +372,29 @@ func (w *fsAssetWriter) Commit() (err error) {
 		}
 	}()
 
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+
+	// Synced first: the extents walked then are the file's allocated ones,
+	// not pages still being written back.
+	if err := w.f.Sync(); err != nil {
+		return err
+	}
+
 	st, err := w.f.Stat()
 	if err != nil {
 		return err
 	}
 
-	sum, err := hashFile(w.ctx, w.f)
-	if err != nil {
-		return err
-	}
+	var (
+		sum  string
+		crcs []byte
+	)
 
-	if err := w.f.Sync(); err != nil {
+	if w.stream != nil && w.stream.n == st.Size() {
+		sum, crcs = w.stream.sum()
+	} else if sum, crcs, err = digest(w.ctx, w.f, st.Size(), true); err != nil {
 		return err
 	}
 
@@ -338,15 +408,28 @@ func (w *fsAssetWriter) Commit() (err error) {
 	}
 
 	w.done = true
+
+	// The rename moved the file's ctime: the stamp trusted is the one after.
+	st, err = w.f.Stat()
 	w.f.Close()
 
-	meta, _ := json.Marshal(assetMeta{Size: st.Size(), SHA256: sum}) //nolint:errcheck // plain struct
+	if err != nil {
+		os.Remove(final) //nolint:errcheck // the entry is invisible without its metadata anyway
+
+		return err
+	}
+
+	meta, _ := json.Marshal(assetMeta{Size: st.Size(), SHA256: sum, CRC32C: crcs}) //nolint:errcheck // plain struct
 
 	if err := writeFileAtomic(final+".json", meta); err != nil {
 		os.Remove(final) //nolint:errcheck // the entry is invisible without its metadata anyway
 
 		return err
 	}
+
+	w.a.mu.Lock()
+	w.a.verified[w.key] = stampOf(st)
+	w.a.mu.Unlock()
 
 	w.a.evict(w.key)
 
