@@ -18,6 +18,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/testrelease"
 )
@@ -119,7 +120,7 @@ func TestBootProfilesKiln(t *testing.T) {
 	// The lines kiln's builder/cmdline gives each output (checked against
 	// Talos's and the factory's vectors in its own tests).
 	opts := cmdline.Options{
-		Platform: "metal", Arch: "amd64", TalosVersion: "v1.13.0",
+		Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion("v1.13.0"),
 		ExtraArgs: []string{"console=ttyS0", "kiln.e2e=profiles"},
 		Meta:      []cmdline.MetaValue{{Key: 0xc, Value: "kiln-meta-proof"}},
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/testrelease"
@@ -170,13 +171,18 @@ func TestDemo(t *testing.T) {
 	}
 	defer embedded.Close()
 
-	v, err := newVerifier(cfg, src.Remote, nil, signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM(), slogDiscard())
+	demoPolicy, err := demo.Policy(signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	v, err := newVerifier(cfg, src.Remote, nil, demoPolicy, slogDiscard())
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	ref, _ := name.NewDigest("kiln.internal/siderolabs/imager@sha256:" + strings.Repeat("a", 64))
-	if err := v.Verify(ctx, ref); err == nil || !strings.Contains(err.Error(), "no trust policy matches repository") {
+	if _, err := v.Verify(ctx, ref); err == nil || !strings.Contains(err.Error(), "no trust policy matches repository") {
 		t.Fatalf("demo key applied outside the demo namespace: %v", err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cpio"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/testrelease"
 )
 
@@ -183,7 +184,7 @@ func buildFixture(tb testing.TB, schematicYAML []byte) []byte {
 		EmbeddedConfigExtension([]byte("version: v1alpha1\nmachine:\n  type: worker\n")))
 
 	var out bytes.Buffer
-	if err := Build(tb.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: talosVersion, ModTime: buildTime, TempDir: tb.TempDir()}, &out); err != nil {
+	if err := Build(tb.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), ModTime: buildTime, TempDir: tb.TempDir()}, &out); err != nil {
 		tb.Fatalf("Build: %v", err)
 	}
 
@@ -411,7 +412,7 @@ func TestBuildNoExtensions(t *testing.T) {
 	fx := loadFixture(t)
 
 	var out bytes.Buffer
-	if err := Build(t.Context(), bytes.NewReader(fx.base), nil, Options{Arch: "amd64", TalosVersion: talosVersion}, &out); err != nil {
+	if err := Build(t.Context(), bytes.NewReader(fx.base), nil, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion)}, &out); err != nil {
 		t.Fatal(err)
 	}
 
@@ -497,7 +498,7 @@ func TestBuildRefuses(t *testing.T) {
 
 			var out bytes.Buffer
 
-			err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: t.TempDir()}, &out)
+			err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: t.TempDir()}, &out)
 			if err == nil {
 				t.Fatal("Build accepted the extension")
 			}
@@ -521,7 +522,7 @@ func TestBuildCleansUp(t *testing.T) {
 	dir := t.TempDir()
 	exts := []Extension{tarExtension{name: "x", entries: map[string]string{"manifest.yaml": manifestYAML("v1alpha1", ""), "rootfs/a": "a"}}}
 
-	if err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: dir}, io.Discard); err != nil {
+	if err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: dir}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 
@@ -536,7 +537,7 @@ func TestBuildCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 
-	err := Build(ctx, bytes.NewReader(fx.base), []Extension{FromImage(fx.exts[0])}, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: t.TempDir()}, io.Discard)
+	err := Build(ctx, bytes.NewReader(fx.base), []Extension{FromImage(fx.exts[0])}, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: t.TempDir()}, io.Discard)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
 	}
@@ -578,7 +579,7 @@ func BenchmarkBuild(b *testing.B) {
 	b.ResetTimer()
 
 	for b.Loop() {
-		err := Build(b.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: b.TempDir()}, io.Discard)
+		err := Build(b.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: b.TempDir()}, io.Discard)
 		if err != nil {
 			b.Fatal(err)
 		}

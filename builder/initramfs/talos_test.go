@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/squashfs"
 	"github.com/kiln-dev/kiln/internal/taloskernel"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/testrelease"
 )
 
@@ -84,7 +85,7 @@ func buildWith(t *testing.T, base []byte, exts []Extension, version string) ([]b
 
 	var out bytes.Buffer
 
-	err := Build(t.Context(), bytes.NewReader(base), exts, Options{Arch: "amd64", TalosVersion: version, ModTime: buildTime, TempDir: t.TempDir()}, &out)
+	err := Build(t.Context(), bytes.NewReader(base), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(version), ModTime: buildTime, TempDir: t.TempDir()}, &out)
 
 	return out.Bytes(), err
 }

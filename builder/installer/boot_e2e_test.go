@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/testrelease"
 )
@@ -94,7 +95,7 @@ func TestInstallAndBoot(t *testing.T) {
 	store := filepath.Join(dir, "store")
 	os.Mkdir(store, 0o755) //nolint:errcheck
 
-	idx, err := installer.Build(ctx, installer.Options{Version: version, Created: epoch, Dir: store},
+	idx, err := installer.Build(ctx, installer.Options{Version: release.MustParseVersion(version), Created: epoch, Dir: store},
 		installer.Platform{Arch: "amd64", Base: base, Assets: installer.Assets{SDBoot: sdboot, UKI: ukiBlob}})
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/testrelease"
 )
@@ -63,7 +64,7 @@ func buildFrom(t *testing.T, rel *testrelease.Release, created time.Time) *insta
 		platforms = append(platforms, installer.Platform{Arch: arch, Base: base, Assets: assetFiles(t, dir, arch)})
 	}
 
-	idx, err := installer.Build(context.Background(), installer.Options{Version: rel.Version, Created: created, Dir: dir}, platforms...)
+	idx, err := installer.Build(context.Background(), installer.Options{Version: release.MustParseVersion(rel.Version), Created: created, Dir: dir}, platforms...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +205,7 @@ func TestInstallerPeers(t *testing.T) {
 		img, _ := idx.Arch("amd64")
 		cfgDigest, _ := img.ConfigName()
 
-		ttag, err := installer.TarballTag("v1.13.0")
+		ttag, err := installer.TarballTag(release.MustParseVersion("v1.13.0"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,11 @@
-// Package testrelease generates a synthetic, deterministic Talos release with
-// the real registry layout and pushes it to a registry, so that kiln's tests
-// and `kiln serve --demo` have something to mirror, verify and build from
-// without reaching ghcr.io.
+// Package demo is kiln's synthetic Talos release: Push generates a
+// deterministic release with the real registry layout and pushes it to a
+// registry, so that `kiln serve --demo` and kiln's tests (through package
+// testrelease) have something to mirror, verify and build from without
+// reaching ghcr.io; Seed is what `kiln serve --demo` does with it: signs it
+// with a key of its own, pushes each version once into the embedded
+// registry, and gives the trust policy rule and the release locks that go
+// with it. All of it is production code: nothing of a test kit.
 //
 // A release is: the imager (boot assets for both arches under usr/install/),
 // installer-base (the full installer before 1.10), extension images and
@@ -22,4 +26,4 @@
 // files carry SELinux labels as PAX records. Tar headers, config
 // timestamps and compression are fixed, so the same Options always yield
 // the same digests.
-package testrelease
+package demo
