@@ -13,10 +13,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // identityVerifier trusts every image and records the identity each was
@@ -37,7 +37,7 @@ func (v *identityVerifier) check(ctx context.Context, ref name.Digest) error {
 type lockFixture struct {
 	m      *artifacts.Manager
 	src    *artifacts.Source
-	rels   map[string]*testrelease.Release
+	rels   map[string]*demo.Release
 	host   name.Registry
 	inproc remote.Option
 	locks  artifacts.LockDir
@@ -53,11 +53,11 @@ func newLockFixture(t *testing.T, versions ...string) *lockFixture {
 	}
 	t.Cleanup(func() { reg.Close() })
 
-	f := &lockFixture{rels: map[string]*testrelease.Release{}, inproc: remote.WithTransport(registry.Transport(reg)), v: &identityVerifier{seen: map[string]string{}}}
+	f := &lockFixture{rels: map[string]*demo.Release{}, inproc: remote.WithTransport(registry.Transport(reg)), v: &identityVerifier{seen: map[string]string{}}}
 	f.host, _ = name.NewRegistry("kiln.internal", name.Insecure)
 
 	for _, v := range versions {
-		rel, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}})
+		rel, err := demo.Push(t.Context(), demo.Options{Version: v, Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,11 +12,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // recordingVerifier trusts everything but refuse, and records what it saw.
@@ -56,7 +56,7 @@ func setup(t *testing.T, versions ...string) (*artifacts.Manager, *recordingVeri
 	inproc := []remote.Option{remote.WithTransport(registry.Transport(reg))}
 
 	for _, v := range versions {
-		if _, err := testrelease.Push(ctx, testrelease.Options{Version: v, Registry: host, Namespace: "mirror", Remote: inproc}); err != nil {
+		if _, err := demo.Push(ctx, demo.Options{Version: v, Registry: host, Namespace: "mirror", Remote: inproc}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -17,11 +17,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // countingStore counts the entries written to an asset store.
@@ -38,7 +38,7 @@ func (s *countingStore) Create(ctx context.Context, key string) (storage.AssetWr
 
 type piecesFixture struct {
 	m      *artifacts.Manager
-	rel    *testrelease.Release
+	rel    *demo.Release
 	store  *countingStore
 	dir    string // the store's directory
 	kernel []byte
@@ -58,7 +58,7 @@ func newPiecesFixture(t *testing.T, limit int64) *piecesFixture {
 	inproc := []remote.Option{remote.WithTransport(registry.Transport(reg))}
 	kernel := bytes.Repeat([]byte("MZ-arm64-kernel-"), 50_000)
 
-	rel, err := testrelease.Push(t.Context(), testrelease.Options{
+	rel, err := demo.Push(t.Context(), demo.Options{
 		Version: "v1.13.0", Registry: host, Namespace: "mirror", Remote: inproc,
 		Assets: func(arch, file string) ([]byte, error) {
 			if arch == "arm64" && file == release.KernelAsset {

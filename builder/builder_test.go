@@ -15,12 +15,12 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // trustAll accepts every image.
@@ -35,7 +35,7 @@ type env struct {
 	dir     string
 }
 
-// kernelAsset is the demo imager's amd64 kernel, as testrelease makes it.
+// kernelAsset is the demo imager's amd64 kernel, as package demo makes it.
 func newEnv(t *testing.T) *env {
 	t.Helper()
 
@@ -62,7 +62,7 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 
 	kernel := bytes.Repeat([]byte("MZ-kernel-"), 100_000)
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{
+	if _, err := demo.Push(ctx, demo.Options{
 		Version: "v1.13.0", Registry: host, Remote: inproc,
 		Assets: func(arch, file string) ([]byte, error) {
 			if arch == "amd64" && file == "vmlinuz" {

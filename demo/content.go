@@ -11,11 +11,6 @@ import (
 	"github.com/kiln-dev/kiln/release"
 )
 
-// upstreamHost is where every siderolabs image of a real release lives; the
-// catalogs name it even on a mirror (kiln rewrites it with
-// release.MirrorReference).
-const upstreamHost = "ghcr.io"
-
 // versionLabel is the label the real imager and installer-base carry.
 const versionLabel = "alpha.talos.dev/version"
 

@@ -174,10 +174,8 @@ func (o *Options) validate() error {
 	}
 
 	// Check the namespace here rather than fail halfway through the push.
-	if ns := strings.Trim(o.Namespace, "/"); ns != "" {
-		if _, err := name.NewRepository(o.Registry.RegistryStr()+"/"+ns+"/"+release.ImagerRepo, name.StrictValidation); err != nil {
-			return fmt.Errorf("test release %s: namespace %q: %w", o.Version, o.Namespace, err)
-		}
+	if _, err := (release.Mirror{Registry: o.Registry, Namespace: o.Namespace}).Repo(release.ImagerRepo); err != nil {
+		return fmt.Errorf("test release %s: namespace %q: %w", o.Version, o.Namespace, err)
 	}
 
 	return nil
@@ -363,7 +361,7 @@ func pushExtensions(ctx context.Context, p *pusher, rel *Release) error {
 			return fmt.Errorf("extension %s: %w", ext.name, err)
 		}
 
-		line := upstreamHost + "/" + repoPath + ":" + ext.tag + "@" + d.DigestStr()
+		line := release.UpstreamPath(repoPath) + ":" + ext.tag + "@" + d.DigestStr()
 		lines = append(lines, line)
 		descriptions[line] = catalogDescription{Author: extensionAuthor, Description: ext.description}
 		rel.ExtensionImages[repoPath] = d
@@ -409,7 +407,7 @@ func pushOverlays(ctx context.Context, p *pusher, rel *Release) error {
 		for _, n := range ov.names {
 			catalog.Overlays = append(catalog.Overlays, overlayEntry{
 				Name:   n,
-				Image:  upstreamHost + "/" + repoPath + ":" + ov.tag,
+				Image:  release.UpstreamPath(repoPath) + ":" + ov.tag,
 				Digest: d.DigestStr(),
 			})
 		}

@@ -8,10 +8,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // TestCopyChecksSignedIdentity: with the real verifier, a Talos release
@@ -34,7 +34,7 @@ func TestCopyChecksSignedIdentity(t *testing.T) {
 
 	push := func(t *testing.T, claim func(upstream name.Repository) string) Registry {
 		reg := newRegistry(t, true)
-		if _, err := testrelease.Push(t.Context(), testrelease.Options{Version: testVersion, Registry: reg,
+		if _, err := demo.Push(t.Context(), demo.Options{Version: testVersion, Registry: reg,
 			Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 				return signingtest.SignLegacyAs(ctx, ref, claim(upstream), key)
 			}}); err != nil {

@@ -20,9 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 const testVersion = "v1.13.0"
@@ -84,7 +84,7 @@ func fakeSign(ctx context.Context, ref name.Digest, _ name.Repository) error {
 
 type fixture struct {
 	src Registry
-	rel *testrelease.Release
+	rel *demo.Release
 }
 
 func pushRelease(t *testing.T, referrers bool) fixture {
@@ -92,7 +92,7 @@ func pushRelease(t *testing.T, referrers bool) fixture {
 
 	reg := newRegistry(t, referrers)
 
-	rel, err := testrelease.Push(t.Context(), testrelease.Options{Version: testVersion, Registry: reg, Sign: fakeSign})
+	rel, err := demo.Push(t.Context(), demo.Options{Version: testVersion, Registry: reg, Sign: fakeSign})
 	if err != nil {
 		t.Fatal(err)
 	}

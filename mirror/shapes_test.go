@@ -20,9 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/kiln-dev/kiln/release"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -53,7 +53,7 @@ func shapeSelection(v string) Selection {
 
 // planText is a plan without digests (the signatures fakeSign makes are
 // random) and without the catalogs' extensions and overlays (whatever
-// testrelease ships; TestPlanContents counts them): per root, its kind,
+// the demo release ships; TestPlanContents counts them): per root, its kind,
 // repository, tags, platforms and how many signatures it has, then the
 // notes.
 func planText(p *Plan) string {
@@ -91,7 +91,7 @@ func TestPlanReleaseShapes(t *testing.T) {
 		t.Run(v, func(t *testing.T) {
 			reg := newRegistry(t, false)
 
-			if _, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: reg, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
+			if _, err := demo.Push(t.Context(), demo.Options{Version: v, Registry: reg, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
 				t.Fatal(err)
 			}
 
@@ -136,7 +136,7 @@ func TestMirrorReleaseShapesThroughRegistry(t *testing.T) {
 	versions := []string{"v1.9.6", "v1.10.0", "v1.11.0"}
 
 	for _, v := range versions {
-		if _, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: src, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
+		if _, err := demo.Push(t.Context(), demo.Options{Version: v, Registry: src, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // seedRegistry pushes a synthetic v1.13.0 into <dir>/registry, signed by
@@ -40,14 +39,14 @@ func seedRegistryAs(t *testing.T, dir string, key *signingtest.Key, claim func(u
 	host, _ := name.NewRegistry(embeddedHost, name.Insecure)
 	inproc := remote.WithTransport(registry.Transport(reg))
 
-	opts := testrelease.Options{Version: "v1.13.0", Registry: host, Remote: []remote.Option{inproc}}
+	opts := demo.Options{Version: "v1.13.0", Registry: host, Remote: []remote.Option{inproc}}
 	if key != nil {
 		opts.Sign = func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, claim(upstream), key, inproc)
 		}
 	}
 
-	if _, err := testrelease.Push(ctx, opts); err != nil {
+	if _, err := demo.Push(ctx, opts); err != nil {
 		t.Fatal(err)
 	}
 }

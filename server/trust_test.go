@@ -11,12 +11,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/signing/signingtest/localsigstore"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 var sideroID = localsigstore.Identity{Subject: "releasemgr-svc@talos-production.iam.gserviceaccount.com", Issuer: "https://accounts.google.com"}
@@ -46,7 +46,7 @@ func keylessLayout(t *testing.T, carry bool) (string, string) {
 		t.Fatal(err)
 	}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+	if _, err := demo.Push(ctx, demo.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 		return ss.SignLikeSideroAs(ctx, ref, upstream.Name(), sideroID)
 	}}); err != nil {
 		t.Fatal(err)

@@ -20,10 +20,10 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/builder/uki"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // TestInstallAndBoot is a node's install, with the fixture installer in
@@ -55,7 +55,7 @@ func TestInstallAndBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rel, err := testrelease.Push(ctx, testrelease.Options{
+	rel, err := demo.Push(ctx, demo.Options{
 		Version: version, Registry: reg,
 		Installer: func(arch string) ([]byte, error) {
 			if arch == "amd64" {
