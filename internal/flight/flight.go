@@ -264,6 +264,11 @@ func (g *Group[E]) run(key string, c *call[E], work func(context.Context, func(E
 		case g.sem <- struct{}{}:
 			defer func() { <-g.sem }()
 		case <-c.ctx.Done():
+		}
+
+		// A slot freed as the flight was cancelled may have won the
+		// select: a flight nobody waits for still does not start.
+		if c.ctx.Err() != nil {
 			c.err = fmt.Errorf("waiting for a %s slot: %w", g.cfg.What, context.Cause(c.ctx))
 			g.cfg.Logger.DebugContext(c.ctx, g.cfg.What+" cancelled before it started", "key", key, "cause", context.Cause(c.ctx))
 
