@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
@@ -55,7 +53,7 @@ func (e *LockError) Is(target error) bool { return target == ErrLockMismatch }
 // image by its catalog, every one verified when the lock was recorded.
 // Builds read the release at these digests, whatever its tags say later.
 type Lock struct {
-	Version string `json:"version"`
+	Version release.Version `json:"version"`
 	// Recorded is when, RecordedBy who ("kiln mirror (admin)", "first use").
 	Recorded   time.Time `json:"recorded"`
 	RecordedBy string    `json:"recordedBy"`
@@ -75,8 +73,8 @@ func (l *Lock) describe() string {
 // LockStore keeps the release locks. Only kiln writes it: it lives in the
 // data directory, never in the registry clients write to.
 type LockStore interface {
-	// Lock returns the lock of version; nil and no error when there is none.
-	Lock(version string) (*Lock, error)
+	// Lock returns the lock of v; nil and no error when there is none.
+	Lock(v release.Version) (*Lock, error)
 	// PutLock records l, replacing the lock of its version.
 	PutLock(l *Lock) error
 }
@@ -85,12 +83,12 @@ type LockStore interface {
 type LockDir string
 
 // Lock implements LockStore.
-func (d LockDir) Lock(version string) (*Lock, error) {
-	if _, err := release.ParseVersion(version); err != nil {
-		return nil, err
+func (d LockDir) Lock(version release.Version) (*Lock, error) {
+	if version.IsZero() {
+		return nil, errors.New("release lock: no version")
 	}
 
-	data, err := os.ReadFile(filepath.Join(string(d), version+".json"))
+	data, err := os.ReadFile(filepath.Join(string(d), version.String()+".json"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -114,8 +112,8 @@ func (d LockDir) Lock(version string) (*Lock, error) {
 // PutLock implements LockStore: written to a temp file, synced and renamed,
 // so a crash leaves the old lock or the new one.
 func (d LockDir) PutLock(l *Lock) error {
-	if _, err := release.ParseVersion(l.Version); err != nil {
-		return err
+	if l.Version.IsZero() {
+		return errors.New("release lock: no version")
 	}
 
 	data, err := json.MarshalIndent(l, "", "  ")
@@ -127,7 +125,7 @@ func (d LockDir) PutLock(l *Lock) error {
 		return fmt.Errorf("release lock %s: %w", l.Version, err)
 	}
 
-	tmp, err := os.CreateTemp(string(d), ".tmp-"+l.Version+"-*")
+	tmp, err := os.CreateTemp(string(d), ".tmp-"+l.Version.String()+"-*")
 	if err != nil {
 		return fmt.Errorf("release lock %s: %w", l.Version, err)
 	}
@@ -150,7 +148,7 @@ func (d LockDir) PutLock(l *Lock) error {
 		return fmt.Errorf("release lock %s: %w", l.Version, err)
 	}
 
-	if err := os.Rename(tmp.Name(), filepath.Join(string(d), l.Version+".json")); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(string(d), l.Version.String()+".json")); err != nil {
 		return fmt.Errorf("release lock %s: %w", l.Version, err)
 	}
 
@@ -160,10 +158,10 @@ func (d LockDir) PutLock(l *Lock) error {
 // memLocks keeps locks for the life of the process (no LockStore given).
 type memLocks struct {
 	mu sync.Mutex
-	m  map[string]*Lock
+	m  map[release.Version]*Lock
 }
 
-func (s *memLocks) Lock(version string) (*Lock, error) {
+func (s *memLocks) Lock(version release.Version) (*Lock, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
@@ -175,7 +173,7 @@ func (s *memLocks) PutLock(l *Lock) error {
 	defer s.mu.Unlock()
 
 	if s.m == nil {
-		s.m = map[string]*Lock{}
+		s.m = map[release.Version]*Lock{}
 	}
 
 	s.m[l.Version] = l
@@ -185,27 +183,26 @@ func (s *memLocks) PutLock(l *Lock) error {
 
 // lockedRepos are the repositories of a version its lock records by tag,
 // the imager first.
-func lockedRepos(version string) ([]string, error) {
-	base, err := release.BaseInstallerRepo(version)
-	if err != nil {
-		return nil, err
-	}
-
-	repos := []string{release.ImagerRepo, base, release.ExtensionsRepo, release.OverlaysRepo}
-
-	if ok, err := release.HasTalosctlAll(version); err != nil {
-		return nil, err
-	} else if ok {
+func lockedRepos(v release.Version) []string {
+	repos := []string{release.ImagerRepo, release.BaseInstallerRepo(v), release.ExtensionsRepo, release.OverlaysRepo}
+	if release.HasTalosctlAll(v) {
 		repos = append(repos, release.TalosctlAllRepo)
 	}
 
-	return repos, nil
+	return repos
 }
 
-// upstreamOf is the upstream repository a mirrored release image stands
-// for, which its signature must name.
-func upstreamOf(path string) (name.Repository, error) {
-	return name.NewRepository(release.UpstreamPath(path))
+// pinned returns the verified digest of a repository of version v that its
+// lock records (imager, installer, catalogs, talosctl-all): the locked
+// digest, whatever the tag says now, so a re-tagged release changes
+// nothing kiln reads (Drift reports it). What the lock does not record yet
+// is recorded at this first use.
+func (m *Manager) pinned(ctx context.Context, path string, v release.Version) (signing.Verified, error) {
+	if !slices.Contains(lockedRepos(v), path) {
+		return signing.Verified{}, fmt.Errorf("%s is not a repository of a Talos %s release", path, v)
+	}
+
+	return m.lockedDigest(ctx, path, v)
 }
 
 // lockedDigest returns the digest the lock of version records for path,
@@ -214,32 +211,31 @@ func upstreamOf(path string) (name.Repository, error) {
 // an older kiln; or a piece added after the lock) is recorded now, at its
 // first use, from where its tag points: the first read of an image is what
 // later reads are held to.
-func (m *Manager) lockedDigest(ctx context.Context, path, version string) (name.Digest, error) {
+func (m *Manager) lockedDigest(ctx context.Context, path string, version release.Version) (signing.Verified, error) {
 	repo, err := m.src.Repo(path)
 	if err != nil {
-		return name.Digest{}, err
+		return signing.Verified{}, err
 	}
 
 	l, err := m.locks.Lock(version)
 	if err != nil {
-		return name.Digest{}, err
+		return signing.Verified{}, err
 	}
 
 	if l != nil {
 		if d, ok := l.Images[path]; ok {
-			ref := repo.Digest(d)
-
-			return ref, m.verifyAs(ctx, path, ref)
+			return m.verifyAs(ctx, path, repo.Digest(d))
 		}
 	}
 
-	v, err, _ := m.group.Do("lock:"+version+":"+path, func() (any, error) {
-		ref, err := m.src.Resolve(ctx, path, version)
+	v, err, _ := m.group.Do("lock:"+version.String()+":"+path, func() (any, error) {
+		ref, err := m.src.Resolve(ctx, path, version.String())
 		if err != nil {
 			return nil, err
 		}
 
-		if err := m.verifyAs(ctx, path, ref); err != nil {
+		verified, err := m.verifyAs(ctx, path, ref)
+		if err != nil {
 			return nil, err
 		}
 
@@ -256,7 +252,7 @@ func (m *Manager) lockedDigest(ctx context.Context, path, version string) (name.
 		}
 
 		if d, ok := l.Images[path]; ok {
-			return repo.Digest(d), nil // recorded meanwhile
+			return m.verifyAs(ctx, path, repo.Digest(d)) // recorded meanwhile
 		}
 
 		l.Images[path] = ref.DigestStr()
@@ -271,13 +267,13 @@ func (m *Manager) lockedDigest(ctx context.Context, path, version string) (name.
 		m.logger.WarnContext(ctx, "release lock: recorded at first use what the mirror holds now (kiln mirror records a release's lock when it copies it into kiln)",
 			"version", version, "repository", path, "digest", ref.DigestStr())
 
-		return ref, nil
+		return verified, nil
 	})
 	if err != nil {
-		return name.Digest{}, err
+		return signing.Verified{}, err
 	}
 
-	return v.(name.Digest), nil
+	return v.(signing.Verified), nil
 }
 
 // lockCatalog adds to l the extension or overlay images the catalog at
@@ -311,9 +307,9 @@ func (m *Manager) lockCatalog(ctx context.Context, l *Lock, path string) error {
 
 // Lock returns the recorded lock of a version, nil when there is none.
 func (m *Manager) Lock(version string) (*Lock, error) {
-	v, err := release.ParseVersion(version)
+	v, err := parseVersion(version)
 	if err != nil {
-		return nil, &InvalidVersionError{Version: version, Err: err}
+		return nil, err
 	}
 
 	return m.locks.Lock(v)
@@ -327,15 +323,12 @@ func (m *Manager) Lock(version string) (*Lock, error) {
 // that points elsewhere fails the call, so a lock is never recorded over
 // what someone else wrote in the meantime. It replaces any older lock.
 func (m *Manager) RecordLock(ctx context.Context, version string, want map[string]string, by string) (*Lock, error) {
-	v, err := release.ParseVersion(version)
-	if err != nil {
-		return nil, &InvalidVersionError{Version: version, Err: err}
-	}
-
-	repos, err := lockedRepos(v)
+	v, err := parseVersion(version)
 	if err != nil {
 		return nil, err
 	}
+
+	repos := lockedRepos(v)
 
 	for path := range want {
 		if !slices.Contains(repos, path) {
@@ -346,10 +339,10 @@ func (m *Manager) RecordLock(ctx context.Context, version string, want map[strin
 	l := &Lock{Version: v, Recorded: time.Now().UTC(), RecordedBy: by, Images: map[string]string{}}
 
 	for _, path := range repos {
-		ref, err := m.src.Resolve(ctx, path, v)
+		ref, err := m.src.Resolve(ctx, path, v.String())
 		if errors.Is(err, ErrNotMirrored) {
 			if path == release.ImagerRepo {
-				return nil, &VersionError{Version: v}
+				return nil, &VersionError{Version: v.String()}
 			}
 
 			if want[path] != "" {
@@ -368,7 +361,7 @@ func (m *Manager) RecordLock(ctx context.Context, version string, want map[strin
 				ErrLockMismatch, v, ref.Context().RepositoryStr(), v, w, ref.DigestStr())
 		}
 
-		if err := m.Verify(ctx, ref); err != nil {
+		if _, err := m.verifyAs(ctx, path, ref); err != nil {
 			return nil, fmt.Errorf("release lock %s: %s: %w", v, path, err)
 		}
 
@@ -401,24 +394,19 @@ func (m *Manager) RecordLock(ctx context.Context, version string, want map[strin
 
 // Drift reports the first tag of a locked version that points elsewhere
 // than its lock (a *LockError), or nil. A version without a lock has none.
-func (m *Manager) Drift(ctx context.Context, version string) error {
+func (m *Manager) Drift(ctx context.Context, version release.Version) error {
 	l, err := m.locks.Lock(version)
 	if err != nil || l == nil {
 		return err
 	}
 
-	repos, err := lockedRepos(version)
-	if err != nil {
-		return err
-	}
-
-	for _, path := range repos {
+	for _, path := range lockedRepos(version) {
 		locked, ok := l.Images[path]
 		if !ok {
 			continue
 		}
 
-		ref, err := m.src.Resolve(ctx, path, version)
+		ref, err := m.src.Resolve(ctx, path, version.String())
 
 		current := ""
 
@@ -436,19 +424,9 @@ func (m *Manager) Drift(ctx context.Context, version string) error {
 				return err
 			}
 
-			return &LockError{Repository: repo.RepositoryStr(), Version: version, Locked: locked, Current: current, RecordedBy: l.describe()}
+			return &LockError{Repository: repo.RepositoryStr(), Version: version.String(), Locked: locked, Current: current, RecordedBy: l.describe()}
 		}
 	}
 
 	return nil
-}
-
-// verifyAs verifies ref as the release image of mirror path path.
-func (m *Manager) verifyAs(ctx context.Context, path string, ref name.Digest) error {
-	up, err := upstreamOf(path)
-	if err != nil {
-		return err
-	}
-
-	return m.verify.Verify(signing.WithSignedIdentity(ctx, up), ref)
 }

@@ -13,17 +13,17 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // identityVerifier trusts every image and records the identity each was
 // verified as.
 type identityVerifier struct{ seen map[string]string }
 
-func (v *identityVerifier) Verify(ctx context.Context, ref name.Digest) error {
+func (v *identityVerifier) check(ctx context.Context, ref name.Digest) error {
 	id, ok := signing.SignedIdentity(ctx)
 	if !ok {
 		return errors.New("verified without a signed identity: " + ref.String())
@@ -36,7 +36,8 @@ func (v *identityVerifier) Verify(ctx context.Context, ref name.Digest) error {
 
 type lockFixture struct {
 	m      *artifacts.Manager
-	rels   map[string]*testrelease.Release
+	src    *artifacts.Source
+	rels   map[string]*demo.Release
 	host   name.Registry
 	inproc remote.Option
 	locks  artifacts.LockDir
@@ -52,11 +53,11 @@ func newLockFixture(t *testing.T, versions ...string) *lockFixture {
 	}
 	t.Cleanup(func() { reg.Close() })
 
-	f := &lockFixture{rels: map[string]*testrelease.Release{}, inproc: remote.WithTransport(registry.Transport(reg)), v: &identityVerifier{seen: map[string]string{}}}
+	f := &lockFixture{rels: map[string]*demo.Release{}, inproc: remote.WithTransport(registry.Transport(reg)), v: &identityVerifier{seen: map[string]string{}}}
 	f.host, _ = name.NewRegistry("kiln.internal", name.Insecure)
 
 	for _, v := range versions {
-		rel, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}})
+		rel, err := demo.Push(t.Context(), demo.Options{Version: v, Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,10 +66,25 @@ func newLockFixture(t *testing.T, versions ...string) *lockFixture {
 	}
 
 	f.locks = artifacts.LockDir(filepath.Join(t.TempDir(), "locks"))
-	src := &artifacts.Source{Registry: f.host, Namespace: "mirror", Remote: []remote.Option{f.inproc}, PublicHost: "kiln.lan", NameOptions: []name.Option{name.Insecure}}
-	f.m = artifacts.NewManager(src, f.v, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+	f.src = &artifacts.Source{Mirror: release.Mirror{Registry: f.host, Namespace: "mirror"}, Remote: []remote.Option{f.inproc}, PublicHost: "kiln.lan"}
+	f.m = f.manager(signing.CheckFunc(f.v.check))
 
 	return f
+}
+
+// manager is a manager of the fixture's mirror and locks checking with c.
+func (f *lockFixture) manager(c signing.Checker) *artifacts.Manager {
+	return artifacts.NewManager(artifacts.Deps{Source: f.src, Checker: c, Logger: slog.New(slog.DiscardHandler)}, artifacts.Config{Locks: f.locks})
+}
+
+// imager is the verified imager m reads for version.
+func imager(ctx context.Context, m *artifacts.Manager, version string) (name.Digest, error) {
+	b, err := m.BootAssets(ctx, release.MustParseVersion(version), "amd64")
+	if err != nil {
+		return name.Digest{}, err
+	}
+
+	return b.Imager.Digest(), nil
 }
 
 // retag points mirror/<path>:tag at digest, as `crane tag` by an admin would.
@@ -95,16 +111,16 @@ func TestReleaseLock(t *testing.T) {
 	f := newLockFixture(t, "v1.12.0", "v1.13.0")
 	v13, v12 := f.rels["v1.13.0"], f.rels["v1.12.0"]
 
-	ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0")
+	ref, err := imager(ctx, f.m, "v1.13.0")
 	if err != nil || ref != v13.Imager {
-		t.Fatalf("Verified imager = %v, %v; want %s", ref, err, v13.Imager)
+		t.Fatalf("imager = %v, %v; want %s", ref, err, v13.Imager)
 	}
 
 	if _, err := f.m.Extensions(ctx, "v1.13.0"); err != nil {
 		t.Fatal(err)
 	}
 
-	l, err := f.locks.Lock("v1.13.0")
+	l, err := f.locks.Lock(release.MustParseVersion("v1.13.0"))
 	if err != nil || l == nil {
 		t.Fatalf("no lock on disk after first use: %v", err)
 	}
@@ -140,18 +156,18 @@ func TestReleaseLock(t *testing.T) {
 		}
 	}
 
-	if err := f.m.Drift(ctx, "v1.13.0"); err != nil {
+	if err := f.m.Drift(ctx, release.MustParseVersion("v1.13.0")); err != nil {
 		t.Fatalf("Drift of an untouched release: %v", err)
 	}
 
 	// The attack: v1.12.0's signed imager tagged v1.13.0.
 	f.retag(t, release.ImagerRepo, "v1.13.0", v12.Imager)
 
-	if ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0"); err != nil || ref != v13.Imager {
-		t.Fatalf("after the re-tag Verified = %v, %v; want the locked %s", ref, err, v13.Imager)
+	if ref, err := imager(ctx, f.m, "v1.13.0"); err != nil || ref != v13.Imager {
+		t.Fatalf("after the re-tag imager = %v, %v; want the locked %s", ref, err, v13.Imager)
 	}
 
-	err = f.m.Drift(ctx, "v1.13.0")
+	err = f.m.Drift(ctx, release.MustParseVersion("v1.13.0"))
 
 	var le *artifacts.LockError
 	if !errors.As(err, &le) || !errors.Is(err, artifacts.ErrLockMismatch) {
@@ -176,12 +192,12 @@ func TestReleaseLock(t *testing.T) {
 		t.Fatalf("RecordLock = %+v, %v", l, err)
 	}
 
-	if err := f.m.Drift(ctx, "v1.13.0"); err != nil {
+	if err := f.m.Drift(ctx, release.MustParseVersion("v1.13.0")); err != nil {
 		t.Fatalf("Drift after a new lock: %v", err)
 	}
 
-	if ref, err := f.m.Verified(ctx, release.ImagerRepo, "v1.13.0"); err != nil || ref != v12.Imager {
-		t.Fatalf("after the new lock Verified = %v, %v; want %s", ref, err, v12.Imager)
+	if ref, err := imager(ctx, f.m, "v1.13.0"); err != nil || ref != v12.Imager {
+		t.Fatalf("after the new lock imager = %v, %v; want %s", ref, err, v12.Imager)
 	}
 
 	// A deleted tag is drift too.
@@ -189,7 +205,7 @@ func TestReleaseLock(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := f.m.Drift(ctx, "v1.13.0"); !errors.As(err, &le) || le.Current != "" || !strings.Contains(err.Error(), "is now gone") {
+	if err := f.m.Drift(ctx, release.MustParseVersion("v1.13.0")); !errors.As(err, &le) || le.Current != "" || !strings.Contains(err.Error(), "is now gone") {
 		t.Fatalf("Drift with a deleted tag = %v", err)
 	}
 }
@@ -199,23 +215,23 @@ func TestReleaseLock(t *testing.T) {
 // names the repository.
 func TestReleaseLockRefusesUnverified(t *testing.T) {
 	f := newLockFixture(t, "v1.13.0")
-	refusing := artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/imager"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+	refusing := f.manager(signing.CheckFunc((&recordingVerifier{refuse: "siderolabs/imager"}).check))
 
-	if _, err := refusing.Verified(t.Context(), release.ImagerRepo, "v1.13.0"); !errors.Is(err, errRefused) {
-		t.Fatalf("Verified = %v, want the refusal", err)
+	if _, err := imager(t.Context(), refusing, "v1.13.0"); !errors.Is(err, errRefused) {
+		t.Fatalf("imager = %v, want the refusal", err)
 	}
 
-	if l, err := f.locks.Lock("v1.13.0"); err != nil || l != nil {
+	if l, err := f.locks.Lock(release.MustParseVersion("v1.13.0")); err != nil || l != nil {
 		t.Fatalf("a lock was recorded over a refused image: %+v, %v", l, err)
 	}
 
-	refusing = artifacts.NewManager(f.m.Source(), &recordingVerifier{refuse: "siderolabs/talosctl-all"}, artifacts.Config{Locks: f.locks}, slog.New(slog.DiscardHandler))
+	refusing = f.manager(signing.CheckFunc((&recordingVerifier{refuse: "siderolabs/talosctl-all"}).check))
 
 	if _, err := refusing.RecordLock(t.Context(), "v1.13.0", nil, "test"); !errors.Is(err, errRefused) || !strings.Contains(err.Error(), "siderolabs/talosctl-all") {
 		t.Fatalf("RecordLock = %v, want the talosctl-all refusal", err)
 	}
 
-	if l, err := f.locks.Lock("v1.13.0"); err != nil || l != nil {
+	if l, err := f.locks.Lock(release.MustParseVersion("v1.13.0")); err != nil || l != nil {
 		t.Fatalf("a lock was recorded over a refused image: %+v, %v", l, err)
 	}
 }
@@ -224,17 +240,22 @@ func TestReleaseLockRefusesUnverified(t *testing.T) {
 // file is an error, not an empty lock.
 func TestLockDir(t *testing.T) {
 	d := artifacts.LockDir(t.TempDir())
+	v13, v12 := release.MustParseVersion("v1.13.0"), release.MustParseVersion("v1.12.0")
 
-	if l, err := d.Lock("v1.13.0"); l != nil || err != nil {
+	if l, err := d.Lock(v13); l != nil || err != nil {
 		t.Fatalf("Lock of nothing = %v, %v", l, err)
 	}
 
-	want := &artifacts.Lock{Version: "v1.13.0", RecordedBy: "test", Images: map[string]string{release.ImagerRepo: "sha256:" + strings.Repeat("a", 64)}}
+	want := &artifacts.Lock{Version: v13, RecordedBy: "test", Images: map[string]string{release.ImagerRepo: "sha256:" + strings.Repeat("a", 64)}}
 	if err := d.PutLock(want); err != nil {
 		t.Fatal(err)
 	}
 
-	got, err := d.Lock("v1.13.0")
+	if data, err := os.ReadFile(filepath.Join(string(d), "v1.13.0.json")); err != nil || !strings.Contains(string(data), `"version": "v1.13.0"`) {
+		t.Fatalf("lock file = %s, %v; want the version as a string", data, err)
+	}
+
+	got, err := d.Lock(v13)
 	if err != nil || got.Images[release.ImagerRepo] != want.Images[release.ImagerRepo] {
 		t.Fatalf("Lock = %+v, %v", got, err)
 	}
@@ -243,11 +264,11 @@ func TestLockDir(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := d.Lock("v1.12.0"); err == nil {
+	if _, err := d.Lock(v12); err == nil {
 		t.Fatal("a lock file of another version was accepted")
 	}
 
-	if _, err := d.Lock("../etc/passwd"); err == nil {
-		t.Fatal("a version that is a path was accepted")
+	if _, err := d.Lock(release.Version{}); err == nil {
+		t.Fatal("a lock of no version was read")
 	}
 }

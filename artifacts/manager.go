@@ -5,16 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
-	"github.com/blang/semver/v4"
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/kiln-dev/kiln/internal/echo"
+	"github.com/kiln-dev/kiln/internal/flight"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
+	"github.com/kiln-dev/kiln/storage"
 )
 
 // ErrVersionNotAvailable is returned for a Talos version the mirror does not
@@ -29,10 +30,21 @@ func (e *VersionError) Error() string { return "version " + echo.Clip(e.Version)
 // Is makes every VersionError match ErrVersionNotAvailable.
 func (e *VersionError) Is(target error) bool { return target == ErrVersionNotAvailable }
 
-// Verifier checks an artifact's signature before it is used. Any error
-// refuses the artifact.
-type Verifier interface {
-	Verify(ctx context.Context, ref name.Digest) error
+// Deps are what a Manager reads, verifies with and writes.
+type Deps struct {
+	// Source is the registry the releases are mirrored in.
+	Source *Source
+	// Checker verifies every image before it is used. The manager asks it
+	// for a signature made for the upstream repository a release image
+	// stands for (signing.WithSignedIdentity).
+	Checker signing.Checker
+	// Store keeps what is extracted from release images (boot assets),
+	// under the same size bound as the assets built from them; nil
+	// extracts nothing (BootAssets.Open fails).
+	Store storage.Assets
+	// Logger receives what the manager records on its own (a lock
+	// recorded at first use); nil discards it.
+	Logger *slog.Logger
 }
 
 // Config tunes a Manager.
@@ -47,12 +59,16 @@ type Config struct {
 	Locks LockStore
 }
 
-// Manager answers what a release holds, reading each catalog only after its
-// signature verified. Catalogs are cached by digest: a digest never changes
-// content, so a re-tagged catalog is simply a new entry.
+// Manager hands out verified pieces of releases: the versions the mirror
+// offers, their catalogs, and each image or file kiln builds from (boot
+// assets, extensions, the installer base), every one read at the digest
+// the version's release lock records and verified before use. Catalogs are
+// cached by digest: a digest never changes content, so a re-tagged catalog
+// is simply a new entry.
 type Manager struct {
 	src    *Source
-	verify Verifier
+	check  signing.Checker
+	store  storage.Assets
 	cfg    Config
 	logger *slog.Logger
 	locks  LockStore
@@ -60,18 +76,27 @@ type Manager struct {
 	lockMu sync.Mutex
 
 	group singleflight.Group
+	// extracts runs each extraction of a release image's files once.
+	extracts *flight.Group[struct{}]
 
 	mu         sync.Mutex
-	versions   []string
+	versions   []release.Version
 	versionsAt time.Time
 	extensions map[string][]release.Extension
 	overlays   map[string][]release.Overlay
+	// absent are store keys of files an extraction did not find in its
+	// image (an old imager without systemd-boot).
+	absent map[string]bool
 }
 
-// NewManager reads releases from src, verifying with verify.
-func NewManager(src *Source, verify Verifier, cfg Config, logger *slog.Logger) *Manager {
+// NewManager reads releases from deps.Source.
+func NewManager(deps Deps, cfg Config) *Manager {
 	if cfg.VersionsTTL == 0 {
 		cfg.VersionsTTL = 30 * time.Second
+	}
+
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 
 	locks := cfg.Locks
@@ -80,17 +105,25 @@ func NewManager(src *Source, verify Verifier, cfg Config, logger *slog.Logger) *
 	}
 
 	return &Manager{
-		src: src, verify: verify, cfg: cfg, logger: logger, locks: locks,
+		src: deps.Source, check: deps.Checker, store: deps.Store, cfg: cfg, logger: deps.Logger, locks: locks,
+		extracts:   flight.New[struct{}](flight.Config{What: "extraction", Logger: deps.Logger}),
 		extensions: map[string][]release.Extension{},
 		overlays:   map[string][]release.Overlay{},
+		absent:     map[string]bool{},
 	}
 }
 
 // Source is where the manager reads.
 func (m *Manager) Source() *Source { return m.src }
 
+// ImageChecker checks any image of the source (an image-cache entry, say)
+// against the trust policy alone: what its signature names is not checked,
+// since Kubernetes' own signatures name other registries than the one they
+// are pulled from, and an image listed by hand may be signed under any name.
+func (m *Manager) ImageChecker() signing.Checker { return m.check }
+
 // Versions lists the offered Talos versions, ascending.
-func (m *Manager) Versions(ctx context.Context) ([]string, error) {
+func (m *Manager) Versions(ctx context.Context) ([]release.Version, error) {
 	m.mu.Lock()
 	if m.versions != nil && time.Since(m.versionsAt) < m.cfg.VersionsTTL {
 		vs := m.versions
@@ -118,23 +151,24 @@ func (m *Manager) Versions(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 
-	return v.([]string), nil
+	return v.([]release.Version), nil
 }
 
 // BrokenVersions lists the versions configured as broken.
 func (m *Manager) BrokenVersions() []string { return m.cfg.BrokenVersions }
 
-// CheckVersion parses a version and fails with a VersionError unless the
-// mirror offers it. It returns the version spelled with its "v".
-func (m *Manager) CheckVersion(ctx context.Context, version string) (string, error) {
-	v, err := release.ParseVersion(version)
+// CheckVersion parses a version as a request gives it ("1.13.0" or
+// "v1.13.0"): an InvalidVersionError when it is not one, a VersionError
+// unless the mirror offers it.
+func (m *Manager) CheckVersion(ctx context.Context, version string) (release.Version, error) {
+	v, err := parseVersion(version)
 	if err != nil {
-		return "", &InvalidVersionError{Version: version, Err: err}
+		return release.Version{}, err
 	}
 
 	vs, err := m.Versions(ctx)
 	if err != nil {
-		return "", err
+		return release.Version{}, err
 	}
 
 	for _, have := range vs {
@@ -143,7 +177,7 @@ func (m *Manager) CheckVersion(ctx context.Context, version string) (string, err
 		}
 	}
 
-	return "", &VersionError{Version: v}
+	return release.Version{}, &VersionError{Version: v.String()}
 }
 
 // InvalidVersionError is a version string that is not semver.
@@ -158,51 +192,36 @@ func (e *InvalidVersionError) Error() string {
 
 func (e *InvalidVersionError) Unwrap() error { return e.Err }
 
-// VerifyImage checks any image of the source (an image-cache entry, say)
-// against the trust policy alone: what its signature names is not checked,
-// since Kubernetes' own signatures name other registries than the one they
-// are pulled from, and an image listed by hand may be signed under any name.
-func (m *Manager) VerifyImage(ctx context.Context, ref name.Digest) error {
-	return m.verify.Verify(ctx, ref)
+// parseVersion is release.ParseVersion failing with an InvalidVersionError.
+func parseVersion(s string) (release.Version, error) {
+	v, err := release.ParseVersion(s)
+	if err != nil {
+		return release.Version{}, &InvalidVersionError{Version: s, Err: err}
+	}
+
+	return v, nil
 }
 
-// Verify checks a release image of the source (an extension, say) against
-// the trust policy, and that its signature was made for the upstream
-// repository it stands for (signing.WithSignedIdentity).
-func (m *Manager) Verify(ctx context.Context, ref name.Digest) error {
+// verifyMirrored checks a release image of the source (an extension, say)
+// against the trust policy, and that its signature was made for the
+// upstream repository it stands for.
+func (m *Manager) verifyMirrored(ctx context.Context, ref name.Digest) (signing.Verified, error) {
 	path, err := m.src.Path(ref.Context())
 	if err != nil {
-		return err
+		return signing.Verified{}, err
 	}
 
 	return m.verifyAs(ctx, path, ref)
 }
 
-// Verified returns the verified digest of path:tag. For a repository a
-// release lock records (imager, installer, catalogs, talosctl-all) and a
-// version tag, that is the locked digest, whatever the tag says now: a
-// re-tagged release changes nothing kiln reads (Drift reports it). What the
-// lock does not record yet is recorded at this first use.
-func (m *Manager) Verified(ctx context.Context, path, tag string) (name.Digest, error) {
-	if repos, err := lockedRepos(tag); err == nil && slices.Contains(repos, path) {
-		ref, err := m.lockedDigest(ctx, path, tag)
-		if err != nil {
-			return name.Digest{}, err
-		}
-
-		return ref, nil
-	}
-
-	ref, err := m.src.Resolve(ctx, path, tag)
+// verifyAs verifies ref as the release image of mirror path path.
+func (m *Manager) verifyAs(ctx context.Context, path string, ref name.Digest) (signing.Verified, error) {
+	up, err := release.UpstreamRepo(path)
 	if err != nil {
-		return name.Digest{}, err
+		return signing.Verified{}, err
 	}
 
-	if err := m.verifyAs(ctx, path, ref); err != nil {
-		return name.Digest{}, err
-	}
-
-	return ref, nil
+	return m.check.Verify(signing.WithSignedIdentity(ctx, up), ref)
 }
 
 // Extensions reads the official extensions catalog of a version.
@@ -212,12 +231,17 @@ func (m *Manager) Extensions(ctx context.Context, version string) ([]release.Ext
 		return nil, err
 	}
 
-	ref, err := m.Verified(ctx, release.ExtensionsRepo, v)
+	return m.extensionsOf(ctx, v)
+}
+
+// extensionsOf reads the (locked, verified) extensions catalog of v.
+func (m *Manager) extensionsOf(ctx context.Context, v release.Version) ([]release.Extension, error) {
+	ref, err := m.pinned(ctx, release.ExtensionsRepo, v)
 	if err != nil {
 		return nil, fmt.Errorf("extensions catalog of %s: %w", v, err)
 	}
 
-	return m.catalogExtensions(ctx, ref.DigestStr())
+	return m.catalogExtensions(ctx, ref.Digest().DigestStr())
 }
 
 // catalogExtensions reads the extensions catalog at a digest (verified by
@@ -240,9 +264,6 @@ func (m *Manager) catalogExtensions(ctx context.Context, digest string) ([]relea
 	})
 }
 
-// overlaysSince is the first Talos minor with an overlays catalog.
-var overlaysSince = semver.Version{Major: 1, Minor: 7}
-
 // Overlays reads the official overlays catalog of a version; releases before
 // 1.7 have none.
 func (m *Manager) Overlays(ctx context.Context, version string) ([]release.Overlay, error) {
@@ -251,16 +272,16 @@ func (m *Manager) Overlays(ctx context.Context, version string) ([]release.Overl
 		return nil, err
 	}
 
-	if semver.MustParse(v[1:]).LT(overlaysSince) {
+	if !release.HasOverlays(v) {
 		return []release.Overlay{}, nil
 	}
 
-	ref, err := m.Verified(ctx, release.OverlaysRepo, v)
+	ref, err := m.pinned(ctx, release.OverlaysRepo, v)
 	if err != nil {
 		return nil, fmt.Errorf("overlays catalog of %s: %w", v, err)
 	}
 
-	return m.catalogOverlays(ctx, ref.DigestStr())
+	return m.catalogOverlays(ctx, ref.Digest().DigestStr())
 }
 
 // catalogOverlays reads the overlays catalog at a digest (verified by the

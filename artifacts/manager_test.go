@@ -12,8 +12,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
-	"github.com/kiln-dev/kiln/testrelease"
+	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
+	"github.com/kiln-dev/kiln/storage"
 )
 
 // recordingVerifier trusts everything but refuse, and records what it saw.
@@ -25,7 +28,7 @@ type recordingVerifier struct {
 
 var errRefused = errors.New("refused by test")
 
-func (v *recordingVerifier) Verify(_ context.Context, ref name.Digest) error {
+func (v *recordingVerifier) check(_ context.Context, ref name.Digest) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 
@@ -53,15 +56,20 @@ func setup(t *testing.T, versions ...string) (*artifacts.Manager, *recordingVeri
 	inproc := []remote.Option{remote.WithTransport(registry.Transport(reg))}
 
 	for _, v := range versions {
-		if _, err := testrelease.Push(ctx, testrelease.Options{Version: v, Registry: host, Namespace: "mirror", Remote: inproc}); err != nil {
+		if _, err := demo.Push(ctx, demo.Options{Version: v, Registry: host, Namespace: "mirror", Remote: inproc}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	src := &artifacts.Source{Registry: host, Namespace: "mirror", Remote: inproc, PublicHost: "10.0.0.5:8080", NameOptions: []name.Option{name.Insecure}}
+	src := &artifacts.Source{Mirror: release.Mirror{Registry: host, Namespace: "mirror"}, Remote: inproc, PublicHost: "10.0.0.5:8080"}
 	v := &recordingVerifier{}
 
-	return artifacts.NewManager(src, v, artifacts.Config{BrokenVersions: []string{"v1.12.0"}}, slog.New(slog.DiscardHandler)), v
+	assets, err := storage.NewFSAssets(t.TempDir(), 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	return artifacts.NewManager(artifacts.Deps{Source: src, Checker: signing.CheckFunc(v.check), Store: assets}, artifacts.Config{BrokenVersions: []string{"v1.12.0"}}), v
 }
 
 func TestManager(t *testing.T) {
@@ -69,7 +77,7 @@ func TestManager(t *testing.T) {
 	m, verifier := setup(t, "v1.13.0", "v1.12.0")
 
 	vs, err := m.Versions(ctx)
-	if err != nil || len(vs) != 1 || vs[0] != "v1.13.0" {
+	if err != nil || len(vs) != 1 || vs[0].String() != "v1.13.0" {
 		t.Fatalf("Versions = %v, %v; want [v1.13.0] (v1.12.0 is configured broken)", vs, err)
 	}
 
@@ -127,7 +135,7 @@ func TestManagerRefusesUnverifiedCatalog(t *testing.T) {
 }
 
 func TestPublicRef(t *testing.T) {
-	src := &artifacts.Source{PublicHost: "kiln.lan:8080", Namespace: "/mirror/"}
+	src := &artifacts.Source{PublicHost: "kiln.lan:8080", Mirror: release.Mirror{Namespace: "/mirror/"}}
 	if got := src.PublicRef("siderolabs/gvisor", "1.0"); got != "kiln.lan:8080/mirror/siderolabs/gvisor:1.0" {
 		t.Errorf("PublicRef = %s", got)
 	}

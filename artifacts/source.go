@@ -5,33 +5,31 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/internal/regerr"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // ErrNotMirrored is returned for a repository or tag the source does not hold.
 var ErrNotMirrored = errors.New("not in the mirror")
 
 // Source is a registry holding Talos releases under mirror paths (see
-// package release), below an optional namespace.
+// package release), below an optional namespace: release.Mirror's
+// Registry and Namespace, whose Repo and Path it answers with.
 type Source struct {
-	// Registry is where kiln reads from.
-	Registry name.Registry
-	// Namespace prefixes every repository path, e.g. a Harbor project.
-	Namespace string
+	// Mirror is where kiln reads from: the registry (name.Insecure for
+	// plain HTTP) and the namespace, e.g. a Harbor project.
+	release.Mirror
 	// Remote carries transport, auth and TLS settings.
 	Remote []remote.Option
 	// PublicHost is the registry as clients must name it in references
 	// (the "ref" of catalog entries): kiln's own host for the embedded
 	// registry, else the external registry's host.
 	PublicHost string
-	// NameOptions are used to parse references (name.Insecure for plain HTTP).
-	NameOptions []name.Option
 	// Blobs, when set, opens blobs of the registry's storage directly
 	// (the embedded registry's): readers that verify digests themselves
 	// may take them from there instead of through /v2/.
@@ -44,46 +42,10 @@ type BlobOpener interface {
 	OpenBlob(d v1.Hash) (*os.File, error)
 }
 
-// Repo is the repository of a mirror path, e.g. "siderolabs/imager".
-func (s *Source) Repo(path string) (name.Repository, error) {
-	full := strings.Trim(path, "/")
-	if s.Namespace != "" {
-		full = strings.Trim(s.Namespace, "/") + "/" + full
-	}
-
-	repo, err := name.NewRepository(s.Registry.Name()+"/"+full, s.NameOptions...)
-	if err != nil {
-		return name.Repository{}, fmt.Errorf("repository %q: %w", path, err)
-	}
-
-	return repo, nil
-}
-
-// Path is the mirror path of a repository of the source (the inverse of
-// Repo): "siderolabs/imager" for <registry>/<namespace>/siderolabs/imager.
-func (s *Source) Path(repo name.Repository) (string, error) {
-	prefix := ""
-	if ns := strings.Trim(s.Namespace, "/"); ns != "" {
-		prefix = ns + "/"
-	}
-
-	path, ok := strings.CutPrefix(repo.RepositoryStr(), prefix)
-	if repo.RegistryStr() != s.Registry.RegistryStr() || !ok || path == "" {
-		return "", fmt.Errorf("%s is not a repository of the mirror %s/%s", repo, s.Registry.RegistryStr(), strings.Trim(s.Namespace, "/"))
-	}
-
-	return path, nil
-}
-
 // PublicRef is how a client names a mirror path and tag, e.g.
 // "10.0.0.5:8080/siderolabs/gvisor:20240826.0".
 func (s *Source) PublicRef(path, tag string) string {
-	full := strings.Trim(path, "/")
-	if s.Namespace != "" {
-		full = strings.Trim(s.Namespace, "/") + "/" + full
-	}
-
-	return s.PublicHost + "/" + full + ":" + tag
+	return s.PublicHost + "/" + s.Join(path) + ":" + tag
 }
 
 func (s *Source) opts(ctx context.Context) []remote.Option {

@@ -1,26 +1,19 @@
 package builder
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/echo"
-	"github.com/kiln-dev/kiln/internal/iox"
+	"github.com/kiln-dev/kiln/internal/flight"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
@@ -28,7 +21,7 @@ import (
 
 // Config tunes a Builder.
 type Config struct {
-	// DataDir holds extracted artifacts under <DataDir>/artifacts.
+	// DataDir holds the builds' scratch space, <DataDir>/tmp.
 	DataDir string
 	// MaxConcurrency caps builds running at once; the rest queue.
 	MaxConcurrency int
@@ -45,9 +38,10 @@ type Config struct {
 // Deps are what a Builder reads and writes.
 type Deps struct {
 	Schematics storage.Schematics
-	Releases   *artifacts.Manager
-	Assets     storage.Assets
-	Logger     *slog.Logger
+	// Artifacts hands out the verified pieces of releases builds read.
+	Artifacts *artifacts.Manager
+	Assets    storage.Assets
+	Logger    *slog.Logger
 }
 
 // DefaultMaxQueue is the default bound of builds waiting for a slot.
@@ -75,20 +69,13 @@ func (e *BusyError) Is(target error) bool { return target == ErrBusy }
 // build, so a burst is spread rather than retried at once.
 const busyRetryAfter = 10 * time.Second
 
-// errAbandoned is the cause of a build cancelled because every request
-// that waited for it went away.
-var errAbandoned = errors.New("every request waiting for the build went away")
-
 // Builder builds boot assets.
 type Builder struct {
 	cfg  Config
 	deps Deps
-	life context.Context
-	sem  chan struct{}
-
-	mu       sync.Mutex
-	inflight map[string]*build
-	extracts map[string]*extraction
+	// flights runs each build once for every request that waits for it,
+	// in one of MaxConcurrency slots.
+	flights *flight.Group[Event]
 
 	// builds counts assemblies run, for tests and metrics.
 	builds atomic.Int64
@@ -96,8 +83,8 @@ type Builder struct {
 
 // New returns a builder whose builds end at the latest when life does. It
 // removes what builds a crash interrupted left behind (scratch directories
-// under <DataDir>/tmp, half-extracted imagers): the caller owns the data
-// directory, so no other build can be using them.
+// under <DataDir>/tmp): the caller owns the data directory, so no other
+// build can be using them.
 func New(life context.Context, cfg Config, deps Deps) *Builder {
 	cleanScratch(cfg.DataDir, deps.Logger)
 
@@ -114,20 +101,34 @@ func New(life context.Context, cfg Config, deps Deps) *Builder {
 	}
 
 	return &Builder{
-		cfg: cfg, deps: deps, life: life,
-		sem:      make(chan struct{}, cfg.MaxConcurrency),
-		inflight: map[string]*build{},
-		extracts: map[string]*extraction{},
+		cfg: cfg, deps: deps,
+		flights: flight.New[Event](flight.Config{
+			What: "build", MaxRunning: cfg.MaxConcurrency, MaxQueue: cfg.MaxQueue,
+			Timeout: cfg.BuildTimeout, Life: life, Logger: deps.Logger,
+		}),
 	}
 }
 
-// cleanScratch removes <dataDir>/tmp and <dataDir>/artifacts/imager/*.tmp.
+// legacyArtifactsDir is where kilns before the asset store kept extracted
+// imagers, unbounded; they are now entries of the asset store.
+const legacyArtifactsDir = "artifacts"
+
+// cleanScratch removes <dataDir>/tmp's contents and <dataDir>/artifacts.
 func cleanScratch(dataDir string, logger *slog.Logger) {
 	if dataDir == "" {
 		return
 	}
 
-	leftovers, _ := filepath.Glob(filepath.Join(dataDir, "artifacts", "imager", "*.tmp")) //nolint:errcheck // a fixed pattern
+	if _, err := os.Stat(filepath.Join(dataDir, legacyArtifactsDir)); err == nil {
+		if err := os.RemoveAll(filepath.Join(dataDir, legacyArtifactsDir)); err != nil {
+			logger.Warn("could not remove the imager files an older kiln extracted", "path", filepath.Join(dataDir, legacyArtifactsDir), "error", err)
+		} else {
+			logger.Info("removed the imager files an older kiln extracted: boot assets are now kept in the asset cache, within its bound",
+				"path", filepath.Join(dataDir, legacyArtifactsDir))
+		}
+	}
+
+	var leftovers []string
 
 	if entries, err := os.ReadDir(filepath.Join(dataDir, scratchDir)); err == nil {
 		for _, e := range entries {
@@ -199,7 +200,7 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 		return nil, fmt.Errorf("stored schematic %s: %w", req.SchematicID, err)
 	}
 
-	version, err := b.deps.Releases.CheckVersion(ctx, req.Version)
+	version, err := b.deps.Artifacts.CheckVersion(ctx, req.Version)
 	if err != nil {
 		return nil, err
 	}
@@ -212,15 +213,15 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 		return nil, err
 	}
 
-	imager, err := b.deps.Releases.Verified(ctx, release.ImagerRepo, version)
+	boot, err := b.deps.Artifacts.BootAssets(ctx, version, out.Arch)
 	if err != nil {
-		return nil, fmt.Errorf("imager %s: %w", version, err)
+		return nil, err
 	}
 
 	p := &Plan{
 		Builder: Version, SchematicID: req.SchematicID, Version: version, Output: out,
-		Imager: imager.String(), Epoch: SourceDateEpoch, FactoryURL: b.cfg.FactoryURL,
-		schematic: sc, canonical: canonical, imagerRef: imager,
+		Imager: boot.Imager.Digest().String(), Epoch: SourceDateEpoch, FactoryURL: b.cfg.FactoryURL,
+		schematic: sc, canonical: canonical, boot: boot,
 	}
 
 	if out.Kind == KindKernel || out.Kind == KindCmdline {
@@ -233,34 +234,14 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 		}
 	}
 
-	if names := sc.Customization.SystemExtensions.OfficialExtensions; len(names) > 0 {
-		catalog, err := b.deps.Releases.Extensions(ctx, version)
+	for _, n := range sc.Customization.SystemExtensions.OfficialExtensions {
+		ext, err := b.deps.Artifacts.Extension(ctx, version, n)
 		if err != nil {
 			return nil, err
 		}
 
-		src := b.deps.Releases.Source()
-
-		for _, n := range names {
-			ext, ok := findExtension(catalog, n)
-			if !ok {
-				return nil, &ExtensionError{Name: n, Version: version}
-			}
-
-			repo, err := src.Repo(release.MirrorPath(ext.Ref.Context()))
-			if err != nil {
-				return nil, err
-			}
-
-			ref := repo.Digest(ext.Digest)
-
-			if err := b.deps.Releases.Verify(ctx, ref); err != nil {
-				return nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
-			}
-
-			p.Extensions = append(p.Extensions, PlanInput{Name: ext.Name(), Ref: ref.String()})
-			p.extRefs = append(p.extRefs, ref)
-		}
+		p.Extensions = append(p.Extensions, PlanInput{Name: ext.Name, Ref: ext.Verified.Digest().String()})
+		p.exts = append(p.exts, ext)
 	}
 
 	return p, nil
@@ -304,7 +285,7 @@ func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.Imag
 
 // supportedSchematic refuses what kiln would otherwise silently build
 // differently from the public factory.
-func supportedSchematic(sc *schematic.Schematic, out Output, version string) error {
+func supportedSchematic(sc *schematic.Schematic, out Output, version release.Version) error {
 	c := sc.Customization
 
 	if sc.Overlay.Image != "" || sc.Overlay.Name != "" {
@@ -331,13 +312,13 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version string) err
 		}
 	}
 
-	if c.EmbeddedMachineConfiguration != "" && versionBefore(version, 1, 12) {
+	if c.EmbeddedMachineConfiguration != "" && version.Before(1, 12) {
 		return &invalidSchematicError{"embeddedMachineConfiguration needs Talos 1.12 or later"}
 	}
 
 	// Talos before 1.10 boots ISOs and disks with GRUB; kiln assembles
 	// sd-boot only, so it refuses rather than build a different image.
-	if (out.Kind == KindISO || out.Kind == KindDisk) && versionBefore(version, 1, 10) {
+	if (out.Kind == KindISO || out.Kind == KindDisk) && version.Before(1, 10) {
 		return &UnsupportedError{What: "ISO and disk images for Talos before 1.10 (they boot with GRUB)"}
 	}
 
@@ -352,16 +333,6 @@ func (e *invalidSchematicError) Error() string { return e.msg }
 // Is makes it an invalid-schematic error for the classifier.
 func (e *invalidSchematicError) Is(target error) bool { return target == schematic.ErrInvalid }
 
-func versionBefore(v string, major, minor uint64) bool {
-	var maj, mnr uint64
-
-	if _, err := fmt.Sscanf(strings.TrimPrefix(v, "v"), "%d.%d", &maj, &mnr); err != nil {
-		return false
-	}
-
-	return maj < major || (maj == major && mnr < minor)
-}
-
 // Lookup returns the cached asset of a plan without building.
 func (b *Builder) Lookup(ctx context.Context, p *Plan) (storage.Asset, error) {
 	return b.deps.Assets.Open(ctx, p.Key())
@@ -372,55 +343,6 @@ type Result struct {
 	Plan     *Plan
 	Asset    storage.Asset
 	CacheHit bool
-}
-
-// build is one in-flight build, shared by every request for its key. It
-// runs while at least one request waits for it: the last to leave cancels
-// it, so abandoned requests never keep a build slot busy.
-type build struct {
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	done   chan struct{}
-	err    error // set before done closes
-
-	mu      sync.Mutex
-	subs    map[int]func(Event)
-	nextSub int
-	waiters int // guarded by Builder.mu
-	started atomic.Bool
-}
-
-// subscribe adds a progress receiver and returns its handle.
-func (bd *build) subscribe(f func(Event)) int {
-	bd.mu.Lock()
-	defer bd.mu.Unlock()
-
-	bd.nextSub++
-	bd.subs[bd.nextSub] = f
-
-	return bd.nextSub
-}
-
-// unsubscribe stops events to a receiver whose request went away (its
-// stream is closed; sending to it would fail or panic).
-func (bd *build) unsubscribe(id int) {
-	bd.mu.Lock()
-	delete(bd.subs, id)
-	bd.mu.Unlock()
-}
-
-func (bd *build) emit(e Event) {
-	bd.mu.Lock()
-	subs := make([]func(Event), 0, len(bd.subs))
-
-	for _, s := range bd.subs {
-		subs = append(subs, s)
-	}
-	bd.mu.Unlock()
-
-	for _, s := range subs {
-		s(e)
-	}
 }
 
 // Build returns the asset of req from the cache, or builds it once however
@@ -444,7 +366,7 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 		// The plan read the release at its locked digests, so an asset
 		// built before a re-tag is still found above; nothing new is
 		// built from a release whose tags no longer match its lock.
-		if err := b.deps.Releases.Drift(ctx, p.Version); err != nil {
+		if err := b.deps.Artifacts.Drift(ctx, p.Version); err != nil {
 			return err
 		}
 
@@ -469,10 +391,10 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 }
 
 // cached returns the asset under key, running work to make it when it is
-// not in the cache: once for all concurrent callers, in a build slot. A
-// caller whose ctx ends stops waiting; when the last one has gone, the build
-// is cancelled. A new build is refused with a BusyError when every slot is
-// taken and MaxQueue builds already wait.
+// not in the cache: once for all concurrent callers, in a build slot (see
+// package flight). A caller whose ctx ends stops waiting; when the last one
+// has gone, the build is cancelled. A new build is refused with a
+// BusyError when every slot is taken and MaxQueue builds already wait.
 func (b *Builder) cached(ctx context.Context, key string, progress func(Event), work func(context.Context, func(Event)) error) (storage.Asset, bool, error) {
 	if a, err := b.deps.Assets.Open(ctx, key); err == nil {
 		progress(Event{CacheHit: true})
@@ -482,42 +404,19 @@ func (b *Builder) cached(ctx context.Context, key string, progress func(Event), 
 		return nil, false, err
 	}
 
-	b.mu.Lock()
+	err := b.flights.Do(ctx, key, progress, func(ctx context.Context, emit func(Event)) error {
+		b.builds.Add(1)
 
-	bd, running := b.inflight[key]
-	if !running {
-		if len(b.inflight) >= b.cfg.MaxConcurrency+b.cfg.MaxQueue {
-			busy := &BusyError{Running: b.running(), RetryAfter: busyRetryAfter}
-			busy.Queued = len(b.inflight) - busy.Running
-			b.mu.Unlock()
+		return work(ctx, emit)
+	})
 
-			return nil, false, busy
-		}
-
-		bd = b.newBuild(ctx)
-		b.inflight[key] = bd
+	var full *flight.FullError
+	if errors.As(err, &full) {
+		return nil, false, &BusyError{Running: full.Running, Queued: full.Queued, RetryAfter: busyRetryAfter}
 	}
 
-	bd.waiters++
-	sub := bd.subscribe(progress)
-	b.mu.Unlock()
-
-	if !running {
-		go b.run(key, bd, work)
-	}
-
-	select {
-	case <-bd.done:
-		bd.unsubscribe(sub)
-	case <-ctx.Done():
-		bd.unsubscribe(sub)
-		b.leave(key, bd)
-
-		return nil, false, ctx.Err()
-	}
-
-	if bd.err != nil {
-		return nil, false, bd.err
+	if err != nil {
+		return nil, false, err
 	}
 
 	a, err := b.deps.Assets.Open(ctx, key)
@@ -528,85 +427,6 @@ func (b *Builder) cached(ctx context.Context, key string, progress func(Event), 
 	return a, false, nil
 }
 
-// newBuild makes the shared state of a build. Its context keeps the values
-// of the request that started it (the request ID) but none of its
-// cancellation: it ends when its last waiter leaves, after BuildTimeout, or
-// when the builder's life ends.
-func (b *Builder) newBuild(reqCtx context.Context) *build {
-	ctx, cancel := context.WithCancelCause(context.WithoutCancel(reqCtx))
-	ctx, cancelTimeout := context.WithTimeout(ctx, b.cfg.BuildTimeout)
-	stop := context.AfterFunc(b.life, func() { cancel(b.life.Err()) })
-
-	bd := &build{ctx: ctx, done: make(chan struct{}), subs: map[int]func(Event){}}
-	bd.cancel = func(cause error) {
-		stop()
-		cancel(cause)
-		cancelTimeout()
-	}
-
-	return bd
-}
-
-// running counts builds holding a slot; b.mu is held.
-func (b *Builder) running() int {
-	n := 0
-
-	for _, bd := range b.inflight {
-		if bd.started.Load() {
-			n++
-		}
-	}
-
-	return n
-}
-
-// leave is a waiter giving up; the last one cancels the build and forgets
-// it, so that a later request for the same asset starts afresh rather than
-// joining a build that is being torn down.
-func (b *Builder) leave(key string, bd *build) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-
-	bd.waiters--
-	if bd.waiters > 0 {
-		return
-	}
-
-	if b.inflight[key] == bd {
-		delete(b.inflight, key)
-	}
-
-	bd.cancel(errAbandoned)
-}
-
-// run does the work for key in a build slot, in the build's own context.
-func (b *Builder) run(key string, bd *build, work func(context.Context, func(Event)) error) {
-	defer func() {
-		b.mu.Lock()
-		if b.inflight[key] == bd {
-			delete(b.inflight, key)
-		}
-		b.mu.Unlock()
-
-		bd.cancel(context.Canceled)
-		close(bd.done)
-	}()
-
-	select {
-	case b.sem <- struct{}{}:
-		defer func() { <-b.sem }()
-	case <-bd.ctx.Done():
-		bd.err = fmt.Errorf("waiting for a build slot: %w", context.Cause(bd.ctx))
-		b.deps.Logger.DebugContext(bd.ctx, "build cancelled before it started", "key", key, "cause", context.Cause(bd.ctx))
-
-		return
-	}
-
-	bd.started.Store(true)
-	b.builds.Add(1)
-	bd.err = work(bd.ctx, bd.emit)
-}
-
 // logFailure logs a failed build: an abandoned one at INFO (nobody is left
 // to care), a full disk at WARN (the operator's to fix), anything else at
 // ERROR.
@@ -614,8 +434,8 @@ func (b *Builder) logFailure(ctx context.Context, what string, err error, attrs 
 	attrs = append(attrs, "error", err)
 
 	switch {
-	case errors.Is(context.Cause(ctx), errAbandoned):
-		b.deps.Logger.InfoContext(ctx, what+" cancelled: "+errAbandoned.Error(), attrs...)
+	case errors.Is(context.Cause(ctx), flight.ErrAbandoned):
+		b.deps.Logger.InfoContext(ctx, what+" cancelled: every request waiting for the "+what+" went away", attrs...)
 	case storage.IsNoSpace(err):
 		b.deps.Logger.WarnContext(ctx, what+" failed: the data disk is full", attrs...)
 	default:
@@ -652,156 +472,3 @@ func (b *Builder) assemble(ctx context.Context, p *Plan, emit func(Event)) error
 
 	return nil
 }
-
-// extraction is an in-flight extraction of one imager's files.
-type extraction struct {
-	done chan struct{}
-	err  error
-}
-
-// imagerFiles returns the directory holding usr/install/<arch>/* of the
-// plan's (verified) imager, extracting it on first use:
-//
-//	<data>/artifacts/imager/<digest hex>/<arch>/{vmlinuz,initramfs.xz,systemd-boot.efi,systemd-stub.efi}
-func (b *Builder) imagerFiles(ctx context.Context, p *Plan, emit func(Event)) (string, error) {
-	hex := strings.TrimPrefix(p.imagerRef.DigestStr(), "sha256:")
-	dir := filepath.Join(b.cfg.DataDir, "artifacts", "imager", hex)
-
-	for {
-		if _, err := os.Stat(dir); err == nil {
-			return dir, nil
-		}
-
-		b.mu.Lock()
-
-		ex, running := b.extracts[hex]
-		if !running {
-			ex = &extraction{done: make(chan struct{})}
-			b.extracts[hex] = ex
-		}
-		b.mu.Unlock()
-
-		if !running {
-			emit(Event{Phase: "fetch", Artifact: p.imagerRef.String(), Message: "extracting boot assets from the imager"})
-			ex.err = b.extractImager(ctx, p.imagerRef, dir)
-
-			b.mu.Lock()
-			delete(b.extracts, hex)
-			b.mu.Unlock()
-			close(ex.done)
-		}
-
-		select {
-		case <-ex.done:
-		case <-ctx.Done():
-			return "", ctx.Err()
-		}
-
-		// The extraction ran in the context of the build that started it;
-		// if that build was cancelled, this one extracts again.
-		if ex.err != nil && running && ctx.Err() == nil &&
-			(errors.Is(ex.err, context.Canceled) || errors.Is(ex.err, context.DeadlineExceeded)) {
-			continue
-		}
-
-		if ex.err != nil {
-			return "", ex.err
-		}
-
-		return dir, nil
-	}
-}
-
-// extractImager writes the imager's usr/install tree into dir via a temp
-// directory renamed at the end, so a partial extraction is never used.
-func (b *Builder) extractImager(ctx context.Context, ref name.Digest, dir string) error {
-	// Every platform image of the imager carries both architectures'
-	// assets; any one will do.
-	img, err := b.deps.Releases.Source().Image(ctx, ref, "amd64")
-	if err != nil {
-		return err
-	}
-
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp) //nolint:errcheck // leftover of a crash
-
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return err
-	}
-
-	defer os.RemoveAll(tmp) //nolint:errcheck // gone after the rename
-
-	rc := mutate.Extract(img)
-	defer rc.Close()
-
-	tr := tar.NewReader(rc)
-	found := 0
-
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-
-		if err != nil {
-			return fmt.Errorf("read imager %s: %w", ref, err)
-		}
-
-		rel, ok := strings.CutPrefix(strings.TrimPrefix(hdr.Name, "./"), release.InstallDir+"/")
-		if !ok || hdr.Typeflag != tar.TypeReg {
-			continue
-		}
-
-		arch, file, ok := strings.Cut(rel, "/")
-		if !ok || strings.Contains(file, "/") || !knownAsset(file) || (arch != "amd64" && arch != "arm64") {
-			continue
-		}
-
-		if err := writeFile(ctx, filepath.Join(tmp, arch, file), tr); err != nil {
-			return fmt.Errorf("extract %s: %w", rel, err)
-		}
-
-		found++
-	}
-
-	if found == 0 {
-		return fmt.Errorf("imager %s has no %s/<arch>/ boot assets", ref, release.InstallDir)
-	}
-
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-
-	return os.Rename(tmp, dir)
-}
-
-func knownAsset(file string) bool {
-	switch file {
-	case release.KernelAsset, release.InitramfsAsset, release.SDBootAsset, release.SDStubAsset:
-		return true
-	}
-
-	return false
-}
-
-func writeFile(ctx context.Context, path string, r io.Reader) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-
-	if _, err := iox.Copy(ctx, f, r); err != nil {
-		f.Close()
-
-		return err
-	}
-
-	return f.Close()
-}
-
-// assetPath is a file of the extracted imager.
-func assetPath(dir, arch, file string) string { return filepath.Join(dir, arch, file) }

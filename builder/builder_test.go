@@ -15,15 +15,16 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
-type trustAll struct{}
-
-func (trustAll) Verify(context.Context, name.Digest) error { return nil }
+// trustAll accepts every image.
+var trustAll = signing.CheckFunc(func(context.Context, name.Digest) error { return nil })
 
 type env struct {
 	b       *builder.Builder
@@ -34,7 +35,7 @@ type env struct {
 	dir     string
 }
 
-// kernelAsset is the demo imager's amd64 kernel, as testrelease makes it.
+// kernelAsset is the demo imager's amd64 kernel, as package demo makes it.
 func newEnv(t *testing.T) *env {
 	t.Helper()
 
@@ -61,7 +62,7 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 
 	kernel := bytes.Repeat([]byte("MZ-kernel-"), 100_000)
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{
+	if _, err := demo.Push(ctx, demo.Options{
 		Version: "v1.13.0", Registry: host, Remote: inproc,
 		Assets: func(arch, file string) ([]byte, error) {
 			if arch == "amd64" && file == "vmlinuz" {
@@ -75,13 +76,14 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 	}
 
 	logger := slog.New(slog.DiscardHandler)
-	src := &artifacts.Source{Registry: host, Remote: inproc, PublicHost: "kiln.lan", NameOptions: []name.Option{name.Insecure}}
-	mgr := artifacts.NewManager(src, trustAll{}, artifacts.Config{}, logger)
 
 	assets, err := storage.NewFSAssets(dir, 0, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	src := &artifacts.Source{Mirror: release.Mirror{Registry: host}, Remote: inproc, PublicHost: "kiln.lan"}
+	mgr := artifacts.NewManager(artifacts.Deps{Source: src, Checker: trustAll, Store: assets, Logger: logger}, artifacts.Config{})
 
 	schemas := storage.NewMemory()
 
@@ -96,7 +98,7 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 	cfg := builder.Config{DataDir: dir, MaxConcurrency: 2, FactoryURL: "http://kiln.lan"}
 	tune(&cfg)
 
-	b := builder.New(ctx, cfg, builder.Deps{Schematics: schemas, Releases: mgr, Assets: assets, Logger: logger})
+	b := builder.New(ctx, cfg, builder.Deps{Schematics: schemas, Artifacts: mgr, Assets: assets, Logger: logger})
 
 	return &env{b: b, kernel: kernel, emptyID: id, schemas: schemas, assets: assets, dir: dir}
 }
@@ -176,7 +178,7 @@ func TestBuildErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var extErr *builder.ExtensionError
+	var extErr *artifacts.ExtensionError
 	if _, err := e.b.Build(ctx, builder.Request{SchematicID: id, Version: "v1.13.0", Path: "initramfs-amd64.xz"}, nil); !errors.As(err, &extErr) {
 		t.Errorf("unknown extension: error = %v, want ExtensionError", err)
 	}

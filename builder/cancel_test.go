@@ -218,7 +218,8 @@ func TestBuildQueueBound(t *testing.T) {
 }
 
 // Scratch directories a killed build left are removed when the next
-// builder starts.
+// builder starts, and so are the imager files older kilns extracted under
+// <data>/artifacts, outside the bounded asset store where they now live.
 func TestScratchCleanedAtStart(t *testing.T) {
 	dir := t.TempDir()
 
@@ -238,12 +239,12 @@ func TestScratchCleanedAtStart(t *testing.T) {
 		}
 	}
 
-	kept := filepath.Join(dir, "artifacts", "imager", "abc", "amd64", "vmlinuz")
-	if err := os.MkdirAll(filepath.Dir(kept), 0o755); err != nil {
+	legacy := filepath.Join(dir, "artifacts", "imager", "abc", "amd64", "vmlinuz")
+	if err := os.MkdirAll(filepath.Dir(legacy), 0o755); err != nil {
 		t.Fatal(err)
 	}
 
-	if err := os.WriteFile(kept, []byte("whole"), 0o644); err != nil {
+	if err := os.WriteFile(legacy, []byte("whole"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -256,7 +257,7 @@ func TestScratchCleanedAtStart(t *testing.T) {
 		}
 	}
 
-	if _, err := os.Stat(kept); err != nil {
-		t.Errorf("a complete extraction was removed: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, "artifacts")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an older kiln's extraction survived the start: %v", err)
 	}
 }

@@ -21,13 +21,4 @@ func (b *Builder) RunShared(ctx context.Context, key string, progress func(Event
 }
 
 // Waiters is how many requests wait for the in-flight build of key.
-func (b *Builder) Waiters(key string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-
-	if bd, ok := b.inflight[key]; ok {
-		return bd.waiters
-	}
-
-	return 0
-}
+func (b *Builder) Waiters(key string) int { return b.flights.Waiters(key) }

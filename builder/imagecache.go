@@ -56,7 +56,12 @@ func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress fun
 	refs := append([]string(nil), req.Images...)
 
 	if req.KubernetesForTalos != "" {
-		k8s, err := release.KubernetesImages(req.KubernetesForTalos)
+		v, err := release.ParseVersion(req.KubernetesForTalos)
+		if err != nil {
+			return nil, fmt.Errorf("%w: talos %v: want vMAJOR.MINOR.PATCH", ErrInvalidCacheRequest, err)
+		}
+
+		k8s, err := release.KubernetesImages(v)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
 		}
@@ -113,8 +118,8 @@ func (b *Builder) OpenImageCache(ctx context.Context, id string) (storage.Asset,
 
 // planCache resolves refs in the mirror and verifies every image.
 func (b *Builder) planCache(ctx context.Context, refs []string, opts imagecache.Options) (*imagecache.Plan, error) {
-	return imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Releases.Source()},
-		imagecache.VerifierFunc(b.deps.Releases.VerifyImage), opts)
+	return imagecache.NewPlan(ctx, refs, imagecache.MirrorResolver{Source: b.deps.Artifacts.Source()},
+		b.deps.Artifacts.ImageChecker(), opts)
 }
 
 // writeCacheTree writes plan into dir, a scratch directory that is read

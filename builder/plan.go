@@ -5,10 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
+	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
@@ -25,12 +23,12 @@ const SourceDateEpoch = 1559424892
 // Plan names everything that decides an asset's bytes. Its Key is the
 // asset cache key: equal plans are equal assets.
 type Plan struct {
-	Builder     string      `json:"builder"`
-	SchematicID string      `json:"schematic"`
-	Version     string      `json:"version"`
-	Output      Output      `json:"output"`
-	Imager      string      `json:"imager"`
-	Extensions  []PlanInput `json:"extensions,omitempty"`
+	Builder     string          `json:"builder"`
+	SchematicID string          `json:"schematic"`
+	Version     release.Version `json:"version"`
+	Output      Output          `json:"output"`
+	Imager      string          `json:"imager"`
+	Extensions  []PlanInput     `json:"extensions,omitempty"`
 	// ImageCache is the ID of the resolved image cache (every image by
 	// digest), for ISOs and disks of schematics that ask for one.
 	ImageCache string `json:"imageCache,omitempty"`
@@ -38,10 +36,11 @@ type Plan struct {
 	FactoryURL string `json:"factoryURL"`
 	schematic  *schematic.Schematic
 	canonical  []byte
-	imagerRef  name.Digest
-	extRefs    []name.Digest
-	cachePlan  *imagecache.Plan
-	cacheOpts  imagecache.Options
+	// boot and exts are the verified pieces Imager and Extensions name.
+	boot      *artifacts.BootAssets
+	exts      []*artifacts.Image
+	cachePlan *imagecache.Plan
+	cacheOpts imagecache.Options
 }
 
 // PlanInput is one verified input image.
@@ -66,49 +65,4 @@ func (p *Plan) Key() string {
 	sum := sha256.Sum256(data)
 
 	return hex.EncodeToString(sum[:])
-}
-
-// extensionAliases are the public factory's renames (image-factory
-// internal/profile extensionNameAlias): a schematic written with the old
-// name still gets the extension. The alias is tried only when the name
-// itself is not in the catalog, as the factory does.
-var extensionAliases = map[string]string{
-	"siderolabs/v4l-uvc":                        "siderolabs/v4l-uvc-drivers",
-	"siderolabs/usb-modem":                      "siderolabs/usb-modem-drivers",
-	"siderolabs/gasket":                         "siderolabs/gasket-driver",
-	"siderolabs/talos-vmtoolsd":                 "siderolabs/vmtoolsd-guest-agent",
-	"siderolabs/xe-guest-utilities":             "siderolabs/xen-guest-agent",
-	"siderolabs/nvidia-container-toolkit":       "siderolabs/nvidia-container-toolkit-lts",
-	"siderolabs/nvidia-open-gpu-kernel-modules": "siderolabs/nvidia-open-gpu-kernel-modules-lts",
-	"siderolabs/nonfree-kmod-nvidia":            "siderolabs/nonfree-kmod-nvidia-lts",
-	"siderolabs/nvidia-fabricmanager":           "siderolabs/nvidia-fabric-manager-lts",
-	"siderolabs/i915-ucode":                     "siderolabs/i915",
-	"siderolabs/amdgpu-firmware":                "siderolabs/amdgpu",
-}
-
-// ExtensionError is a schematic extension the release does not have.
-type ExtensionError struct{ Name, Version string }
-
-func (e *ExtensionError) Error() string {
-	return fmt.Sprintf("extension %q is not available for Talos %s (see /version/%s/extensions/official)", e.Name, e.Version, e.Version)
-}
-
-// findExtension matches a schematic's extension name against the catalog,
-// as the public factory does: by repository path, then through an alias.
-func findExtension(catalog []release.Extension, want string) (release.Extension, bool) {
-	want = strings.TrimSpace(want)
-
-	for _, n := range []string{want, extensionAliases[want]} {
-		if n == "" {
-			continue
-		}
-
-		for _, e := range catalog {
-			if e.Name() == n {
-				return e, true
-			}
-		}
-	}
-
-	return release.Extension{}, false
 }

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/schematic"
 )
 
@@ -56,7 +57,7 @@ func TestUKIContents(t *testing.T) {
 		{KindUKI, "v1.9.4", base19, nil},
 	} {
 		t.Run(string(tc.kind)+"-"+tc.version, func(t *testing.T) {
-			p := &Plan{Version: tc.version, Output: Output{Kind: tc.kind, Platform: "metal", Arch: "amd64"}, schematic: sc}
+			p := &Plan{Version: release.MustParseVersion(tc.version), Output: Output{Kind: tc.kind, Platform: "metal", Arch: "amd64"}, schematic: sc}
 
 			line, profiles, err := ukiContents(p)
 			if err != nil {

@@ -24,17 +24,31 @@ import (
 	"github.com/kiln-dev/kiln/storage"
 )
 
-// job is one asset being written: the plan, the extracted release files,
+// job is one asset being written: the plan, its verified release pieces
 // and a private scratch directory removed when the job ends.
 type job struct {
 	b    *Builder
 	p    *Plan
-	dir  string // extracted imager, see imagerFiles
 	tmp  string
 	emit func(Event)
+	// open are release files read until the job ends.
+	open []io.Closer
 }
 
-func (j *job) asset(file string) string { return assetPath(j.dir, j.p.Output.Arch, file) }
+// closeLater keeps c open until the job ends.
+func (j *job) closeLater(c io.Closer) { j.open = append(j.open, c) }
+
+// bootFile opens a boot file of the plan's release (release.KernelAsset,
+// ...), checked against the digest it was stored with; the caller closes
+// it.
+func (j *job) bootFile(ctx context.Context, file string) (storage.Asset, error) {
+	a, err := j.p.boot.Open(ctx, file)
+	if err != nil {
+		return nil, fmt.Errorf("release %s: %w", file, err)
+	}
+
+	return a, nil
+}
 
 // scratchDir is the builds' scratch space under the data directory; what a
 // crash leaves there is removed when the next builder starts.
@@ -53,11 +67,6 @@ func (b *Builder) scratch(prefix string) (string, error) {
 
 // write assembles the asset of p into w.
 func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emit func(Event)) error {
-	dir, err := b.imagerFiles(ctx, p, emit)
-	if err != nil {
-		return err
-	}
-
 	tmp, err := b.scratch("build-")
 	if err != nil {
 		return err
@@ -65,13 +74,31 @@ func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emi
 
 	defer os.RemoveAll(tmp) //nolint:errcheck // scratch space
 
-	j := &job{b: b, p: p, dir: dir, tmp: tmp, emit: emit}
+	j := &job{b: b, p: p, tmp: tmp, emit: emit}
+
+	defer func() {
+		for _, c := range j.open {
+			c.Close()
+		}
+	}()
+
+	if p.Output.Kind != KindCmdline {
+		emit(Event{Phase: "fetch", Artifact: p.Imager, Message: "boot assets from the imager"})
+	}
 
 	switch p.Output.Kind {
 	case KindKernel:
+		kernel, err := j.bootFile(ctx, release.KernelAsset)
+		if err != nil {
+			return err
+		}
+		defer kernel.Close()
+
 		emit(Event{Phase: "assemble", Message: "kernel"})
 
-		return copyFile(ctx, w, j.asset(release.KernelAsset))
+		_, err = iox.Copy(ctx, w, kernel)
+
+		return err
 	case KindCmdline:
 		line, err := kernelCmdline(p)
 		if err != nil {
@@ -104,12 +131,12 @@ func (j *job) initramfs(ctx context.Context, out io.Writer) error {
 
 	var exts []initramfs.Extension
 
-	for i, ref := range p.extRefs {
-		j.emit(Event{Phase: "fetch", Artifact: ref.String(), Message: "extension " + p.Extensions[i].Name})
+	for _, ext := range p.exts {
+		j.emit(Event{Phase: "fetch", Artifact: ext.Verified.Digest().String(), Message: "extension " + ext.Name})
 
-		img, err := j.b.deps.Releases.Source().Image(ctx, ref, p.Output.Arch)
+		img, err := ext.Platform(ctx, p.Output.Arch)
 		if err != nil {
-			return fmt.Errorf("extension %s: %w", p.Extensions[i].Name, err)
+			return fmt.Errorf("extension %s: %w", ext.Name, err)
 		}
 
 		exts = append(exts, initramfs.FromImage(img))
@@ -121,15 +148,15 @@ func (j *job) initramfs(ctx context.Context, out io.Writer) error {
 		exts = append(exts, initramfs.EmbeddedConfigExtension([]byte(cfg)))
 	}
 
-	base, err := os.Open(j.asset(release.InitramfsAsset))
+	base, err := j.bootFile(ctx, release.InitramfsAsset)
 	if err != nil {
-		return fmt.Errorf("release initramfs: %w", err)
+		return err
 	}
 	defer base.Close()
 
 	// Counted as the schematic asked: its virtual extension (and the
 	// embedded machine configuration) are kiln's, not requested ones.
-	j.emit(Event{Phase: "assemble", Message: "initramfs with " + extensionCount(len(p.extRefs)) + " (and the schematic's own)"})
+	j.emit(Event{Phase: "assemble", Message: "initramfs with " + extensionCount(len(p.exts)) + " (and the schematic's own)"})
 
 	return initramfs.Build(ctx, base, exts, initramfs.Options{
 		Arch: p.Output.Arch, TalosVersion: p.Version, ModTime: time.Unix(p.Epoch, 0), TempDir: j.tmp,
@@ -157,27 +184,24 @@ func (j *job) uki(ctx context.Context, out io.Writer) (int64, error) {
 		return 0, err
 	}
 
-	osrel, err := uki.OSRelease("Talos", p.Version)
+	osrel, err := uki.OSRelease("Talos", p.Version.String())
 	if err != nil {
 		return 0, err
 	}
 
-	stub, err := os.Open(j.asset(release.SDStubAsset))
+	stub, err := j.bootFile(ctx, release.SDStubAsset)
 	if err != nil {
-		return 0, fmt.Errorf("release systemd stub: %w", err)
+		return 0, err
 	}
 	defer stub.Close()
 
-	kernel, err := os.Open(j.asset(release.KernelAsset))
-	if err != nil {
-		return 0, fmt.Errorf("release kernel: %w", err)
-	}
-	defer kernel.Close()
-
-	ksize, err := sizeOf(kernel)
+	kernel, err := j.bootFile(ctx, release.KernelAsset)
 	if err != nil {
 		return 0, err
 	}
+	defer kernel.Close()
+
+	ksize := kernel.Size()
 
 	isize, err := sizeOf(initrd)
 	if err != nil {
@@ -236,9 +260,20 @@ func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 		loader += "\nsecure-boot-enroll off\n"
 	}
 
+	sdboot, err := j.bootFile(ctx, release.SDBootAsset)
+	if err != nil {
+		return nil, err
+	}
+
+	// Read again (from the start) each time the file system is written;
+	// the entry stays readable while the build holds it, evicted or not.
+	j.closeLater(sdboot)
+
 	files := []esp.File{
-		fileFrom("EFI/BOOT/"+bootName, j.asset(release.SDBootAsset)),
-		fileFrom("EFI/Linux/Talos-"+p.Version+".efi", ukiPath),
+		{Path: "EFI/BOOT/" + bootName, Size: sdboot.Size(), Open: func() (io.ReadCloser, error) {
+			return io.NopCloser(io.NewSectionReader(sdboot, 0, sdboot.Size())), nil
+		}},
+		fileFrom("EFI/Linux/Talos-"+p.Version.String()+".efi", ukiPath),
 		fileBytes("loader/loader.conf", []byte(loader), false),
 	}
 
@@ -309,7 +344,7 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 	j.emit(Event{Phase: "assemble", Message: "ISO"})
 
 	if _, err := iso.Write(ctx, out, iso.Params{
-		VolumeID: iso.VolumeID(j.p.Version), VolumeSetID: iso.Label(j.p.Version), Files: tree, ESP: espPath,
+		VolumeID: iso.VolumeID(j.p.Version.String()), VolumeSetID: iso.Label(j.p.Version.String()), Files: tree, ESP: espPath,
 		ModTime: time.Unix(j.p.Epoch, 0), TempDir: j.tmp,
 	}); err != nil {
 		return fmt.Errorf("write ISO: %w", err)
@@ -524,18 +559,6 @@ func sizeOf(f *os.File) (int64, error) {
 	}
 
 	return st.Size(), nil
-}
-
-func copyFile(ctx context.Context, w io.Writer, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("release asset: %w", err)
-	}
-	defer f.Close()
-
-	_, err = iox.Copy(ctx, w, f)
-
-	return err
 }
 
 func extensionCount(n int) string {

@@ -18,8 +18,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // craneAs runs the real crane with its own docker config directory (where
@@ -305,7 +305,7 @@ func TestAttackMirrorNeedsCredential(t *testing.T) {
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
 	for _, v := range []string{"v1.12.0", "v1.13.0"} {
-		if _, err := testrelease.Push(ctx, testrelease.Options{Version: v, Registry: reg,
+		if _, err := demo.Push(ctx, demo.Options{Version: v, Registry: reg,
 			Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 				return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
 			}}); err != nil {

@@ -19,9 +19,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/taloskernel"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // The schematic of the boot proof: serial console, a marker argument,
@@ -81,7 +81,7 @@ func TestBootProof(t *testing.T) {
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{
+	if _, err := demo.Push(ctx, demo.Options{
 		Version: "v1.13.0", Registry: reg, Assets: assets, KernelVersion: kver, Modules: extensionModules(t, in, kver),
 		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
@@ -308,8 +308,8 @@ func checkTalosInit(t *testing.T, console string) {
 
 	labels := consoleLine(console, "SELINUX")
 	for _, want := range []string{
-		`# file: /usr/local/bin/runsc security.selinux="` + testrelease.GvisorBinaryLabel + `"`,
-		`# file: /etc/cri/conf.d/gvisor.part security.selinux="` + testrelease.GvisorConfigLabel + `"`,
+		`# file: /usr/local/bin/runsc security.selinux="` + demo.GvisorBinaryLabel + `"`,
+		`# file: /etc/cri/conf.d/gvisor.part security.selinux="` + demo.GvisorConfigLabel + `"`,
 	} {
 		if !strings.Contains(labels, want) {
 			t.Errorf("KILN-SELINUX lacks %q: %q", want, labels)

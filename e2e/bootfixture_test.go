@@ -206,7 +206,7 @@ func bootInputsFromEnv(t *testing.T) bootInputs {
 	return in
 }
 
-// bootAssets returns testrelease Assets for amd64 made of Debian's parts.
+// bootAssets returns demo release Assets for amd64 made of Debian's parts.
 func bootAssets(t *testing.T, in bootInputs) (func(arch, file string) ([]byte, error), string) {
 	t.Helper()
 

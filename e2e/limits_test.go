@@ -666,8 +666,19 @@ func TestKillDuringMirror(t *testing.T) {
 	src := startKiln(t, nil, "--data-dir", t.TempDir(), "--demo")
 	policy := filepath.Join(strings.TrimSuffix(srcDataDir(t, src), "/"), "demo", "trust-policy.yaml")
 
+	// The demo's own policy trusts its key under kiln-demo/ only; the
+	// destination, which keeps the release at its root, trusts the demo key
+	// everywhere, so that kiln mirror can record the release lock there.
+	pdir := t.TempDir()
+	dstPolicy := filepath.Join(pdir, "policy.yaml")
+
+	if err := os.WriteFile(dstPolicy, []byte("rules:\n  - name: demo-key\n    repositories: ['*', '*/*', '*/*/*', '*/*/*/*', '*/*/*/*/*']\n    keys:\n      - path: "+
+		filepath.Join(srcDataDir(t, src), "demo", "cosign.pub")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	dir := t.TempDir()
-	dst := startKiln(t, nil, "--data-dir", dir)
+	dst := startKiln(t, nil, "--data-dir", dir, "--trust-policy", dstPolicy)
 	uploads := func() []string {
 		var found []string
 
@@ -683,7 +694,7 @@ func TestKillDuringMirror(t *testing.T) {
 	}
 
 	mirror := exec.Command(binary(t, "KILN_BIN"), "mirror", "--from", src.addr+"/kiln-demo", "--to", throttle(t, dst.addr, 32<<10),
-		"--version", "v1.13.0", "--trust-policy", policy)
+		"--to-password-file", dst.passwordFile(), "--version", "v1.13.0", "--trust-policy", policy)
 
 	var output bytes.Buffer
 	mirror.Stdout, mirror.Stderr = &output, &output
@@ -699,13 +710,13 @@ func TestKillDuringMirror(t *testing.T) {
 	cut := uploads()
 	figure(t, "kill -9 of kiln during kiln mirror left %d upload sessions", len(cut))
 
-	dst = startKiln(t, nil, "--data-dir", dir)
+	dst = startKiln(t, nil, "--data-dir", dir, "--trust-policy", dstPolicy)
 
 	if left := uploads(); len(left) > 0 {
 		t.Fatalf("after restart: %v", left)
 	}
 
-	if msg, err := kilnRun(t, "mirror", "--from", src.addr+"/kiln-demo", "--to", dst.addr, "--version", "v1.13.0", "--trust-policy", policy); err != nil {
+	if msg, err := kilnRun(t, append(append([]string{"mirror", "--from", src.addr + "/kiln-demo"}, dst.to()...), "--version", "v1.13.0", "--trust-policy", policy)...); err != nil {
 		t.Fatalf("mirror after restart: %v\n%s", err, msg)
 	}
 

@@ -20,11 +20,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/signing/signingtest/localsigstore"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // trustEverythingSignedBy writes a policy trusting key for every repository.
@@ -75,7 +75,7 @@ func TestMirror(t *testing.T) {
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
-	rel, err := testrelease.Push(ctx, testrelease.Options{
+	rel, err := demo.Push(ctx, demo.Options{
 		Version:  "v1.13.0",
 		Registry: reg,
 		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
@@ -328,7 +328,7 @@ func TestMirrorKeylessAcrossTheAirGap(t *testing.T) {
 	tuf := localsigstore.NewTUFRepository(t, map[string][]byte{signing.TrustedRootTarget: trJSON})
 	id := localsigstore.Identity{Subject: "releasemgr-svc@talos-production.iam.gserviceaccount.com", Issuer: "https://accounts.google.com"}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+	if _, err := demo.Push(ctx, demo.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 		// kiln accepts a release image's bundle only if its statement names
 		// the image (cosign's name none; see signing.WithSignedIdentity).
 		if strings.HasSuffix(ref.Context().RepositoryStr(), "siderolabs/imager") {

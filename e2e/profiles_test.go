@@ -17,9 +17,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 const profilesSchematic = `customization:
@@ -79,7 +80,7 @@ func TestBootProfilesKiln(t *testing.T) {
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{
+	if _, err := demo.Push(ctx, demo.Options{
 		Version: "v1.13.0", Registry: reg, Assets: assets,
 		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
@@ -119,7 +120,7 @@ func TestBootProfilesKiln(t *testing.T) {
 	// The lines kiln's builder/cmdline gives each output (checked against
 	// Talos's and the factory's vectors in its own tests).
 	opts := cmdline.Options{
-		Platform: "metal", Arch: "amd64", TalosVersion: "v1.13.0",
+		Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion("v1.13.0"),
 		ExtraArgs: []string{"console=ttyS0", "kiln.e2e=profiles"},
 		Meta:      []cmdline.MetaValue{{Key: 0xc, Value: "kiln-meta-proof"}},
 	}

@@ -16,8 +16,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // pxeSchematic: the marker argument, one extension (so the initramfs the
@@ -69,7 +69,7 @@ func TestPXEBoot(t *testing.T) {
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{
+	if _, err := demo.Push(ctx, demo.Options{
 		Version: "v1.13.0", Registry: reg, Assets: assets,
 		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)

@@ -189,7 +189,7 @@ func (r fixtureResolver) Resolve(ref string) (name.Reference, []remote.Option, e
 		return DirectResolver{}.Resolve(ref)
 	}
 
-	m, err := release.MirrorReference(ref, r.f.mirror, "")
+	m, err := release.Mirror{Registry: r.f.mirror}.Ref(ref)
 
 	return m, nil, err
 }

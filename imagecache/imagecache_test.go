@@ -28,6 +28,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // readTree maps every file of dir (slash paths) to its bytes.
@@ -291,7 +293,7 @@ func TestFailBeforeWrite(t *testing.T) {
 		name     string
 		refs     []string
 		platform []string
-		v        Verifier
+		v        signing.Checker
 		is       error
 		names    string
 	}{
@@ -299,7 +301,7 @@ func TestFailBeforeWrite(t *testing.T) {
 		{"missing tag", []string{"registry.k8s.io/pause:9.9"}, nil, nil, ErrNotFound, `"registry.k8s.io/pause:9.9"`},
 		{"missing platform index", []string{"ghcr.io/siderolabs/kubelet:v1.36.0"}, []string{"linux/s390x"}, nil, ErrNotFound, "linux/s390x"},
 		{"missing platform single", []string{"registry.k8s.io/pause:3.10"}, []string{"linux/arm64"}, nil, ErrNotFound, `"registry.k8s.io/pause:3.10": platform linux/arm64`},
-		{"refused", []string{"ghcr.io/siderolabs/kubelet:v1.36.0", "busybox:1.37"}, nil, VerifierFunc(func(_ context.Context, d name.Digest) error {
+		{"refused", []string{"ghcr.io/siderolabs/kubelet:v1.36.0", "busybox:1.37"}, nil, signing.CheckFunc(func(_ context.Context, d name.Digest) error {
 			if strings.Contains(d.String(), "busybox") {
 				return fmt.Errorf("%s: %w", d, untrusted)
 			}
@@ -774,7 +776,7 @@ func TestPlanInParallel(t *testing.T) {
 		var mu sync.Mutex
 
 		verified := map[string]int{}
-		v := VerifierFunc(func(_ context.Context, d name.Digest) error {
+		v := signing.CheckFunc(func(_ context.Context, d name.Digest) error {
 			mu.Lock()
 			verified[d.String()]++
 			mu.Unlock()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/internal/regerr"
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // Resolver says where to fetch an upstream reference from: kiln's mirror
@@ -30,20 +31,6 @@ type Resolver interface {
 	// reference to fetch and the remote options to fetch it with.
 	Resolve(ref string) (name.Reference, []remote.Option, error)
 }
-
-// Verifier checks an image against the trust policy. NewPlan calls it from
-// several goroutines, once per image.
-type Verifier interface {
-	// Verify returns nil if the image at ref (as fetched, repository@digest)
-	// is trusted; a refusal should match signing.ErrUntrusted.
-	Verify(ctx context.Context, ref name.Digest) error
-}
-
-// VerifierFunc adapts a function, e.g. around signing.Verifier.Verify.
-type VerifierFunc func(ctx context.Context, ref name.Digest) error
-
-// Verify calls f.
-func (f VerifierFunc) Verify(ctx context.Context, ref name.Digest) error { return f(ctx, ref) }
 
 // Image is one resolved input line.
 type Image struct {
@@ -105,7 +92,7 @@ func (p *Plan) Size() int64 {
 type planner struct {
 	ctx  context.Context
 	r    Resolver
-	v    Verifier
+	v    signing.Checker
 	opts Options
 
 	mu       sync.Mutex
@@ -198,7 +185,9 @@ func (p *Plan) apply(r *record, sigsDone map[string]bool) {
 // Up to opts.Jobs images are resolved at once; the plan does not depend on
 // the order the answers come in. opts.Progress receives a PhaseResolve
 // event per image (and platform) as it is resolved and verified.
-func NewPlan(ctx context.Context, refs []string, r Resolver, v Verifier, opts Options) (*Plan, error) {
+// v is called from several goroutines, once per image, with the image as
+// fetched (repository@digest).
+func NewPlan(ctx context.Context, refs []string, r Resolver, v signing.Checker, opts Options) (*Plan, error) {
 	platforms, all, err := opts.platforms()
 	if err != nil {
 		return nil, err
@@ -369,7 +358,9 @@ func (t *task) image(src string, pf *v1.Platform, all bool) (*Image, error) {
 
 	if t.v != nil {
 		_, err := once(&t.mu, t.verified, source.String(), func() (struct{}, error) {
-			return struct{}{}, t.v.Verify(t.ctx, source)
+			_, err := t.v.Verify(t.ctx, source)
+
+			return struct{}{}, err
 		})
 		if err != nil {
 			return nil, fmt.Errorf("image %q (%s): %w", src, source, err)

@@ -11,7 +11,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/artifacts"
-	"github.com/kiln-dev/kiln/release"
 )
 
 // zeroTime disables Last-Modified in http.ServeContent.
@@ -19,7 +18,7 @@ var zeroTime time.Time
 
 // MirrorResolver fetches upstream references from kiln's mirror: ghcr.io/x
 // from <mirror>/x, registry.k8s.io/x from <mirror>/registry.k8s.io/x (see
-// release.MirrorReference).
+// release.Mirror.Ref).
 type MirrorResolver struct {
 	Source *artifacts.Source
 }
@@ -28,7 +27,7 @@ var _ Resolver = MirrorResolver{}
 
 // Resolve implements Resolver.
 func (m MirrorResolver) Resolve(ref string) (name.Reference, []remote.Option, error) {
-	r, err := release.MirrorReference(ref, m.Source.Registry, m.Source.Namespace, m.Source.NameOptions...)
+	r, err := m.Source.Ref(ref)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -279,7 +279,7 @@ func checkPEMCertificates(b []byte) error {
 
 // Generate writes the patch opts describe.
 func Generate(opts Options) (*Patch, error) {
-	if opts.Version.v.Major == 0 {
+	if opts.Version.v.IsZero() {
 		return nil, invalidf("no Talos version")
 	}
 

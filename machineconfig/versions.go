@@ -2,9 +2,8 @@ package machineconfig
 
 import (
 	"fmt"
-	"strings"
 
-	"github.com/blang/semver/v4"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Feature is a part of the machine config that not every Talos version has.
@@ -51,25 +50,25 @@ var since = map[Feature]string{
 const MinVersion = "v1.10.0"
 
 // Version is a Talos version a patch is written for.
-type Version struct{ v semver.Version }
+type Version struct{ v release.Version }
 
 // ParseVersion parses "v1.13.0" or "1.13.0"; versions before MinVersion
 // (their pre-releases included) are refused.
 func ParseVersion(s string) (Version, error) {
-	v, err := semver.Parse(strings.TrimPrefix(s, "v"))
-	if err != nil || len(v.Build) > 0 {
+	v, err := release.ParseVersion(s)
+	if err != nil || v.WithoutBuild() != v {
 		return Version{}, invalidf("Talos version %q: want vMAJOR.MINOR.PATCH", s)
 	}
 
-	if v.Major != 1 || v.Minor < 10 {
-		return Version{}, invalidf("Talos version %s: machine-config patches are written for Talos %s and later", "v"+v.String(), MinVersion)
+	if sv := v.Semver(); sv.Major != 1 || sv.Minor < 10 {
+		return Version{}, invalidf("Talos version %s: machine-config patches are written for Talos %s and later", v, MinVersion)
 	}
 
 	return Version{v}, nil
 }
 
 // String is the version with its "v".
-func (v Version) String() string { return "v" + v.v.String() }
+func (v Version) String() string { return v.v.String() }
 
 // Has reports whether the version's machine config has f.
 func (v Version) Has(f Feature) bool {
@@ -78,13 +77,13 @@ func (v Version) Has(f Feature) bool {
 		panic(fmt.Sprintf("machineconfig: unknown feature %q", f))
 	}
 
-	if f == RegistryTLSDocumentWithoutClient && v.v.Major == 1 && v.v.Minor == 13 && v.v.Patch == 0 &&
-		len(v.v.Pre) == 2 && v.v.Pre[0].VersionStr == "alpha" && v.v.Pre[1].VersionNum == 0 {
+	if sv := v.v.Semver(); f == RegistryTLSDocumentWithoutClient && sv.Major == 1 && sv.Minor == 13 && sv.Patch == 0 &&
+		len(sv.Pre) == 2 && sv.Pre[0].VersionStr == "alpha" && sv.Pre[1].VersionNum == 0 {
 		// v1.13.0-alpha.0 branched before the fix of v1.12.2.
 		return false
 	}
 
-	return v.v.GTE(semver.MustParse(first))
+	return v.v.Compare(release.MustParseVersion(first)) >= 0
 }
 
 // DefaultForm is the form a version gets when none is asked for: the

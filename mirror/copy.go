@@ -11,13 +11,17 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // Options of Copy.
 type Options struct {
-	// Verifier checks every image of the plan before anything is written.
-	// Nil turns verification off (logged as a warning).
-	Verifier Verifier
+	// Verifier checks every image of the plan before anything is written,
+	// reading the signatures from the source (a layout or archive is
+	// served to it on a loopback port). Nil turns verification off (logged
+	// as a warning).
+	Verifier signing.Checker
 	// Jobs is how many blobs are copied at once; 4 when zero.
 	Jobs int
 	// Progress, when set, receives events, one at a time.
@@ -304,7 +308,7 @@ func (c *copier) verify(ctx context.Context) error {
 			return &VerifyError{Item: it, Err: err}
 		}
 
-		if err := c.opts.Verifier.Verify(vctx, refs.reference(it)); err != nil {
+		if _, err := c.opts.Verifier.Verify(vctx, refs.reference(it)); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

@@ -46,7 +46,7 @@ func TestCraneReadsMirror(t *testing.T) {
 	}
 
 	dst := newRegistry(t, false)
-	if _, err := Copy(t.Context(), plan2, Registry{Registry: dst}, Options{}); err != nil {
+	if _, err := Copy(t.Context(), plan2, Registry{Mirror: release.Mirror{Registry: dst}}, Options{}); err != nil {
 		t.Fatal(err)
 	}
 

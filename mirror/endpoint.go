@@ -79,11 +79,9 @@ type destination interface {
 }
 
 // Registry is an OCI registry endpoint: repositories live at
-// <Registry>/<Namespace>/<mirror path>.
+// <Registry>/<Namespace>/<mirror path> (release.Mirror).
 type Registry struct {
-	Registry name.Registry
-	// Namespace is an optional path prefix ("proxy-ghcr", "kiln/talos").
-	Namespace string
+	release.Mirror
 	// Options carry TLS, authentication and transport settings.
 	Options []remote.Option
 	// Upstream maps mirror paths back onto the public registries: a path
@@ -104,11 +102,7 @@ func (r Registry) String() string {
 		return "upstream registries (ghcr.io, registry.k8s.io, ...)"
 	}
 
-	if r.Namespace != "" {
-		return r.Registry.Name() + "/" + strings.Trim(r.Namespace, "/")
-	}
-
-	return r.Registry.Name()
+	return r.Mirror.String()
 }
 
 // upstreamLayout reports whether r holds images where upstream does:
@@ -122,19 +116,10 @@ func (r Registry) upstreamLayout() bool {
 // repo is the registry repository of a mirror path.
 func (r Registry) repo(path string) (name.Repository, error) {
 	if r.upstreamLayout() {
-		repo, err := name.NewRepository(release.UpstreamPath(path))
-		if err != nil {
-			return name.Repository{}, fmt.Errorf("repository %q: %w", path, err)
-		}
-
-		return repo, nil
+		return release.UpstreamRepo(path)
 	}
 
-	if ns := strings.Trim(r.Namespace, "/"); ns != "" {
-		path = ns + "/" + path
-	}
-
-	return r.Registry.Repo(path), nil
+	return r.Mirror.Repo(path)
 }
 
 func (r Registry) openSource(context.Context) (source, error)           { return registryStore{r}, nil }
@@ -185,5 +170,5 @@ func ParseEndpoint(s string, opts ...remote.Option) (Endpoint, error) {
 		return nil, fmt.Errorf("endpoint %q: %w", s, err)
 	}
 
-	return Registry{Registry: reg, Namespace: ns, Options: opts}, nil
+	return Registry{Mirror: release.Mirror{Registry: reg, Namespace: ns}, Options: opts}, nil
 }

@@ -8,9 +8,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // TestCopyChecksSignedIdentity: with the real verifier, a Talos release
@@ -33,14 +34,14 @@ func TestCopyChecksSignedIdentity(t *testing.T) {
 
 	push := func(t *testing.T, claim func(upstream name.Repository) string) Registry {
 		reg := newRegistry(t, true)
-		if _, err := testrelease.Push(t.Context(), testrelease.Options{Version: testVersion, Registry: reg,
+		if _, err := demo.Push(t.Context(), demo.Options{Version: testVersion, Registry: reg,
 			Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 				return signingtest.SignLegacyAs(ctx, ref, claim(upstream), key)
 			}}); err != nil {
 			t.Fatal(err)
 		}
 
-		return Registry{Registry: reg}
+		return Registry{Mirror: release.Mirror{Registry: reg}}
 	}
 
 	sel := fullSelection()
@@ -59,7 +60,7 @@ func TestCopyChecksSignedIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		if _, err := Copy(t.Context(), plan, Layout{Dir: t.TempDir()}, Options{Verifier: verifierOf(v.Check)}); err != nil {
+		if _, err := Copy(t.Context(), plan, Layout{Dir: t.TempDir()}, Options{Verifier: v}); err != nil {
 			t.Fatalf("Copy: %v", err)
 		}
 	})
@@ -80,7 +81,7 @@ func TestCopyChecksSignedIdentity(t *testing.T) {
 
 		dir := t.TempDir()
 
-		_, err = Copy(t.Context(), plan, Layout{Dir: dir}, Options{Verifier: verifierOf(v.Check)})
+		_, err = Copy(t.Context(), plan, Layout{Dir: dir}, Options{Verifier: v})
 
 		var ve *VerifyError
 		if !errors.As(err, &ve) || ve.Item.Repo != "siderolabs/imager" || !errors.Is(err, signing.ErrUntrusted) ||
@@ -89,10 +90,6 @@ func TestCopyChecksSignedIdentity(t *testing.T) {
 		}
 	})
 }
-
-type verifierOf func(ctx context.Context, ref name.Digest) error
-
-func (f verifierOf) Verify(ctx context.Context, ref name.Digest) error { return f(ctx, ref) }
 
 func indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+prefix) + "\n"

@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Annotations on the descriptors of index.json in a layout or archive.
@@ -378,3 +381,49 @@ func (s *layoutStore) Close() error { return s.be.Close() }
 
 // errShortBlob reports a blob whose stream is not of its descriptor size.
 var errShortBlob = errors.New("blob size differs from its descriptor")
+
+// TaggedImages lists the upstream references ("ghcr.io/siderolabs/imager:v1.13.0",
+// "registry.k8s.io/pause:3.10") of the tagged images a layout or archive
+// holds, as kiln mirror --to records them in index.json, sorted: a
+// Selection.Images that copies them again. Signature tags are left out
+// (they travel with their images), and so is the trusted root
+// (ReadTrustedRoot reads it).
+func TaggedImages(ctx context.Context, ep Endpoint) ([]string, error) {
+	switch ep.(type) {
+	case Layout, Archive:
+	default:
+		return nil, fmt.Errorf("%s: tagged images are listed in OCI layouts and archives only", ep)
+	}
+
+	src, err := ep.openSource(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+
+	s, ok := src.(*layoutStore)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an OCI layout", ep)
+	}
+
+	s.mu.Lock()
+	entries := slices.Clone(s.index.Manifests)
+	s.mu.Unlock()
+
+	var refs []string
+
+	for _, e := range entries {
+		pathTag := e.Annotations[AnnotationRefName]
+
+		i := strings.LastIndex(pathTag, ":")
+		if i <= 0 || strings.HasPrefix(pathTag[i+1:], "sha256-") || pathTag[:i] == TrustedRootRepository {
+			continue
+		}
+
+		refs = append(refs, release.UpstreamPath(pathTag[:i])+":"+pathTag[i+1:])
+	}
+
+	slices.Sort(refs)
+
+	return slices.Compact(refs), nil
+}

@@ -20,8 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/release"
-	"github.com/kiln-dev/kiln/testrelease"
+	"github.com/kiln-dev/kiln/signing"
 )
 
 const testVersion = "v1.13.0"
@@ -83,7 +84,7 @@ func fakeSign(ctx context.Context, ref name.Digest, _ name.Repository) error {
 
 type fixture struct {
 	src Registry
-	rel *testrelease.Release
+	rel *demo.Release
 }
 
 func pushRelease(t *testing.T, referrers bool) fixture {
@@ -91,17 +92,17 @@ func pushRelease(t *testing.T, referrers bool) fixture {
 
 	reg := newRegistry(t, referrers)
 
-	rel, err := testrelease.Push(t.Context(), testrelease.Options{Version: testVersion, Registry: reg, Sign: fakeSign})
+	rel, err := demo.Push(t.Context(), demo.Options{Version: testVersion, Registry: reg, Sign: fakeSign})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	return fixture{src: Registry{Registry: reg}, rel: rel}
+	return fixture{src: Registry{Mirror: release.Mirror{Registry: reg}}, rel: rel}
 }
 
 func fullSelection() Selection {
 	return Selection{
-		Versions:   []string{testVersion},
+		Versions:   []release.Version{release.MustParseVersion(testVersion)},
 		Extensions: []string{All},
 		Overlays:   []string{All},
 		Talosctl:   true,
@@ -173,7 +174,7 @@ func TestPlanContents(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	k8s, _ := release.KubernetesImages(testVersion)
+	k8s, _ := release.KubernetesImages(release.MustParseVersion(testVersion))
 	kinds := countKinds(plan)
 
 	if got, want := kinds[KindTalos], 5; got != want {
@@ -225,7 +226,7 @@ func TestRegistryToRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dst := Registry{Registry: newRegistry(t, true), Namespace: "kiln"}
+	dst := Registry{Mirror: release.Mirror{Registry: newRegistry(t, true), Namespace: "kiln"}}
 
 	st, err := Copy(t.Context(), plan, dst, Options{Jobs: 3})
 	if err != nil {
@@ -302,7 +303,7 @@ func TestRoundTrips(t *testing.T) {
 				t.Errorf("plan from %s: size %d, want %d", mid, got, want)
 			}
 
-			dst := Registry{Registry: newRegistry(t, false)}
+			dst := Registry{Mirror: release.Mirror{Registry: newRegistry(t, false)}}
 			if _, err := Copy(t.Context(), plan2, dst, Options{}); err != nil {
 				t.Fatal(err)
 			}
@@ -345,7 +346,7 @@ func TestInterruptedCopyResumes(t *testing.T) {
 	dir := t.TempDir()
 
 	for _, dst := range []Endpoint{
-		Registry{Registry: newRegistry(t, false)},
+		Registry{Mirror: release.Mirror{Registry: newRegistry(t, false)}},
 		Layout{Dir: filepath.Join(dir, "layout")},
 		Archive{Path: filepath.Join(dir, "a.tar")},
 	} {
@@ -429,7 +430,7 @@ func TestDryRunWritesNothing(t *testing.T) {
 
 	dir := filepath.Join(t.TempDir(), "layout")
 	archive := filepath.Join(t.TempDir(), "a.tar")
-	reg := Registry{Registry: newRegistry(t, false)}
+	reg := Registry{Mirror: release.Mirror{Registry: newRegistry(t, false)}}
 
 	for _, dst := range []Endpoint{Layout{Dir: dir}, Archive{Path: archive}, reg} {
 		st, err := Copy(t.Context(), plan, dst, Options{DryRun: true})
@@ -470,7 +471,11 @@ type refuser struct {
 
 var errUntrusted = errors.New("no trusted signature")
 
-func (r *refuser) Verify(ctx context.Context, ref name.Digest) error {
+func (r *refuser) Verify(ctx context.Context, ref name.Digest) (signing.Verified, error) {
+	return signing.CheckFunc(r.check).Verify(ctx, ref)
+}
+
+func (r *refuser) check(ctx context.Context, ref name.Digest) error {
 	r.mu.Lock()
 	r.seen = append(r.seen, ref)
 	r.mu.Unlock()
@@ -525,7 +530,7 @@ func TestVerifierRefusal(t *testing.T) {
 	}{{"registry", plan}, {"archive", aplan}} {
 		t.Run(src.name, func(t *testing.T) {
 			v := &refuser{refuse: bad.DigestStr()}
-			dst := Registry{Registry: newRegistry(t, false)}
+			dst := Registry{Mirror: release.Mirror{Registry: newRegistry(t, false)}}
 
 			_, err := Copy(t.Context(), src.plan, dst, Options{Verifier: v})
 
@@ -576,7 +581,7 @@ func TestArchFilter(t *testing.T) {
 
 	// A registry that validates indexes (ggcr's, distribution's default)
 	// refuses the partial index, with an explanation.
-	reg := Registry{Registry: newRegistry(t, true)}
+	reg := Registry{Mirror: release.Mirror{Registry: newRegistry(t, true)}}
 	if _, err := Copy(t.Context(), plan, reg, Options{}); err == nil || !strings.Contains(err.Error(), "every architecture") {
 		t.Errorf("partial index into a validating registry: got %v", err)
 	}

@@ -23,10 +23,10 @@ const All = "all"
 
 // Selection is what to mirror.
 type Selection struct {
-	// Versions are Talos versions ("v1.13.0"): for each, siderolabs/imager,
+	// Versions are Talos versions: for each, siderolabs/imager,
 	// installer-base (before 1.10: installer) and the extensions and
 	// overlays catalogs, as image-factory's hack/copy-artifacts.sh copies.
-	Versions []string
+	Versions []release.Version
 	// Arches keeps, of every multi-platform index, the children for these
 	// architectures ("amd64", "arm64"). Empty keeps every child, including
 	// attestation manifests. The index itself is always copied unchanged
@@ -47,7 +47,7 @@ type Selection struct {
 	// KubernetesImages lists the Kubernetes images of a Talos version as
 	// upstream references; release.KubernetesImages when nil, which knows
 	// every Talos patch version from 1.10 on (see its doc).
-	KubernetesImages func(talosVersion string) ([]string, error)
+	KubernetesImages func(release.Version) ([]string, error)
 	// Images are more upstream references to copy ("docker.io/library/busybox:1.37").
 	Images []string
 }
@@ -109,9 +109,9 @@ func (it *Item) verifyContext(ctx context.Context) (context.Context, error) {
 		return ctx, nil
 	}
 
-	repo, err := name.NewRepository(release.UpstreamPath(it.Repo))
+	repo, err := release.UpstreamRepo(it.Repo)
 	if err != nil {
-		return nil, fmt.Errorf("upstream repository of %s: %w", it.Repo, err)
+		return nil, err
 	}
 
 	return signing.WithSignedIdentity(ctx, repo), nil
@@ -197,21 +197,13 @@ type planner struct {
 	notes []string
 }
 
-func (p *planner) version(ctx context.Context, v string) error {
-	base, err := release.BaseInstallerRepo(v)
-	if err != nil {
-		return err
-	}
+func (p *planner) version(ctx context.Context, ver release.Version) error {
+	v := ver.String() // the tag of each of the release's images
 
-	repos := []string{release.ImagerRepo, base, release.ExtensionsRepo, release.OverlaysRepo}
+	repos := []string{release.ImagerRepo, release.BaseInstallerRepo(ver), release.ExtensionsRepo, release.OverlaysRepo}
 
 	if p.sel.Talosctl {
-		ok, err := release.HasTalosctlAll(v)
-		if err != nil {
-			return err
-		}
-
-		if ok {
+		if release.HasTalosctlAll(ver) {
 			repos = append(repos, release.TalosctlAllRepo)
 		} else {
 			p.notes = append(p.notes, fmt.Sprintf("%s: no %s before Talos 1.11, not copied", v, release.TalosctlAllRepo))
@@ -299,7 +291,7 @@ func (p *planner) version(ctx context.Context, v string) error {
 			list = release.KubernetesImages
 		}
 
-		refs, err := list(v)
+		refs, err := list(ver)
 		if err != nil {
 			return fmt.Errorf("%w (or leave the Kubernetes images out: kiln mirror --kubernetes=false)", err)
 		}

@@ -134,7 +134,12 @@ func (p *Plan) WriteText(w io.Writer) error {
 		arches = strings.Join(p.Selection.Arches, ",")
 	}
 
-	fmt.Fprintf(&b, "versions: %s; architectures: %s\n", strings.Join(p.Selection.Versions, ","), arches)
+	versions := make([]string, len(p.Selection.Versions))
+	for i, v := range p.Selection.Versions {
+		versions[i] = v.String()
+	}
+
+	fmt.Fprintf(&b, "versions: %s; architectures: %s\n", strings.Join(versions, ","), arches)
 
 	for _, it := range p.Items {
 		ref := it.Repo + "@" + it.Digest.String()

@@ -20,9 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/kiln-dev/kiln/release"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -42,10 +42,10 @@ func k8sFor(v string) []string {
 // shapeSelection is what `kiln mirror --version v` selects by default:
 // every extension and overlay, talosctl-all, the cluster images.
 func shapeSelection(v string) Selection {
-	sel := Selection{Versions: []string{v}, Extensions: []string{All}, Overlays: []string{All}, Talosctl: true, Kubernetes: true}
+	sel := Selection{Versions: []release.Version{release.MustParseVersion(v)}, Extensions: []string{All}, Overlays: []string{All}, Talosctl: true, Kubernetes: true}
 
 	if k := k8sFor(v); k != nil {
-		sel.KubernetesImages = func(string) ([]string, error) { return k, nil }
+		sel.KubernetesImages = func(release.Version) ([]string, error) { return k, nil }
 	}
 
 	return sel
@@ -53,7 +53,7 @@ func shapeSelection(v string) Selection {
 
 // planText is a plan without digests (the signatures fakeSign makes are
 // random) and without the catalogs' extensions and overlays (whatever
-// testrelease ships; TestPlanContents counts them): per root, its kind,
+// the demo release ships; TestPlanContents counts them): per root, its kind,
 // repository, tags, platforms and how many signatures it has, then the
 // notes.
 func planText(p *Plan) string {
@@ -91,11 +91,11 @@ func TestPlanReleaseShapes(t *testing.T) {
 		t.Run(v, func(t *testing.T) {
 			reg := newRegistry(t, false)
 
-			if _, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: reg, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
+			if _, err := demo.Push(t.Context(), demo.Options{Version: v, Registry: reg, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
 				t.Fatal(err)
 			}
 
-			plan, err := NewPlan(t.Context(), Registry{Registry: reg}, shapeSelection(v))
+			plan, err := NewPlan(t.Context(), Registry{Mirror: release.Mirror{Registry: reg}}, shapeSelection(v))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -136,22 +136,27 @@ func TestMirrorReleaseShapesThroughRegistry(t *testing.T) {
 	versions := []string{"v1.9.6", "v1.10.0", "v1.11.0"}
 
 	for _, v := range versions {
-		if _, err := testrelease.Push(t.Context(), testrelease.Options{Version: v, Registry: src, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
+		if _, err := demo.Push(t.Context(), demo.Options{Version: v, Registry: src, Sign: fakeSign, KubernetesImages: k8sFor(v)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	sel := shapeSelection("v1.11.0")
-	sel.Versions = versions
-	sel.KubernetesImages = func(v string) ([]string, error) {
-		if k := k8sFor(v); k != nil {
+	sel.Versions = nil
+
+	for _, v := range versions {
+		sel.Versions = append(sel.Versions, release.MustParseVersion(v))
+	}
+
+	sel.KubernetesImages = func(v release.Version) ([]string, error) {
+		if k := k8sFor(v.String()); k != nil {
 			return k, nil
 		}
 
 		return release.KubernetesImages(v)
 	}
 
-	plan, err := NewPlan(t.Context(), Registry{Registry: src}, sel)
+	plan, err := NewPlan(t.Context(), Registry{Mirror: release.Mirror{Registry: src}}, sel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,11 +171,11 @@ func TestMirrorReleaseShapesThroughRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := Copy(t.Context(), back, Registry{Registry: dst}, Options{}); err != nil {
+	if _, err := Copy(t.Context(), back, Registry{Mirror: release.Mirror{Registry: dst}}, Options{}); err != nil {
 		t.Fatal(err)
 	}
 
-	sameContent(t, plan, Registry{Registry: dst})
+	sameContent(t, plan, Registry{Mirror: release.Mirror{Registry: dst}})
 
 	for repo, want := range map[string][]string{
 		release.InstallerRepo:     {"v1.9.6"},
@@ -282,7 +287,7 @@ func TestCatalogChild(t *testing.T) {
 		{[]string{"amd64", "arm64"}, "siderolabs/gvisor"},
 		{[]string{"arm64"}, "siderolabs/arm64-only"},
 	} {
-		s, err := Registry{Registry: reg}.openSource(t.Context())
+		s, err := Registry{Mirror: release.Mirror{Registry: reg}}.openSource(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}

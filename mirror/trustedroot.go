@@ -12,6 +12,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // The Sigstore trusted root kiln mirror carries is an OCI artifact in every
@@ -199,4 +201,18 @@ func readBlob(ctx context.Context, src source, d v1.Descriptor) ([]byte, error) 
 	}
 
 	return buf.Bytes(), nil
+}
+
+// CarriedRoot returns a function reading the trusted root that came with
+// the mirror at ep, for signing.WithMirrorRoot: nil (no error) when ep
+// holds none.
+func CarriedRoot(ep Endpoint) func(ctx context.Context) (*signing.CarriedRoot, error) {
+	return func(ctx context.Context) (*signing.CarriedRoot, error) {
+		tr, err := ReadTrustedRoot(ctx, ep)
+		if err != nil || tr == nil {
+			return nil, err
+		}
+
+		return signing.ParseCarriedRoot(tr.JSON, tr.TUF)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/crane"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // TestTrustedRootTravels: the trusted root given to Copy is in the archive,
@@ -18,7 +20,7 @@ func TestTrustedRootTravels(t *testing.T) {
 	f := pushRelease(t, true)
 	ctx := t.Context()
 
-	plan, err := NewPlan(ctx, f.src, Selection{Versions: []string{testVersion}, Kubernetes: false})
+	plan, err := NewPlan(ctx, f.src, Selection{Versions: []release.Version{release.MustParseVersion(testVersion)}, Kubernetes: false})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,14 +71,14 @@ func TestTrustedRootTravels(t *testing.T) {
 	}
 
 	// From the archive into another registry, as on the far side.
-	inside := Registry{Registry: newRegistry(t, false), Namespace: "talos"}
+	inside := Registry{Mirror: release.Mirror{Registry: newRegistry(t, false), Namespace: "talos"}}
 
 	carried, err := ReadTrustedRoot(ctx, archive)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	fromArchive, err := NewPlan(ctx, archive, Selection{Versions: []string{testVersion}})
+	fromArchive, err := NewPlan(ctx, archive, Selection{Versions: []release.Version{release.MustParseVersion(testVersion)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestTrustedRootTampered(t *testing.T) {
 	f := pushRelease(t, true)
 	ctx := t.Context()
 
-	plan, err := NewPlan(ctx, f.src, Selection{Versions: []string{testVersion}})
+	plan, err := NewPlan(ctx, f.src, Selection{Versions: []release.Version{release.MustParseVersion(testVersion)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,15 +16,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-// Verifier checks the signature of an image or index digest. It is the
-// contract with package signing; a nil Verifier turns verification off.
-type Verifier interface {
-	// Verify returns nil if ref is signed by a trusted identity. It reads
-	// the signature from ref's registry: cosign's sha256-<hex>.sig tag or
-	// an OCI referrer (or its sha256-<hex> fallback tag).
-	Verify(ctx context.Context, ref name.Digest) error
-}
-
 // VerifyError is a signature refusal: Copy returns it before writing
 // anything of the image.
 type VerifyError struct {

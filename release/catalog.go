@@ -201,3 +201,41 @@ func OverlaysFromImage(img v1.Image) ([]Overlay, error) {
 
 	return ParseOverlays(data)
 }
+
+// extensionAliases are the public factory's renames (image-factory
+// internal/profile extensionNameAlias): a schematic written with the old
+// name still gets the extension. The alias is tried only when the name
+// itself is not in the catalog, as the factory does.
+var extensionAliases = map[string]string{
+	"siderolabs/v4l-uvc":                        "siderolabs/v4l-uvc-drivers",
+	"siderolabs/usb-modem":                      "siderolabs/usb-modem-drivers",
+	"siderolabs/gasket":                         "siderolabs/gasket-driver",
+	"siderolabs/talos-vmtoolsd":                 "siderolabs/vmtoolsd-guest-agent",
+	"siderolabs/xe-guest-utilities":             "siderolabs/xen-guest-agent",
+	"siderolabs/nvidia-container-toolkit":       "siderolabs/nvidia-container-toolkit-lts",
+	"siderolabs/nvidia-open-gpu-kernel-modules": "siderolabs/nvidia-open-gpu-kernel-modules-lts",
+	"siderolabs/nonfree-kmod-nvidia":            "siderolabs/nonfree-kmod-nvidia-lts",
+	"siderolabs/nvidia-fabricmanager":           "siderolabs/nvidia-fabric-manager-lts",
+	"siderolabs/i915-ucode":                     "siderolabs/i915",
+	"siderolabs/amdgpu-firmware":                "siderolabs/amdgpu",
+}
+
+// FindExtension matches a schematic's extension name against the catalog,
+// as the public factory does: by repository path, then through an alias.
+func FindExtension(catalog []Extension, want string) (Extension, bool) {
+	want = strings.TrimSpace(want)
+
+	for _, n := range []string{want, extensionAliases[want]} {
+		if n == "" {
+			continue
+		}
+
+		for _, e := range catalog {
+			if e.Name() == n {
+				return e, true
+			}
+		}
+	}
+
+	return Extension{}, false
+}

@@ -4,16 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
-
-	"github.com/blang/semver/v4"
 )
 
 //go:generate go run ../hack/k8s-images -o kubernetes_table.go
 
 // kubernetesRow is one Talos version's cluster images.
 type kubernetesRow struct {
-	Version string
+	Version Version
 	Images  []string
 }
 
@@ -22,7 +19,7 @@ type kubernetesRow struct {
 var ErrNoKubernetesImages = errors.New("no Kubernetes image list")
 
 // KubernetesImages returns the upstream references of the cluster images
-// a Talos version ("v1.13.9"; the "v" is optional) runs by default:
+// a Talos version runs by default:
 // flannel, CoreDNS, etcd, the Kubernetes control plane, kube-proxy,
 // kubelet, pause and, from v1.13, kube-network-policies, in the order
 // `talosctl images default` of that version prints them. The list is per
@@ -30,17 +27,15 @@ var ErrNoKubernetesImages = errors.New("no Kubernetes image list")
 // machinery by hack/k8s-images). A version without a row, in particular
 // one newer than the table, is an error wrapping ErrNoKubernetesImages:
 // the images of another version would not be the ones its nodes pull.
-func KubernetesImages(talosVersion string) ([]string, error) {
-	v, err := semver.Parse(strings.TrimPrefix(talosVersion, "v"))
-	if err != nil {
-		return nil, fmt.Errorf("talos version %q: want vMAJOR.MINOR.PATCH: %w", talosVersion, err)
+func KubernetesImages(v Version) ([]string, error) {
+	if v.IsZero() {
+		return nil, fmt.Errorf("%w: no Talos version", ErrNoKubernetesImages)
 	}
 
-	v.Build = nil
-	key := "v" + v.String()
+	key := v.WithoutBuild()
 
-	i, found := slices.BinarySearchFunc(kubernetesTable, v, func(r kubernetesRow, v semver.Version) int {
-		return semver.MustParse(r.Version[1:]).Compare(v)
+	i, found := slices.BinarySearchFunc(kubernetesTable, key, func(r kubernetesRow, v Version) int {
+		return r.Version.Compare(v)
 	})
 	if found {
 		return slices.Clone(kubernetesTable[i].Images), nil

@@ -24,7 +24,7 @@ package release
 // v1.13.0-beta.0, v1.13.0-rc.0.
 var kubernetesTable = []kubernetesRow{
 	// v1.10.0: order and pause image from talos v1.10.0.
-	{Version: "v1.10.0", Images: []string{
+	{Version: MustParseVersion("v1.10.0"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -36,7 +36,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.1: talos v1.10.1 is not served; order and pause image from talos v1.10.0 (every served v1.10 agrees).
-	{Version: "v1.10.1", Images: []string{
+	{Version: MustParseVersion("v1.10.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -48,7 +48,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.2: talos v1.10.2 is not served; order and pause image from talos v1.10.0 (every served v1.10 agrees).
-	{Version: "v1.10.2", Images: []string{
+	{Version: MustParseVersion("v1.10.2"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -60,7 +60,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.3: order and pause image from talos v1.10.3.
-	{Version: "v1.10.3", Images: []string{
+	{Version: MustParseVersion("v1.10.3"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -72,7 +72,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.4: order and pause image from talos v1.10.4.
-	{Version: "v1.10.4", Images: []string{
+	{Version: MustParseVersion("v1.10.4"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -84,7 +84,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.5: order and pause image from talos v1.10.5.
-	{Version: "v1.10.5", Images: []string{
+	{Version: MustParseVersion("v1.10.5"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -96,7 +96,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.6: order and pause image from talos v1.10.6.
-	{Version: "v1.10.6", Images: []string{
+	{Version: MustParseVersion("v1.10.6"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -108,7 +108,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.10.9: talos v1.10.9 is not served; order and pause image from talos v1.10.6 (every served v1.10 agrees).
-	{Version: "v1.10.9", Images: []string{
+	{Version: MustParseVersion("v1.10.9"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.26.7",
 		"registry.k8s.io/coredns/coredns:v1.12.1",
 		"gcr.io/etcd-development/etcd:v3.5.26",
@@ -120,7 +120,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.0-beta.0: order and pause image from talos v1.11.0-beta.0.
-	{Version: "v1.11.0-beta.0", Images: []string{
+	{Version: MustParseVersion("v1.11.0-beta.0"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.2",
 		"registry.k8s.io/coredns/coredns:v1.12.2",
 		"gcr.io/etcd-development/etcd:v3.5.21",
@@ -132,7 +132,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.0-beta.1: order and pause image from talos v1.11.0-beta.1.
-	{Version: "v1.11.0-beta.1", Images: []string{
+	{Version: MustParseVersion("v1.11.0-beta.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.2",
 		"registry.k8s.io/coredns/coredns:v1.12.2",
 		"gcr.io/etcd-development/etcd:v3.6.4",
@@ -144,7 +144,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.0: order and pause image from talos v1.11.0.
-	{Version: "v1.11.0", Images: []string{
+	{Version: MustParseVersion("v1.11.0"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.2",
 		"registry.k8s.io/coredns/coredns:v1.12.2",
 		"gcr.io/etcd-development/etcd:v3.6.4",
@@ -156,7 +156,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.1: order and pause image from talos v1.11.1.
-	{Version: "v1.11.1", Images: []string{
+	{Version: MustParseVersion("v1.11.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.2",
 		"registry.k8s.io/coredns/coredns:v1.12.3",
 		"gcr.io/etcd-development/etcd:v3.6.4",
@@ -168,7 +168,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.2: talos v1.11.2 is not served; order and pause image from talos v1.11.1 (every served v1.11 agrees).
-	{Version: "v1.11.2", Images: []string{
+	{Version: MustParseVersion("v1.11.2"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.2",
 		"registry.k8s.io/coredns/coredns:v1.12.3",
 		"gcr.io/etcd-development/etcd:v3.6.4",
@@ -180,7 +180,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.3: order and pause image from talos v1.11.3.
-	{Version: "v1.11.3", Images: []string{
+	{Version: MustParseVersion("v1.11.3"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.12.4",
 		"gcr.io/etcd-development/etcd:v3.6.5",
@@ -192,7 +192,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.5: order and pause image from talos v1.11.5.
-	{Version: "v1.11.5", Images: []string{
+	{Version: MustParseVersion("v1.11.5"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.12.4",
 		"gcr.io/etcd-development/etcd:v3.6.5",
@@ -204,7 +204,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.11.6: talos v1.11.6 is not served; order and pause image from talos v1.11.5 (every served v1.11 agrees).
-	{Version: "v1.11.6", Images: []string{
+	{Version: MustParseVersion("v1.11.6"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.12.4",
 		"gcr.io/etcd-development/etcd:v3.6.5",
@@ -216,7 +216,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.0-beta.0: order and pause image from talos v1.12.0-beta.0.
-	{Version: "v1.12.0-beta.0", Images: []string{
+	{Version: MustParseVersion("v1.12.0-beta.0"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.1",
 		"registry.k8s.io/etcd:v3.6.5",
@@ -228,7 +228,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.0: order and pause image from talos v1.12.0.
-	{Version: "v1.12.0", Images: []string{
+	{Version: MustParseVersion("v1.12.0"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.7",
@@ -240,7 +240,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.1: order and pause image from talos v1.12.1.
-	{Version: "v1.12.1", Images: []string{
+	{Version: MustParseVersion("v1.12.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.7",
@@ -252,7 +252,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.2: talos v1.12.2 is not served; order and pause image from talos v1.12.1 (every served v1.12 agrees).
-	{Version: "v1.12.2", Images: []string{
+	{Version: MustParseVersion("v1.12.2"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.7",
@@ -264,7 +264,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.3: talos v1.12.3 is not served; order and pause image from talos v1.12.1 (every served v1.12 agrees).
-	{Version: "v1.12.3", Images: []string{
+	{Version: MustParseVersion("v1.12.3"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.7",
@@ -276,7 +276,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.4: talos v1.12.4 is not served; order and pause image from talos v1.12.1 (every served v1.12 agrees).
-	{Version: "v1.12.4", Images: []string{
+	{Version: MustParseVersion("v1.12.4"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.7",
@@ -288,7 +288,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.5: talos v1.12.5 is not served; order and pause image from talos v1.12.1 (every served v1.12 agrees).
-	{Version: "v1.12.5", Images: []string{
+	{Version: MustParseVersion("v1.12.5"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.8",
@@ -300,7 +300,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.6: order and pause image from talos v1.12.6.
-	{Version: "v1.12.6", Images: []string{
+	{Version: MustParseVersion("v1.12.6"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.8",
@@ -312,7 +312,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/pause:3.10",
 	}},
 	// v1.12.7: talos v1.12.7 is not served; order and pause image from talos v1.12.6 (every served v1.12 agrees).
-	{Version: "v1.12.7", Images: []string{
+	{Version: MustParseVersion("v1.12.7"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.27.4",
 		"registry.k8s.io/coredns/coredns:v1.13.2",
 		"registry.k8s.io/etcd:v3.6.9",
@@ -325,7 +325,7 @@ var kubernetesTable = []kubernetesRow{
 	}},
 	// v1.13.0-beta.1: order and pause image from talos v1.13.0-beta.1.
 	// talosctl v1.13.0-beta.1 prints kube-apiserver:1.36.0-beta.0, kube-controller-manager:1.36.0-beta.0, kube-scheduler:1.36.0-beta.0, kube-proxy:1.36.0-beta.0, kubelet:1.36.0-beta.0 instead: its flag defaults re-tag them, the node does not.
-	{Version: "v1.13.0-beta.1", Images: []string{
+	{Version: MustParseVersion("v1.13.0-beta.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.1",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.9",
@@ -339,7 +339,7 @@ var kubernetesTable = []kubernetesRow{
 	}},
 	// v1.13.0: order and pause image from talos v1.13.0.
 	// talosctl v1.13.0 prints kube-apiserver:1.36.0, kube-controller-manager:1.36.0, kube-scheduler:1.36.0, kube-proxy:1.36.0, kubelet:1.36.0 instead: its flag defaults re-tag them, the node does not.
-	{Version: "v1.13.0", Images: []string{
+	{Version: MustParseVersion("v1.13.0"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.4",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.9",
@@ -352,7 +352,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/networking/kube-network-policies:v1.0.0",
 	}},
 	// v1.13.3: talos v1.13.3 is not served; order and pause image from talos v1.13.0 (every served v1.13 agrees).
-	{Version: "v1.13.3", Images: []string{
+	{Version: MustParseVersion("v1.13.3"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.4",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.11",
@@ -365,7 +365,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/networking/kube-network-policies:v1.0.0",
 	}},
 	// v1.13.4: talos v1.13.4 is not served; order and pause image from talos v1.13.0 (every served v1.13 agrees).
-	{Version: "v1.13.4", Images: []string{
+	{Version: MustParseVersion("v1.13.4"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.5",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.12",
@@ -379,7 +379,7 @@ var kubernetesTable = []kubernetesRow{
 	}},
 	// v1.13.5: order and pause image from talos v1.13.5.
 	// talosctl v1.13.5 prints kube-apiserver:1.36.2, kube-controller-manager:1.36.2, kube-scheduler:1.36.2, kube-proxy:1.36.2, kubelet:1.36.2 instead: its flag defaults re-tag them, the node does not.
-	{Version: "v1.13.5", Images: []string{
+	{Version: MustParseVersion("v1.13.5"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.5",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.12",
@@ -393,7 +393,7 @@ var kubernetesTable = []kubernetesRow{
 	}},
 	// v1.13.6: order and pause image from talos v1.13.6.
 	// talosctl v1.13.6 prints kube-apiserver:1.36.2, kube-controller-manager:1.36.2, kube-scheduler:1.36.2, kube-proxy:1.36.2, kubelet:1.36.2 instead: its flag defaults re-tag them, the node does not.
-	{Version: "v1.13.6", Images: []string{
+	{Version: MustParseVersion("v1.13.6"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.5",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.12",
@@ -406,7 +406,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/networking/kube-network-policies:v1.0.0",
 	}},
 	// v1.13.7: order and pause image from talos v1.13.7.
-	{Version: "v1.13.7", Images: []string{
+	{Version: MustParseVersion("v1.13.7"), Images: []string{
 		"ghcr.io/siderolabs/flannel:0.28.7",
 		"registry.k8s.io/coredns/coredns:v1.14.4",
 		"registry.k8s.io/etcd:v3.6.12",
@@ -419,7 +419,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/networking/kube-network-policies:v1.1.0",
 	}},
 	// v1.13.8: order and pause image from talos v1.13.8.
-	{Version: "v1.13.8", Images: []string{
+	{Version: MustParseVersion("v1.13.8"), Images: []string{
 		"ghcr.io/siderolabs/flannel:0.28.8",
 		"registry.k8s.io/coredns/coredns:v1.14.6",
 		"registry.k8s.io/etcd:v3.6.12",
@@ -432,7 +432,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/networking/kube-network-policies:v1.1.0",
 	}},
 	// v1.13.9: order and pause image from talos v1.13.9.
-	{Version: "v1.13.9", Images: []string{
+	{Version: MustParseVersion("v1.13.9"), Images: []string{
 		"ghcr.io/siderolabs/flannel:0.28.8",
 		"registry.k8s.io/coredns/coredns:v1.14.6",
 		"registry.k8s.io/etcd:v3.6.12",
@@ -446,7 +446,7 @@ var kubernetesTable = []kubernetesRow{
 	}},
 	// v1.14.0-alpha.1: order and pause image from talos v1.14.0-alpha.1.
 	// talosctl v1.14.0-alpha.1 prints kube-apiserver:1.36.1, kube-controller-manager:1.36.1, kube-scheduler:1.36.1, kube-proxy:1.36.1, kubelet:1.36.1 instead: its flag defaults re-tag them, the node does not.
-	{Version: "v1.14.0-alpha.1", Images: []string{
+	{Version: MustParseVersion("v1.14.0-alpha.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.4",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:v3.6.11",
@@ -460,7 +460,7 @@ var kubernetesTable = []kubernetesRow{
 	}},
 	// v1.14.0-alpha.2: order and pause image from talos v1.14.0-alpha.2.
 	// talosctl v1.14.0-alpha.2 prints kube-apiserver:1.36.2, kube-controller-manager:1.36.2, kube-scheduler:1.36.2, kube-proxy:1.36.2, kubelet:1.36.2 instead: its flag defaults re-tag them, the node does not.
-	{Version: "v1.14.0-alpha.2", Images: []string{
+	{Version: MustParseVersion("v1.14.0-alpha.2"), Images: []string{
 		"ghcr.io/siderolabs/flannel:v0.28.5",
 		"registry.k8s.io/coredns/coredns:v1.14.2",
 		"registry.k8s.io/etcd:3.7.0-rc.0-0",
@@ -473,7 +473,7 @@ var kubernetesTable = []kubernetesRow{
 		"registry.k8s.io/networking/kube-network-policies:v1.0.0",
 	}},
 	// v1.14.1: order and pause image from talos v1.14.1.
-	{Version: "v1.14.1", Images: []string{
+	{Version: MustParseVersion("v1.14.1"), Images: []string{
 		"ghcr.io/siderolabs/flannel:0.28.9",
 		"registry.k8s.io/coredns/coredns:v1.14.7",
 		"registry.k8s.io/etcd:3.7.1",

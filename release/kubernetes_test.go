@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/blang/semver/v4"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 )
@@ -38,7 +37,7 @@ func importedMachinery(t *testing.T) string {
 func TestKubernetesImagesOfImportedMachinery(t *testing.T) {
 	v := importedMachinery(t)
 
-	got, err := KubernetesImages(v)
+	got, err := kubernetesImagesOf(v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +86,7 @@ func TestKubernetesImagesLookup(t *testing.T) {
 		want    string   // an image the list must hold
 		errHas  []string // the error must name these
 		unknown bool     // the error wraps ErrNoKubernetesImages
+		zero    bool     // the zero Version rather than version parsed
 	}{
 		{version: "v1.13.9", want: "ghcr.io/siderolabs/kubelet:v1.36.3"},
 		{version: "1.13.9", want: "ghcr.io/siderolabs/kubelet:v1.36.3"},
@@ -100,8 +100,12 @@ func TestKubernetesImagesLookup(t *testing.T) {
 		{version: "v1.13", errHas: []string{"v1.13"}},
 		{version: "v1.x.0", errHas: []string{"v1.x.0"}},
 		{version: "", errHas: []string{`""`}},
+		{zero: true, errHas: []string{"no Talos version"}, unknown: true},
 	} {
-		got, err := KubernetesImages(tc.version)
+		got, err := kubernetesImagesOf(tc.version)
+		if tc.zero {
+			got, err = KubernetesImages(Version{})
+		}
 
 		if tc.errHas == nil {
 			if err != nil || !slices.Contains(got, tc.want) {
@@ -136,16 +140,16 @@ func TestKubernetesTable(t *testing.T) {
 		t.Fatal("empty table")
 	}
 
-	var prev semver.Version
+	var prev Version
 
 	for i, r := range kubernetesTable {
-		v, err := semver.Parse(strings.TrimPrefix(r.Version, "v"))
-		if err != nil || !strings.HasPrefix(r.Version, "v") {
+		v := r.Version
+		if v.IsZero() || len(v.Semver().Build) > 0 {
 			t.Fatalf("row %d: version %q", i, r.Version)
 		}
 
-		if i > 0 && !v.GT(prev) {
-			t.Errorf("row %d: %s after %s: not ascending", i, r.Version, "v"+prev.String())
+		if i > 0 && v.Compare(prev) <= 0 {
+			t.Errorf("row %d: %s after %s: not ascending", i, r.Version, prev)
 		}
 
 		prev = v
@@ -177,7 +181,7 @@ func TestKubernetesTable(t *testing.T) {
 			}
 		}
 
-		if v.GTE(semver.MustParse("1.13.0")) && !seen["registry.k8s.io/networking/kube-network-policies"] {
+		if v.AtLeast(1, 13) && !seen["registry.k8s.io/networking/kube-network-policies"] {
 			t.Errorf("%s: no kube-network-policies", r.Version)
 		}
 	}
@@ -199,7 +203,7 @@ func FuzzKubernetesImages(f *testing.F) {
 	}
 
 	f.Fuzz(func(t *testing.T, s string) {
-		got, err := KubernetesImages(s)
+		got, err := kubernetesImagesOf(s)
 		if err != nil {
 			if got != nil {
 				t.Errorf("KubernetesImages(%q) = %q with error %v", s, got, err)
@@ -212,4 +216,15 @@ func FuzzKubernetesImages(f *testing.F) {
 			t.Errorf("KubernetesImages(%q): empty list, no error", s)
 		}
 	})
+}
+
+// kubernetesImagesOf is KubernetesImages of a version as a caller gets it,
+// parsed from a string.
+func kubernetesImagesOf(s string) ([]string, error) {
+	v, err := ParseVersion(s)
+	if err != nil {
+		return nil, err
+	}
+
+	return KubernetesImages(v)
 }

@@ -22,29 +22,21 @@ const (
 // BaseInstallerRepo is the repository a factory builds a Talos version's
 // installers from: installer-base from 1.10, the full installer before
 // (image-factory hack/copy-artifacts.sh).
-func BaseInstallerRepo(version string) (string, error) {
-	v, err := parseSemver(version)
-	if err != nil {
-		return "", err
+func BaseInstallerRepo(v Version) string {
+	if v.Before(1, 10) {
+		return InstallerRepo
 	}
 
-	if v.Major == 1 && v.Minor < 10 {
-		return InstallerRepo, nil
-	}
-
-	return InstallerBaseRepo, nil
+	return InstallerBaseRepo
 }
 
 // HasTalosctlAll reports whether a Talos version publishes talosctl-all
 // (from 1.11 on).
-func HasTalosctlAll(version string) (bool, error) {
-	v, err := parseSemver(version)
-	if err != nil {
-		return false, err
-	}
+func HasTalosctlAll(v Version) bool { return v.AtLeast(1, 11) }
 
-	return v.Major > 1 || v.Minor >= 11, nil
-}
+// HasOverlays reports whether a Talos version has an overlays catalog
+// (from 1.7 on).
+func HasOverlays(v Version) bool { return v.AtLeast(1, 7) }
 
 // Files inside the catalog images and the imager.
 const (
@@ -103,22 +95,100 @@ func UpstreamPath(path string) string {
 	return defaultRegistry + "/" + path
 }
 
-// MirrorReference rewrites an upstream reference ("ghcr.io/siderolabs/x:tag@sha256:...")
-// onto a mirror registry with an optional namespace prefix ("harbor.local", "proxy-ghcr").
-// A reference that has both a tag and a digest keeps the digest only: the
-// digest is what was signed and what is verified.
-func MirrorReference(upstream string, mirror name.Registry, namespace string, opts ...name.Option) (name.Reference, error) {
+// UpstreamRepo is the upstream repository of a mirror path (UpstreamPath),
+// the name its signature carries.
+func UpstreamRepo(path string) (name.Repository, error) {
+	repo, err := name.NewRepository(UpstreamPath(path))
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("upstream repository of %q: %w", path, err)
+	}
+
+	return repo, nil
+}
+
+// Mirror is where releases are mirrored: a registry, and an optional
+// namespace (a Harbor project, a proxy path) that every mirror path lives
+// below, <Registry>/<Namespace>/<mirror path>. It is the one place that
+// joins a namespace and a mirror path, and takes them apart again.
+type Mirror struct {
+	Registry name.Registry
+	// Namespace is an optional path prefix ("proxy-ghcr", "kiln/talos");
+	// slashes around it do not count.
+	Namespace string
+}
+
+// namespace is the namespace without surrounding slashes.
+func (m Mirror) namespace() string { return strings.Trim(m.Namespace, "/") }
+
+// String is "<registry>/<namespace>", or the registry alone.
+func (m Mirror) String() string {
+	if ns := m.namespace(); ns != "" {
+		return m.Registry.Name() + "/" + ns
+	}
+
+	return m.Registry.Name()
+}
+
+// Join is the repository path, inside the registry, of a mirror path:
+// "proxy-ghcr/siderolabs/imager" for "siderolabs/imager".
+func (m Mirror) Join(path string) string {
+	path = strings.Trim(path, "/")
+	if ns := m.namespace(); ns != "" {
+		return ns + "/" + path
+	}
+
+	return path
+}
+
+// Repo is the repository of a mirror path, on Registry (insecure if it
+// is).
+func (m Mirror) Repo(path string) (name.Repository, error) {
+	full := m.Join(path)
+
+	if _, err := name.NewRepository(m.Registry.RegistryStr() + "/" + full); err != nil {
+		return name.Repository{}, fmt.Errorf("repository %q: %w", path, err)
+	}
+
+	return m.Registry.Repo(full), nil
+}
+
+// Path is the mirror path of a repository of the mirror, the inverse of
+// Repo: "siderolabs/imager" for <registry>/<namespace>/siderolabs/imager.
+func (m Mirror) Path(repo name.Repository) (string, error) {
+	prefix := ""
+	if ns := m.namespace(); ns != "" {
+		prefix = ns + "/"
+	}
+
+	path, ok := strings.CutPrefix(repo.RepositoryStr(), prefix)
+	if repo.RegistryStr() != m.Registry.RegistryStr() || !ok || path == "" {
+		return "", fmt.Errorf("%s is not a repository of the mirror %s/%s", repo, m.Registry.RegistryStr(), m.namespace())
+	}
+
+	return path, nil
+}
+
+// Upstream is the upstream repository a repository of the mirror stands
+// for: ghcr.io/siderolabs/imager for <registry>/<namespace>/siderolabs/imager.
+func (m Mirror) Upstream(repo name.Repository) (name.Repository, error) {
+	path, err := m.Path(repo)
+	if err != nil {
+		return name.Repository{}, err
+	}
+
+	return UpstreamRepo(path)
+}
+
+// Ref rewrites an upstream reference ("ghcr.io/siderolabs/x:tag@sha256:...")
+// onto the mirror. A reference that has both a tag and a digest keeps the
+// digest only: the digest is what was signed and what is verified.
+func (m Mirror) Ref(upstream string) (name.Reference, error) {
 	ref, err := name.ParseReference(upstream)
 	if err != nil {
 		return nil, fmt.Errorf("reference %q: %w", upstream, err)
 	}
 
-	path := MirrorPath(ref.Context())
-	if namespace != "" {
-		path = strings.Trim(namespace, "/") + "/" + path
-	}
-
-	repo, err := name.NewRepository(mirror.Name()+"/"+path, opts...)
+	repo, err := m.Repo(MirrorPath(ref.Context()))
 	if err != nil {
 		return nil, fmt.Errorf("mirror repository for %q: %w", upstream, err)
 	}

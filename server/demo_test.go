@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/access"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/release"
 )
 
@@ -30,9 +31,11 @@ func readDemoState(t *testing.T, ts *testServer) demoState {
 
 	st := demoState{digests: map[string]string{}, sigs: map[string]int{}}
 
-	for _, v := range demoVersions {
+	for _, ver := range demo.Versions() {
+		v := ver.String()
+
 		for _, path := range []string{release.ImagerRepo, release.InstallerBaseRepo, release.ExtensionsRepo, release.OverlaysRepo, release.TalosctlAllRepo} {
-			ref, err := name.NewTag(ts.addr+"/"+demoNamespace+"/"+path+":"+v, name.Insecure)
+			ref, err := name.NewTag(ts.addr+"/"+demo.Namespace+"/"+path+":"+v, name.Insecure)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,7 +63,7 @@ func readDemoState(t *testing.T, ts *testServer) demoState {
 		}
 	}
 
-	key, err := os.ReadFile(filepath.Join(ts.dir, demoDir, demoPrivKey))
+	key, err := os.ReadFile(filepath.Join(ts.dir, demo.Dir, demo.KeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +86,7 @@ func TestDemoRestart(t *testing.T) {
 
 	ts := startServer(t, cfg)
 
-	for path, mode := range map[string]os.FileMode{filepath.Join(dir, demoDir, demoPrivKey): 0o600, filepath.Join(dir, "auth", "admin-password"): 0o600} {
+	for path, mode := range map[string]os.FileMode{filepath.Join(dir, demo.Dir, demo.KeyFile): 0o600, filepath.Join(dir, "auth", "admin-password"): 0o600} {
 		if fi, err := os.Stat(path); err != nil || fi.Mode() != mode {
 			t.Fatalf("%s: %v, %v; want mode %v", path, fi, err, mode)
 		}
@@ -135,8 +138,8 @@ func TestDemoRestart(t *testing.T) {
 	}
 
 	admin := remote.WithAuth(&authn.Basic{Username: access.AdminUser, Password: password})
-	old, _ := name.NewDigest(ts.addr+"/"+demoNamespace+"/"+release.ImagerRepo+"@"+first.digests[demoNamespace+"/"+release.ImagerRepo+":v1.12.0"], name.Insecure)
-	newer := first.digests[demoNamespace+"/"+release.ImagerRepo+":v1.13.0"]
+	old, _ := name.NewDigest(ts.addr+"/"+demo.Namespace+"/"+release.ImagerRepo+"@"+first.digests[demo.Namespace+"/"+release.ImagerRepo+":v1.12.0"], name.Insecure)
+	newer := first.digests[demo.Namespace+"/"+release.ImagerRepo+":v1.13.0"]
 
 	desc, err := remote.Get(old)
 	if err != nil {
@@ -150,7 +153,7 @@ func TestDemoRestart(t *testing.T) {
 	ts.stop()
 	ts = startServer(t, cfg)
 
-	if got := readDemoState(t, ts).digests[demoNamespace+"/"+release.ImagerRepo+":v1.13.0"]; got != old.DigestStr() {
+	if got := readDemoState(t, ts).digests[demo.Namespace+"/"+release.ImagerRepo+":v1.13.0"]; got != old.DigestStr() {
 		t.Fatalf("a restart undid the re-tag: v1.13.0 is %s, the re-tag made it %s", got, old.DigestStr())
 	}
 
@@ -160,7 +163,7 @@ func TestDemoRestart(t *testing.T) {
 	}
 
 	resp, body := ts.do(t, "GET", "/image/"+emptyID+"/v1.13.0/cmdline-metal-amd64", "")
-	if resp.StatusCode != 412 || !strings.Contains(body, demoNamespace+"/siderolabs/imager:v1.13.0") ||
+	if resp.StatusCode != 412 || !strings.Contains(body, demo.Namespace+"/siderolabs/imager:v1.13.0") ||
 		!strings.Contains(body, newer) || !strings.Contains(body, old.DigestStr()) {
 		t.Fatalf("a new asset of the re-tagged version = %d %q, want 412 naming the repository and both digests", resp.StatusCode, body)
 	}

@@ -39,7 +39,7 @@ func codeOf(err error) codes.Code {
 	var (
 		invalidArg     *invalidArgumentError
 		invalidVersion *artifacts.InvalidVersionError
-		badExtension   *builder.ExtensionError
+		badExtension   *artifacts.ExtensionError
 	)
 
 	switch {

@@ -16,6 +16,7 @@ import (
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/echo"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -28,8 +29,8 @@ type images struct {
 	pxeURL string
 }
 
-func (im *images) url(schematicID, version, path string) string {
-	return im.externalURL + "/image/" + url.PathEscape(schematicID) + "/" + url.PathEscape(version) + "/" + url.PathEscape(path)
+func (im *images) url(schematicID string, version release.Version, path string) string {
+	return im.externalURL + "/image/" + url.PathEscape(schematicID) + "/" + url.PathEscape(version.String()) + "/" + url.PathEscape(path)
 }
 
 func (f *factoryRoutes) registerImages(mux *http.ServeMux) {

@@ -26,7 +26,17 @@ func (r *releases) versions(ctx context.Context, broken bool) ([]string, error) 
 		return r.manager.BrokenVersions(), nil
 	}
 
-	return r.manager.Versions(ctx)
+	vs, err := r.manager.Versions(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = v.String()
+	}
+
+	return out, nil
 }
 
 func (r *releases) extensions(ctx context.Context, version string) ([]*kilnv1.ExtensionInfo, error) {
@@ -155,7 +165,7 @@ func (s *releaseService) LockRelease(ctx context.Context, req *kilnv1.LockReleas
 
 func lockProto(l *artifacts.Lock) *kilnv1.ReleaseLock {
 	return &kilnv1.ReleaseLock{
-		Version:    l.Version,
+		Version:    l.Version.String(),
 		Recorded:   timestamppb.New(l.Recorded),
 		RecordedBy: l.RecordedBy,
 		Images:     l.Images,

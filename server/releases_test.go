@@ -11,9 +11,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // seedRegistry pushes a synthetic v1.13.0 into <dir>/registry, signed by
@@ -39,14 +39,14 @@ func seedRegistryAs(t *testing.T, dir string, key *signingtest.Key, claim func(u
 	host, _ := name.NewRegistry(embeddedHost, name.Insecure)
 	inproc := remote.WithTransport(registry.Transport(reg))
 
-	opts := testrelease.Options{Version: "v1.13.0", Registry: host, Remote: []remote.Option{inproc}}
+	opts := demo.Options{Version: "v1.13.0", Registry: host, Remote: []remote.Option{inproc}}
 	if key != nil {
 		opts.Sign = func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, claim(upstream), key, inproc)
 		}
 	}
 
-	if _, err := testrelease.Push(ctx, opts); err != nil {
+	if _, err := demo.Push(ctx, opts); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -170,13 +170,18 @@ func TestDemo(t *testing.T) {
 	}
 	defer embedded.Close()
 
-	v, err := newVerifier(cfg, src.Remote, nil, signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM(), slogDiscard())
+	demoPolicy, err := demo.Policy(signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	v, err := newVerifier(cfg, src.Remote, nil, demoPolicy, slogDiscard())
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	ref, _ := name.NewDigest("kiln.internal/siderolabs/imager@sha256:" + strings.Repeat("a", 64))
-	if err := v.Verify(ctx, ref); err == nil || !strings.Contains(err.Error(), "no trust policy matches repository") {
+	if _, err := v.Verify(ctx, ref); err == nil || !strings.Contains(err.Error(), "no trust policy matches repository") {
 		t.Fatalf("demo key applied outside the demo namespace: %v", err)
 	}
 }

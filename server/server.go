@@ -249,7 +249,7 @@ type Server struct {
 // Deps are the domain components a server fronts.
 type Deps struct {
 	Schematics storage.Schematics
-	Releases   *artifacts.Manager
+	Artifacts  *artifacts.Manager
 	Builder    *builder.Builder
 	// Registry, if set, is served under /v2/ (the embedded registry).
 	Registry http.Handler
@@ -281,7 +281,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	}
 
 	domain := newSchematics(deps.Schematics, cfg.Schematic)
-	rel := &releases{manager: deps.Releases}
+	rel := &releases{manager: deps.Artifacts}
 	img := &images{builder: deps.Builder, externalURL: cfg.externalURL(), pxeURL: cfg.externalURL()}
 	if cfg.ExternalPXEURL != "" {
 		img.pxeURL = strings.TrimSuffix(cfg.ExternalPXEURL, "/")
@@ -304,8 +304,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		public.Handle("/v2/", deps.Registry)
 	}
 
-	if deps.Releases != nil {
-		ag, err := newAirgapRoutes(cfg, domain, deps.Releases, deps.Authenticator, logger)
+	if deps.Artifacts != nil {
+		ag, err := newAirgapRoutes(cfg, domain, deps.Artifacts, deps.Authenticator, logger)
 		if err != nil {
 			return nil, err
 		}

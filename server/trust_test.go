@@ -11,11 +11,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 	"github.com/kiln-dev/kiln/signing/signingtest/localsigstore"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 var sideroID = localsigstore.Identity{Subject: "releasemgr-svc@talos-production.iam.gserviceaccount.com", Issuer: "https://accounts.google.com"}
@@ -45,13 +46,13 @@ func keylessLayout(t *testing.T, carry bool) (string, string) {
 		t.Fatal(err)
 	}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
+	if _, err := demo.Push(ctx, demo.Options{Version: "v1.13.0", Registry: reg, Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 		return ss.SignLikeSideroAs(ctx, ref, upstream.Name(), sideroID)
 	}}); err != nil {
 		t.Fatal(err)
 	}
 
-	plan, err := mirror.NewPlan(ctx, mirror.Registry{Registry: reg}, mirror.Selection{Versions: []string{"v1.13.0"}})
+	plan, err := mirror.NewPlan(ctx, mirror.Registry{Mirror: release.Mirror{Registry: reg}}, mirror.Selection{Versions: []release.Version{release.MustParseVersion("v1.13.0")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func TestServeWithTheMirrorsTrustedRoot(t *testing.T) {
 	}
 	defer embedded.Close()
 
-	if tr, err := mirror.ReadTrustedRoot(context.Background(), mirror.Registry{Registry: src.Registry, Options: src.Remote}); err != nil || tr == nil {
+	if tr, err := mirror.ReadTrustedRoot(context.Background(), mirror.Registry{Mirror: release.Mirror{Registry: src.Registry}, Options: src.Remote}); err != nil || tr == nil {
 		t.Fatalf("trusted root in the embedded registry: %v, %v", tr, err)
 	}
 }

@@ -21,9 +21,11 @@ import (
 	"github.com/kiln-dev/kiln/access"
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -74,12 +76,16 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 //  3. the embedded registry under <data-dir>/registry, anonymous reads and
 //     authenticated writes, unless an external registry is configured;
 //  4. the artifact source over that registry; in demo mode, the signed demo
-//     release seeded into it when never seeded;
-//  5. the verifier of the trust policy (with the demo key's rule in demo mode),
-//     and the import of --oci-layout, verified, into the embedded registry;
-//  6. the release manager over both, with the release locks under
-//     <data-dir>/release-locks (the demo's and the layout's recorded now);
-//  7. the asset cache under <data-dir>/assets and the builder over all of it.
+//     release seeded into it when never seeded (package demo);
+//  5. the verifier of the trust policy (with the demo key's rule first in
+//     demo mode), and the import of --oci-layout, verified, into the
+//     embedded registry;
+//  6. the asset cache under <data-dir>/assets, bounded, which holds both
+//     what is built and what is extracted from releases;
+//  7. the artifact manager over the source, the verifier and the asset
+//     cache, with the release locks under <data-dir>/release-locks (the
+//     demo's and the layout's recorded now);
+//  8. the builder over all of it.
 func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err error) {
 	unlock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
@@ -119,23 +125,26 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err
 	locks := artifacts.LockDir(filepath.Join(cfg.DataDir, "release-locks"))
 
 	var (
-		demoKey []byte
-		seed    *demoSeed
+		demoPolicy *signing.Policy
+		seed       *demo.Seeded
 	)
 
 	if cfg.Demo {
-		// Seeding writes with the namespace given to testrelease; reading
-		// the demo release needs the source to look under it too.
-		seed, err = seedDemo(ctx, src, cfg.DataDir, locks, logger)
+		// Seeding writes under the demo's namespace; reading the demo
+		// release needs the source to look under it too.
+		seed, err = demo.Seed(ctx, src, cfg.DataDir, locks, logger)
 		if err != nil {
 			return deps, err
 		}
 
-		demoKey = seed.pub
-		src.Namespace = demoNamespace
+		if demoPolicy, err = demo.Policy(seed.PublicKey); err != nil {
+			return deps, fmt.Errorf("demo: %w", err)
+		}
+
+		src.Namespace = demo.Namespace
 	}
 
-	verifier, err := newVerifier(cfg, src.Remote, mirror.Registry{Registry: src.Registry, Namespace: src.Namespace, Options: src.Remote}, demoKey, logger)
+	verifier, err := newVerifier(cfg, src.Remote, mirror.Registry{Mirror: src.Mirror, Options: src.Remote}, demoPolicy, logger)
 	if err != nil {
 		return deps, err
 	}
@@ -145,7 +154,7 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err
 	if cfg.Source.Layout != "" {
 		// The mirror engine serves the layout on a loopback port while it
 		// verifies; that verifier must reach it, not the embedded registry.
-		importVerifier, err := newVerifier(cfg, nil, mirror.Layout{Dir: cfg.Source.Layout}, demoKey, logger)
+		importVerifier, err := newVerifier(cfg, nil, mirror.Layout{Dir: cfg.Source.Layout}, demoPolicy, logger)
 		if err != nil {
 			return deps, err
 		}
@@ -156,10 +165,18 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err
 		}
 	}
 
-	deps.Releases = artifacts.NewManager(src, verifier, artifacts.Config{BrokenVersions: cfg.BrokenVersions, Locks: locks}, logger)
+	assets, err := storage.NewFSAssets(cfg.DataDir, cfg.AssetCacheBytes, logger)
+	if err != nil {
+		return deps, err
+	}
+
+	deps.Artifacts = artifacts.NewManager(
+		artifacts.Deps{Source: src, Checker: verifier, Store: assets, Logger: logger},
+		artifacts.Config{BrokenVersions: cfg.BrokenVersions, Locks: locks},
+	)
 
 	if seed != nil {
-		if err := lockDemo(ctx, deps.Releases, seed, logger); err != nil {
+		if err := seed.Lock(ctx, deps.Artifacts, logger); err != nil {
 			return deps, err
 		}
 	}
@@ -167,13 +184,13 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err
 	for v, want := range imported {
 		// The layout is what the operator said to serve: its digests are the
 		// lock, recorded again only when they changed.
-		if old, err := deps.Releases.Lock(v); err != nil {
+		if old, err := deps.Artifacts.Lock(v); err != nil {
 			return deps, err
 		} else if old != nil && maps.Equal(old.Images, want) {
 			continue
 		}
 
-		l, err := deps.Releases.RecordLock(ctx, v, want, "kiln serve --oci-layout "+cfg.Source.Layout)
+		l, err := deps.Artifacts.RecordLock(ctx, v, want, "kiln serve --oci-layout "+cfg.Source.Layout)
 		if err != nil {
 			return deps, fmt.Errorf("OCI layout %s: %w", cfg.Source.Layout, err)
 		}
@@ -181,17 +198,12 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err
 		logger.Info("recorded the release lock of an imported version", "version", v, "imager", l.Images[release.ImagerRepo])
 	}
 
-	assets, err := storage.NewFSAssets(cfg.DataDir, cfg.AssetCacheBytes, logger)
-	if err != nil {
-		return deps, err
-	}
-
 	deps.Builder = builder.New(ctx, builder.Config{
 		DataDir:        cfg.DataDir,
 		MaxConcurrency: cfg.MaxBuilds,
 		MaxQueue:       cfg.MaxBuildQueue,
 		FactoryURL:     cfg.externalURL(),
-	}, builder.Deps{Schematics: store, Releases: deps.Releases, Assets: assets, Logger: logger})
+	}, builder.Deps{Schematics: store, Artifacts: deps.Artifacts, Assets: assets, Logger: logger})
 
 	// Last: the lock outlives everything else that uses the directory.
 	deps.Closers = append(deps.Closers, unlock)
@@ -239,11 +251,10 @@ func newSource(ctx context.Context, cfg Config, logger *slog.Logger, regOpts ...
 		}
 
 		return &artifacts.Source{
-			Registry:    reg,
-			Remote:      []remote.Option{remote.WithTransport(registry.Transport(embedded))},
-			PublicHost:  ext.Host,
-			NameOptions: []name.Option{name.Insecure},
-			Blobs:       embedded,
+			Mirror:     release.Mirror{Registry: reg},
+			Remote:     []remote.Option{remote.WithTransport(registry.Transport(embedded))},
+			PublicHost: ext.Host,
+			Blobs:      embedded,
 		}, embedded, nil
 	}
 
@@ -279,10 +290,8 @@ func newSource(ctx context.Context, cfg Config, logger *slog.Logger, regOpts ...
 	}
 
 	return &artifacts.Source{
-		Registry:    reg,
-		Namespace:   cfg.Source.Namespace,
-		Remote:      opts,
-		PublicHost:  cfg.Source.Registry,
-		NameOptions: nameOpts,
+		Mirror:     release.Mirror{Registry: reg, Namespace: cfg.Source.Namespace},
+		Remote:     opts,
+		PublicHost: cfg.Source.Registry,
 	}, nil, nil
 }

@@ -3,8 +3,10 @@
 // artifacts entirely offline, against a trust policy that says which public
 // keys and keyless (Fulcio) identities may sign which repositories.
 //
-// Only this package can create a [Verified] value, so code that builds from a
-// Verified cannot be handed an artifact that was never checked.
+// Every user of signatures asks one interface, [Checker] ([Verifier] by the
+// trust policy, [CheckFunc] for a plain function). Only a Checker can create
+// a [Verified] value, so code that builds from a Verified (the build plan's
+// inputs) cannot be handed an artifact that was never checked.
 //
 // The signature checks themselves are cosign's (pkg/cosign of cosign v2) and
 // sigstore-go's; this package only selects the trust material, fetches the

@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -149,6 +150,44 @@ func ParsePolicy(data []byte, baseDir string) (*Policy, error) {
 		p.rules = append(p.rules, r)
 	}
 	return p, nil
+}
+
+// KeyPolicy is a policy of one rule, named name, that trusts one public key
+// (PEM, a cosign.pub) for the given repository patterns, as a policy file's
+// rule with that key would.
+func KeyPolicy(name string, publicKeyPEM []byte, repositories ...string) (*Policy, error) {
+	r, err := parseRule(0, ruleFile{Name: name, Repositories: repositories, Keys: []keyFile{{Name: name, PEM: string(publicKeyPEM)}}}, "", nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: rule %q: %w", ErrInvalidPolicy, name, err)
+	}
+
+	return &Policy{rules: []*rule{r}}, nil
+}
+
+// Prepend returns a policy with first's rules before p's: the first rule
+// whose pattern matches a repository governs it, so first's rules win for
+// the repositories they name. It keeps p's tufRoot, first's when p has
+// none. A nil p is first alone. A rule name in both is an error.
+func (p *Policy) Prepend(first *Policy) (*Policy, error) {
+	if p == nil {
+		return first, nil
+	}
+
+	out := &Policy{rules: slices.Concat(first.rules, p.rules), tufRoot: p.tufRoot}
+	if out.tufRoot == nil {
+		out.tufRoot = first.tufRoot
+	}
+
+	seen := map[string]bool{}
+	for _, r := range out.rules {
+		if seen[r.name] {
+			return nil, fmt.Errorf("%w: duplicate rule name %q", ErrInvalidPolicy, r.name)
+		}
+
+		seen[r.name] = true
+	}
+
+	return out, nil
 }
 
 func parseRule(i int, rf ruleFile, baseDir string, roots map[string]*root.TrustedRoot) (*rule, error) {

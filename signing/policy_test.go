@@ -125,3 +125,60 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+// TestPolicyPrepend: the rules prepended (the demo's key) govern the
+// repositories they name, the rest keep the loaded policy's rules, and a
+// rule name in both is refused rather than one shadowing the other.
+func TestPolicyPrepend(t *testing.T) {
+	k := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
+
+	demo, err := signing.KeyPolicy("demo", k.PublicKeyPEM(), "*/kiln-demo/siderolabs/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	site, err := signing.KeyPolicy("site", k.PublicKeyPEM(), "*/*/siderolabs/*", "*/siderolabs/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p, err := site.Prepend(demo)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for repo, want := range map[string]string{
+		"mirror.local/kiln-demo/siderolabs/imager": "demo",
+		"mirror.local/harbor/siderolabs/imager":    "site",
+		"ghcr.io/siderolabs/imager":                "site",
+		"ghcr.io/other/thing":                      "",
+	} {
+		r, err := name.NewRepository(repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if got, _ := p.RuleFor(r); got != want {
+			t.Errorf("RuleFor(%s) = %q, want %q", repo, got, want)
+		}
+	}
+
+	// site itself is unchanged.
+	if got, _ := site.RuleFor(name.MustParseReference("mirror.local/kiln-demo/siderolabs/imager:x").Context()); got != "site" {
+		t.Errorf("Prepend changed the policy it was called on: RuleFor = %q", got)
+	}
+
+	var none *signing.Policy
+	if p, err := none.Prepend(demo); err != nil || p != demo {
+		t.Errorf("nil.Prepend(demo) = %v, %v; want demo", p, err)
+	}
+
+	clash, err := signing.KeyPolicy("site", k.PublicKeyPEM(), "*/kiln-demo/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := site.Prepend(clash); !errors.Is(err, signing.ErrInvalidPolicy) || !strings.Contains(err.Error(), `"site"`) {
+		t.Errorf("Prepend with a rule name in both: %v, want ErrInvalidPolicy naming it", err)
+	}
+}

@@ -31,7 +31,6 @@ import (
 	sigdsse "github.com/sigstore/sigstore/pkg/signature/dsse"
 	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
 	"google.golang.org/protobuf/encoding/protojson"
-	"sigs.k8s.io/yaml"
 )
 
 // SigningKeyFile is where kiln keeps the key it signs its own images with,
@@ -254,7 +253,13 @@ func (s *Signer) Sign(ctx context.Context, ref name.Digest, opts ...remote.Optio
 // for ref (its docker-reference is ref's repository) and the base64
 // signature over it.
 func (s *Signer) LegacySignature(ref name.Digest) (payload []byte, b64sig string, err error) {
-	payload, err = sigpayload.Cosign{Image: ref}.MarshalJSON()
+	return s.legacySignature(ref, ref.Context())
+}
+
+// legacySignature signs the payload for ref whose docker-reference names
+// identity.
+func (s *Signer) legacySignature(ref name.Digest, identity name.Repository) (payload []byte, b64sig string, err error) {
+	payload, err = sigpayload.Cosign{Image: ref, ClaimedIdentity: identity.Name()}.MarshalJSON()
 	if err != nil {
 		return nil, "", err
 	}
@@ -273,7 +278,16 @@ func (s *Signer) LegacySignature(ref name.Digest) (payload []byte, b64sig string
 // appended to (kiln is the only signer of what it builds, and a rebuild of
 // the same digest must not pile up signatures).
 func (s *Signer) SignLegacy(ctx context.Context, ref name.Digest, opts ...remote.Option) error {
-	payload, sig, err := s.LegacySignature(ref)
+	return s.SignLegacyAs(ctx, ref, ref.Context(), opts...)
+}
+
+// SignLegacyAs is SignLegacy with the payload's docker-reference naming
+// identity rather than ref's own repository: how an image mirrored from
+// identity (ghcr.io/siderolabs/imager) is signed where it is stored, as a
+// release's signature is made upstream and copied along
+// (WithSignedIdentity checks it).
+func (s *Signer) SignLegacyAs(ctx context.Context, ref name.Digest, identity name.Repository, opts ...remote.Option) error {
+	payload, sig, err := s.legacySignature(ref, identity)
 	if err != nil {
 		return err
 	}
@@ -353,16 +367,5 @@ func (s *Signer) SignBundle(ctx context.Context, ref name.Digest, opts ...remote
 // repositories): what kiln checks its own images with before it serves
 // them again.
 func (s *Signer) Policy(repositories ...string) (*Policy, error) {
-	doc := map[string]any{"rules": []any{map[string]any{
-		"name":         "kiln",
-		"repositories": repositories,
-		"keys":         []any{map[string]any{"name": "kiln signing key", "pem": string(s.pubPEM)}},
-	}}}
-
-	b, err := yaml.Marshal(doc)
-	if err != nil {
-		return nil, err
-	}
-
-	return ParsePolicy(b, "")
+	return KeyPolicy("kiln", s.pubPEM, repositories...)
 }

@@ -45,9 +45,10 @@ const cosignSignPredicate = "https://sigstore.dev/cosign/sign/v1"
 // which costs one extra verification per artifact and never trusts more.
 const maxCacheEntries = 4096
 
-// Verified is an artifact whose signature was verified by this package.
-// Its fields are unexported so that only package signing can create a
-// non-zero one.
+// Verified is an artifact a Checker accepted: by the trust policy (a
+// *Verifier) or a CheckFunc. Its fields are unexported so that only package
+// signing can create a non-zero one; the build plan holds its inputs as
+// Verified values.
 type Verified struct {
 	ref      name.Digest
 	rule     string
@@ -251,15 +252,6 @@ func describeIdentity(id cosign.Identity) string {
 		i = "~" + id.IssuerRegExp
 	}
 	return fmt.Sprintf("identity %q issuer %q", s, i)
-}
-
-// Check is Verify for callers that only need the verdict, such as the
-// artifact manager, the mirror and the image cache, whose Verifier
-// interfaces take an error alone.
-func (v *Verifier) Check(ctx context.Context, ref name.Digest) error {
-	_, err := v.Verify(ctx, ref)
-
-	return err
 }
 
 // Verify checks that ref carries a signature trusted for its repository by

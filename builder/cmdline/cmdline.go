@@ -6,13 +6,13 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/blang/semver/v4"
 	"github.com/siderolabs/go-procfs/procfs"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	"github.com/siderolabs/talos/pkg/machinery/kernel"
 
 	"github.com/kiln-dev/kiln/builder/meta"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // MetaValue is one META key/value pair carried on the command line.
@@ -24,8 +24,8 @@ type Options struct {
 	Platform string
 	// Arch is "amd64" or "arm64" (callers map aliases such as x86_64).
 	Arch string
-	// TalosVersion is the target Talos version, with or without "v".
-	TalosVersion string
+	// TalosVersion is the target Talos version.
+	TalosVersion release.Version
 	// ISO adds talos.halt_if_installed=1 (Talos >= 1.8).
 	ISO bool
 	// SecureBoot adds the SecureBoot kernel arguments.
@@ -48,23 +48,20 @@ type Options struct {
 // ErrUnsupported reports a platform or architecture Build cannot handle.
 var ErrUnsupported = errors.New("unsupported")
 
-var (
-	minVersion114 = semver.Version{Major: 1, Minor: 14}
-	// defaultArgsDropped114 are kernel.DefaultArgs entries Talos 1.14 dropped.
-	defaultArgsDropped114 = []string{"init_on_alloc", "nvme_core.io_timeout"}
-)
+// defaultArgsDropped114 are kernel.DefaultArgs entries Talos 1.14 dropped.
+var defaultArgsDropped114 = []string{"init_on_alloc", "nvme_core.io_timeout"}
 
 // Build returns the kernel command line for o.
 func Build(o Options) (string, error) {
-	if _, err := semver.ParseTolerant(o.TalosVersion); err != nil {
-		return "", fmt.Errorf("talos version %q: %w", o.TalosVersion, err)
+	if o.TalosVersion.IsZero() {
+		return "", errors.New("no Talos version")
 	}
 
 	if o.Platform == "" {
 		return "", fmt.Errorf("%w: empty platform", ErrUnsupported)
 	}
 
-	q := quirks.New(o.TalosVersion)
+	q := quirks.New(o.TalosVersion.String())
 
 	platformArgs := o.PlatformArgs
 	if platformArgs == nil {
@@ -87,12 +84,12 @@ func Build(o Options) (string, error) {
 		c.SetAll(o.OverlayArgs)
 	}
 
-	if err := c.AppendAll(defaultArgs(q)); err != nil {
+	if err := c.AppendAll(defaultArgs(o.TalosVersion, q)); err != nil {
 		return "", err
 	}
 
 	if o.SecureBoot {
-		if err := c.AppendAll(secureBootArgs(q)); err != nil {
+		if err := c.AppendAll(secureBootArgs(o.TalosVersion, q)); err != nil {
 			return "", err
 		}
 	}
@@ -138,18 +135,10 @@ func builtinPlatformArgs(platform, arch string, q quirks.Quirks) ([]string, erro
 	}
 }
 
-// is114 reports whether q targets Talos 1.14 or later (an unparsable
-// version counts as latest, as in quirks).
-func is114(q quirks.Quirks) bool {
-	v := q.Version()
-
-	return v == nil || v.GTE(minVersion114)
-}
-
 // defaultArgs is kernel.DefaultArgs with the Talos 1.14 removals applied.
-func defaultArgs(q quirks.Quirks) []string {
+func defaultArgs(v release.Version, q quirks.Quirks) []string {
 	args := kernel.DefaultArgs(q)
-	if !is114(q) {
+	if v.Before(1, 14) {
 		return args
 	}
 
@@ -162,8 +151,8 @@ func defaultArgs(q quirks.Quirks) []string {
 
 // secureBootArgs is kernel.SecureBootArgs; Talos 1.14 dropped
 // lockdown=confidentiality.
-func secureBootArgs(q quirks.Quirks) []string {
-	if is114(q) {
+func secureBootArgs(v release.Version, q quirks.Quirks) []string {
+	if v.AtLeast(1, 14) {
 		return nil
 	}
 

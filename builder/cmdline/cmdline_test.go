@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -47,7 +48,7 @@ var metaValues = []cmdline.MetaValue{
 
 func TestBuild(t *testing.T) {
 	metal := func(arch, version string) cmdline.Options {
-		return cmdline.Options{Platform: "metal", Arch: arch, TalosVersion: version}
+		return cmdline.Options{Platform: "metal", Arch: arch, TalosVersion: release.MustParseVersion(version)}
 	}
 
 	with := func(o cmdline.Options, f func(*cmdline.Options)) cmdline.Options {
@@ -115,7 +116,7 @@ func TestBuild(t *testing.T) {
 		{"overlay-args", with(metal("arm64", "v1.13.0"), func(o *cmdline.Options) {
 			o.OverlayArgs = []string{"console=tty0", "console=ttyS1,115200", "sysctl.kernel.kexec_load_disabled=1"}
 		}), strings.Replace(ref113arm64, "console=ttyAMA0 console=tty0", "console=tty0 console=ttyS1,115200 sysctl.kernel.kexec_load_disabled=1", 1)},
-		{"equinix-amd64-1.11", cmdline.Options{Platform: "equinixMetal", Arch: "amd64", TalosVersion: "v1.11.0", PlatformArgs: []string{"console=ttyS1,115200n8"}},
+		{"equinix-amd64-1.11", cmdline.Options{Platform: "equinixMetal", Arch: "amd64", TalosVersion: release.MustParseVersion("v1.11.0"), PlatformArgs: []string{"console=ttyS1,115200n8"}},
 			"talos.platform=equinixMetal console=ttyS1,115200n8 init_on_alloc=1 slab_nomerge pti=on consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,21 +136,21 @@ func TestBuild(t *testing.T) {
 
 func TestBuildErrors(t *testing.T) {
 	for name, o := range map[string]cmdline.Options{
-		"unknown platform": {Platform: "aws", Arch: "amd64", TalosVersion: "1.13.0"},
-		"unknown arch":     {Platform: "metal", Arch: "riscv64", TalosVersion: "1.13.0"},
-		"empty platform":   {Arch: "amd64", TalosVersion: "1.13.0"},
+		"unknown platform": {Platform: "aws", Arch: "amd64", TalosVersion: release.MustParseVersion("1.13.0")},
+		"unknown arch":     {Platform: "metal", Arch: "riscv64", TalosVersion: release.MustParseVersion("1.13.0")},
+		"empty platform":   {Arch: "amd64", TalosVersion: release.MustParseVersion("1.13.0")},
 	} {
 		if _, err := cmdline.Build(o); !errors.Is(err, cmdline.ErrUnsupported) {
 			t.Errorf("%s: Build = %v, want ErrUnsupported", name, err)
 		}
 	}
 
-	if _, err := cmdline.Build(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: "latest"}); err == nil {
+	if _, err := cmdline.Build(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: release.Version{}}); err == nil {
 		t.Error("Build(version latest) = nil error")
 	}
 
 	_, err := cmdline.Build(cmdline.Options{
-		Platform: "metal", Arch: "amd64", TalosVersion: "1.13.0",
+		Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion("1.13.0"),
 		IncludeMeta: true, Meta: []cmdline.MetaValue{{Key: 0, Value: "x"}},
 	})
 	if err == nil {

@@ -28,7 +28,7 @@ func ForInstaller(o Options) (string, error) {
 	o.ISO = false
 	o.Meta, o.IncludeMeta = nil, false
 
-	if !o.SecureBoot && !quirks.New(o.TalosVersion).SupportsUnifiedInstaller() {
+	if !o.SecureBoot && !quirks.New(o.TalosVersion.String()).SupportsUnifiedInstaller() {
 		o.ExtraArgs = nil
 	}
 

@@ -7,6 +7,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // factoryInstallerUKI is the command line image-factory's integration tests
@@ -66,7 +67,7 @@ func TestForInstallerFactoryVectors(t *testing.T) {
 			arch  string
 			extra bool
 		}{{"amd64", false}, {"arm64", false}, {"amd64", true}} {
-			o := cmdline.Options{Platform: "metal", Arch: tc.arch, TalosVersion: version}
+			o := cmdline.Options{Platform: "metal", Arch: tc.arch, TalosVersion: release.MustParseVersion(version)}
 			if tc.extra {
 				o.ExtraArgs = []string{"nolapic", "nomodeset"}
 			}
@@ -89,7 +90,7 @@ func TestForInstallerFactoryVectors(t *testing.T) {
 
 func TestForInstaller(t *testing.T) {
 	metal := func(arch, version string, f func(*cmdline.Options)) cmdline.Options {
-		o := cmdline.Options{Platform: "metal", Arch: arch, TalosVersion: version}
+		o := cmdline.Options{Platform: "metal", Arch: arch, TalosVersion: release.MustParseVersion(version)}
 		if f != nil {
 			f(&o)
 		}
@@ -149,7 +150,7 @@ func TestForInstaller(t *testing.T) {
 	// The same line as cmdline-metal-<arch> of the version when there is
 	// nothing to drop.
 	for _, v := range []string{"v1.7.0", "v1.10.0", "v1.13.0", "v1.14.0"} {
-		o := cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: v, SecureBoot: true}
+		o := cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion(v), SecureBoot: true}
 
 		a, errA := cmdline.ForInstaller(o)
 		b, errB := cmdline.Build(o)
@@ -161,11 +162,11 @@ func TestForInstaller(t *testing.T) {
 }
 
 func TestForInstallerErrors(t *testing.T) {
-	if _, err := cmdline.ForInstaller(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: "latest"}); err == nil {
+	if _, err := cmdline.ForInstaller(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: release.Version{}}); err == nil {
 		t.Error("ForInstaller(version latest) = nil error")
 	}
 
-	if _, err := cmdline.ForInstaller(cmdline.Options{Platform: "metal", Arch: "riscv64", TalosVersion: "v1.13.0"}); err == nil {
+	if _, err := cmdline.ForInstaller(cmdline.Options{Platform: "metal", Arch: "riscv64", TalosVersion: release.MustParseVersion("v1.13.0")}); err == nil {
 		t.Error("ForInstaller(riscv64) = nil error")
 	}
 }

@@ -3,7 +3,8 @@ package cmdline
 import (
 	"fmt"
 	"net/url"
-	"strings"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // PXEOptions describe one iPXE script.
@@ -13,8 +14,8 @@ type PXEOptions struct {
 	BaseURL string
 	// SchematicID is the schematic ID as requested.
 	SchematicID string
-	// Version is the Talos version; a missing "v" prefix is added.
-	Version string
+	// Version is the Talos version.
+	Version release.Version
 	// Platform and Arch name the assets. Arch must already be canonical:
 	// the caller maps the iPXE ${buildarch} aliases x86_64 and i386 to
 	// amd64 before building the command line and the script.
@@ -59,17 +60,12 @@ func PXEScript(o PXEOptions) (string, error) {
 		return "", fmt.Errorf("pxe base URL: %w", err)
 	}
 
-	if o.SchematicID == "" || o.Version == "" || o.Platform == "" || o.Arch == "" {
+	if o.SchematicID == "" || o.Version.IsZero() || o.Platform == "" || o.Arch == "" {
 		return "", fmt.Errorf("%w: pxe script needs schematic, version, platform and arch", ErrUnsupported)
 	}
 
-	version := o.Version
-	if !strings.HasPrefix(version, "v") {
-		version = "v" + version
-	}
-
 	asset := func(name string) string {
-		return base.JoinPath("image", o.SchematicID, version, name).String()
+		return base.JoinPath("image", o.SchematicID, o.Version.String(), name).String()
 	}
 
 	if o.SecureBoot {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
+	"github.com/kiln-dev/kiln/release"
 )
 
 const emptySchematic = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
@@ -51,7 +52,7 @@ func TestPXEScript(t *testing.T) {
 			parts := strings.Split(strings.TrimSuffix(tc.path, "-secureboot"), "-")
 			platform, arch := parts[0], archAlias(parts[1])
 
-			line, err := cmdline.Build(cmdline.Options{Platform: platform, Arch: arch, TalosVersion: tc.version, SecureBoot: tc.secureBoot})
+			line, err := cmdline.Build(cmdline.Options{Platform: platform, Arch: arch, TalosVersion: release.MustParseVersion(tc.version), SecureBoot: tc.secureBoot})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,7 +60,7 @@ func TestPXEScript(t *testing.T) {
 			got, err := cmdline.PXEScript(cmdline.PXEOptions{
 				BaseURL:     "http://pxe.example:8080",
 				SchematicID: emptySchematic,
-				Version:     tc.version,
+				Version:     release.MustParseVersion(tc.version),
 				Platform:    platform,
 				Arch:        arch,
 				Cmdline:     line,
@@ -80,7 +81,7 @@ func TestPXEScript(t *testing.T) {
 
 func TestPXEScriptURL(t *testing.T) {
 	got, err := cmdline.PXEScript(cmdline.PXEOptions{
-		BaseURL: "https://user:pass@factory.example/prefix/", SchematicID: "abc", Version: "v1.13.0",
+		BaseURL: "https://user:pass@factory.example/prefix/", SchematicID: "abc", Version: release.MustParseVersion("v1.13.0"),
 		Platform: "metal", Arch: "arm64", Cmdline: "talos.platform=metal",
 	})
 	if err != nil {
@@ -101,7 +102,7 @@ func TestPXEScriptURL(t *testing.T) {
 		t.Errorf("arm64 EFI kernel line = %q", cmds[1])
 	}
 
-	if _, err := cmdline.PXEScript(cmdline.PXEOptions{BaseURL: "http://x", Version: "v1.13.0", Platform: "metal", Arch: "amd64"}); err == nil {
+	if _, err := cmdline.PXEScript(cmdline.PXEOptions{BaseURL: "http://x", Version: release.MustParseVersion("v1.13.0"), Platform: "metal", Arch: "amd64"}); err == nil {
 		t.Error("PXEScript(no schematic) = nil error")
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cpio"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 const (
@@ -185,7 +186,7 @@ func talosDisk(t *testing.T, dir, lib, cmdline string) string {
 
 	writeFile(t, filepath.Join(tree, "A/vmlinuz"), kernel)
 	writeFile(t, filepath.Join(tree, "A/initramfs.xz"), initrd(t))
-	writeFile(t, filepath.Join(tree, "grub/grub.cfg"), DiskConfig(talosVer, cmdline, true))
+	writeFile(t, filepath.Join(tree, "grub/grub.cfg"), DiskConfig(release.MustParseVersion(talosVer), cmdline, true))
 
 	bootImg := filepath.Join(dir, "boot.ext2")
 	run(t, "mke2fs", "-q", "-t", "ext2", "-d", tree, bootImg, strconv.FormatInt((bootLast-bootFirst+1)/2, 10)+"k")
@@ -451,7 +452,7 @@ func TestBootISOSeaBIOS(t *testing.T) {
 	tree := filepath.Join(dir, "tree")
 	writeFile(t, filepath.Join(tree, "boot/vmlinuz"), kernel)
 	writeFile(t, filepath.Join(tree, "boot/initramfs.xz"), initrd(t))
-	writeFile(t, filepath.Join(tree, "boot/grub/grub.cfg"), ISOConfig(talosVer, cmdline))
+	writeFile(t, filepath.Join(tree, "boot/grub/grub.cfg"), ISOConfig(release.MustParseVersion(talosVer), cmdline))
 	writeFile(t, filepath.Join(tree, "boot/grub/i386-pc/eltorito.img"), img)
 
 	// The rest of GRUB loads from the ISO, as grub-mkrescue copies it there.

@@ -6,6 +6,8 @@ import (
 
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	"github.com/siderolabs/talos/pkg/machinery/version"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Quote escapes s for a GRUB command line as Talos's grub.Quote does: a
@@ -27,14 +29,14 @@ func Quote(s string) string {
 
 // SupportsResetOption says whether Talos's menus for this version carry the
 // reset entry (quirks.SupportsResetGRUBOption: 1.4 and later).
-func SupportsResetOption(talosVersion string) bool {
-	return quirks.New(talosVersion).SupportsResetGRUBOption()
+func SupportsResetOption(talosVersion release.Version) bool {
+	return quirks.New(talosVersion.String()).SupportsResetGRUBOption()
 }
 
 // ISOConfig renders boot/grub/grub.cfg of a Talos ISO (pkg/imager/iso/grub.cfg
 // executed by CreateGRUB): the "Talos ISO" entry and, when the version has it,
 // "Reset Talos installation" with talos.experimental.wipe=system.
-func ISOConfig(talosVersion, cmdline string) []byte {
+func ISOConfig(talosVersion release.Version, cmdline string) []byte {
 	var b strings.Builder
 
 	b.WriteString("set default=0\nset timeout=3\n\ninsmod all_video\n\nterminal_input console\nterminal_output console\n\n")
@@ -53,7 +55,7 @@ func ISOConfig(talosVersion, cmdline string) []byte {
 // "Reset Talos installation and return to maintenance mode" entry. Talos adds
 // the reset entry for dual-boot images always and for GRUB-only images when
 // SupportsResetOption(talosVersion).
-func DiskConfig(talosVersion, cmdline string, reset bool) []byte {
+func DiskConfig(talosVersion release.Version, cmdline string, reset bool) []byte {
 	var b strings.Builder
 
 	name := fmt.Sprintf("A - %s %s", version.Name, talosVersion)

@@ -11,8 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kiln-dev/kiln/internal/testfixture"
 	"github.com/ulikunitz/xz/lzma"
+
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 // moduleSets are the module lists compared: Talos's, none at all, and (for

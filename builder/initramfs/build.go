@@ -24,6 +24,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cpio"
 	"github.com/kiln-dev/kiln/internal/squashfs"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Options are the build settings that are not inputs.
@@ -32,9 +33,9 @@ type Options struct {
 	// does not change the layout: microcode goes to kernel/x86/microcode
 	// whatever the arch (there are no microcode extensions for arm64).
 	Arch string
-	// TalosVersion ("v1.13.0") is checked against each extension's
-	// compatibility constraint.
-	TalosVersion string
+	// TalosVersion is checked against each extension's compatibility
+	// constraint; required.
+	TalosVersion release.Version
 	// ModTime is stamped on every cpio entry and squashfs inode, like
 	// SOURCE_DATE_EPOCH; the zero value means the Unix epoch.
 	ModTime time.Time
@@ -74,9 +75,8 @@ const (
 // before; firmware at usr/lib/firmware and modules at usr/lib/modules
 // from 1.10, lib/firmware and lib/modules before.
 func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, out io.Writer) error {
-	talos, err := semver.ParseTolerant(opts.TalosVersion)
-	if err != nil {
-		return fmt.Errorf("initramfs: Talos version %q: %w", opts.TalosVersion, err)
+	if opts.TalosVersion.IsZero() {
+		return errors.New("initramfs: no Talos version")
 	}
 
 	if opts.Arch == "" {
@@ -90,11 +90,11 @@ func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, 
 
 	defer os.RemoveAll(tmp) //nolint:errcheck // best effort; the error that matters is returned
 
-	q := quirks.New(opts.TalosVersion)
+	q := quirks.New(opts.TalosVersion.String())
 
 	b := &builder{
 		tmp:         tmp,
-		talos:       talos,
+		talos:       opts.TalosVersion.Semver(),
 		mtime:       opts.ModTime,
 		zstd:        q.UseZSTDCompression(),
 		firmwareDir: strings.TrimPrefix(q.FirmwarePath(), "/"),

@@ -26,15 +26,16 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/builder/cpio"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
-	"github.com/kiln-dev/kiln/testrelease"
+	"github.com/kiln-dev/kiln/release"
 )
 
 const talosVersion = "v1.13.0"
 
 var buildTime = time.Unix(1750000000, 0).UTC()
 
-// extensionOrder is the order the fixture passes testrelease's extensions.
+// extensionOrder is the order the fixture passes the demo release's extensions.
 var extensionOrder = []string{"siderolabs/gvisor", "siderolabs/i915", "siderolabs/intel-ucode", "siderolabs/drbd"}
 
 type fixture struct {
@@ -48,7 +49,7 @@ var (
 	fixtureErr  error
 )
 
-// loadFixture pushes testrelease to an in-process registry and reads back
+// loadFixture pushes the demo release to an in-process registry and reads back
 // the amd64 initramfs and extension images. It is shared by every test:
 // pushing the release is the slowest part. The images are copied into
 // memory so they outlive the registry.
@@ -73,7 +74,7 @@ func pushFixture() (fixture, error) {
 		return fixture{}, err
 	}
 
-	rel, err := testrelease.Push(context.Background(), testrelease.Options{Version: talosVersion, Registry: reg})
+	rel, err := demo.Push(context.Background(), demo.Options{Version: talosVersion, Registry: reg})
 	if err != nil {
 		return fixture{}, err
 	}
@@ -183,7 +184,7 @@ func buildFixture(tb testing.TB, schematicYAML []byte) []byte {
 		EmbeddedConfigExtension([]byte("version: v1alpha1\nmachine:\n  type: worker\n")))
 
 	var out bytes.Buffer
-	if err := Build(tb.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: talosVersion, ModTime: buildTime, TempDir: tb.TempDir()}, &out); err != nil {
+	if err := Build(tb.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), ModTime: buildTime, TempDir: tb.TempDir()}, &out); err != nil {
 		tb.Fatalf("Build: %v", err)
 	}
 
@@ -343,7 +344,7 @@ func TestBuild(t *testing.T) {
 			t.Errorf("gvisor constraint: got %q", v)
 		}
 
-		if m := cfg.Layers[6].Metadata; m.Version != testrelease.DefaultKernelVersion || m.Author != "Talos Machinery" ||
+		if m := cfg.Layers[6].Metadata; m.Version != demo.DefaultKernelVersion || m.Author != "Talos Machinery" ||
 			m.Description != "Combined modules.dep for all extensions" {
 			t.Errorf("modules.dep metadata: %+v", m)
 		}
@@ -357,12 +358,12 @@ func TestBuild(t *testing.T) {
 			"0.sqsh": {"/usr/local/bin/runsc", "/usr/local/bin/containerd-shim-runsc-v1", "/etc/cri/conf.d/gvisor.part"},
 			"1.sqsh": {"/usr/lib"},
 			"2.sqsh": {"/usr/lib"},
-			"3.sqsh": {"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/extras/drbd.ko"},
+			"3.sqsh": {"/usr/lib/modules/" + demo.DefaultKernelVersion + "/extras/drbd.ko"},
 			"4.sqsh": {"/usr/local/share/schematic/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"},
 			"5.sqsh": {"/usr/local/etc/talos/config.yaml"},
-			"modules.dep.sqsh": {"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/modules.dep",
-				"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/modules.dep.bin",
-				"/usr/lib/modules/" + testrelease.DefaultKernelVersion + "/modules.order"},
+			"modules.dep.sqsh": {"/usr/lib/modules/" + demo.DefaultKernelVersion + "/modules.dep",
+				"/usr/lib/modules/" + demo.DefaultKernelVersion + "/modules.dep.bin",
+				"/usr/lib/modules/" + demo.DefaultKernelVersion + "/modules.order"},
 		}
 
 		for img, paths := range want {
@@ -411,7 +412,7 @@ func TestBuildNoExtensions(t *testing.T) {
 	fx := loadFixture(t)
 
 	var out bytes.Buffer
-	if err := Build(t.Context(), bytes.NewReader(fx.base), nil, Options{Arch: "amd64", TalosVersion: talosVersion}, &out); err != nil {
+	if err := Build(t.Context(), bytes.NewReader(fx.base), nil, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion)}, &out); err != nil {
 		t.Fatal(err)
 	}
 
@@ -497,7 +498,7 @@ func TestBuildRefuses(t *testing.T) {
 
 			var out bytes.Buffer
 
-			err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: t.TempDir()}, &out)
+			err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: t.TempDir()}, &out)
 			if err == nil {
 				t.Fatal("Build accepted the extension")
 			}
@@ -521,7 +522,7 @@ func TestBuildCleansUp(t *testing.T) {
 	dir := t.TempDir()
 	exts := []Extension{tarExtension{name: "x", entries: map[string]string{"manifest.yaml": manifestYAML("v1alpha1", ""), "rootfs/a": "a"}}}
 
-	if err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: dir}, io.Discard); err != nil {
+	if err := Build(t.Context(), strings.NewReader("base"), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: dir}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 
@@ -536,7 +537,7 @@ func TestBuildCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 
-	err := Build(ctx, bytes.NewReader(fx.base), []Extension{FromImage(fx.exts[0])}, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: t.TempDir()}, io.Discard)
+	err := Build(ctx, bytes.NewReader(fx.base), []Extension{FromImage(fx.exts[0])}, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: t.TempDir()}, io.Discard)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
 	}
@@ -578,7 +579,7 @@ func BenchmarkBuild(b *testing.B) {
 	b.ResetTimer()
 
 	for b.Loop() {
-		err := Build(b.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: talosVersion, TempDir: b.TempDir()}, io.Discard)
+		err := Build(b.Context(), bytes.NewReader(fx.base), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(talosVersion), TempDir: b.TempDir()}, io.Discard)
 		if err != nil {
 			b.Fatal(err)
 		}

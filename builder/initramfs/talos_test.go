@@ -19,10 +19,11 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/builder/cpio"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/squashfs"
 	"github.com/kiln-dev/kiln/internal/taloskernel"
 	"github.com/kiln-dev/kiln/internal/testfixture"
-	"github.com/kiln-dev/kiln/testrelease"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // appended returns the entries of the extension archive Build appended
@@ -84,7 +85,7 @@ func buildWith(t *testing.T, base []byte, exts []Extension, version string) ([]b
 
 	var out bytes.Buffer
 
-	err := Build(t.Context(), bytes.NewReader(base), exts, Options{Arch: "amd64", TalosVersion: version, ModTime: buildTime, TempDir: t.TempDir()}, &out)
+	err := Build(t.Context(), bytes.NewReader(base), exts, Options{Arch: "amd64", TalosVersion: release.MustParseVersion(version), ModTime: buildTime, TempDir: t.TempDir()}, &out)
 
 	return out.Bytes(), err
 }
@@ -205,7 +206,7 @@ func TestModulesLayer(t *testing.T) {
 
 	files, _ := appended(t, out)
 	layer := openLayer(t, files["modules.dep.sqsh"])
-	kver := testrelease.DefaultKernelVersion
+	kver := demo.DefaultKernelVersion
 	dir := "usr/lib/modules/" + kver
 
 	ents, err := layer.ReadDir(dir)
@@ -563,7 +564,7 @@ func TestModulesNeedTheRelease(t *testing.T) {
 	}}
 
 	_, err := buildWith(t, fx.base, []Extension{ext}, talosVersion)
-	if err == nil || !strings.Contains(err.Error(), "nothing for the release's kernel "+testrelease.DefaultKernelVersion) ||
+	if err == nil || !strings.Contains(err.Error(), "nothing for the release's kernel "+demo.DefaultKernelVersion) ||
 		!strings.Contains(err.Error(), "9.9.9-other") {
 		t.Errorf("modules for another kernel: %v", err)
 	}
@@ -580,7 +581,7 @@ func TestModulesNeedTheRelease(t *testing.T) {
 // Talos ignores them.
 func TestModulesBefore110(t *testing.T) {
 	fx := loadFixture(t)
-	kver := testrelease.DefaultKernelVersion
+	kver := demo.DefaultKernelVersion
 	usrDir := "usr/lib/modules/" + kver
 
 	// The fixture release's rootfs.sqsh with its module tree moved to

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/builder/installer"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // BenchmarkBuild assembles the two-arch installer of a release whose UKIs
@@ -52,7 +53,7 @@ func BenchmarkBuild(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		if _, err := installer.Build(context.Background(), installer.Options{Version: "v1.13.0", Created: epoch, Dir: store}, platforms...); err != nil {
+		if _, err := installer.Build(context.Background(), installer.Options{Version: release.MustParseVersion("v1.13.0"), Created: epoch, Dir: store}, platforms...); err != nil {
 			b.Fatal(err)
 		}
 

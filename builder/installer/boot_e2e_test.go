@@ -20,9 +20,10 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/builder/uki"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // TestInstallAndBoot is a node's install, with the fixture installer in
@@ -54,7 +55,7 @@ func TestInstallAndBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rel, err := testrelease.Push(ctx, testrelease.Options{
+	rel, err := demo.Push(ctx, demo.Options{
 		Version: version, Registry: reg,
 		Installer: func(arch string) ([]byte, error) {
 			if arch == "amd64" {
@@ -94,7 +95,7 @@ func TestInstallAndBoot(t *testing.T) {
 	store := filepath.Join(dir, "store")
 	os.Mkdir(store, 0o755) //nolint:errcheck
 
-	idx, err := installer.Build(ctx, installer.Options{Version: version, Created: epoch, Dir: store},
+	idx, err := installer.Build(ctx, installer.Options{Version: release.MustParseVersion(version), Created: epoch, Dir: store},
 		installer.Platform{Arch: "amd64", Base: base, Assets: installer.Assets{SDBoot: sdboot, UKI: ukiBlob}})
 	if err != nil {
 		t.Fatal(err)

@@ -105,9 +105,9 @@ type Platform struct {
 
 // Options are what every platform image shares.
 type Options struct {
-	// Version is the Talos version ("v1.13.0"); it decides the artifacts
-	// layer's files.
-	Version string
+	// Version is the Talos version; it decides the artifacts layer's
+	// files. Required.
+	Version release.Version
 	// Created is the config's created time and every history entry's: the
 	// build epoch (builder.SourceDateEpoch), never the clock. Required.
 	Created time.Time
@@ -119,23 +119,19 @@ type Options struct {
 
 // UsesUKI reports whether version's installer carries systemd-boot and the
 // UKI (Talos 1.10 and later) rather than the kernel and initramfs.
-func UsesUKI(version string) (bool, error) {
-	v, err := release.ParseVersion(version)
-	if err != nil {
-		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-
-	return quirks.New(v).UseSDBootForUEFI(), nil
+func UsesUKI(version release.Version) bool {
+	return quirks.New(version.String()).UseSDBootForUEFI()
 }
 
 // ArtifactFiles are the files of version's artifacts layer for arch, in
 // Talos's names (constants.SDBootAssetPath, UKIAssetPath, KernelAssetPath,
 // InitramfsAssetPath) and mode 0, as outInstaller leaves them.
-func ArtifactFiles(version, arch string, a Assets) ([]File, error) {
-	uki, err := UsesUKI(version)
-	if err != nil {
-		return nil, err
+func ArtifactFiles(version release.Version, arch string, a Assets) ([]File, error) {
+	if version.IsZero() {
+		return nil, fmt.Errorf("%w: no Talos version", ErrInvalid)
 	}
+
+	uki := UsesUKI(version)
 
 	dir := release.InstallDir + "/" + arch + "/"
 
@@ -173,8 +169,8 @@ func Build(ctx context.Context, opts Options, platforms ...Platform) (*Index, er
 		return nil, fmt.Errorf("%w: Options.Dir is required", ErrInvalid)
 	}
 
-	if _, err := UsesUKI(opts.Version); err != nil {
-		return nil, err
+	if opts.Version.IsZero() {
+		return nil, fmt.Errorf("%w: Options.Version is required", ErrInvalid)
 	}
 
 	if len(platforms) == 0 {

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/kiln-dev/kiln/builder/installer"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // build makes the installer of version for both arches from fresh inputs
@@ -49,7 +50,7 @@ func build(t testing.TB, version, dir string, baseLayers int, overlay func(arch 
 		platforms = append(platforms, p)
 	}
 
-	idx, err := installer.Build(context.Background(), installer.Options{Version: version, Created: epoch, Dir: store}, platforms...)
+	idx, err := installer.Build(context.Background(), installer.Options{Version: release.MustParseVersion(version), Created: epoch, Dir: store}, platforms...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +264,7 @@ func TestReproducible(t *testing.T) {
 	}
 
 	third, err := installer.Build(context.Background(),
-		installer.Options{Version: "v1.13.0", Created: epoch.In(time.FixedZone("UTC+5", 5*3600)), Dir: t.TempDir()}, platforms...)
+		installer.Options{Version: release.MustParseVersion("v1.13.0"), Created: epoch.In(time.FixedZone("UTC+5", 5*3600)), Dir: t.TempDir()}, platforms...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +363,7 @@ func TestBuildErrors(t *testing.T) {
 	dir := t.TempDir()
 	inputs := t.TempDir()
 	good := installer.Platform{Arch: "amd64", Base: baseImage(t, "v1.13.0", "amd64", 1), Assets: assetFiles(t, inputs, "amd64")}
-	opts := installer.Options{Version: "v1.13.0", Created: epoch, Dir: dir}
+	opts := installer.Options{Version: release.MustParseVersion("v1.13.0"), Created: epoch, Dir: dir}
 
 	short := good
 	short.Assets.UKI = installer.Blob{Size: 10, Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("12345")), nil }}
@@ -386,8 +387,8 @@ func TestBuildErrors(t *testing.T) {
 		invalid   bool
 		want      string
 	}{
-		{"no epoch", installer.Options{Version: "v1.13.0", Dir: dir}, []installer.Platform{good}, true, "Created"},
-		{"bad version", installer.Options{Version: "1.x", Created: epoch, Dir: dir}, []installer.Platform{good}, true, `"1.x"`},
+		{"no epoch", installer.Options{Version: release.MustParseVersion("v1.13.0"), Dir: dir}, []installer.Platform{good}, true, "Created"},
+		{"no version", installer.Options{Created: epoch, Dir: dir}, []installer.Platform{good}, true, "Version"},
 		{"no UKI", opts, []installer.Platform{noUKI}, true, "needs the UKI asset (usr/install/amd64/vmlinuz.efi)"},
 		{"wrong base", opts, []installer.Platform{wrongArch}, true, "base installer is linux/arm64, not linux/amd64"},
 		{"twice", opts, []installer.Platform{good, good}, true, `"amd64" given twice`},
@@ -425,9 +426,8 @@ func TestBuildErrors(t *testing.T) {
 
 func TestUsesUKI(t *testing.T) {
 	for v, want := range map[string]bool{"v1.9.4": false, "v1.10.0-alpha.0": true, "v1.10.0": true, "v1.13.0": true, "v2.0.0": true} {
-		got, err := installer.UsesUKI(v)
-		if err != nil || got != want {
-			t.Errorf("UsesUKI(%s) = %v, %v; want %v", v, got, err, want)
+		if got := installer.UsesUKI(release.MustParseVersion(v)); got != want {
+			t.Errorf("UsesUKI(%s) = %v; want %v", v, got, want)
 		}
 	}
 }

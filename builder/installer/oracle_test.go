@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Talos's own layer code (hack/installer-oracle, which make unit builds)
@@ -137,10 +138,7 @@ func TestArtifactsLayerIsTalos(t *testing.T) {
 				return x
 			}
 
-			uki, err := installer.UsesUKI(tc.version)
-			if err != nil {
-				t.Fatal(err)
-			}
+			uki := installer.UsesUKI(release.MustParseVersion(tc.version))
 
 			assets := installer.Assets{Kernel: blob(a), Initramfs: blob(b)}
 			oracle := []oracleFile{{ImagePath: "usr/install/amd64/vmlinuz", SourcePath: a}, {ImagePath: "usr/install/amd64/initramfs.xz", SourcePath: b}}
@@ -150,7 +148,7 @@ func TestArtifactsLayerIsTalos(t *testing.T) {
 				oracle = []oracleFile{{ImagePath: "usr/install/amd64/systemd-boot.efi", SourcePath: a}, {ImagePath: "usr/install/amd64/vmlinuz.efi", SourcePath: b}}
 			}
 
-			idx, err := installer.Build(context.Background(), installer.Options{Version: tc.version, Created: epoch, Dir: dir},
+			idx, err := installer.Build(context.Background(), installer.Options{Version: release.MustParseVersion(tc.version), Created: epoch, Dir: dir},
 				installer.Platform{Arch: "amd64", Base: baseImage(t, tc.version, "amd64", 1), Assets: assets})
 			if err != nil {
 				t.Fatal(err)
@@ -211,7 +209,7 @@ func TestOverlayLayerIsTalos(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			idx, err := installer.Build(context.Background(), installer.Options{Version: "v1.13.0", Created: epoch, Dir: store},
+			idx, err := installer.Build(context.Background(), installer.Options{Version: release.MustParseVersion("v1.13.0"), Created: epoch, Dir: store},
 				installer.Platform{Arch: "arm64", Base: baseImage(t, "v1.13.0", "arm64", 1), Assets: assetFiles(t, root, "arm64"), Overlay: ov})
 			if err != nil {
 				t.Fatal(err)

@@ -24,9 +24,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/builder/installer"
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 const schematicID = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
@@ -47,7 +48,7 @@ func peer(t *testing.T, home string, bin string, args ...string) (string, error)
 
 // buildFrom builds the two-arch installer of the release at host from
 // fresh copies of the same assets, into its own store, as a kiln would.
-func buildFrom(t *testing.T, rel *testrelease.Release, created time.Time) *installer.Index {
+func buildFrom(t *testing.T, rel *demo.Release, created time.Time) *installer.Index {
 	t.Helper()
 
 	dir := t.TempDir()
@@ -63,7 +64,7 @@ func buildFrom(t *testing.T, rel *testrelease.Release, created time.Time) *insta
 		platforms = append(platforms, installer.Platform{Arch: arch, Base: base, Assets: assetFiles(t, dir, arch)})
 	}
 
-	idx, err := installer.Build(context.Background(), installer.Options{Version: rel.Version, Created: created, Dir: dir}, platforms...)
+	idx, err := installer.Build(context.Background(), installer.Options{Version: release.MustParseVersion(rel.Version), Created: created, Dir: dir}, platforms...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +89,7 @@ func TestInstallerPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rel, err := testrelease.Push(ctx, testrelease.Options{Version: "v1.13.0", Registry: reg})
+	rel, err := demo.Push(ctx, demo.Options{Version: "v1.13.0", Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +205,7 @@ func TestInstallerPeers(t *testing.T) {
 		img, _ := idx.Arch("amd64")
 		cfgDigest, _ := img.ConfigName()
 
-		ttag, err := installer.TarballTag("v1.13.0")
+		ttag, err := installer.TarballTag(release.MustParseVersion("v1.13.0"))
 		if err != nil {
 			t.Fatal(err)
 		}

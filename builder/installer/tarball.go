@@ -17,18 +17,12 @@ import (
 // installer's reference, which image-factory sets to "<repo>:<version>"
 // with the repository as configured, by default siderolabs/installer-base
 // (siderolabs/installer before 1.10) without a registry.
-func TarballTag(version string) (name.Tag, error) {
-	v, err := release.ParseVersion(version)
-	if err != nil {
-		return name.Tag{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+func TarballTag(v release.Version) (name.Tag, error) {
+	if v.IsZero() {
+		return name.Tag{}, fmt.Errorf("%w: no Talos version", ErrInvalid)
 	}
 
-	repo, err := release.BaseInstallerRepo(v)
-	if err != nil {
-		return name.Tag{}, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-
-	return name.NewTag(repo + ":" + v)
+	return name.NewTag(release.BaseInstallerRepo(v) + ":" + v.String())
 }
 
 // WriteTarball writes img to w as a docker-archive tarball (what `docker

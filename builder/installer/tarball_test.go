@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/kiln-dev/kiln/builder/installer"
+	"github.com/kiln-dev/kiln/release"
 )
 
 func TestTarballTag(t *testing.T) {
@@ -24,14 +25,14 @@ func TestTarballTag(t *testing.T) {
 		"v1.10.0": "siderolabs/installer-base:v1.10.0",
 		"v1.9.4":  "siderolabs/installer:v1.9.4",
 	} {
-		tag, err := installer.TarballTag(v)
+		tag, err := installer.TarballTag(release.MustParseVersion(v))
 		if err != nil || tag.String() != want {
 			t.Errorf("TarballTag(%s) = %v, %v; want %s", v, tag, err, want)
 		}
 	}
 
-	if _, err := installer.TarballTag("1.13"); !errors.Is(err, installer.ErrInvalid) {
-		t.Errorf("TarballTag(1.13): %v", err)
+	if _, err := installer.TarballTag(release.Version{}); !errors.Is(err, installer.ErrInvalid) {
+		t.Errorf("TarballTag(no version): %v", err)
 	}
 }
 
@@ -47,7 +48,7 @@ func TestWriteTarball(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tag, err := installer.TarballTag("v1.13.0")
+	tag, err := installer.TarballTag(release.MustParseVersion("v1.13.0"))
 	if err != nil {
 		t.Fatal(err)
 	}

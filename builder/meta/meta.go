@@ -8,9 +8,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/blang/semver/v4"
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	talosmeta "github.com/siderolabs/talos/pkg/machinery/meta"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Value is one META entry: a one-byte key (see the Talos constants in
@@ -67,9 +68,9 @@ func Validate(values []Value) error {
 // order, gzip-compressed (best compression) when the version supports it
 // (>= 1.6.3) and the text is longer than 256 bytes, then standard base64.
 // It returns "" for no values.
-func EnvValue(values []Value, talosVersion string) (string, error) {
-	if _, err := semver.ParseTolerant(talosVersion); err != nil {
-		return "", fmt.Errorf("talos version %q: %w", talosVersion, err)
+func EnvValue(values []Value, talosVersion release.Version) (string, error) {
+	if talosVersion.IsZero() {
+		return "", errors.New("no Talos version")
 	}
 
 	if err := Validate(values); err != nil {
@@ -85,7 +86,7 @@ func EnvValue(values []Value, talosVersion string) (string, error) {
 		tv = append(tv, talosmeta.Value{Key: v.Key, Value: v.Value})
 	}
 
-	return tv.Encode(quirks.New(talosVersion).SupportsCompressedEncodedMETA()), nil
+	return tv.Encode(quirks.New(talosVersion.String()).SupportsCompressedEncodedMETA()), nil
 }
 
 // Partition returns the META partition image (PartitionSize bytes) holding

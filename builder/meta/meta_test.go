@@ -15,6 +15,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -44,7 +45,7 @@ func TestEnvValue(t *testing.T) {
 		{"env-long-nogzip", long, "v1.6.2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := meta.EnvValue(tc.values, tc.version)
+			got, err := meta.EnvValue(tc.values, release.MustParseVersion(tc.version))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,8 +78,8 @@ func TestEnvValue(t *testing.T) {
 func TestEnvValueGzipQuirk(t *testing.T) {
 	long := []meta.Value{{Key: 0x0c, Value: strings.Repeat("x", 300)}}
 
-	gz, _ := meta.EnvValue(long, "1.6.3")
-	plain, _ := meta.EnvValue(long, "1.6.2")
+	gz, _ := meta.EnvValue(long, release.MustParseVersion("1.6.3"))
+	plain, _ := meta.EnvValue(long, release.MustParseVersion("1.6.2"))
 
 	if !strings.HasPrefix(gz, "H4sI") { // base64 of the gzip magic
 		t.Errorf("EnvValue(1.6.3) = %q..., want gzip", gz[:8])
@@ -105,14 +106,14 @@ func TestInvalid(t *testing.T) {
 				return
 			}
 
-			if _, err := meta.EnvValue(values, "1.13.0"); !errors.Is(err, meta.ErrInvalid) {
+			if _, err := meta.EnvValue(values, release.MustParseVersion("1.13.0")); !errors.Is(err, meta.ErrInvalid) {
 				t.Errorf("EnvValue = %v, want ErrInvalid", err)
 			}
 		})
 	}
 
-	if _, err := meta.EnvValue(sample, "not-a-version"); err == nil {
-		t.Error("EnvValue(bad version) = nil error")
+	if _, err := meta.EnvValue(sample, release.Version{}); err == nil {
+		t.Error("EnvValue(no version) = nil error")
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 const (
@@ -226,7 +227,7 @@ func bootLine(t *testing.T, iso bool) string {
 	t.Helper()
 
 	line, err := cmdline.Build(cmdline.Options{
-		Platform: "metal", Arch: "amd64", TalosVersion: "v1.13.0", ISO: iso,
+		Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion("v1.13.0"), ISO: iso,
 		ExtraArgs: []string{"console=ttyS0", "-module.sig_enforce", "panic=-1"},
 	})
 	if err != nil {
@@ -259,7 +260,7 @@ func TestBootProfilesDebian12Stub(t *testing.T) {
 
 	line := bootLine(t, false)
 
-	profiles, err := uki.TalosProfiles("v1.13.0", line, uki.ResetToMaintenance)
+	profiles, err := uki.TalosProfiles(release.MustParseVersion("v1.13.0"), line, uki.ResetToMaintenance)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +299,7 @@ func TestBootProfiles(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			line := bootLine(t, tc.iso)
 
-			profiles, err := uki.TalosProfiles("v1.13.0", line, tc.reset)
+			profiles, err := uki.TalosProfiles(release.MustParseVersion("v1.13.0"), line, tc.reset)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -327,7 +328,7 @@ func TestBootProfiles(t *testing.T) {
 	t.Run("stub alone boots main", func(t *testing.T) {
 		line := bootLine(t, false)
 
-		profiles, err := uki.TalosProfiles("v1.13.0", line, uki.ResetToMaintenance)
+		profiles, err := uki.TalosProfiles(release.MustParseVersion("v1.13.0"), line, uki.ResetToMaintenance)
 		if err != nil {
 			t.Fatal(err)
 		}

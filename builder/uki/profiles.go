@@ -3,9 +3,10 @@ package uki
 import (
 	"fmt"
 
-	"github.com/blang/semver/v4"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
+
+	"github.com/kiln-dev/kiln/release"
 )
 
 // Reset is the reset profile Talos puts beside the main one, chosen by what
@@ -50,12 +51,12 @@ const (
 // The texts are Talos's Profile.String ("ID=<id>" and "\nTITLE=<title>"
 // when there is a title, no trailing newline); the reset command line is
 // the main one with " <wipe argument>" appended as a string, as Talos does.
-func TalosProfiles(talosVersion, cmdline string, reset Reset) ([]Profile, error) {
-	if _, err := semver.ParseTolerant(talosVersion); err != nil {
-		return nil, fmt.Errorf("%w: talos version %q: %v", ErrInput, talosVersion, err)
+func TalosProfiles(talosVersion release.Version, cmdline string, reset Reset) ([]Profile, error) {
+	if talosVersion.IsZero() {
+		return nil, fmt.Errorf("%w: no Talos version", ErrInput)
 	}
 
-	if !quirks.New(talosVersion).SupportsUKIProfiles() {
+	if !quirks.New(talosVersion.String()).SupportsUKIProfiles() {
 		return nil, nil
 	}
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/uki"
+	"github.com/kiln-dev/kiln/release"
 )
 
 func TestTalosProfiles(t *testing.T) {
@@ -40,7 +41,7 @@ func TestTalosProfiles(t *testing.T) {
 		{"v1.9.6", uki.ResetSystemDisk, nil},
 		{"v1.5.0", uki.ResetToMaintenance, nil},
 	} {
-		got, err := uki.TalosProfiles(tc.version, line, tc.reset)
+		got, err := uki.TalosProfiles(release.MustParseVersion(tc.version), line, tc.reset)
 		if err != nil {
 			t.Fatalf("TalosProfiles(%s, %d) = %v", tc.version, tc.reset, err)
 		}
@@ -57,9 +58,9 @@ func TestTalosProfiles(t *testing.T) {
 	}
 
 	for _, bad := range []struct {
-		version string
+		version release.Version
 		reset   uki.Reset
-	}{{"latest", uki.NoReset}, {"v1.13.0", uki.Reset(7)}} {
+	}{{release.Version{}, uki.NoReset}, {release.MustParseVersion("v1.13.0"), uki.Reset(7)}} {
 		if _, err := uki.TalosProfiles(bad.version, line, bad.reset); !errors.Is(err, uki.ErrInput) {
 			t.Errorf("TalosProfiles(%q, %d) = %v, want ErrInput", bad.version, bad.reset, err)
 		}
@@ -122,12 +123,12 @@ func TestAssembleTalosProfiles(t *testing.T) {
 	}
 	defer stub.Close()
 
-	line, err := cmdline.Build(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: "v1.13.0", ISO: true})
+	line, err := cmdline.Build(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion("v1.13.0"), ISO: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	profiles, err := uki.TalosProfiles("v1.13.0", line, uki.ResetSystemDisk)
+	profiles, err := uki.TalosProfiles(release.MustParseVersion("v1.13.0"), line, uki.ResetSystemDisk)
 	if err != nil {
 		t.Fatal(err)
 	}

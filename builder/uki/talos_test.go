@@ -14,6 +14,7 @@ import (
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // TestTalosUKIBuilder assembles the same UKIs with kiln and with Talos's own
@@ -62,7 +63,7 @@ func TestTalosUKIBuilder(t *testing.T) {
 		for _, k := range kinds {
 			t.Run(version+"-"+k.kind, func(t *testing.T) {
 				line, err := cmdline.Build(cmdline.Options{
-					Platform: "metal", Arch: "amd64", TalosVersion: version, ISO: k.kind == "iso",
+					Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion(version), ISO: k.kind == "iso",
 					ExtraArgs: []string{"console=ttyS0"},
 				})
 				if err != nil {
@@ -104,7 +105,7 @@ func TestTalosUKIBuilder(t *testing.T) {
 					t.Fatal(err)
 				}
 
-				profiles, err := uki.TalosProfiles(version, line, k.reset)
+				profiles, err := uki.TalosProfiles(release.MustParseVersion(version), line, k.reset)
 				if err != nil {
 					t.Fatal(err)
 				}

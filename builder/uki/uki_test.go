@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -106,7 +107,7 @@ type fixture struct {
 func newFixture(t *testing.T, kernel []byte) fixture {
 	t.Helper()
 
-	line, err := cmdline.Build(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: "v1.13.0"})
+	line, err := cmdline.Build(cmdline.Options{Platform: "metal", Arch: "amd64", TalosVersion: release.MustParseVersion("v1.13.0")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,12 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 
 	if *kubernetes != "" {
-		k8s, err := release.KubernetesImages(*kubernetes)
+		v, err := release.ParseVersion(*kubernetes)
+		if err != nil {
+			return fmt.Errorf("--kubernetes: %w", err)
+		}
+
+		k8s, err := release.KubernetesImages(v)
 		if err != nil {
 			return err
 		}
@@ -147,11 +152,12 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			return fmt.Errorf("--mirror: %w", err)
 		}
 
-		resolver = imagecache.MirrorResolver{Source: &artifacts.Source{Registry: reg, Namespace: ns, Remote: remoteOpts, NameOptions: nameOpts}}
-		rootSource = mirror.Registry{Registry: reg, Namespace: ns, Options: remoteOpts}
+		m := release.Mirror{Registry: reg, Namespace: ns}
+		resolver = imagecache.MirrorResolver{Source: &artifacts.Source{Mirror: m, Remote: remoteOpts}}
+		rootSource = mirror.Registry{Mirror: m, Options: remoteOpts}
 	}
 
-	var verifier imagecache.Verifier
+	var verifier signing.Checker
 
 	if *skipVerify {
 		fmt.Fprintln(stderr, "WARNING: --insecure-skip-verify: signatures are NOT verified")
@@ -163,9 +169,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 
 		vopts := []signing.Option{signing.WithRemoteOptions(remoteOpts...)}
 		if rootSource != nil {
-			vopts = append(vopts, signing.WithMirrorRoot(func(ctx context.Context) (*signing.CarriedRoot, error) {
-				return readCarriedRoot(ctx, rootSource)
-			}))
+			vopts = append(vopts, signing.WithMirrorRoot(mirror.CarriedRoot(rootSource)))
 		}
 
 		v, err := signing.NewVerifier(p, vopts...)
@@ -173,7 +177,7 @@ func cacheCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			return err
 		}
 
-		verifier = imagecache.VerifierFunc(v.Check)
+		verifier = v
 	}
 
 	plan, err := imagecache.NewPlan(ctx, refs, resolver, verifier, opts)

@@ -14,9 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/cli"
 	"github.com/kiln-dev/kiln/mirror"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -86,8 +86,13 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return errors.New("--trust-policy is required: kiln verifies every image before copying it (or pass --insecure-skip-verify)")
 	}
 
+	vs, err := parseVersions(*versions)
+	if err != nil {
+		return err
+	}
+
 	sel := mirror.Selection{
-		Versions:   splitList(*versions),
+		Versions:   vs,
 		Arches:     splitList(*arches),
 		Extensions: namesOrAll(*extensions),
 		Overlays:   namesOrAll(*overlays),
@@ -183,7 +188,7 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			return err
 		}
 
-		copyOpts.Verifier = imagecache.VerifierFunc(v.Check)
+		copyOpts.Verifier = v
 	}
 
 	plan, err := mirror.NewPlan(ctx, src, sel)
@@ -241,7 +246,7 @@ func carriedRoot(ctx context.Context, mode, tufURL, tufRootFile string, src mirr
 			return nil, errors.New("--trusted-root source: the upstream registries carry no trusted root; use --trusted-root tuf")
 		}
 
-		return readCarriedRoot(ctx, src)
+		return mirror.CarriedRoot(src)(ctx)
 	case "tuf":
 		anchor := signing.PublicGoodTUFRoot()
 
@@ -268,16 +273,6 @@ func carriedRoot(ctx context.Context, mode, tufURL, tufRootFile string, src mirr
 	}
 }
 
-// readCarriedRoot reads the trusted root an endpoint carries; nil if none.
-func readCarriedRoot(ctx context.Context, ep mirror.Endpoint) (*signing.CarriedRoot, error) {
-	tr, err := mirror.ReadTrustedRoot(ctx, ep)
-	if err != nil || tr == nil {
-		return nil, err
-	}
-
-	return signing.ParseCarriedRoot(tr.JSON, tr.TUF)
-}
-
 // endpoint parses an endpoint; --insecure makes a registry plain HTTP.
 func endpoint(s string, insecure bool, opts []remote.Option) (mirror.Endpoint, error) {
 	ep, err := mirror.ParseEndpoint(s, opts...)
@@ -297,6 +292,22 @@ func endpoint(s string, insecure bool, opts []remote.Option) (mirror.Endpoint, e
 	}
 
 	return ep, nil
+}
+
+// parseVersions reads --version's comma-separated Talos versions.
+func parseVersions(s string) ([]release.Version, error) {
+	var vs []release.Version
+
+	for _, p := range splitList(s) {
+		v, err := release.ParseVersion(p)
+		if err != nil {
+			return nil, fmt.Errorf("--version: %w", err)
+		}
+
+		vs = append(vs, v)
+	}
+
+	return vs, nil
 }
 
 func splitList(s string) []string {

@@ -24,9 +24,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
 )
 
 // talosVersion is the version of kiln's bench release and of the imager's
@@ -198,7 +198,7 @@ func seedKiln(ctx context.Context, bin, dir, policy string, key *signingtest.Key
 		release.SDBootAsset: in.sdBoot, release.SDStubAsset: in.sdStub,
 	}
 
-	if _, err := testrelease.Push(ctx, testrelease.Options{
+	if _, err := demo.Push(ctx, demo.Options{
 		Version: talosVersion, Registry: reg, Remote: opts, KernelVersion: in.kernelVersion,
 		Assets: func(arch, file string) ([]byte, error) {
 			if p, ok := files[file]; ok && arch == "amd64" {

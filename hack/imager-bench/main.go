@@ -5,7 +5,7 @@
 //
 // kiln is driven as a user drives it: the real binary (kiln serve) with a
 // release pushed into its embedded registry from the bench's inputs
-// (testrelease.Push, signed, under a trust policy naming the key), a new
+// (demo.Push, signed, under a trust policy naming the key), a new
 // schematic per measured build so that every GET is cold, and the asset
 // downloaded over loopback. Talos's imager runs once per asset in its own
 // process, with the factory's post-processing (zstd -T0 -18, xz -0 -T0).

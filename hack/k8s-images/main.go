@@ -286,7 +286,7 @@ func render(entries []entry, leftOut []string) ([]byte, error) {
 				e.version, strings.Join(differ, ", "))
 		}
 
-		fmt.Fprintf(&b, "\t{Version: %q, Images: []string{\n", e.version)
+		fmt.Fprintf(&b, "\t{Version: MustParseVersion(%q), Images: []string{\n", e.version)
 
 		for _, img := range e.row.Images {
 			fmt.Fprintf(&b, "\t\t%q,\n", img)

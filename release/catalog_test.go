@@ -1,12 +1,10 @@
-package builder
+package release
 
 import (
 	"maps"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-
-	"github.com/kiln-dev/kiln/release"
 )
 
 // factoryAliases is image-factory's extensionNameAlias (internal/profile),
@@ -25,10 +23,10 @@ var factoryAliases = map[string]string{
 	"siderolabs/amdgpu-firmware":                "siderolabs/amdgpu",
 }
 
-func catalogOf(t *testing.T, names ...string) []release.Extension {
+func catalogOf(t *testing.T, names ...string) []Extension {
 	t.Helper()
 
-	var exts []release.Extension
+	var exts []Extension
 
 	for _, n := range names {
 		tag, err := name.NewTag("ghcr.io/" + n + ":1.0")
@@ -36,7 +34,7 @@ func catalogOf(t *testing.T, names ...string) []release.Extension {
 			t.Fatal(err)
 		}
 
-		exts = append(exts, release.Extension{Ref: tag, Digest: "sha256:" + n})
+		exts = append(exts, Extension{Ref: tag, Digest: "sha256:" + n})
 	}
 
 	return exts
@@ -56,33 +54,33 @@ func TestExtensionAliases(t *testing.T) {
 
 	for old, renamed := range factoryAliases {
 		t.Run(old, func(t *testing.T) {
-			e, ok := findExtension(catalog, old)
+			e, ok := FindExtension(catalog, old)
 			if !ok || e.Name() != renamed {
-				t.Errorf("findExtension(%s) = %s, %v; want %s", old, e.Name(), ok, renamed)
+				t.Errorf("FindExtension(%s) = %s, %v; want %s", old, e.Name(), ok, renamed)
 			}
 
 			// The current name resolves to itself.
-			if e, ok := findExtension(catalog, renamed); !ok || e.Name() != renamed {
-				t.Errorf("findExtension(%s) = %s, %v", renamed, e.Name(), ok)
+			if e, ok := FindExtension(catalog, renamed); !ok || e.Name() != renamed {
+				t.Errorf("FindExtension(%s) = %s, %v", renamed, e.Name(), ok)
 			}
 
 			// A catalog that still has the old name gives the old image,
 			// as the factory tries the name before its alias.
 			both := catalogOf(t, renamed, old)
-			if e, ok := findExtension(both, old); !ok || e.Name() != old {
-				t.Errorf("with both in the catalog, findExtension(%s) = %s, %v", old, e.Name(), ok)
+			if e, ok := FindExtension(both, old); !ok || e.Name() != old {
+				t.Errorf("with both in the catalog, FindExtension(%s) = %s, %v", old, e.Name(), ok)
 			}
 
 			// An alias does not help when the catalog lacks the new name.
-			if _, ok := findExtension(catalogOf(t, "siderolabs/gvisor"), old); ok {
-				t.Errorf("findExtension(%s) found something in a catalog without %s", old, renamed)
+			if _, ok := FindExtension(catalogOf(t, "siderolabs/gvisor"), old); ok {
+				t.Errorf("FindExtension(%s) found something in a catalog without %s", old, renamed)
 			}
 		})
 	}
 
 	for _, unknown := range []string{"i915-ucode", "siderolabs/i915-ucode-lts", "ghcr.io/siderolabs/i915-ucode", ""} {
-		if e, ok := findExtension(catalog, unknown); ok {
-			t.Errorf("findExtension(%q) = %s, want not found (the factory has no such alias)", unknown, e.Name())
+		if e, ok := FindExtension(catalog, unknown); ok {
+			t.Errorf("FindExtension(%q) = %s, want not found (the factory has no such alias)", unknown, e.Name())
 		}
 	}
 }

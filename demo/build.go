@@ -1,4 +1,4 @@
-package testrelease
+package demo
 
 import (
 	"archive/tar"

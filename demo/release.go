@@ -1,4 +1,4 @@
-package testrelease
+package demo
 
 import (
 	"context"
@@ -64,6 +64,9 @@ type Options struct {
 	// usr/lib/modules/<kver>/ and their content, e.g. a real module of the
 	// kernel passed through Assets.
 	Modules map[string][]byte
+
+	// ver is Version, parsed by validate.
+	ver release.Version
 }
 
 // The SELinux labels the synthetic gvisor extension carries on
@@ -112,7 +115,7 @@ func Push(ctx context.Context, opts Options) (*Release, error) {
 	}
 
 	if opts.KubernetesImages == nil {
-		refs, err := release.KubernetesImages(opts.Version)
+		refs, err := release.KubernetesImages(opts.ver)
 		if err != nil {
 			return nil, fmt.Errorf("test release: %w", err)
 		}
@@ -120,7 +123,10 @@ func Push(ctx context.Context, opts Options) (*Release, error) {
 		opts.KubernetesImages = refs
 	}
 
-	p := &pusher{opts: &opts, remote: append(append([]remote.Option(nil), opts.Remote...), remote.WithContext(ctx))}
+	p := &pusher{
+		opts: &opts, mirror: release.Mirror{Registry: opts.Registry, Namespace: opts.Namespace},
+		remote: append(append([]remote.Option(nil), opts.Remote...), remote.WithContext(ctx)),
+	}
 	rel := &Release{
 		Version:         opts.Version,
 		KernelVersion:   opts.KernelVersion,
@@ -154,9 +160,12 @@ func (o *Options) validate() error {
 		return fmt.Errorf("test release: version %q: must start with \"v\"", o.Version)
 	}
 
-	if _, err := release.ParseVersion(o.Version); err != nil {
+	v, err := release.ParseVersion(o.Version)
+	if err != nil {
 		return fmt.Errorf("test release: %w", err)
 	}
+
+	o.ver = v
 
 	// The zero name.Registry means Docker Hub; a synthetic release never
 	// belongs there, so treat it as "not set".
@@ -164,12 +173,9 @@ func (o *Options) validate() error {
 		return fmt.Errorf("test release %s: registry is required", o.Version)
 	}
 
-	// Registry.Repo does not validate, so check the namespace here rather
-	// than fail halfway through the push.
-	if ns := strings.Trim(o.Namespace, "/"); ns != "" {
-		if _, err := name.NewRepository(o.Registry.RegistryStr()+"/"+ns+"/"+release.ImagerRepo, name.StrictValidation); err != nil {
-			return fmt.Errorf("test release %s: namespace %q: %w", o.Version, o.Namespace, err)
-		}
+	// Check the namespace here rather than fail halfway through the push.
+	if _, err := (release.Mirror{Registry: o.Registry, Namespace: o.Namespace}).Repo(release.ImagerRepo); err != nil {
+		return fmt.Errorf("test release %s: namespace %q: %w", o.Version, o.Namespace, err)
 	}
 
 	return nil
@@ -178,29 +184,22 @@ func (o *Options) validate() error {
 // pusher writes indexes and records (and signs) what it wrote.
 type pusher struct {
 	opts   *Options
+	mirror release.Mirror
 	remote []remote.Option
 	pushed []name.Digest
-}
-
-// repo is the mirror repository of an upstream repository path such as
-// "siderolabs/imager" or "registry.k8s.io/etcd", built from Registry
-// directly so an insecure registry stays insecure.
-func (p *pusher) repo(mirrorPath string) name.Repository {
-	if ns := strings.Trim(p.opts.Namespace, "/"); ns != "" {
-		return p.opts.Registry.Repo(ns, mirrorPath)
-	}
-
-	return p.opts.Registry.Repo(mirrorPath)
 }
 
 // push writes idx as mirrorPath:tag (children first, by remote.WriteIndex)
 // and signs each child, then the index.
 func (p *pusher) push(ctx context.Context, mirrorPath, tag string, idx v1.ImageIndex) (name.Digest, error) {
-	repo := p.repo(mirrorPath)
-
-	upstream, err := name.NewRepository(release.UpstreamPath(mirrorPath))
+	repo, err := p.mirror.Repo(mirrorPath)
 	if err != nil {
-		return name.Digest{}, fmt.Errorf("upstream of %s: %w", mirrorPath, err)
+		return name.Digest{}, err
+	}
+
+	upstream, err := release.UpstreamRepo(mirrorPath)
+	if err != nil {
+		return name.Digest{}, err
 	}
 
 	ref := repo.Tag(tag)
@@ -269,11 +268,7 @@ func (p *pusher) pushFiles(ctx context.Context, mirrorPath, tag, createdBy strin
 // own layer shared by both platform images.
 func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 	version := p.opts.Version
-
-	baseRepo, err := release.BaseInstallerRepo(version)
-	if err != nil {
-		return err
-	}
+	baseRepo := release.BaseInstallerRepo(p.opts.ver)
 
 	baseLayers := map[string]v1.Layer{}
 	for _, arch := range release.Arches {
@@ -366,7 +361,7 @@ func pushExtensions(ctx context.Context, p *pusher, rel *Release) error {
 			return fmt.Errorf("extension %s: %w", ext.name, err)
 		}
 
-		line := upstreamHost + "/" + repoPath + ":" + ext.tag + "@" + d.DigestStr()
+		line := release.UpstreamPath(repoPath) + ":" + ext.tag + "@" + d.DigestStr()
 		lines = append(lines, line)
 		descriptions[line] = catalogDescription{Author: extensionAuthor, Description: ext.description}
 		rel.ExtensionImages[repoPath] = d
@@ -412,7 +407,7 @@ func pushOverlays(ctx context.Context, p *pusher, rel *Release) error {
 		for _, n := range ov.names {
 			catalog.Overlays = append(catalog.Overlays, overlayEntry{
 				Name:   n,
-				Image:  upstreamHost + "/" + repoPath + ":" + ov.tag,
+				Image:  release.UpstreamPath(repoPath) + ":" + ov.tag,
 				Digest: d.DigestStr(),
 			})
 		}
@@ -436,8 +431,8 @@ func pushOverlays(ctx context.Context, p *pusher, rel *Release) error {
 
 // pushTalosctl pushes talosctl-all, which releases publish from 1.11.
 func pushTalosctl(ctx context.Context, p *pusher, rel *Release) error {
-	if ok, err := release.HasTalosctlAll(p.opts.Version); err != nil || !ok {
-		return err
+	if !release.HasTalosctlAll(p.opts.ver) {
+		return nil
 	}
 
 	files := talosctlFiles(p.opts.Version)

@@ -1,4 +1,4 @@
-package server
+package demo
 
 import (
 	"bytes"
@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -19,43 +18,49 @@ import (
 
 	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/release"
-	"github.com/kiln-dev/kiln/signing/signingtest"
-	"github.com/kiln-dev/kiln/testrelease"
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // The demo release lives under its own namespace of the embedded registry
 // and is trusted through its own key, for that namespace only: the demo key
 // applies to nothing a user mirrors.
 const (
-	demoNamespace = "kiln-demo"
-	demoDir       = "demo"
-	demoPubKey    = "cosign.pub"
-	// demoPrivKey is the demo key's private half, kept so that a version
-	// seeded again is signed by the key already trusted.
-	demoPrivKey = "cosign.key"
-	// demoPolicy is a trust policy for clients of the demo (kiln cache
-	// create --mirror <kiln>/kiln-demo), next to the key it names.
-	demoPolicy = "trust-policy.yaml"
+	// Namespace is where the demo release is seeded in the registry.
+	Namespace = "kiln-demo"
+	// Dir is the demo's directory in the data directory.
+	Dir = "demo"
+	// PublicKeyFile is the demo key's public half, in Dir.
+	PublicKeyFile = "cosign.pub"
+	// KeyFile is the demo key's private half (0600), in Dir: kept so that a
+	// version seeded again is signed by the key already trusted.
+	KeyFile = "cosign.key"
+	// PolicyFile is a trust policy for clients of the demo (kiln cache
+	// create --mirror <kiln>/kiln-demo), in Dir, next to the key it names.
+	PolicyFile = "trust-policy.yaml"
+	// ruleName names the demo key's trust-policy rule and key.
+	ruleName = "kiln-demo"
 )
 
-// demoVersions are seeded, newest last.
-var demoVersions = []string{"v1.12.0", "v1.13.0"}
+// Versions are the Talos versions seeded, oldest first.
+func Versions() []release.Version {
+	return []release.Version{release.MustParseVersion("v1.12.0"), release.MustParseVersion("v1.13.0")}
+}
 
-// demoRule is the trust-policy rule of the demo key, given as key (a
-// policy key entry: its PEM, or the path of its file).
-func demoRule(key map[string]any) map[string]any {
-	patterns := []string{}
-	for p := demoNamespace; len(patterns) < 5; p += "/*" {
+// repositories are the demo rule's patterns: everything under Namespace, up
+// to four path elements deep (registry.k8s.io/coredns/coredns).
+func repositories() []string {
+	var patterns []string
+	for p := Namespace; len(patterns) < 5; p += "/*" {
 		patterns = append(patterns, p+"/*")
 	}
 
-	key["name"] = "kiln-demo"
+	return patterns
+}
 
-	return map[string]any{
-		"name":         "kiln-demo",
-		"repositories": patterns,
-		"keys":         []any{key},
-	}
+// Policy is the trust policy of the demo release: the demo key, trusted
+// for Namespace only. Prepend it to the configured policy.
+func Policy(publicKeyPEM []byte) (*signing.Policy, error) {
+	return signing.KeyPolicy(ruleName, publicKeyPEM, repositories()...)
 }
 
 // writeDemoPolicy writes the demo's trust policy beside its key, so that a
@@ -63,14 +68,18 @@ func demoRule(key map[string]any) map[string]any {
 // It is derived, not configuration: written when missing or different, so a
 // start on a read-only data directory that holds it writes nothing.
 func writeDemoPolicy(dir string) error {
-	data, err := yaml.Marshal(map[string]any{"rules": []any{demoRule(map[string]any{"path": demoPubKey})}})
+	data, err := yaml.Marshal(map[string]any{"rules": []any{map[string]any{
+		"name":         ruleName,
+		"repositories": repositories(),
+		"keys":         []any{map[string]any{"name": ruleName, "path": PublicKeyFile}},
+	}}})
 	if err != nil {
 		return err
 	}
 
 	data = append([]byte("# The demo release's trust policy, written by kiln serve --demo; the key path is relative to this file.\n"), data...)
 
-	path := filepath.Join(dir, demoPolicy)
+	path := filepath.Join(dir, PolicyFile)
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}
@@ -113,37 +122,38 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// demoSeed is the outcome of seedDemo.
-type demoSeed struct {
-	// pub is the demo key's public half, for the trust policy.
-	pub []byte
+// Seeded is the outcome of Seed.
+type Seeded struct {
+	// PublicKey is the demo key's public half (Policy trusts it).
+	PublicKey []byte
 	// pushed maps each version seeded now to the digests of its release
 	// images by mirror path: what its release lock must record.
-	pushed map[string]map[string]string
+	pushed map[release.Version]map[string]string
 }
 
-// seedDemo pushes the signed synthetic release into the embedded registry,
-// under demoNamespace, for each demo version that was never seeded (its
-// imager tag is absent and it has no release lock), and returns the demo
-// key. The key is made once and kept (cosign.key, 0600, beside cosign.pub),
-// so a version seeded later is signed by the key the policy already names.
-// A version seeded before is never pushed again: whatever its tags say now
-// (an admin's re-tag, a deleted tag) is left for its release lock to judge,
-// not silently undone.
-func seedDemo(ctx context.Context, src *artifacts.Source, dataDir string, locks artifacts.LockStore, logger *slog.Logger) (*demoSeed, error) {
-	dir := filepath.Join(dataDir, demoDir)
+// Seed pushes the signed synthetic release into the registry of src, under
+// Namespace, for each demo version that was never seeded (its imager tag is
+// absent and it has no release lock), and returns the demo key. The key is
+// made once and kept (KeyFile, 0600, beside PublicKeyFile), so a version
+// seeded later is signed by the key the policy already names. A version
+// seeded before is never pushed again: whatever its tags say now (an
+// admin's re-tag, a deleted tag) is left for its release lock to judge, not
+// silently undone. Each image is signed as the upstream repository it
+// stands for, as a real release's images are.
+func Seed(ctx context.Context, src *artifacts.Source, dataDir string, locks artifacts.LockStore, logger *slog.Logger) (*Seeded, error) {
+	dir := filepath.Join(dataDir, Dir)
 	demoSrc := *src
-	demoSrc.Namespace = demoNamespace
+	demoSrc.Namespace = Namespace
 
 	tags, err := demoSrc.Tags(ctx, release.ImagerRepo)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 
-	var missing []string
+	var missing []release.Version
 
-	for _, v := range demoVersions {
-		if slices.Contains(tags, v) {
+	for _, v := range Versions() {
+		if slices.Contains(tags, v.String()) {
 			continue
 		}
 
@@ -164,7 +174,7 @@ func seedDemo(ctx context.Context, src *artifacts.Source, dataDir string, locks 
 		return nil, err
 	}
 
-	seed := &demoSeed{pub: pub, pushed: map[string]map[string]string{}}
+	seed := &Seeded{PublicKey: pub, pushed: map[release.Version]map[string]string{}}
 
 	if len(missing) == 0 && pub != nil {
 		if err := writeDemoPolicy(dir); err != nil {
@@ -177,39 +187,37 @@ func seedDemo(ctx context.Context, src *artifacts.Source, dataDir string, locks 
 	// Seeding writes the key and the registry: say so plainly on a data
 	// directory that cannot be written, rather than fail inside a push.
 	if err := writable(dataDir); err != nil {
-		return nil, fmt.Errorf("demo: %s is not seeded and cannot be (%v): start once with a writable --data-dir, or drop --demo", strings.Join(missing, ", "), err)
+		return nil, fmt.Errorf("demo: %v is not seeded and cannot be (%v): start once with a writable --data-dir, or drop --demo", missing, err)
 	}
 
 	if key == nil {
-		if len(missing) < len(demoVersions) {
+		if len(missing) < len(Versions()) {
 			// Seeded by an older kiln, which kept only the public half, or
 			// the key was deleted: what is there was signed by a key that
 			// can sign nothing more, so every version is seeded again with
 			// a new one.
 			logger.Warn("demo: the demo key's private half is missing; seeding every demo version again with a new key", "dir", dir)
 
-			missing = demoVersions
+			missing = Versions()
 		}
 
 		if key, err = newDemoKey(dir); err != nil {
 			return nil, err
 		}
 
-		seed.pub = key.PublicKeyPEM()
+		seed.PublicKey = key.PublicKeyPEM()
 	}
 
 	start := time.Now()
 
 	for _, v := range missing {
-		rel, err := testrelease.Push(ctx, testrelease.Options{
-			Version:   v,
+		rel, err := Push(ctx, Options{
+			Version:   v.String(),
 			Registry:  src.Registry,
-			Namespace: demoNamespace,
+			Namespace: Namespace,
 			Remote:    src.Remote,
-			// Signed as the upstream repository each image stands for, as a
-			// real release's images are.
 			Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
-				return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key, src.Remote...)
+				return key.SignLegacyAs(ctx, ref, upstream, src.Remote...)
 			},
 		})
 		if err != nil {
@@ -235,15 +243,15 @@ func seedDemo(ctx context.Context, src *artifacts.Source, dataDir string, locks 
 		return nil, fmt.Errorf("demo trust policy: %w", err)
 	}
 
-	logger.Info("seeded the demo release", "versions", missing, "namespace", demoNamespace, "duration", time.Since(start))
+	logger.Info("seeded the demo release", "versions", missing, "namespace", Namespace, "duration", time.Since(start))
 
 	return seed, nil
 }
 
 // loadDemoKey reads the demo key kept in dir: the key pair, the public half
 // alone (written by an older kiln), or nothing.
-func loadDemoKey(dir string) (*signingtest.Key, []byte, error) {
-	pub, err := os.ReadFile(filepath.Join(dir, demoPubKey))
+func loadDemoKey(dir string) (*signing.Signer, []byte, error) {
+	pub, err := os.ReadFile(filepath.Join(dir, PublicKeyFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
 	}
@@ -252,49 +260,40 @@ func loadDemoKey(dir string) (*signingtest.Key, []byte, error) {
 		return nil, nil, fmt.Errorf("demo key: %w", err)
 	}
 
-	priv, err := os.ReadFile(filepath.Join(dir, demoPrivKey))
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, KeyFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil, pub, nil
 	}
 
+	key, _, err := signing.LoadOrCreateSigner(filepath.Join(dir, KeyFile))
 	if err != nil {
 		return nil, nil, fmt.Errorf("demo key: %w", err)
 	}
 
-	key, err := signingtest.ParseKey(priv)
-	if err != nil {
-		return nil, nil, fmt.Errorf("demo key %s: %w", filepath.Join(dir, demoPrivKey), err)
-	}
-
 	if !bytes.Equal(key.PublicKeyPEM(), pub) {
-		return nil, nil, fmt.Errorf("demo key: %s is not the public half of %s", demoPubKey, demoPrivKey)
+		return nil, nil, fmt.Errorf("demo key: %s is not the public half of %s", PublicKeyFile, KeyFile)
 	}
 
 	return key, pub, nil
 }
 
 // newDemoKey makes the demo key and keeps it in dir: the private half
-// first (0600), so a crash never leaves a public key nothing can sign for.
-func newDemoKey(dir string) (*signingtest.Key, error) {
-	key, err := signingtest.GenerateKey(signingtest.ECDSAP256)
-	if err != nil {
-		return nil, fmt.Errorf("demo key: %w", err)
-	}
-
-	priv, err := key.PrivateKeyPEM()
-	if err != nil {
-		return nil, fmt.Errorf("demo key: %w", err)
-	}
-
+// first (0600, a key left by an older demo replaced), so a crash never
+// leaves a public key nothing can sign for.
+func newDemoKey(dir string) (*signing.Signer, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("demo key: %w", err)
 	}
 
-	if err := writeFileAtomic(filepath.Join(dir, demoPrivKey), priv, 0o600); err != nil {
+	if err := os.Remove(filepath.Join(dir, KeyFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("demo key: %w", err)
 	}
 
-	if err := writeFileAtomic(filepath.Join(dir, demoPubKey), key.PublicKeyPEM(), 0o644); err != nil {
+	key, _, err := signing.LoadOrCreateSigner(filepath.Join(dir, KeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("demo key: %w", err)
+	}
+
+	if err := writeFileAtomic(filepath.Join(dir, PublicKeyFile), key.PublicKeyPEM(), 0o644); err != nil {
 		return nil, fmt.Errorf("demo key: %w", err)
 	}
 
@@ -314,14 +313,15 @@ func writable(dir string) error {
 	return os.Remove(name)
 }
 
-// lockDemo records the release lock of each demo version seeded now (the
+// Lock records the release lock of each demo version seeded now (the
 // digests just pushed) and of any demo version without one (a data
-// directory seeded by an older kiln: what its tags say now).
-func lockDemo(ctx context.Context, m *artifacts.Manager, seed *demoSeed, logger *slog.Logger) error {
-	for _, v := range demoVersions {
-		want, pushed := seed.pushed[v]
+// directory seeded by an older kiln: what its tags say now). m reads the
+// demo's namespace.
+func (s *Seeded) Lock(ctx context.Context, m *artifacts.Manager, logger *slog.Logger) error {
+	for _, v := range Versions() {
+		want, pushed := s.pushed[v]
 
-		old, err := m.Lock(v)
+		old, err := m.Lock(v.String())
 		if err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
@@ -330,7 +330,7 @@ func lockDemo(ctx context.Context, m *artifacts.Manager, seed *demoSeed, logger 
 			continue
 		}
 
-		l, err := m.RecordLock(ctx, v, want, "kiln serve --demo")
+		l, err := m.RecordLock(ctx, v.String(), want, "kiln serve --demo")
 		if err != nil {
 			return fmt.Errorf("demo: release lock of %s: %w", v, err)
 		}

@@ -1,4 +1,4 @@
-package testrelease
+package demo
 
 import (
 	"bufio"
@@ -98,7 +98,7 @@ func TestPushShapes(t *testing.T) {
 
 			want := tc.k8s
 			if want == nil {
-				want, _ = release.KubernetesImages(tc.version)
+				want, _ = release.KubernetesImages(release.MustParseVersion(tc.version))
 			}
 
 			if len(rel.KubernetesImages) != len(want) {
@@ -150,9 +150,9 @@ func TestPush(t *testing.T) {
 	mirror := func(upstream string) name.Reference {
 		t.Helper()
 
-		ref, err := release.MirrorReference(upstream, reg, "demo")
+		ref, err := release.Mirror{Registry: reg, Namespace: "demo"}.Ref(upstream)
 		if err != nil {
-			t.Fatalf("MirrorReference(%q): %v", upstream, err)
+			t.Fatalf("Mirror.Ref(%q): %v", upstream, err)
 		}
 
 		return ref
@@ -193,7 +193,7 @@ func TestPush(t *testing.T) {
 			tagged(t, upstream, want)
 		}
 
-		k8s, err := release.KubernetesImages(testVersion)
+		k8s, err := release.KubernetesImages(release.MustParseVersion(testVersion))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,7 +302,7 @@ func TestPush(t *testing.T) {
 			// The digest resolves by digest and by tag on the mirror.
 			byDigest := mirror(line)
 			if byDigest.Identifier() != digest {
-				t.Fatalf("MirrorReference(%q) = %s", line, byDigest)
+				t.Fatalf("Mirror.Ref(%q) = %s", line, byDigest)
 			}
 
 			tagged(t, tag, rel.ExtensionImages[tr.RepositoryStr()])

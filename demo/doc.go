@@ -1,7 +1,10 @@
-// Package testrelease generates a synthetic, deterministic Talos release with
-// the real registry layout and pushes it to a registry, so that kiln's tests
-// and `kiln serve --demo` have something to mirror, verify and build from
-// without reaching ghcr.io.
+// Package demo is kiln's synthetic Talos release: Push generates a
+// deterministic release with the real registry layout and pushes it to a
+// registry, so that `kiln serve --demo` and kiln's tests have something to mirror, verify and build from without
+// reaching ghcr.io; Seed is what `kiln serve --demo` does with it: signs it
+// with a key of its own, pushes each version once into the embedded
+// registry, and gives the trust policy rule and the release locks that go
+// with it. All of it is production code: nothing of a test kit.
 //
 // A release is: the imager (boot assets for both arches under usr/install/),
 // installer-base (the full installer before 1.10), extension images and
@@ -21,5 +24,8 @@
 // carries synthetic ELF modules that need a base module, and gvisor's
 // files carry SELinux labels as PAX records. Tar headers, config
 // timestamps and compression are fixed, so the same Options always yield
-// the same digests.
-package testrelease
+// the same digests. The image histories still say "kiln testrelease", the
+// package's name before it became demo: changing them would change every
+// digest, and a data directory seeded before would then refuse its own demo
+// release by its locks.
+package demo

@@ -1,4 +1,4 @@
-package testrelease
+package demo
 
 import (
 	"bytes"
@@ -6,16 +6,18 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
+	"slices"
 	"sort"
 	"strings"
-	"testing/fstest"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 
 	"github.com/kiln-dev/kiln/internal/depmod"
 	"github.com/kiln-dev/kiln/internal/squashfs"
+	"github.com/kiln-dev/kiln/release"
 )
 
 // syntheticModule describes a stand-in kernel module: an ELF relocatable
@@ -245,30 +247,21 @@ func (s *stringTable) bytes() []byte {
 // path, with depmod's files, as Talos builds it (depmod -b in its
 // Dockerfile), so that extensions with kernel modules can be built
 // against it.
-func placeholderRootfs(version, arch, kver string) ([]byte, error) {
-	q := quirks.New(version)
+func placeholderRootfs(version release.Version, arch, kver string) ([]byte, error) {
+	q := quirks.New(version.String())
 	modDir := strings.TrimPrefix(q.KernelModulesPath(), "/") + "/" + kver
 
-	mods := moduleFiles(baseModules(), arch, kver)
+	tree := moduleFiles(baseModules(), arch, kver)
+	tree["modules.order"] = []byte("kernel/lib/libcrc32c.ko\n")
+	tree["modules.builtin"] = []byte("kernel/fs/ext4/ext4.ko\nkernel/drivers/block/loop.ko\n")
+	tree["modules.builtin.modinfo"] = []byte("ext4.license=GPL\x00ext4.alias=fs-ext4\x00ext4.alias=ext3\x00loop.alias=devname:loop-control\x00loop.alias=char-major-10-237\x00")
 
-	tree := fstest.MapFS{
-		"modules.order":           {Data: []byte("kernel/lib/libcrc32c.ko\n")},
-		"modules.builtin":         {Data: []byte("kernel/fs/ext4/ext4.ko\nkernel/drivers/block/loop.ko\n")},
-		"modules.builtin.modinfo": {Data: []byte("ext4.license=GPL\x00ext4.alias=fs-ext4\x00ext4.alias=ext3\x00loop.alias=devname:loop-control\x00loop.alias=char-major-10-237\x00")},
-	}
-
-	for p, data := range mods {
-		tree[p] = &fstest.MapFile{Data: data, Mode: 0o644}
-	}
-
-	generated, err := depmod.Generate(tree, depmod.Options{Search: []string{"extras", depmod.BuiltIn}})
+	generated, err := depmodFiles(tree)
 	if err != nil {
 		return nil, err
 	}
 
-	for name, data := range generated {
-		tree[name] = &fstest.MapFile{Data: data, Mode: 0o644}
-	}
+	maps.Copy(tree, generated)
 
 	comp := squashfs.XZ
 	if q.UseZSTDCompression() {
@@ -301,7 +294,7 @@ func placeholderRootfs(version, arch, kver string) ([]byte, error) {
 	sort.Strings(names)
 
 	for _, p := range names {
-		if err := w.Create(path.Join(modDir, p), fs.FileMode(0o644), bytes.NewReader(tree[p].Data), nil); err != nil {
+		if err := w.Create(path.Join(modDir, p), fs.FileMode(0o644), bytes.NewReader(tree[p]), nil); err != nil {
 			return nil, err
 		}
 	}
@@ -311,6 +304,35 @@ func placeholderRootfs(version, arch, kver string) ([]byte, error) {
 	}
 
 	return img.b, nil
+}
+
+// depmodFiles computes depmod's files for a module tree (paths relative to
+// lib/modules/<kver>), read by depmod.Generate from a squashfs of it: the
+// file system the release's own tree lives in.
+func depmodFiles(tree map[string][]byte) (map[string][]byte, error) {
+	var img memWriterAt
+
+	w, err := squashfs.NewWriter(&img, squashfs.Options{ZstdLevel: zstd.SpeedFastest, ModTime: epoch()})
+	if err != nil {
+		return nil, err
+	}
+
+	for _, p := range slices.Sorted(maps.Keys(tree)) {
+		if err := w.Create(p, 0o644, bytes.NewReader(tree[p]), nil); err != nil {
+			return nil, err
+		}
+	}
+
+	if _, err := w.Close(); err != nil {
+		return nil, err
+	}
+
+	fsys, err := squashfs.NewReader(bytes.NewReader(img.b), int64(len(img.b)))
+	if err != nil {
+		return nil, err
+	}
+
+	return depmod.Generate(fsys, depmod.Options{Search: []string{"extras", depmod.BuiltIn}})
 }
 
 // memWriterAt is an in-memory io.WriterAt.

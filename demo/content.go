@@ -1,4 +1,4 @@
-package testrelease
+package demo
 
 import (
 	"errors"
@@ -10,11 +10,6 @@ import (
 
 	"github.com/kiln-dev/kiln/release"
 )
-
-// upstreamHost is where every siderolabs image of a real release lives; the
-// catalogs name it even on a mirror (kiln rewrites it with
-// release.MirrorReference).
-const upstreamHost = "ghcr.io"
 
 // versionLabel is the label the real imager and installer-base carry.
 const versionLabel = "alpha.talos.dev/version"
@@ -34,7 +29,7 @@ func bootAssets(o *Options, arch string) ([]entry, error) {
 		}
 
 		if data == nil {
-			if data, err = placeholderAsset(o.Version, arch, name, o.KernelVersion); err != nil {
+			if data, err = placeholderAsset(o.ver, arch, name, o.KernelVersion); err != nil {
 				return nil, err
 			}
 		}
@@ -75,7 +70,7 @@ func (o *Options) asset(arch, name string) ([]byte, error) {
 // zstd newc initramfs with a placeholder /init and a real /rootfs.sqsh, the
 // two files the real one holds (placeholderRootfs: the module tree a
 // build with kernel-module extensions needs).
-func placeholderAsset(version, arch, name, kver string) ([]byte, error) {
+func placeholderAsset(version release.Version, arch, name, kver string) ([]byte, error) {
 	what := fmt.Sprintf("talos %s %s %s", version, arch, name)
 
 	if name != release.InitramfsAsset {
