@@ -210,6 +210,10 @@ func Seed(ctx context.Context, src *artifacts.Source, dataDir string, locks arti
 
 	start := time.Now()
 
+	// A first start spends seconds here (longer on a busy machine) before
+	// kiln serves; say so rather than look hung.
+	logger.Info("seeding the demo release before serving (first start only)", "versions", missing, "namespace", Namespace)
+
 	for _, v := range missing {
 		rel, err := Push(ctx, Options{
 			Version:   v.String(),
