@@ -391,9 +391,14 @@ func (j *job) disk(ctx context.Context, w storage.AssetWriter) error {
 		params.Size = disk.SDBootDiskSize + part.Size
 	}
 
-	raw := w.File()
+	// File() turns off the writer's streaming digest (the disk is written
+	// at offsets), so only an uncompressed disk asks for it: a compressed
+	// one reaches the asset through Write and is digested as it goes.
+	var raw *os.File
 
-	if p.Output.Compression != "" {
+	if p.Output.Compression == "" {
+		raw = w.File()
+	} else {
 		if raw, err = os.Create(filepath.Join(j.tmp, "disk.raw")); err != nil {
 			return err
 		}
