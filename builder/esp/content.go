@@ -19,6 +19,23 @@ import (
 // read once from the file's reader, in runs as long as the allocation is
 // contiguous (copy_file_range for an *os.File).
 
+// marker returns the marker for files: as long as the largest, so that
+// each file is one go-diskfs Write (each rewrites both FATs), mapped and
+// never touched, so it costs address space, not memory; a 4 MiB buffer
+// where it cannot be mapped.
+func marker(files []File) ([]byte, func()) {
+	var n int64
+	for _, f := range files {
+		n = max(n, f.Size)
+	}
+	if n > copyChunk {
+		if m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE); err == nil {
+			return m, func() { _ = unix.Munmap(m) }
+		}
+	}
+	return make([]byte, copyChunk), func() {}
+}
+
 // markStorage is the go-diskfs backend of BuildAt.
 type markStorage struct {
 	backend.Storage
@@ -61,14 +78,18 @@ func (w *markWrites) WriteAt(b []byte, off int64) (int, error) {
 }
 
 // copyContent writes f's bytes at runs (which cover 0..f.Size in order),
-// reading f once; buf is scratch.
-func copyContent(ctx context.Context, out *os.File, f File, runs []run, buf []byte) error {
+// reading f once.
+func copyContent(ctx context.Context, out *os.File, f File, runs []run) error {
 	src, err := f.Open()
 	if err != nil {
 		return fmt.Errorf("esp: open %s: %w", f.Path, err)
 	}
 	defer src.Close()
 	var n int64
+	var buf []byte // for readers that are not files
+	if _, ok := src.(*os.File); !ok {
+		buf = make([]byte, min(copyChunk, max(f.Size, 1)))
+	}
 	for _, r := range runs {
 		if r.at != n {
 			return fmt.Errorf("esp: %s: go-diskfs wrote byte %d, expected %d", f.Path, r.at, n)
@@ -85,7 +106,8 @@ func copyContent(ctx context.Context, out *os.File, f File, runs []run, buf []by
 	if n != f.Size {
 		return fmt.Errorf("esp: %s: go-diskfs wrote %d bytes of its %d", f.Path, n, f.Size)
 	}
-	if m, _ := io.ReadFull(src, buf[:1]); m != 0 {
+	var one [1]byte
+	if m, _ := io.ReadFull(src, one[:]); m != 0 {
 		return fmt.Errorf("esp: %s: content longer than the declared %d bytes", f.Path, f.Size)
 	}
 	return nil
@@ -115,6 +137,9 @@ func copyRun(ctx context.Context, out *os.File, off int64, src io.Reader, n int6
 			return done, err
 		}
 		// Not possible between these files: through user space.
+		if buf == nil {
+			buf = make([]byte, copyChunk)
+		}
 	}
 	for done < n {
 		if err := ctx.Err(); err != nil {

@@ -34,7 +34,7 @@ const (
 	// is zero (the value of mkfs.vfat --invariant).
 	DefaultSerial = 0x1234ABCD
 
-	copyChunk = 4 << 20 // go-diskfs rewrites both FATs on every Write
+	copyChunk = 4 << 20
 )
 
 var (
@@ -192,12 +192,13 @@ func BuildAt(ctx context.Context, out *os.File, offset, size int64, files []File
 			return Result{}, fmt.Errorf("esp: mkdir %s: %w", d, err)
 		}
 	}
-	buf := make([]byte, copyChunk)
+	mark, unmap := marker(sorted)
+	defer unmap()
 	for _, f := range sorted {
 		if err := ctx.Err(); err != nil {
 			return Result{}, err
 		}
-		if err := copyFile(ctx, fsys, mw, out, f, buf); err != nil {
+		if err := copyFile(ctx, fsys, mw, mark, out, f); err != nil {
 			if strings.Contains(err.Error(), "no space left") {
 				return Result{}, fmt.Errorf("%w: %d bytes cannot hold the files: %v", ErrTooSmall, size, err)
 			}
@@ -240,26 +241,26 @@ func format(b backend.Storage, out *os.File, offset, size int64, opts Options) (
 	return nil, "", fmt.Errorf("esp: cannot format %d bytes: FAT32: %v; FAT16: %v; FAT12: %v", size, err32, err16, err12)
 }
 
-// copyFile creates f through go-diskfs with mw's marker as its content,
-// then writes its bytes where go-diskfs put them.
-func copyFile(ctx context.Context, fsys filesystem.FileSystem, mw *markWrites, out *os.File, f File, buf []byte) error {
+// copyFile creates f through go-diskfs with mark as its content, then
+// writes its bytes where go-diskfs put them.
+func copyFile(ctx context.Context, fsys filesystem.FileSystem, mw *markWrites, mark []byte, out *os.File, f File) error {
 	p := "/" + f.Path
 	dst, err := fsys.OpenFile(p, os.O_CREATE|os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("esp: create %s: %w", f.Path, err)
 	}
 	defer dst.Close()
-	mw.mark, mw.runs = buf, mw.runs[:0]
-	for mw.base = 0; mw.base < f.Size; mw.base += int64(len(buf)) {
+	mw.mark, mw.runs = mark, mw.runs[:0]
+	for mw.base = 0; mw.base < f.Size; mw.base += int64(len(mark)) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if _, err := dst.Write(buf[:min(int64(len(buf)), f.Size-mw.base)]); err != nil {
+		if _, err := dst.Write(mark[:min(int64(len(mark)), f.Size-mw.base)]); err != nil {
 			return fmt.Errorf("esp: write %s: %w", f.Path, err)
 		}
 	}
 	mw.mark = nil
-	if err := copyContent(ctx, out, f, mw.runs, buf); err != nil {
+	if err := copyContent(ctx, out, f, mw.runs); err != nil {
 		return err
 	}
 	if f.ReadOnly {
