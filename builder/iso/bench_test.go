@@ -173,3 +173,66 @@ func BenchmarkXorriso(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkESPAndWrite times what the builder does for an ISO: the ESP of
+// the boot files, then the ISO. "file": the ESP built to a file and
+// appended (Params.ESP); "in-place": built into the ISO (Params.BuildESP).
+func BenchmarkESPAndWrite(b *testing.B) {
+	bt := newBenchTree(b)
+	var ef []esp.File
+	for _, f := range bt.files[:4] {
+		src := f.Source
+		ef = append(ef, esp.File{Path: f.Path, Size: f.Size, ReadOnly: f.Path == "loader/random-seed",
+			Open: func() (io.ReadCloser, error) { return os.Open(src) }})
+	}
+	// The boot files reach the ISO as readers, as the builder gives them.
+	files := append([]iso.File(nil), bt.files...)
+	for i := range files[:4] {
+		src := files[i].Source
+		files[i].Source, files[i].Open = "", func() (io.ReadCloser, error) { return os.Open(src) }
+	}
+	tmp := b.TempDir()
+	opts := esp.Options{MinSize: 10<<20 + 120<<20}
+	for _, mode := range []string{"file", "in-place"} {
+		b.Run(mode, func(b *testing.B) {
+			out, err := os.Create(filepath.Join(tmp, "talos.iso"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer out.Close()
+			io0 := procIO()
+			defer reportIO(b, io0)
+			for b.Loop() {
+				ctx := context.Background()
+				p := iso.Params{VolumeID: iso.VolumeID("v1.13.0"), Files: files, TempDir: tmp}
+				if mode == "file" {
+					p.ESP = filepath.Join(tmp, "efiboot.img")
+					f, err := os.Create(p.ESP)
+					if err != nil {
+						b.Fatal(err)
+					}
+					_, err = esp.Build(ctx, f, ef, opts)
+					if cerr := f.Close(); err == nil {
+						err = cerr
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				} else {
+					size, err := esp.RequiredSize(ef, opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					p.ESPSize = size
+					p.BuildESP = func(ctx context.Context, out *os.File, offset, size int64) error {
+						_, err := esp.BuildAt(ctx, out, offset, size, ef, opts)
+						return err
+					}
+				}
+				if _, err := iso.Write(ctx, out, p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

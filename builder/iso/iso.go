@@ -64,8 +64,6 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
-
-	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 const (
@@ -123,6 +121,13 @@ type Params struct {
 	// ESP is the path of the FAT ESP image (builder/esp); its size must be
 	// a multiple of 512 bytes.
 	ESP string
+	// BuildESP, set instead of ESP, builds the ESP image in place: ESPSize
+	// bytes (a positive multiple of 512) at offset of out, all zero when
+	// it is called, e.g. with esp.BuildAt. This spares writing the image
+	// to a file and copying it in.
+	BuildESP func(ctx context.Context, out *os.File, offset, size int64) error
+	// ESPSize is the size of the image BuildESP builds.
+	ESPSize int64
 	// ModTime is written as every time stamp of the image. The zero value
 	// means 1980-01-01 00:00:00 UTC.
 	ModTime time.Time
@@ -172,12 +177,16 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err := validate(p); err != nil {
 		return Layout{}, err
 	}
-	espInfo, err := os.Stat(p.ESP)
-	if err != nil {
-		return Layout{}, fmt.Errorf("iso: ESP: %w", err)
+	espSize := p.ESPSize
+	if p.ESP != "" {
+		espInfo, err := os.Stat(p.ESP)
+		if err != nil {
+			return Layout{}, fmt.Errorf("iso: ESP: %w", err)
+		}
+		espSize = espInfo.Size()
 	}
-	if espInfo.Size() == 0 || espInfo.Size()%sectorSize != 0 {
-		return Layout{}, fmt.Errorf("iso: ESP %s is %d bytes, not a positive multiple of %d", p.ESP, espInfo.Size(), sectorSize)
+	if espSize <= 0 || espSize%sectorSize != 0 {
+		return Layout{}, fmt.Errorf("iso: ESP %s is %d bytes, not a positive multiple of %d", p.ESP, espSize, sectorSize)
 	}
 
 	tmp := p.TempDir
@@ -264,15 +273,22 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, err
 	}
 	first, end := metaRegion(pvd)
-	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espInfo.Size()}
+	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espSize}
 	l.ESPStart = roundUp(l.ISOSize, mib)
 	l.Size = l.ESPStart + roundUp(l.ESPSize, mib)
 
-	if err := appendESP(ctx, out, p.ESP, l); err != nil {
-		return Layout{}, err
+	if p.ESP != "" {
+		if err := appendESP(ctx, out, p.ESP, l); err != nil {
+			return Layout{}, err
+		}
 	}
 	if err := out.Truncate(l.Size); err != nil {
 		return Layout{}, fmt.Errorf("iso: %w", err)
+	}
+	if p.ESP == "" {
+		if err := p.BuildESP(ctx, out, l.ESPStart, l.ESPSize); err != nil {
+			return Layout{}, fmt.Errorf("iso: build ESP: %w", err)
+		}
 	}
 	if err := patchElTorito(out, vd, l); err != nil {
 		return Layout{}, err
@@ -311,8 +327,8 @@ func validate(p Params) error {
 			return fmt.Errorf("%w: volume set id %q has %q, not printable ASCII", ErrInvalidVolumeID, p.VolumeSetID, r)
 		}
 	}
-	if p.ESP == "" {
-		return errors.New("iso: no ESP image")
+	if (p.ESP == "") == (p.BuildESP == nil) {
+		return errors.New("iso: want exactly one of ESP and BuildESP")
 	}
 	seen := map[string]bool{}
 	for _, f := range p.Files {
@@ -362,10 +378,13 @@ func appendESP(ctx context.Context, out *os.File, espPath string, l Layout) erro
 		return fmt.Errorf("iso: ESP: %w", err)
 	}
 	defer src.Close()
-	w := io.NewOffsetWriter(out, l.ESPStart)
-	n, err := io.CopyBuffer(w, iox.ContextReader(ctx, src), make([]byte, copyChunk))
+	n, err := copyFileRange(ctx, out, l.ESPStart, src, l.ESPSize)
 	if err != nil {
 		return fmt.Errorf("iso: append ESP: %w", err)
+	}
+	var one [1]byte
+	if m, _ := src.Read(one[:]); m != 0 {
+		n += int64(m)
 	}
 	if n != l.ESPSize {
 		return fmt.Errorf("iso: ESP changed while appending: %d bytes, expected %d", n, l.ESPSize)

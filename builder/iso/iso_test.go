@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-dev/kiln/builder/esp"
 	"github.com/kiln-dev/kiln/builder/iso"
 )
 
@@ -284,4 +285,48 @@ func TestWriteErrors(t *testing.T) {
 			t.Fatalf("staging directory left behind: %v", m)
 		}
 	})
+}
+
+// TestBuildESPInPlace: an ESP built in place (Params.BuildESP) gives the
+// same image, byte for byte, as one built to a file and appended.
+func TestBuildESPInPlace(t *testing.T) {
+	for _, espMin := range []int64{0, 64 << 20} {
+		t.Run(fmt.Sprintf("esp%dMiB", espMin>>20), func(t *testing.T) {
+			dir := t.TempDir()
+			bt := fakeTree(t, dir)
+			img, _ := buildISO(t, dir, bt, espMin)
+			want, err := os.ReadFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := esp.Options{MinSize: espMin, ModTime: modTime}
+			size, err := esp.RequiredSize(bt.esp, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Create(filepath.Join(dir, "inplace.iso"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			_, err = iso.Write(context.Background(), f, iso.Params{
+				VolumeID: iso.VolumeID(talosVer), VolumeSetID: iso.Label(talosVer), Files: bt.iso,
+				ESPSize: size, ModTime: modTime, TempDir: dir,
+				BuildESP: func(ctx context.Context, out *os.File, offset, size int64) error {
+					_, err := esp.BuildAt(ctx, out, offset, size, bt.esp, opts)
+					return err
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(f.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("in-place ESP: image of %d bytes differs from the appended one (%d bytes)", len(got), len(want))
+			}
+		})
+	}
 }
