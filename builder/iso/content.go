@@ -3,11 +3,13 @@ package iso
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"syscall"
 
 	"github.com/diskfs/go-diskfs/backend"
@@ -17,13 +19,15 @@ import (
 )
 
 // The file contents never pass through go-diskfs. The staging directory
-// holds sparse placeholders of the right sizes (and of the mode, owner and
-// link count the file would have had staged as a copy or a hard link, as
-// the Rock Ridge PX entries record them); go-diskfs lays the tree out from
-// them and copies their zeros, which sparseWrites drops; then writeContents
-// puts each file's bytes at its extent, read once from its Source or
-// reader. Without this every byte was written three times: into the
-// staging directory, by go-diskfs in 2 KiB pieces, and read back for it.
+// holds placeholders of at most one byte (with the mode, owner and link
+// count the file would have had staged as a copy or a hard link, as the
+// Rock Ridge PX entries record them); go-diskfs lays the tree out from
+// them, and its writes of their zeros are dropped (sparseWrites); relayout
+// then gives each file its real size and extent, as go-diskfs would have
+// from full-size files; writeContents puts each file's bytes there, read
+// once from its Source or reader. Before, every byte was written into the
+// staging directory, then read and written again by go-diskfs in 2 KiB
+// pieces.
 
 // zeros is compared against, never written to.
 var zeros [64 << 10]byte
@@ -73,7 +77,7 @@ func (w *sparseWrites) WriteAt(b []byte, off int64) (int, error) {
 // staged is what stage did for one file.
 type staged struct {
 	f      File
-	linked bool   // the Source itself is linked in: go-diskfs copied its bytes
+	linked bool   // the Source itself is linked in: go-diskfs copied its bytes (staged at full size)
 	source string // Source linked into the side directory, for the link count
 	dst    string
 }
@@ -118,7 +122,7 @@ func stage(ctx context.Context, ws, side string, files []File) ([]staged, error)
 		if err != nil {
 			return nil, fmt.Errorf("iso: stage %s: %w", f.Path, err)
 		}
-		err = w.Truncate(f.Size)
+		err = w.Truncate(min(f.Size, 1)) // relayout gives it its size
 		if err == nil && s.source != "" {
 			err = ownAs(w, st)
 		}
@@ -187,6 +191,87 @@ func ownAs(w *os.File, st *syscall.Stat_t) error {
 	return nil
 }
 
+// fileRecord is the directory record of a file: its Rock Ridge path, its
+// extent, and the record's byte offset in the image.
+type fileRecord struct {
+	path string
+	extent
+	at int64
+}
+
+// relayout gives every file its real size. go-diskfs laid the data out
+// from placeholders of at most one byte, in its order, each file from the
+// block where the previous one ends; relayout lays the same order out again
+// with the real sizes, as go-diskfs would have, and rewrites the file
+// records and the volume size. The hidden El Torito placeholder has no
+// record: its extent is the catalog's. It returns the extent of each file
+// by path.
+func relayout(out *os.File, vd *volumeDescriptors, recs []fileRecord, files []staged) (map[string]extent, error) {
+	sizes := make(map[string]int64, len(files))
+	linked := map[string]bool{}
+	for _, s := range files {
+		sizes[s.f.Path] = s.f.Size
+		linked[s.f.Path] = s.linked
+	}
+	cat := make([]byte, 64)
+	if _, err := out.ReadAt(cat, vd.base+int64(vd.catalogBlock)*blockSize); err != nil {
+		return nil, fmt.Errorf("iso: read boot catalog: %w", err)
+	}
+	items := append(recs[:len(recs):len(recs)], fileRecord{path: "/" + placeholder, at: -1,
+		extent: extent{lba: binary.LittleEndian.Uint32(cat[32+8:]), size: blockSize}})
+	// Equal blocks: an empty file takes none and sits where the next begins.
+	sort.SliceStable(items, func(i, j int) bool {
+		a, b := items[i], items[j]
+		return a.lba < b.lba || a.lba == b.lba && a.size == 0 && b.size != 0
+	})
+	blocks := func(n int64) uint32 { return uint32((n + blockSize - 1) / blockSize) }
+	compact, real := items[0].lba, items[0].lba
+	extents := make(map[string]extent, len(items))
+	rec := make([]byte, 16)
+	for _, it := range items {
+		if it.lba != compact {
+			return nil, fmt.Errorf("iso: %s at block %d, expected %d: unexpected layout from go-diskfs", it.path, it.lba, compact)
+		}
+		compact += blocks(int64(it.size))
+		size, ok := sizes[it.path]
+		if !ok {
+			size = int64(it.size)
+		}
+		e := extent{lba: real, size: uint32(size)}
+		real += blocks(size)
+		extents[it.path] = e
+		if it.at < 0 || e == it.extent {
+			continue
+		}
+		if linked[it.path] && e.lba != it.lba {
+			// go-diskfs copied it there; it is written again where it goes.
+			for o, end := int64(0), int64(blocks(int64(it.size)))*blockSize; o < end; o += int64(len(zeros)) {
+				if _, err := out.WriteAt(zeros[:min(int64(len(zeros)), end-o)], vd.base+int64(it.lba)*blockSize+o); err != nil {
+					return nil, fmt.Errorf("iso: clear %s: %w", it.path, err)
+				}
+			}
+		}
+		setBoth32(rec[0:], e.lba)
+		setBoth32(rec[8:], e.size)
+		n := 16
+		if !ok {
+			n = 8 // the boot catalog: normalize sets its size
+		}
+		if _, err := out.WriteAt(rec[:n], it.at+2); err != nil {
+			return nil, fmt.Errorf("iso: write directory record: %w", err)
+		}
+	}
+	if compact != vd.volumeBlocks {
+		return nil, fmt.Errorf("iso: files end at block %d, volume at %d: unexpected layout from go-diskfs", compact, vd.volumeBlocks)
+	}
+	vd.volumeBlocks = real
+	setBoth32(rec, real)
+	if _, err := out.WriteAt(rec[:8], vd.base+vd.pvdBlock*blockSize+80); err != nil {
+		return nil, fmt.Errorf("iso: write PVD: %w", err)
+	}
+	return extents, nil
+}
+
 // extent is where a file's data is, in blocks of the volume.
 type extent struct {
 	lba  uint32
@@ -208,7 +293,7 @@ func writeContents(ctx context.Context, out *os.File, base int64, files []staged
 		if int64(e.size) != s.f.Size {
 			return fmt.Errorf("iso: %s: directory record of %d bytes, expected %d", s.f.Path, e.size, s.f.Size)
 		}
-		if s.linked || s.f.Size == 0 {
+		if s.f.Size == 0 {
 			continue
 		}
 		if buf == nil {

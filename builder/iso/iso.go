@@ -35,8 +35,9 @@
 // of 128 bytes or more are refused (they corrupt the Rock Ridge tree);
 // DeepDirectories is on; Finalize deletes its workspace, so it gets a private
 // staging directory, removed on every path; go-diskfs copies file data from
-// that directory in 2 KiB pieces, so it gets sparse placeholders and the
-// bytes are written afterwards at each file's extent (content.go); go-diskfs cannot point an El
+// that directory in 2 KiB pieces, so it gets placeholders of at most one
+// byte, the data is laid out again with the real sizes and the bytes are
+// written at each file's extent (content.go); go-diskfs cannot point an El
 // Torito entry outside the file system, so the entry is made for a one-block
 // hidden placeholder and patched afterwards; and go-diskfs takes every time
 // from the clock or the staged files, so a final pass (normalize.go) rewrites
@@ -132,7 +133,7 @@ type Params struct {
 	// means 1980-01-01 00:00:00 UTC.
 	ModTime time.Time
 	// TempDir is the parent of the private staging directory (default
-	// os.TempDir()), which holds only empty (sparse) files. Whether it is
+	// os.TempDir()), which holds only files of at most one byte. Whether it is
 	// on the file system of the Source files decides their recorded
 	// metadata (see File.Source), not the cost of their bytes.
 	TempDir string
@@ -252,7 +253,11 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err != nil {
 		return Layout{}, err
 	}
-	extents, err := normalize(out, vd, p.ModTime)
+	recs, err := normalize(out, vd, p.ModTime)
+	if err != nil {
+		return Layout{}, err
+	}
+	extents, err := relayout(out, vd, recs, staged)
 	if err != nil {
 		return Layout{}, err
 	}

@@ -86,8 +86,8 @@ func patchElTorito(f *os.File, vd *volumeDescriptors, l Layout) error {
 }
 
 // normalize sets every time stamp of the ISO9660 structures to t and
-// returns the extent of every file by its Rock Ridge path.
-func normalize(f *os.File, vd *volumeDescriptors, t time.Time) (map[string]extent, error) {
+// returns the directory records of the files.
+func normalize(f *os.File, vd *volumeDescriptors, t time.Time) ([]fileRecord, error) {
 	if t.IsZero() || t.Year() < 1980 {
 		t = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
@@ -110,15 +110,14 @@ func normalize(f *os.File, vd *volumeDescriptors, t time.Time) (map[string]exten
 		return nil, fmt.Errorf("iso: write PVD: %w", err)
 	}
 
-	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{},
-		extents: map[string]extent{}}
+	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{}}
 	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:]), ""); err != nil {
 		return nil, err
 	}
 	if !n.catalogOK {
 		return nil, fmt.Errorf("iso: no directory record for the boot catalog")
 	}
-	return n.extents, nil
+	return n.files, nil
 }
 
 type normalizer struct {
@@ -138,8 +137,8 @@ type normalizer struct {
 	ce    map[int64]bool
 	named bool
 	// name collects the Rock Ridge NM entries of the current record.
-	name    []byte
-	extents map[string]extent
+	name  []byte
+	files []fileRecord
 }
 
 func (n *normalizer) dir(lba, size uint32, dirPath string) error {
@@ -189,8 +188,9 @@ func (n *normalizer) dir(lba, size uint32, dirPath string) error {
 		if dirPath != "" {
 			p = dirPath + "/" + p
 		}
-		if r[25]&2 == 0 && !isDot && len(n.name) > 0 {
-			n.extents[p] = extent{lba: binary.LittleEndian.Uint32(r[2:]), size: binary.LittleEndian.Uint32(r[10:])}
+		if r[25]&2 == 0 && !isDot {
+			n.files = append(n.files, fileRecord{path: p, at: off + int64(i),
+				extent: extent{lba: binary.LittleEndian.Uint32(r[2:]), size: binary.LittleEndian.Uint32(r[10:])}})
 		}
 		if r[25]&2 == 0 && binary.LittleEndian.Uint32(r[2:]) == n.catalog && su < l {
 			setBoth32(r[10:], blockSize)
