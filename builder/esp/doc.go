@@ -20,8 +20,11 @@
 // files.
 //
 // go-diskfs defects worked around here (go-diskfs-findings.md §1):
-//   - every Write that grows a file rewrites both FATs: data is copied in
-//     4 MiB chunks, never through io.Copy's 32 KiB;
+//   - every Write that grows a file rewrites both FATs, and file data is
+//     written one cluster per system call: go-diskfs gets one Write per
+//     file of a mapped, untouched marker buffer, whose writes the backend
+//     drops and records, and the file's bytes are then copied once into
+//     the clusters it chose (content.go);
 //   - files of 4 GiB or more are silently truncated: refused with ErrFileTooLarge;
 //   - '..' of first-level directories points at cluster 2 instead of 0, the
 //     FAT32 FSInfo free count is left unset, FAT12/16 leak cluster 2, and

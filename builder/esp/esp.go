@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/fat12"
@@ -33,7 +34,7 @@ const (
 	// is zero (the value of mkfs.vfat --invariant).
 	DefaultSerial = 0x1234ABCD
 
-	copyChunk = 4 << 20 // go-diskfs rewrites both FATs on every Write
+	copyChunk = 4 << 20
 )
 
 var (
@@ -181,7 +182,8 @@ func BuildAt(ctx context.Context, out *os.File, offset, size int64, files []File
 		return Result{}, err
 	}
 
-	fsys, typ, err := format(out, offset, size, opts)
+	mw := &markWrites{}
+	fsys, typ, err := format(markStorage{file.New(out, false), mw}, out, offset, size, opts)
 	if err != nil {
 		return Result{}, err
 	}
@@ -190,12 +192,13 @@ func BuildAt(ctx context.Context, out *os.File, offset, size int64, files []File
 			return Result{}, fmt.Errorf("esp: mkdir %s: %w", d, err)
 		}
 	}
-	buf := make([]byte, copyChunk)
+	mark, unmap := marker(sorted)
+	defer unmap()
 	for _, f := range sorted {
 		if err := ctx.Err(); err != nil {
 			return Result{}, err
 		}
-		if err := copyFile(ctx, fsys, f, buf); err != nil {
+		if err := copyFile(ctx, fsys, mw, mark, out, f); err != nil {
 			if strings.Contains(err.Error(), "no space left") {
 				return Result{}, fmt.Errorf("%w: %d bytes cannot hold the files: %v", ErrTooSmall, size, err)
 			}
@@ -210,8 +213,7 @@ func BuildAt(ctx context.Context, out *os.File, offset, size int64, files []File
 }
 
 // format creates the file system, choosing the FAT variant by cluster count.
-func format(out *os.File, offset, size int64, opts Options) (filesystem.FileSystem, Type, error) {
-	b := file.New(out, false)
+func format(b backend.Storage, out *os.File, offset, size int64, opts Options) (filesystem.FileSystem, Type, error) {
 	ss := int64(opts.SectorSize)
 	fs32, err32 := fat32.Create(b, size, offset, ss, opts.Label, true)
 	if err32 == nil {
@@ -239,42 +241,27 @@ func format(out *os.File, offset, size int64, opts Options) (filesystem.FileSyst
 	return nil, "", fmt.Errorf("esp: cannot format %d bytes: FAT32: %v; FAT16: %v; FAT12: %v", size, err32, err16, err12)
 }
 
-func copyFile(ctx context.Context, fsys filesystem.FileSystem, f File, buf []byte) error {
+// copyFile creates f through go-diskfs with mark as its content, then
+// writes its bytes where go-diskfs put them.
+func copyFile(ctx context.Context, fsys filesystem.FileSystem, mw *markWrites, mark []byte, out *os.File, f File) error {
 	p := "/" + f.Path
 	dst, err := fsys.OpenFile(p, os.O_CREATE|os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("esp: create %s: %w", f.Path, err)
 	}
 	defer dst.Close()
-	src, err := f.Open()
-	if err != nil {
-		return fmt.Errorf("esp: open %s: %w", f.Path, err)
-	}
-	defer src.Close()
-	var n int64
-	for {
+	mw.mark, mw.runs = mark, mw.runs[:0]
+	for mw.base = 0; mw.base < f.Size; mw.base += int64(len(mark)) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		m, rerr := io.ReadFull(src, buf)
-		if m > 0 {
-			if n+int64(m) > f.Size {
-				return fmt.Errorf("esp: %s: content longer than the declared %d bytes", f.Path, f.Size)
-			}
-			if _, err := dst.Write(buf[:m]); err != nil {
-				return fmt.Errorf("esp: write %s: %w", f.Path, err)
-			}
-			n += int64(m)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("esp: read %s: %w", f.Path, rerr)
+		if _, err := dst.Write(mark[:min(int64(len(mark)), f.Size-mw.base)]); err != nil {
+			return fmt.Errorf("esp: write %s: %w", f.Path, err)
 		}
 	}
-	if n != f.Size {
-		return fmt.Errorf("esp: %s: read %d bytes, declared %d", f.Path, n, f.Size)
+	mw.mark = nil
+	if err := copyContent(ctx, out, f, mw.runs); err != nil {
+		return err
 	}
 	if f.ReadOnly {
 		ro, ok := dst.(interface{ SetReadOnly(bool) error })

@@ -8,6 +8,11 @@ package iso_test
 // sd-boot xorrisofs command (talos-formats.md §3.4) on the same tree and the
 // same efiboot.img. The ESP is built once, outside the timers
 // (BenchmarkESP times it alone). The page cache is not dropped.
+//
+// Besides -benchmem's allocations, each reports what the process moved
+// through read/write-like system calls per operation (/proc/self/io
+// rchar/wchar, copy_file_range included) and the number of those calls:
+// the copies the writers make. BenchmarkXorriso's child is not counted.
 
 import (
 	"context"
@@ -16,6 +21,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/kiln-dev/kiln/builder/esp"
@@ -75,6 +82,34 @@ func newBenchTree(b *testing.B) benchTree {
 	return bt
 }
 
+// procIO reads this process's I/O counters (Linux); nil elsewhere.
+func procIO() map[string]int64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return nil
+	}
+	m := map[string]int64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ": ")
+		if n, err := strconv.ParseInt(v, 10, 64); ok && err == nil {
+			m[k] = n
+		}
+	}
+	return m
+}
+
+// reportIO reports the I/O since before, per operation, after the loop.
+func reportIO(b *testing.B, before map[string]int64) {
+	after := procIO()
+	if before == nil || after == nil || b.N == 0 {
+		return
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(after["rchar"]-before["rchar"])/n, "read-B/op")
+	b.ReportMetric(float64(after["wchar"]-before["wchar"])/n, "written-B/op")
+	b.ReportMetric(float64(after["syscr"]+after["syscw"]-before["syscr"]-before["syscw"])/n, "io-calls/op")
+}
+
 func BenchmarkESP(b *testing.B) {
 	bt := newBenchTree(b)
 	var ef []esp.File
@@ -88,6 +123,8 @@ func BenchmarkESP(b *testing.B) {
 	}
 	defer out.Close()
 	b.ResetTimer()
+	io0 := procIO()
+	defer reportIO(b, io0)
 	for b.Loop() {
 		if _, err := esp.Build(context.Background(), out, ef, esp.Options{}); err != nil {
 			b.Fatal(err)
@@ -103,6 +140,8 @@ func BenchmarkWrite(b *testing.B) {
 	}
 	defer out.Close()
 	b.ResetTimer()
+	io0 := procIO()
+	defer reportIO(b, io0)
 	for b.Loop() {
 		if _, err := iso.Write(context.Background(), out, iso.Params{
 			VolumeID: iso.VolumeID("v1.13.0"), Files: bt.files, ESP: bt.espPath, TempDir: filepath.Dir(bt.dir),
@@ -132,5 +171,68 @@ func BenchmarkXorriso(b *testing.B) {
 		if o, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("xorriso: %v\n%s", err, o)
 		}
+	}
+}
+
+// BenchmarkESPAndWrite times what the builder does for an ISO: the ESP of
+// the boot files, then the ISO. "file": the ESP built to a file and
+// appended (Params.ESP); "in-place": built into the ISO (Params.BuildESP).
+func BenchmarkESPAndWrite(b *testing.B) {
+	bt := newBenchTree(b)
+	var ef []esp.File
+	for _, f := range bt.files[:4] {
+		src := f.Source
+		ef = append(ef, esp.File{Path: f.Path, Size: f.Size, ReadOnly: f.Path == "loader/random-seed",
+			Open: func() (io.ReadCloser, error) { return os.Open(src) }})
+	}
+	// The boot files reach the ISO as readers, as the builder gives them.
+	files := append([]iso.File(nil), bt.files...)
+	for i := range files[:4] {
+		src := files[i].Source
+		files[i].Source, files[i].Open = "", func() (io.ReadCloser, error) { return os.Open(src) }
+	}
+	tmp := b.TempDir()
+	opts := esp.Options{MinSize: 10<<20 + 120<<20}
+	for _, mode := range []string{"file", "in-place"} {
+		b.Run(mode, func(b *testing.B) {
+			out, err := os.Create(filepath.Join(tmp, "talos.iso"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer out.Close()
+			io0 := procIO()
+			defer reportIO(b, io0)
+			for b.Loop() {
+				ctx := context.Background()
+				p := iso.Params{VolumeID: iso.VolumeID("v1.13.0"), Files: files, TempDir: tmp}
+				if mode == "file" {
+					p.ESP = filepath.Join(tmp, "efiboot.img")
+					f, err := os.Create(p.ESP)
+					if err != nil {
+						b.Fatal(err)
+					}
+					_, err = esp.Build(ctx, f, ef, opts)
+					if cerr := f.Close(); err == nil {
+						err = cerr
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				} else {
+					size, err := esp.RequiredSize(ef, opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					p.ESPSize = size
+					p.BuildESP = func(ctx context.Context, out *os.File, offset, size int64) error {
+						_, err := esp.BuildAt(ctx, out, offset, size, ef, opts)
+						return err
+					}
+				}
+				if _, err := iso.Write(ctx, out, p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

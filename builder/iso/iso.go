@@ -34,7 +34,10 @@
 // 4 GiB or more are refused (go-diskfs truncates them silently); root names
 // of 128 bytes or more are refused (they corrupt the Rock Ridge tree);
 // DeepDirectories is on; Finalize deletes its workspace, so it gets a private
-// staging directory, removed on every path; go-diskfs cannot point an El
+// staging directory, removed on every path; go-diskfs copies file data from
+// that directory in 2 KiB pieces, so it gets placeholders of at most one
+// byte, the data is laid out again with the real sizes and the bytes are
+// written at each file's extent (content.go); go-diskfs cannot point an El
 // Torito entry outside the file system, so the entry is made for a one-block
 // hidden placeholder and patched afterwards; and go-diskfs takes every time
 // from the clock or the staged files, so a final pass (normalize.go) rewrites
@@ -55,7 +58,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"time"
 	"unicode"
@@ -63,8 +65,6 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
-
-	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 const (
@@ -97,11 +97,15 @@ type File struct {
 	Path string
 	// Size is the exact size of the content.
 	Size int64
-	// Source, if set, is a local file with the content. It is hardlinked
-	// into the staging directory when on the same file system (never
-	// modified), else copied.
+	// Source, if set, is a local file with the content, never modified.
+	// Its bytes are written once, at the file's extent (copy_file_range
+	// where the kernel can). When it can be hard linked from TempDir the
+	// ISO records its mode, owner and link count (plus one), as if it had
+	// been linked into the tree; otherwise mode 0644 and the process's
+	// owner.
 	Source string
-	// Open yields the content when Source is empty; Write closes it.
+	// Open yields the content when Source is empty; Write closes it and
+	// reads it once. An *os.File is copied in the kernel where it can.
 	Open func() (io.ReadCloser, error)
 }
 
@@ -118,12 +122,20 @@ type Params struct {
 	// ESP is the path of the FAT ESP image (builder/esp); its size must be
 	// a multiple of 512 bytes.
 	ESP string
+	// BuildESP, set instead of ESP, builds the ESP image in place: ESPSize
+	// bytes (a positive multiple of 512) at offset of out, all zero when
+	// it is called, e.g. with esp.BuildAt. This spares writing the image
+	// to a file and copying it in.
+	BuildESP func(ctx context.Context, out *os.File, offset, size int64) error
+	// ESPSize is the size of the image BuildESP builds.
+	ESPSize int64
 	// ModTime is written as every time stamp of the image. The zero value
 	// means 1980-01-01 00:00:00 UTC.
 	ModTime time.Time
 	// TempDir is the parent of the private staging directory (default
-	// os.TempDir()). Put it on the file system of the Source files so they
-	// are hardlinked rather than copied.
+	// os.TempDir()), which holds only files of at most one byte. Whether it is
+	// on the file system of the Source files decides their recorded
+	// metadata (see File.Source), not the cost of their bytes.
 	TempDir string
 }
 
@@ -166,12 +178,16 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err := validate(p); err != nil {
 		return Layout{}, err
 	}
-	espInfo, err := os.Stat(p.ESP)
-	if err != nil {
-		return Layout{}, fmt.Errorf("iso: ESP: %w", err)
+	espSize := p.ESPSize
+	if p.ESP != "" {
+		espInfo, err := os.Stat(p.ESP)
+		if err != nil {
+			return Layout{}, fmt.Errorf("iso: ESP: %w", err)
+		}
+		espSize = espInfo.Size()
 	}
-	if espInfo.Size() == 0 || espInfo.Size()%sectorSize != 0 {
-		return Layout{}, fmt.Errorf("iso: ESP %s is %d bytes, not a positive multiple of %d", p.ESP, espInfo.Size(), sectorSize)
+	if espSize <= 0 || espSize%sectorSize != 0 {
+		return Layout{}, fmt.Errorf("iso: ESP %s is %d bytes, not a positive multiple of %d", p.ESP, espSize, sectorSize)
 	}
 
 	tmp := p.TempDir
@@ -190,7 +206,13 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, fmt.Errorf("iso: staging directory: %w", err)
 	}
 
-	if err := stage(ctx, ws, p.Files); err != nil {
+	side, err := os.MkdirTemp(tmp, ".kiln-iso-links-")
+	if err != nil {
+		return Layout{}, fmt.Errorf("iso: staging directory: %w", err)
+	}
+	defer os.RemoveAll(side)
+	staged, err := stage(ctx, ws, side, p.Files)
+	if err != nil {
 		return Layout{}, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -201,7 +223,7 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, fmt.Errorf("iso: %w", err)
 	}
 	base := int64(partOffset) * blockSize
-	fsys, err := iso9660.Create(backend.Sub(file.New(out, false), base, 0), 0, 0, blockSize, ws)
+	fsys, err := iso9660.Create(sparseStorage{backend.Sub(file.New(out, false), base, 0), &sparseWrites{}}, 0, 0, blockSize, ws)
 	if err != nil {
 		return Layout{}, fmt.Errorf("iso: create: %w", err)
 	}
@@ -231,7 +253,15 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err != nil {
 		return Layout{}, err
 	}
-	if err := normalize(out, vd, p.ModTime); err != nil {
+	recs, err := normalize(out, vd, p.ModTime)
+	if err != nil {
+		return Layout{}, err
+	}
+	extents, err := relayout(out, vd, recs, staged)
+	if err != nil {
+		return Layout{}, err
+	}
+	if err := writeContents(ctx, out, base, staged, extents); err != nil {
 		return Layout{}, err
 	}
 	pvd := make([]byte, blockSize)
@@ -248,15 +278,22 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, err
 	}
 	first, end := metaRegion(pvd)
-	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espInfo.Size()}
+	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espSize}
 	l.ESPStart = roundUp(l.ISOSize, mib)
 	l.Size = l.ESPStart + roundUp(l.ESPSize, mib)
 
-	if err := appendESP(ctx, out, p.ESP, l); err != nil {
-		return Layout{}, err
+	if p.ESP != "" {
+		if err := appendESP(ctx, out, p.ESP, l); err != nil {
+			return Layout{}, err
+		}
 	}
 	if err := out.Truncate(l.Size); err != nil {
 		return Layout{}, fmt.Errorf("iso: %w", err)
+	}
+	if p.ESP == "" {
+		if err := p.BuildESP(ctx, out, l.ESPStart, l.ESPSize); err != nil {
+			return Layout{}, fmt.Errorf("iso: build ESP: %w", err)
+		}
 	}
 	if err := patchElTorito(out, vd, l); err != nil {
 		return Layout{}, err
@@ -295,8 +332,8 @@ func validate(p Params) error {
 			return fmt.Errorf("%w: volume set id %q has %q, not printable ASCII", ErrInvalidVolumeID, p.VolumeSetID, r)
 		}
 	}
-	if p.ESP == "" {
-		return errors.New("iso: no ESP image")
+	if (p.ESP == "") == (p.BuildESP == nil) {
+		return errors.New("iso: want exactly one of ESP and BuildESP")
 	}
 	seen := map[string]bool{}
 	for _, f := range p.Files {
@@ -340,85 +377,19 @@ func validate(p Params) error {
 	return nil
 }
 
-// stage lays the tree out in ws: hardlinks where possible, else copies.
-func stage(ctx context.Context, ws string, files []File) error {
-	if err := os.Mkdir(filepath.Join(ws, ImageCacheDir), 0o755); err != nil {
-		return fmt.Errorf("iso: stage: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(ws, placeholder), make([]byte, blockSize), 0o444); err != nil {
-		return fmt.Errorf("iso: stage: %w", err)
-	}
-	var buf []byte
-	for _, f := range files {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		dst := filepath.Join(ws, filepath.FromSlash(f.Path))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return fmt.Errorf("iso: stage: %w", err)
-		}
-		if f.Source != "" {
-			fi, err := os.Stat(f.Source)
-			if err != nil {
-				return fmt.Errorf("iso: %s: %w", f.Path, err)
-			}
-			if !fi.Mode().IsRegular() || fi.Size() != f.Size {
-				return fmt.Errorf("iso: %s: source %s is not a regular file of %d bytes", f.Path, f.Source, f.Size)
-			}
-			if os.Link(f.Source, dst) == nil {
-				continue
-			}
-		}
-		if buf == nil {
-			buf = make([]byte, copyChunk)
-		}
-		if err := copyIn(ctx, dst, f, buf); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func copyIn(ctx context.Context, dst string, f File, buf []byte) (err error) {
-	var src io.ReadCloser
-	if f.Source != "" {
-		src, err = os.Open(f.Source)
-	} else {
-		src, err = f.Open()
-	}
-	if err != nil {
-		return fmt.Errorf("iso: open %s: %w", f.Path, err)
-	}
-	defer src.Close()
-	w, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("iso: stage %s: %w", f.Path, err)
-	}
-	defer func() {
-		if cerr := w.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("iso: stage %s: %w", f.Path, cerr)
-		}
-	}()
-	n, err := io.CopyBuffer(struct{ io.Writer }{w}, iox.ContextReader(ctx, io.LimitReader(src, f.Size+1)), buf)
-	if err != nil {
-		return fmt.Errorf("iso: stage %s: %w", f.Path, err)
-	}
-	if n != f.Size {
-		return fmt.Errorf("iso: %s: read %d bytes, declared %d", f.Path, n, f.Size)
-	}
-	return nil
-}
-
 func appendESP(ctx context.Context, out *os.File, espPath string, l Layout) error {
 	src, err := os.Open(espPath)
 	if err != nil {
 		return fmt.Errorf("iso: ESP: %w", err)
 	}
 	defer src.Close()
-	w := io.NewOffsetWriter(out, l.ESPStart)
-	n, err := io.CopyBuffer(w, iox.ContextReader(ctx, src), make([]byte, copyChunk))
+	n, err := copyFileRange(ctx, out, l.ESPStart, src, l.ESPSize)
 	if err != nil {
 		return fmt.Errorf("iso: append ESP: %w", err)
+	}
+	var one [1]byte
+	if m, _ := src.Read(one[:]); m != 0 {
+		n += int64(m)
 	}
 	if n != l.ESPSize {
 		return fmt.Errorf("iso: ESP changed while appending: %d bytes, expected %d", n, l.ESPSize)

@@ -85,8 +85,9 @@ func patchElTorito(f *os.File, vd *volumeDescriptors, l Layout) error {
 	return nil
 }
 
-// normalize sets every time stamp of the ISO9660 structures to t.
-func normalize(f *os.File, vd *volumeDescriptors, t time.Time) error {
+// normalize sets every time stamp of the ISO9660 structures to t and
+// returns the directory records of the files.
+func normalize(f *os.File, vd *volumeDescriptors, t time.Time) ([]fileRecord, error) {
 	if t.IsZero() || t.Year() < 1980 {
 		t = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
@@ -97,7 +98,7 @@ func normalize(f *os.File, vd *volumeDescriptors, t time.Time) error {
 
 	pvd := make([]byte, blockSize)
 	if _, err := f.ReadAt(pvd, vd.base+vd.pvdBlock*blockSize); err != nil {
-		return fmt.Errorf("iso: read PVD: %w", err)
+		return nil, fmt.Errorf("iso: read PVD: %w", err)
 	}
 	copy(pvd[813:], dec)   // creation
 	copy(pvd[830:], dec)   // modification
@@ -106,17 +107,17 @@ func normalize(f *os.File, vd *volumeDescriptors, t time.Time) error {
 	root := pvd[156 : 156+34]
 	copy(root[18:25], rec)
 	if _, err := f.WriteAt(pvd, vd.base+vd.pvdBlock*blockSize); err != nil {
-		return fmt.Errorf("iso: write PVD: %w", err)
+		return nil, fmt.Errorf("iso: write PVD: %w", err)
 	}
 
 	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{}}
-	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:])); err != nil {
-		return err
+	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:]), ""); err != nil {
+		return nil, err
 	}
 	if !n.catalogOK {
-		return fmt.Errorf("iso: no directory record for the boot catalog")
+		return nil, fmt.Errorf("iso: no directory record for the boot catalog")
 	}
-	return nil
+	return n.files, nil
 }
 
 type normalizer struct {
@@ -135,9 +136,12 @@ type normalizer struct {
 	// name several times. Refused rather than written wrong.
 	ce    map[int64]bool
 	named bool
+	// name collects the Rock Ridge NM entries of the current record.
+	name  []byte
+	files []fileRecord
 }
 
-func (n *normalizer) dir(lba, size uint32) error {
+func (n *normalizer) dir(lba, size uint32, dirPath string) error {
 	if n.seen[lba] {
 		return nil
 	}
@@ -151,7 +155,10 @@ func (n *normalizer) dir(lba, size uint32) error {
 	if _, err := n.f.ReadAt(d, off); err != nil {
 		return fmt.Errorf("iso: read directory: %w", err)
 	}
-	type sub struct{ lba, size uint32 }
+	type sub struct {
+		lba, size uint32
+		path      string
+	}
 	var subs []sub
 	for i := 0; i < len(d); {
 		l := int(d[i])
@@ -170,11 +177,20 @@ func (n *normalizer) dir(lba, size uint32) error {
 			su++
 		}
 		isDot := nameLen == 1 && (r[33] == 0 || r[33] == 1)
+		n.name = n.name[:0]
 		if su < l {
 			n.named = !isDot
 			if err := n.susp(r[su:]); err != nil {
 				return err
 			}
+		}
+		p := string(n.name)
+		if dirPath != "" {
+			p = dirPath + "/" + p
+		}
+		if r[25]&2 == 0 && !isDot {
+			n.files = append(n.files, fileRecord{path: p, at: off + int64(i),
+				extent: extent{lba: binary.LittleEndian.Uint32(r[2:]), size: binary.LittleEndian.Uint32(r[10:])}})
 		}
 		if r[25]&2 == 0 && binary.LittleEndian.Uint32(r[2:]) == n.catalog && su < l {
 			setBoth32(r[10:], blockSize)
@@ -184,7 +200,7 @@ func (n *normalizer) dir(lba, size uint32) error {
 			n.catalogOK = true
 		}
 		if r[25]&2 != 0 && !isDot {
-			subs = append(subs, sub{binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:])})
+			subs = append(subs, sub{binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:]), p})
 		}
 		i += l
 	}
@@ -192,7 +208,7 @@ func (n *normalizer) dir(lba, size uint32) error {
 		return fmt.Errorf("iso: write directory: %w", err)
 	}
 	for _, s := range subs {
-		if err := n.dir(s.lba, s.size); err != nil {
+		if err := n.dir(s.lba, s.size, s.path); err != nil {
 			return err
 		}
 	}
@@ -209,6 +225,10 @@ func (n *normalizer) susp(b []byte) error {
 		}
 		e := b[i : i+l]
 		switch sig {
+		case "NM":
+			if l > 5 && n.named {
+				n.name = append(n.name, e[5:]...)
+			}
 		case "TF":
 			size := 7
 			if e[4]&0x80 != 0 {
