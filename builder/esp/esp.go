@@ -227,6 +227,13 @@ func format(b backend.Storage, out *os.File, offset, size int64, opts Options) (
 		if opts.SectorSize != 512 {
 			return nil, "", fmt.Errorf("%w: FAT32 of %d bytes has only %d clusters and go-diskfs has no FAT16 with %d-byte sectors", ErrTooSmall, size, bpb.clusters, opts.SectorSize)
 		}
+		// The FAT32 attempt wrote its FATs and a root directory holding a
+		// volume label stamped with the clock; FAT16 formats over only its
+		// own start, so the rest would stay behind in free clusters and
+		// make equal inputs give different bytes.
+		if err := zeroRange(out, offset, bpb.dataOffset+int64(bpb.rootCluster-1)*bpb.bytesPerCluster); err != nil {
+			return nil, "", err
+		}
 	} else if opts.SectorSize != 512 {
 		return nil, "", fmt.Errorf("esp: format FAT32: %w", err32)
 	}
@@ -239,6 +246,19 @@ func format(b backend.Storage, out *os.File, offset, size int64, opts Options) (
 		return fs12, FAT12, nil
 	}
 	return nil, "", fmt.Errorf("esp: cannot format %d bytes: FAT32: %v; FAT16: %v; FAT12: %v", size, err32, err16, err12)
+}
+
+// zeroRange writes n zero bytes at off of f.
+func zeroRange(f *os.File, off, n int64) error {
+	zeros := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zeros)))
+		if _, err := f.WriteAt(zeros[:k], off); err != nil {
+			return fmt.Errorf("esp: clear the FAT32 attempt: %w", err)
+		}
+		off, n = off+k, n-k
+	}
+	return nil
 }
 
 // copyFile creates f through go-diskfs with mark as its content, then

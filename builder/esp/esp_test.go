@@ -248,11 +248,28 @@ func TestReproducible(t *testing.T) {
 	files, _ := testTree()
 	opts := esp.Options{ModTime: time.Date(2026, 8, 1, 12, 0, 0, 0, time.UTC)}
 	a, _ := build(t, files, opts)
-	b, _ := build(t, files, opts)
-	ab, _ := os.ReadFile(a)
-	bb, _ := os.ReadFile(b)
-	if !bytes.Equal(ab, bb) {
-		t.Fatal("two builds of the same input differ")
+
+	// FAT times have a 2 s step: builds in different steps catch any time
+	// taken from the clock (the clock-stamped label of go-diskfs's FAT32
+	// attempt, left in the free clusters of a FAT16 ESP, once was).
+	types := map[esp.Type]bool{}
+	for _, minSize := range []int64{0, 12 << 20, 40 << 20} {
+		o := opts
+		o.MinSize = minSize
+		// One small file, so the free clusters stay free.
+		small := []esp.File{memFile("EFI/BOOT/BOOTX64.EFI", []byte("MZ"), false)}
+		first, r := build(t, small, o)
+		types[r.Type] = true
+		time.Sleep(2100 * time.Millisecond)
+		second, _ := build(t, small, o)
+		fb, _ := os.ReadFile(first)
+		sb, _ := os.ReadFile(second)
+		if !bytes.Equal(fb, sb) {
+			t.Fatalf("two %s builds (MinSize %d) two seconds apart differ", r.Type, minSize)
+		}
+	}
+	if !types[esp.FAT16] || !types[esp.FAT32] {
+		t.Fatalf("built %v; want FAT16 and FAT32 among them", types)
 	}
 	mustTool(t, "mdir")
 	out, err := exec.Command("mdir", "-i", a, "::/loader").Output()
