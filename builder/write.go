@@ -292,7 +292,8 @@ func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 
 // iso writes a UEFI-bootable ISO: the boot files in the ISO tree and in an
 // ESP image that is both the El Torito EFI entry and partition 2 of the
-// hybrid MBR/GPT, so the same file boots as a CD and from a USB stick.
+// MBR, so the same file boots as a CD and from a USB stick. The ESP is
+// built in place, at its offset in the ISO, not written aside and copied.
 func (j *job) iso(ctx context.Context, out *os.File) error {
 	files, err := j.bootFiles(ctx, true)
 	if err != nil {
@@ -304,23 +305,11 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		size += roundMiB(f.Size)
 	}
 
-	espPath := filepath.Join(j.tmp, "efiboot.img")
+	espOpts := esp.Options{MinSize: 10<<20 + size}
 
-	espFile, err := os.Create(espPath)
+	espSize, err := esp.RequiredSize(files, espOpts)
 	if err != nil {
-		return err
-	}
-
-	j.emit(Event{Phase: "assemble", Message: "ESP"})
-
-	if _, err := esp.Build(ctx, espFile, files, esp.Options{MinSize: 10<<20 + size}); err != nil {
-		espFile.Close()
-
 		return fmt.Errorf("build ESP: %w", err)
-	}
-
-	if err := espFile.Close(); err != nil {
-		return err
 	}
 
 	tree := make([]iso.File, 0, len(files))
@@ -344,7 +333,17 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 	j.emit(Event{Phase: "assemble", Message: "ISO"})
 
 	if _, err := iso.Write(ctx, out, iso.Params{
-		VolumeID: iso.VolumeID(j.p.Version.String()), VolumeSetID: iso.Label(j.p.Version.String()), Files: tree, ESP: espPath,
+		VolumeID: iso.VolumeID(j.p.Version.String()), VolumeSetID: iso.Label(j.p.Version.String()), Files: tree,
+		ESPSize: espSize,
+		BuildESP: func(ctx context.Context, out *os.File, offset, size int64) error {
+			j.emit(Event{Phase: "assemble", Message: "ESP"})
+
+			if _, err := esp.BuildAt(ctx, out, offset, size, files, espOpts); err != nil {
+				return fmt.Errorf("build ESP: %w", err)
+			}
+
+			return nil
+		},
 		ModTime: time.Unix(j.p.Epoch, 0), TempDir: j.tmp,
 	}); err != nil {
 		return fmt.Errorf("write ISO: %w", err)
