@@ -42,6 +42,9 @@ func repeatList(prefix, item string, n int) string {
 // configuration included.
 func TestSchematicLimits(t *testing.T) {
 	ts := startServer(t, Config{})
+	// A 3 MiB body parsed under the race detector on two loaded cores took
+	// over the default 10 s in CI; this test is about answers, not speed.
+	ts.http.Timeout = 2 * time.Minute
 
 	// A machine configuration of 100,000 lines, as a block scalar and as a
 	// JSON string: one scalar, whatever its size.
