@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 func sum(data string) string {
@@ -22,9 +24,11 @@ func sum(data string) string {
 // sha512sum prints for the same files, and `sha512sum -c --strict` accepts
 // it; a changed file fails the check.
 func TestFormatCheckedBySha512sum(t *testing.T) {
+	testfixture.RequireTool(t, "sha512sum")
+
 	bin, err := exec.LookPath("sha512sum")
 	if err != nil {
-		t.Skip("no sha512sum (GNU coreutils) on PATH")
+		t.Fatal(err)
 	}
 
 	dir := t.TempDir()
