@@ -212,5 +212,59 @@ func TestAssetMirrorExport(t *testing.T) {
 		t.Errorf("failed exports left directories in %s: %v", out, entries)
 	}
 
+	// A schematic embedding an image cache adds the cache and the disk
+	// carrying it.
+	resp, err = client.Post(base+"/schematics", "application/yaml", strings.NewReader("customization:\n  imageCache: {kubernetes: true}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := json.NewDecoder(resp.Body).Decode(&created); err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /schematics: %d %v", resp.StatusCode, err)
+	}
+
+	resp.Body.Close()
+
+	out = t.TempDir()
+	dir = filepath.Join(out, "v1.13.0")
+
+	log, err = export("--schematic", created.ID, "--version", "v1.13.0", "--output", out)
+	if err != nil {
+		t.Fatalf("kiln export of a cache schematic: %v\n%s", err, log)
+	}
+
+	files = []string{"metal-amd64.raw.xz", "vmlinuz-amd64", "initramfs-amd64.xz", "image-cache.oci", "metal-amd64-with-cache.raw.xz", "checksums.txt"}
+	check()
+
+	if got := stamps(); len(got) != len(files) {
+		t.Errorf("the cache schematic's directory holds %v, want %v", got, files)
+	}
+
+	plain, err := os.Stat(filepath.Join(dir, "metal-amd64.raw.xz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	withCache, err := os.Stat(filepath.Join(dir, "metal-amd64-with-cache.raw.xz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// GNU tar reads the cache as an OCI image layout.
+	list, err := exec.Command("tar", "-tf", filepath.Join(dir, "image-cache.oci")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar -tf image-cache.oci: %v\n%s", err, list)
+	}
+
+	for _, want := range []string{"oci-layout\n", "index.json\n", "blobs/sha256/"} {
+		if !strings.Contains(string(list), want) {
+			t.Errorf("image-cache.oci has no %s:\n%s", strings.TrimSpace(want), list)
+		}
+	}
+
+	if withCache.Size() <= plain.Size() {
+		t.Errorf("the disk with the cache (%d bytes) is no larger than the one without (%d)", withCache.Size(), plain.Size())
+	}
+
 	k.stop(t)
 }
