@@ -224,12 +224,6 @@ func (m *assetMirror) open(ctx context.Context, id string, sc *schematic.Schemat
 
 		return m.asset(ctx, builder.Request{SchematicID: diskID, Version: v, Path: "metal-amd64.raw.xz"}, build)
 	case mirrorImageCache:
-		if !build {
-			// An image cache is found by the ID of its resolved plan,
-			// which the builder makes only on the way to building it.
-			return nil, false, errNotCached
-		}
-
 		ic := sc.Customization.ImageCache
 		req := builder.CacheRequest{Images: ic.Images, Platforms: ic.Platforms, Layout: "oci"}
 
@@ -239,6 +233,15 @@ func (m *assetMirror) open(ctx context.Context, id string, sc *schematic.Schemat
 
 		if len(req.Platforms) == 0 {
 			req.Platforms = []string{"linux/amd64"}
+		}
+
+		if !build {
+			a, err := m.builder.LookupImageCache(ctx, req)
+			if errors.Is(err, storage.ErrNotFound) {
+				return nil, false, errNotCached
+			}
+
+			return a, false, err
 		}
 
 		res, err := m.builder.ImageCache(ctx, req, nil)

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/sha512"
 	"encoding/hex"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -39,9 +40,15 @@ func TestAssetMirror(t *testing.T) {
 	} {
 		base := "/assets/" + tc.id + "/v1.13.0/"
 
-		resp, _ := ts.do(t, "HEAD", base+"vmlinuz-amd64", "")
-		if resp.StatusCode != 200 || resp.Header.Get("X-Kiln-Cache") != "miss" || resp.Header.Get("Content-Length") != "" {
-			t.Errorf("HEAD of an unbuilt file: %d %v", resp.StatusCode, resp.Header)
+		for _, f := range append(tc.files, "checksums.txt") {
+			if tc.id == cacheID && f == "metal-amd64.raw.xz" {
+				continue // the plain schematic's disk, built above
+			}
+
+			resp, _ := ts.do(t, "HEAD", base+f, "")
+			if resp.StatusCode != 200 || resp.Header.Get("X-Kiln-Cache") != "miss" || resp.Header.Get("Content-Length") != "" {
+				t.Errorf("HEAD of unbuilt %s: %d %v", f, resp.StatusCode, resp.Header)
+			}
 		}
 
 		resp, body := ts.do(t, "GET", base+"checksums.txt", "")
@@ -108,15 +115,15 @@ func TestAssetMirror(t *testing.T) {
 			t.Error("metal-amd64.raw.xz is not /image/.../metal-amd64.raw.xz")
 		}
 
-		resp, _ = ts.do(t, "HEAD", base+"metal-amd64.raw.xz", "")
-		if resp.StatusCode != 200 || resp.Header.Get("X-Kiln-Cache") != "hit" || resp.Header.Get("Content-Length") == "" {
-			t.Errorf("HEAD of a built file: %d %v", resp.StatusCode, resp.Header)
+		for _, f := range tc.files {
+			resp, _ := ts.do(t, "HEAD", base+f, "")
+			if resp.StatusCode != 200 || resp.Header.Get("X-Kiln-Cache") != "hit" || resp.Header.Get("Content-Length") != strconv.Itoa(len(got[f])) {
+				t.Errorf("HEAD of built %s: %d %v", f, resp.StatusCode, resp.Header)
+			}
 		}
 
-		// Every file is built, but an image cache is found only by
-		// building it: HEAD cannot say.
 		resp, _ = ts.do(t, "HEAD", base+"checksums.txt", "")
-		if known := resp.Header.Get("Content-Length") != ""; resp.StatusCode != 200 || known != (tc.id == emptyID) {
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Length") == "" || resp.Header.Get("X-Kiln-Cache") != "hit" {
 			t.Errorf("HEAD checksums.txt: %d %v", resp.StatusCode, resp.Header)
 		}
 	}
