@@ -53,44 +53,8 @@ func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress fun
 		progress = func(Event) {}
 	}
 
-	refs := append([]string(nil), req.Images...)
-
-	if req.KubernetesForTalos != "" {
-		v, err := release.ParseVersion(req.KubernetesForTalos)
-		if err != nil {
-			return nil, fmt.Errorf("%w: talos %v: want vMAJOR.MINOR.PATCH", ErrInvalidCacheRequest, err)
-		}
-
-		k8s, err := release.KubernetesImages(v)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
-		}
-
-		refs = append(refs, k8s...)
-	}
-
-	if len(refs) == 0 {
-		return nil, fmt.Errorf("%w: no images: give images and/or kubernetes_for_talos", ErrInvalidCacheRequest)
-	}
-
-	opts := imagecache.DefaultOptions()
-	opts.Logger = b.deps.Logger
-
-	if len(req.Platforms) > 0 {
-		opts.Platforms = req.Platforms
-	}
-
-	if req.Layout != "" {
-		l, err := imagecache.ParseLayout(req.Layout)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
-		}
-
-		opts.Layout = l
-	}
-
 	// As in Build: nothing is sent before the plan, which is what can refuse.
-	plan, err := b.planCache(ctx, refs, opts)
+	plan, opts, err := b.planCacheRequest(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +69,61 @@ func (b *Builder) ImageCache(ctx context.Context, req CacheRequest, progress fun
 	}
 
 	return &CacheResult{ID: plan.ID(), Images: len(plan.Images()), Asset: a, CacheHit: hit}, nil
+}
+
+// LookupImageCache finds the image cache req describes without building
+// it: storage.ErrNotFound when it is not built. Its images are resolved
+// and verified as for ImageCache, since they make its ID.
+func (b *Builder) LookupImageCache(ctx context.Context, req CacheRequest) (storage.Asset, error) {
+	plan, _, err := b.planCacheRequest(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+
+	return b.deps.Assets.Open(ctx, cacheKey(plan.ID()))
+}
+
+// planCacheRequest checks req and resolves its images.
+func (b *Builder) planCacheRequest(ctx context.Context, req CacheRequest) (*imagecache.Plan, imagecache.Options, error) {
+	opts := imagecache.DefaultOptions()
+	refs := append([]string(nil), req.Images...)
+
+	if req.KubernetesForTalos != "" {
+		v, err := release.ParseVersion(req.KubernetesForTalos)
+		if err != nil {
+			return nil, opts, fmt.Errorf("%w: talos %v: want vMAJOR.MINOR.PATCH", ErrInvalidCacheRequest, err)
+		}
+
+		k8s, err := release.KubernetesImages(v)
+		if err != nil {
+			return nil, opts, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
+		}
+
+		refs = append(refs, k8s...)
+	}
+
+	if len(refs) == 0 {
+		return nil, opts, fmt.Errorf("%w: no images: give images and/or kubernetes_for_talos", ErrInvalidCacheRequest)
+	}
+
+	opts.Logger = b.deps.Logger
+
+	if len(req.Platforms) > 0 {
+		opts.Platforms = req.Platforms
+	}
+
+	if req.Layout != "" {
+		l, err := imagecache.ParseLayout(req.Layout)
+		if err != nil {
+			return nil, opts, fmt.Errorf("%w: %v", ErrInvalidCacheRequest, err)
+		}
+
+		opts.Layout = l
+	}
+
+	plan, err := b.planCache(ctx, refs, opts)
+
+	return plan, opts, err
 }
 
 // OpenImageCache opens a built cache by ID.

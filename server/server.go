@@ -311,6 +311,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		}
 
 		ag.register(public)
+		newAssetMirror(domain, deps.Builder, deps.Artifacts, &factoryRoutes{logger: logger}).register(public)
 	}
 
 	public.HandleFunc("GET /{$}", rootPage)

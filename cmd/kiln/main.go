@@ -26,6 +26,7 @@ Usage:
   kiln cache create --images FILE|- --output DIR   write a talosctl-compatible image cache
   kiln schematic id [FILE|-]    print the ID and canonical form of a schematic, offline
   kiln config airgap --kiln URL --schematic ID --talos-version V   print the machine-config patch for nodes pulling from kiln
+  kiln export --kiln URL --schematic ID --version V --output DIR   write a schematic's asset mirror directory
   kiln version                  print kiln's version
 
 Run 'kiln <command> -h' for a command's flags. Every flag can also be set as a
@@ -53,6 +54,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = schematicCmd(args[1:], stdin, stdout, stderr)
 	case "config":
 		err = configCmd(ctx, args[1:], stdout, stderr, getenv)
+	case "export":
+		err = exportCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "version":
 		err = versionCmd(stdout)
 	case "help", "-h", "-help", "--help":
