@@ -488,6 +488,8 @@ There is no web UI (yet). On this port:
   GET  /imagecache/{id}.tar                     a built image cache
   GET  /config/{schematic}/{version}/airgap.yaml
                                                 the machine-config patch for nodes pulling from kiln
+  GET  /assets/{schematic}/{version}/{file}     an asset mirror as Sidero's air-gap plan lays it out
+                                                (checksums.txt lists its files; kiln export copies it)
   /v2/                                          the OCI registry of the mirror
   /v1/...                                       the REST gateway of the gRPC API (gRPC itself, with
                                                 reflection, on this same port: grpcurl -plaintext HOST list)
