@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 // AdminUser is the user of the credential kiln creates on first start.
@@ -63,11 +65,11 @@ func (f Files) EnsureAdmin() (created bool, err error) {
 	// The password first: a crash between the two leaves no htpasswd, so
 	// the next start makes both again rather than keep a hash whose
 	// password was never written down.
-	if err := writePrivate(f.Password(), []byte(password+"\n")); err != nil {
+	if err := iox.WriteFile(f.Password(), []byte(password+"\n"), 0o600); err != nil {
 		return false, fmt.Errorf("admin credential: %w", err)
 	}
 
-	if err := writePrivate(f.HTPasswd(), []byte(AdminUser+":"+string(hash)+"\n")); err != nil {
+	if err := iox.WriteFile(f.HTPasswd(), []byte(AdminUser+":"+string(hash)+"\n"), 0o600); err != nil {
 		return false, fmt.Errorf("admin credential: %w", err)
 	}
 
@@ -90,41 +92,6 @@ func ReadPassword(path string) (string, error) {
 	}
 
 	return string(b), nil
-}
-
-// writePrivate writes path (mode 0600) through a temp file, so it is
-// either whole or absent.
-func writePrivate(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-
-	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after the rename
-
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-
-		return err
-	}
-
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-
-		return err
-	}
-
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-
-		return err
-	}
-
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-
-	return os.Rename(tmp.Name(), path)
 }
 
 // readable stats path, naming it in the error.

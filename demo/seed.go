@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/kiln-dev/kiln/artifacts"
+	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
@@ -84,42 +85,7 @@ func writeDemoPolicy(dir string) error {
 		return nil
 	}
 
-	return writeFileAtomic(path, data, 0o644)
-}
-
-// writeFileAtomic replaces path by data through a temp file, so a reader
-// never sees half of it.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-
-	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after the rename
-
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-
-		return err
-	}
-
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-
-		return err
-	}
-
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-
-		return err
-	}
-
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-
-	return os.Rename(tmp.Name(), path)
+	return iox.WriteFile(path, data, 0o644)
 }
 
 // Seeded is the outcome of Seed.
@@ -297,7 +263,7 @@ func newDemoKey(dir string) (*signing.Signer, error) {
 		return nil, fmt.Errorf("demo key: %w", err)
 	}
 
-	if err := writeFileAtomic(filepath.Join(dir, PublicKeyFile), key.PublicKeyPEM(), 0o644); err != nil {
+	if err := iox.WriteFile(filepath.Join(dir, PublicKeyFile), key.PublicKeyPEM(), 0o644); err != nil {
 		return nil, fmt.Errorf("demo key: %w", err)
 	}
 

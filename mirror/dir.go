@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kiln-dev/kiln/internal/iox"
 )
 
 // On disk, a Layout directory is a standard OCI image layout:
@@ -111,7 +113,7 @@ func (b dirBackend) readIndex() ([]byte, error) {
 
 func (b dirBackend) commit(index []byte) error {
 	if _, err := os.Stat(filepath.Join(b.dir, "oci-layout")); errors.Is(err, fs.ErrNotExist) {
-		if err := writeFileAtomic(filepath.Join(b.dir, "oci-layout"), []byte(ociLayoutFile)); err != nil {
+		if err := iox.WriteFile(filepath.Join(b.dir, "oci-layout"), []byte(ociLayoutFile), 0o644); err != nil {
 			return err
 		}
 	}
@@ -124,38 +126,10 @@ func (b dirBackend) commit(index []byte) error {
 		index = []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
 	}
 
-	return writeFileAtomic(filepath.Join(b.dir, "index.json"), index)
+	return iox.WriteFile(filepath.Join(b.dir, "index.json"), index, 0o644)
 }
 
 func (dirBackend) Close() error { return nil }
-
-func writeFileAtomic(path string, data []byte) (rerr error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-
-	defer func() {
-		if rerr != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-
-	if err := f.Sync(); err != nil {
-		return err
-	}
-
-	if err := f.Close(); err != nil {
-		return err
-	}
-
-	return os.Rename(f.Name(), path)
-}
 
 // copyBufSize is the chunk size of every blob copy (style §5.9).
 const copyBufSize = 1 << 20

@@ -1,10 +1,13 @@
-// Package iox holds the one copy loop kiln uses for large data.
+// Package iox holds the one copy loop kiln uses for large data and the one
+// way it replaces a small file whole.
 package iox
 
 import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 )
 
 // ChunkSize is the copy buffer: go-diskfs and disks want writes of at
@@ -59,4 +62,40 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	}
 
 	return c.r.Read(p)
+}
+
+// WriteFile replaces path by data with mode perm through a temp file in the
+// same directory, synced before the rename, so that a reader (or a restart
+// after a crash) finds the old file or the whole new one, never a part. The
+// temp file is named ".<name>.*.tmp" and removed on failure.
+func WriteFile(path string, data []byte, perm os.FileMode) (rerr error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+
+	defer func() {
+		if rerr != nil {
+			f.Close()           //nolint:errcheck // already failing
+			os.Remove(f.Name()) //nolint:errcheck // best effort
+		}
+	}()
+
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+
+	if err := f.Sync(); err != nil {
+		return err
+	}
+
+	if err := f.Close(); err != nil {
+		return err
+	}
+
+	return os.Rename(f.Name(), path)
 }
