@@ -23,6 +23,7 @@ import (
 	"github.com/kiln-dev/kiln/builder"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/version"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -255,6 +256,9 @@ type Deps struct {
 	Registry http.Handler
 	// Authenticator checks the credentials of the admin calls.
 	Authenticator *access.Authenticator
+	// Signer is kiln's own signing key: it signs the installers kiln
+	// builds, and its public half is served at /oci/cosign/signing-key.pub.
+	Signer *signing.Signer
 	// Closers run after the server stops, in order.
 	Closers []func() error
 }
@@ -299,6 +303,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 
 	public := http.NewServeMux()
 	(&factoryRoutes{schematics: domain, releases: rel, images: img, logger: logger}).register(public)
+
+	if deps.Signer != nil {
+		public.HandleFunc("GET /oci/cosign/signing-key.pub", signingKeyHandler(deps.Signer))
+	}
 
 	if deps.Registry != nil {
 		public.Handle("/v2/", deps.Registry)
