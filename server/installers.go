@@ -1,8 +1,27 @@
 package server
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
+	"regexp"
+	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-dev/kiln/access"
+	"github.com/kiln-dev/kiln/builder"
+	"github.com/kiln-dev/kiln/internal/echo"
+	"github.com/kiln-dev/kiln/registry"
+	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -15,4 +34,233 @@ func signingKeyHandler(s *signing.Signer) http.HandlerFunc {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(pem) //nolint:errcheck // the client is gone
 	}
+}
+
+// installerFrontend is the public factory's registry frontend on kiln's
+// /v2/: <image>/<schematic>:<version> with <image> installer or
+// <platform>-installer. The first pull of such a tag builds the installer
+// index (Builder.Installer, single-flight with every other build), pushes
+// it into the embedded registry under that repository, signs it with kiln's
+// key (the legacy .sig tag) and only then tags it; every request, that one
+// included, is then answered by the embedded registry itself, which serves
+// manifests by tag and digest, blobs and HEAD, with its own access rules
+// (anonymous reads unless --auth-reads, writes for credentials only).
+type installerFrontend struct {
+	registry  http.Handler
+	builder   *builder.Builder
+	signer    *signing.Signer
+	authn     *access.Authenticator
+	authReads bool
+	// local is the embedded registry as kiln reaches it in process.
+	local  name.Registry
+	remote []remote.Option
+	// publicHost names the repositories in the signatures: the host
+	// clients pull from.
+	publicHost string
+	logger     *slog.Logger
+}
+
+func newInstallerFrontend(reg http.Handler, b *builder.Builder, s *signing.Signer, authn *access.Authenticator, authReads bool,
+	publicHost string, logger *slog.Logger,
+) (*installerFrontend, error) {
+	local, err := name.NewRegistry(embeddedHost, name.Insecure)
+	if err != nil {
+		return nil, err
+	}
+
+	return &installerFrontend{
+		registry: reg, builder: b, signer: s, authn: authn, authReads: authReads,
+		local: local, remote: []remote.Option{remote.WithTransport(registry.Transport(reg))},
+		publicHost: publicHost, logger: logger,
+	}, nil
+}
+
+// installerPath matches /v2/<image>/<schematic>/manifests/<ref>, the one
+// route the frontend acts on; every other /v2/ request goes straight to the
+// registry.
+var installerPath = regexp.MustCompile(`^/v2/([a-z0-9-]+)/([0-9a-f]{64})/manifests/([^/]+)$`)
+
+// installerRoute is a parsed manifest request for an installer.
+type installerRoute struct {
+	image      string // as requested: "metal-installer", "installer-secureboot"
+	platform   string // "metal"
+	secureBoot bool
+	schematic  string
+	tag        string
+}
+
+// parseInstallerRoute parses a manifest request by version tag of an
+// installer repository; ok is false for anything else.
+func parseInstallerRoute(path string) (installerRoute, bool) {
+	m := installerPath.FindStringSubmatch(path)
+	if m == nil {
+		return installerRoute{}, false
+	}
+
+	rt := installerRoute{image: m[1], schematic: m[2], tag: m[3]}
+
+	// Digests and cosign's sha256-<hex>.sig tags are what the registry
+	// holds already; a version tag is what may need a build.
+	if !strings.HasPrefix(rt.tag, "v") || !schematic.ValidID(rt.schematic) {
+		return installerRoute{}, false
+	}
+
+	image, sb := strings.CutSuffix(rt.image, "-secureboot")
+	rt.secureBoot = sb
+
+	switch {
+	case image == "installer":
+		rt.platform = "metal"
+	case strings.HasSuffix(image, "-installer") && image != "-installer":
+		rt.platform = strings.TrimSuffix(image, "-installer")
+	default:
+		return installerRoute{}, false
+	}
+
+	return rt, true
+}
+
+func (f *installerFrontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt, ok := parseInstallerRoute(r.URL.Path)
+	if !ok || (r.Method != http.MethodGet && r.Method != http.MethodHead) || !f.mayRead(r) {
+		// The registry answers (or refuses) it: a client without the
+		// credential --auth-reads asks for gets the registry's 401
+		// before anything is built.
+		f.registry.ServeHTTP(w, r)
+
+		return
+	}
+
+	if err := f.ensure(r.Context(), rt); err != nil {
+		f.writeError(w, r, rt, err)
+
+		return
+	}
+
+	f.registry.ServeHTTP(w, r)
+}
+
+// mayRead reports whether the client may pull from the registry.
+func (f *installerFrontend) mayRead(r *http.Request) bool {
+	if !f.authReads {
+		return true
+	}
+
+	_, err := f.authn.Authenticate(r)
+
+	return err == nil
+}
+
+// ensure makes the tag of rt exist in the embedded registry, building,
+// pushing and signing the installer when it does not.
+func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute) error {
+	if rt.secureBoot {
+		return &builder.UnsupportedError{What: "SecureBoot installers (" + rt.image + ")"}
+	}
+
+	repo := f.local.Repo(rt.image, rt.schematic)
+	tag := repo.Tag(rt.tag)
+
+	if _, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...); err == nil {
+		return nil
+	} else if !isNotFound(err) {
+		return fmt.Errorf("looking up %s: %w", tag, err)
+	}
+
+	ip, err := f.builder.PlanInstaller(ctx, builder.InstallerRequest{SchematicID: rt.schematic, Version: rt.tag, Platform: rt.platform})
+	if err != nil {
+		return err
+	}
+
+	public, err := name.NewRepository(f.publicHost+"/"+rt.image+"/"+rt.schematic, name.Insecure)
+	if err != nil {
+		return err
+	}
+
+	return f.builder.Installer(ctx, ip, nil, func(ctx context.Context, idx v1.ImageIndex) error {
+		// Another pull may have published it while this one waited.
+		if _, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...); err == nil {
+			return nil
+		}
+
+		d, err := idx.Digest()
+		if err != nil {
+			return err
+		}
+
+		opts := append(f.remote, remote.WithContext(ctx))
+		ref := repo.Digest(d.String())
+
+		// By digest, signed, then tagged: a tag that resolves is always
+		// signed.
+		if err := remote.WriteIndex(ref, idx, opts...); err != nil {
+			return fmt.Errorf("pushing installer %s: %w", ref, err)
+		}
+
+		if err := f.signer.SignLegacyAs(ctx, ref, public, f.remote...); err != nil {
+			return fmt.Errorf("signing installer %s: %w", ref, err)
+		}
+
+		if err := remote.Tag(tag, idx, opts...); err != nil {
+			return fmt.Errorf("tagging installer %s: %w", tag, err)
+		}
+
+		f.logger.InfoContext(ctx, "published installer", "image", public.Name()+":"+rt.tag, "digest", d.String())
+
+		return nil
+	})
+}
+
+func isNotFound(err error) bool {
+	var terr *transport.Error
+
+	return errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound
+}
+
+// writeError answers in the registry's error format (OCI distribution
+// spec), which crane, containerd and cosign print.
+func (f *installerFrontend) writeError(w http.ResponseWriter, r *http.Request, rt installerRoute, err error) {
+	st, _ := status.FromError(toStatus(err))
+	httpCode, retryAfter := httpStatusOf(st)
+	msg := st.Message()
+
+	var (
+		code     string
+		notFound *builder.SchematicNotFoundError
+	)
+
+	switch {
+	case errors.As(err, &notFound):
+		code, msg = "NAME_UNKNOWN", "repository "+rt.image+"/"+rt.schematic+": "+msg
+	case st.Code() == codes.NotFound, st.Code() == codes.InvalidArgument:
+		// A tag that names no version of the mirror is a manifest that
+		// does not exist.
+		httpCode, code = http.StatusNotFound, "MANIFEST_UNKNOWN"
+		msg = "manifest " + rt.image + "/" + rt.schematic + ":" + echo.Clip(rt.tag) + ": " + msg
+	case st.Code() == codes.Unimplemented:
+		code = "UNSUPPORTED"
+		msg = "kiln does not build " + msg
+	case httpCode == http.StatusServiceUnavailable:
+		code = "UNAVAILABLE"
+	case httpCode == http.StatusUnauthorized:
+		code = "UNAUTHORIZED"
+	default:
+		code = "UNKNOWN"
+	}
+
+	if httpCode >= http.StatusInternalServerError && st.Code() != codes.Unimplemented {
+		f.logger.WarnContext(r.Context(), "installer request failed", "path", echo.Clip(r.URL.Path), "status", httpCode,
+			"request_id", requestIDFrom(r.Context()), "error", err)
+	}
+
+	if retryAfter != "" {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpCode)
+
+	json.NewEncoder(w).Encode(map[string]any{ //nolint:errcheck // the client is gone
+		"errors": []map[string]string{{"code": code, "message": msg}},
+	})
 }

@@ -1,14 +1,30 @@
 package server
 
 import (
+	"archive/tar"
+	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
 
+	"github.com/kiln-dev/kiln/demo"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -60,5 +76,268 @@ func TestSigningKeyPub(t *testing.T) {
 
 	if again := get(); again != first {
 		t.Error("a restart served another key")
+	}
+}
+
+// TestInstallerFrontend pulls metal-installer/<id>:v1.13.0 from a demo kiln
+// as a registry client does: an index over the release's architectures,
+// each image the demo installer-base's layers and one artifacts layer, its
+// config the base's with the platform, signed with the served key; the
+// second pull the same digest; what kiln does not build refused in the
+// registry's error format.
+func TestInstallerFrontend(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+	createSchematic(t, ts, "{}")
+
+	ref, err := name.NewTag(ts.addr+"/metal-installer/"+emptyID+":v1.13.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	idx, err := remote.Index(ref)
+	if err != nil {
+		t.Fatalf("pull %s: %v", ref, err)
+	}
+
+	digest, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if len(im.Manifests) != len(release.Arches) {
+		t.Fatalf("index has %d manifests, want one per architecture %v", len(im.Manifests), release.Arches)
+	}
+
+	baseRef, err := name.NewTag(ts.addr+"/"+demo.Namespace+"/"+release.InstallerBaseRepo+":v1.13.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for i, arch := range release.Arches {
+		if p := im.Manifests[i].Platform; p == nil || p.OS != "linux" || p.Architecture != arch {
+			t.Fatalf("manifest %d platform %v, want linux/%s", i, p, arch)
+		}
+
+		img, err := idx.Image(im.Manifests[i].Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		base, err := remote.Image(baseRef, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		checkInstallerImage(t, img, base, arch)
+	}
+
+	// The second pull is served from the registry: the same digest.
+	if again, err := remote.Head(ref); err != nil || again.Digest != digest {
+		t.Fatalf("second pull = %v, %v; want %s", again, err, digest)
+	}
+
+	checkSignature(t, ts, ref.Context().Digest(digest.String()))
+
+	// installer and metal-installer are the same image.
+	if d, err := remote.Head(ref.Context().Registry.Repo("installer", emptyID).Tag("v1.13.0")); err != nil || d.Digest != digest {
+		t.Errorf("installer/%s:v1.13.0 = %v, %v; want %s", emptyID, d, err, digest)
+	}
+
+	for _, c := range []struct {
+		path, code string
+		status     int
+	}{
+		{"/v2/metal-installer/" + strings.Repeat("0", 64) + "/manifests/v1.13.0", "NAME_UNKNOWN", 404},
+		{"/v2/metal-installer/" + emptyID + "/manifests/v1.99.0", "MANIFEST_UNKNOWN", 404},
+		{"/v2/metal-installer/" + emptyID + "/manifests/vnope", "MANIFEST_UNKNOWN", 404},
+		{"/v2/metal-installer-secureboot/" + emptyID + "/manifests/v1.13.0", "UNSUPPORTED", 501},
+		{"/v2/aws-installer/" + emptyID + "/manifests/v1.13.0", "UNSUPPORTED", 501},
+	} {
+		resp, body := ts.do(t, "GET", c.path, "")
+
+		var e struct {
+			Errors []struct{ Code, Message string }
+		}
+
+		if err := json.Unmarshal([]byte(body), &e); err != nil || resp.StatusCode != c.status || len(e.Errors) != 1 || e.Errors[0].Code != c.code {
+			t.Errorf("GET %s = %d %s, want %d %s", c.path, resp.StatusCode, body, c.status, c.code)
+		}
+	}
+
+	// Clients write nothing there without the credential.
+	if err := remote.Tag(ref.Context().Tag("evil"), idx); err == nil {
+		t.Error("an anonymous client tagged an installer")
+	}
+}
+
+// checkInstallerImage checks one platform image against its base.
+func checkInstallerImage(t *testing.T, img, base v1.Image, arch string) {
+	t.Helper()
+
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	baseLayers, err := base.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if len(layers) != len(baseLayers)+1 {
+		t.Fatalf("linux/%s: %d layers, want the base's %d and the artifacts layer", arch, len(layers), len(baseLayers))
+	}
+
+	for i, bl := range baseLayers {
+		want, _ := bl.Digest()
+		if got, _ := layers[i].Digest(); got != want {
+			t.Errorf("linux/%s layer %d is %s, want the base's %s", arch, i, got, want)
+		}
+	}
+
+	rc, err := layers[len(layers)-1].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+
+	var files []string
+
+	tr := tar.NewReader(rc)
+
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		files = append(files, h.Name)
+	}
+
+	want := []string{"usr/install/" + arch + "/systemd-boot.efi", "usr/install/" + arch + "/vmlinuz.efi"}
+	if !slices.Equal(files, want) {
+		t.Errorf("linux/%s artifacts layer holds %v, want %v", arch, files, want)
+	}
+
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	bcf, err := base.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if cf.OS != "linux" || cf.Architecture != arch || !slices.Equal(cf.Config.Entrypoint, bcf.Config.Entrypoint) || !slices.Equal(cf.Config.Env, bcf.Config.Env) {
+		t.Errorf("linux/%s config %s/%s entrypoint %v env %v, want the base's %v %v", arch, cf.OS, cf.Architecture,
+			cf.Config.Entrypoint, cf.Config.Env, bcf.Config.Entrypoint, bcf.Config.Env)
+	}
+}
+
+// checkSignature checks the legacy cosign signature of ref against the
+// served key, as cosign verify --key does.
+func checkSignature(t *testing.T, ts *testServer, ref name.Digest) {
+	t.Helper()
+
+	_, pemKey := ts.do(t, "GET", "/oci/cosign/signing-key.pub", "")
+
+	pub, err := cryptoutils.UnmarshalPEMToPublicKey([]byte(pemKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	verifier, err := signature.LoadVerifier(pub, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sigImg, err := remote.Image(ref.Context().Tag("sha256-" + strings.TrimPrefix(ref.DigestStr(), "sha256:") + ".sig"))
+	if err != nil {
+		t.Fatalf("signature of %s: %v", ref, err)
+	}
+
+	m, err := sigImg.Manifest()
+	if err != nil || len(m.Layers) != 1 {
+		t.Fatalf("signature manifest %v, %v: want one layer", m, err)
+	}
+
+	l, err := sigImg.LayerByDigest(m.Layers[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+
+	payload, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sig, err := base64.StdEncoding.DecodeString(m.Layers[0].Annotations["dev.cosignproject.cosign/signature"])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := verifier.VerifySignature(bytes.NewReader(sig), bytes.NewReader(payload)); err != nil {
+		t.Fatalf("signature of %s does not verify with the served key: %v", ref, err)
+	}
+
+	var p struct {
+		Critical struct {
+			Identity struct {
+				DockerReference string `json:"docker-reference"`
+			}
+			Image struct {
+				DockerManifestDigest string `json:"docker-manifest-digest"`
+			}
+		}
+	}
+
+	if err := json.Unmarshal(payload, &p); err != nil {
+		t.Fatal(err)
+	}
+
+	if p.Critical.Image.DockerManifestDigest != ref.DigestStr() || p.Critical.Identity.DockerReference != ts.addr+"/metal-installer/"+emptyID {
+		t.Errorf("signed payload names %s@%s, want %s", p.Critical.Identity.DockerReference, p.Critical.Image.DockerManifestDigest, ref)
+	}
+}
+
+// TestInstallerFrontendAuthReads: with --auth-reads a client without the
+// credential is refused before anything is built; with it, the pull works.
+func TestInstallerFrontendAuthReads(t *testing.T) {
+	ts := startServer(t, Config{Demo: true, AuthReads: true})
+	createSchematic(t, ts, "{}")
+
+	path := "/v2/metal-installer/" + emptyID + "/manifests/v1.13.0"
+
+	resp, body := ts.do(t, "GET", path, "")
+	if resp.StatusCode != 401 {
+		t.Fatalf("anonymous GET %s = %d %s", path, resp.StatusCode, body)
+	}
+
+	admin := http.Header{"Authorization": {ts.adminAuthorization(t)}}
+
+	if resp, body := ts.doWith(t, "GET", "/v2/_catalog", "", admin); resp.StatusCode != 200 || strings.Contains(body, "metal-installer") {
+		t.Fatalf("after an anonymous pull the catalog is %d %s: want no installer built", resp.StatusCode, body)
+	}
+
+	admin.Set("Accept", "application/vnd.oci.image.index.v1+json")
+
+	if resp, body := ts.doWith(t, "GET", path, "", admin); resp.StatusCode != 200 || !strings.Contains(body, `"manifests"`) {
+		t.Fatalf("admin GET %s = %d %s", path, resp.StatusCode, body)
 	}
 }

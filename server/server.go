@@ -309,7 +309,20 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	}
 
 	if deps.Registry != nil {
-		public.Handle("/v2/", deps.Registry)
+		v2 := deps.Registry
+
+		if deps.Builder != nil && deps.Signer != nil {
+			ext, err := url.Parse(cfg.externalURL())
+			if err != nil {
+				return nil, fmt.Errorf("external URL: %w", err)
+			}
+
+			if v2, err = newInstallerFrontend(deps.Registry, deps.Builder, deps.Signer, deps.Authenticator, cfg.AuthReads, ext.Host, logger); err != nil {
+				return nil, err
+			}
+		}
+
+		public.Handle("/v2/", v2)
 	}
 
 	if deps.Artifacts != nil {
@@ -495,7 +508,9 @@ There is no web UI (yet). On this port:
   GET  /imagecache/{id}.tar                     a built image cache
   GET  /config/{schematic}/{version}/airgap.yaml
                                                 the machine-config patch for nodes pulling from kiln
-  /v2/                                          the OCI registry of the mirror
+  /v2/                                          the OCI registry of the mirror, and the installers:
+                                                HOST/metal-installer/{schematic}:{version}
+  GET  /oci/cosign/signing-key.pub              the key kiln signs its installers with
   /v1/...                                       the REST gateway of the gRPC API (gRPC itself, with
                                                 reflection, on this same port: grpcurl -plaintext HOST list)
   GET  /healthz, /readyz
