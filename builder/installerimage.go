@@ -91,17 +91,19 @@ func (b *Builder) PlanInstaller(ctx context.Context, req InstallerRequest) (*Ins
 }
 
 // Installer builds the installer index of ip and hands it to publish, once
-// for every caller asking at the same time, in a build slot like every
-// other build (a BusyError when the queue is full). The index's own layers
-// are files in scratch space that exist only while publish runs: publish
-// writes the index out (to a registry, a tarball). progress (may be nil)
-// receives events.
-func (b *Builder) Installer(ctx context.Context, ip *InstallerPlan, progress func(Event), publish func(context.Context, v1.ImageIndex) error) error {
+// for every caller asking for the same plan and target at the same time, in
+// a build slot like every other build (a BusyError when the queue is full).
+// target names where publish writes (a repository): callers with another
+// target run their own build, so each publish happens. The index's own
+// layers are files in scratch space that exist only while publish runs:
+// publish writes the index out (to a registry, a tarball). progress (may be
+// nil) receives events.
+func (b *Builder) Installer(ctx context.Context, ip *InstallerPlan, target string, progress func(Event), publish func(context.Context, v1.ImageIndex) error) error {
 	if progress == nil {
 		progress = func(Event) {}
 	}
 
-	return b.flight(ctx, "installer-"+ip.Key(), progress, func(ctx context.Context, emit func(Event)) error {
+	return b.flight(ctx, "installer-"+ip.Key()+"-"+target, progress, func(ctx context.Context, emit func(Event)) error {
 		if err := b.deps.Artifacts.Drift(ctx, ip.Version); err != nil {
 			return err
 		}

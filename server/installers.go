@@ -177,7 +177,7 @@ func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute) error
 		return err
 	}
 
-	return f.builder.Installer(ctx, ip, nil, func(ctx context.Context, idx v1.ImageIndex) error {
+	return f.builder.Installer(ctx, ip, repo.Name(), nil, func(ctx context.Context, idx v1.ImageIndex) error {
 		// Another pull may have published it while this one waited.
 		if _, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...); err == nil {
 			return nil

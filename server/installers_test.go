@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -339,5 +341,75 @@ func TestInstallerFrontendAuthReads(t *testing.T) {
 
 	if resp, body := ts.doWith(t, "GET", path, "", admin); resp.StatusCode != 200 || !strings.Contains(body, `"manifests"`) {
 		t.Fatalf("admin GET %s = %d %s", path, resp.StatusCode, body)
+	}
+}
+
+// TestInstallerFrontendConcurrent: pulls of one installer at the same time
+// wait for one build per repository, and all get the same image; a pull of
+// installer/<id> at the same time as metal-installer/<id> is published too.
+func TestInstallerFrontendConcurrent(t *testing.T) {
+	var logs syncLog
+
+	ts := startServerLogged(t, Config{Demo: true}, slog.New(slog.NewJSONHandler(&logs, nil)))
+	createSchematic(t, ts, "{}")
+
+	const pulls = 6
+
+	digests := make([]string, pulls)
+
+	var wg sync.WaitGroup
+
+	for i := range pulls {
+		image := "metal-installer"
+		if i%2 == 1 {
+			image = "installer"
+		}
+
+		wg.Add(1)
+
+		go func() {
+			defer wg.Done()
+
+			ref, err := name.NewTag(ts.addr+"/"+image+"/"+emptyID+":v1.12.0", name.Insecure)
+			if err != nil {
+				t.Error(err)
+
+				return
+			}
+
+			idx, err := remote.Index(ref)
+			if err != nil {
+				t.Errorf("pull %s: %v", ref, err)
+
+				return
+			}
+
+			d, err := idx.Digest()
+			if err != nil {
+				t.Error(err)
+
+				return
+			}
+
+			digests[i] = d.String()
+		}()
+	}
+
+	wg.Wait()
+
+	for _, d := range digests {
+		if d != digests[0] {
+			t.Fatalf("concurrent pulls got %v, want one digest", digests)
+		}
+	}
+
+	// A pull that missed the tag just before a build published it runs
+	// one more build, which then finds the tag; publishing is once.
+	if n := strings.Count(logs.String(), `"msg":"published installer"`); n != 2 {
+		t.Errorf("%d installers published for %d pulls of two repositories, want 2:\n%s", n, pulls, logs.String())
+	}
+
+	if n := strings.Count(logs.String(), `"msg":"built installer"`); n < 2 || n > pulls {
+		t.Errorf("%d installer builds for %d pulls", n, pulls)
 	}
 }
