@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/access"
 	"github.com/kiln-dev/kiln/builder"
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/echo"
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/schematic"
@@ -131,7 +132,7 @@ func (f *installerFrontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if err := f.ensure(r.Context(), rt); err != nil {
+	if _, _, err := f.ensure(r.Context(), rt, nil); err != nil {
 		f.writeError(w, r, rt, err)
 
 		return
@@ -152,34 +153,45 @@ func (f *installerFrontend) mayRead(r *http.Request) bool {
 }
 
 // ensure makes the tag of rt exist in the embedded registry, building,
-// pushing and signing the installer when it does not.
-func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute) error {
+// pushing and signing the installer when it does not, and returns the
+// digest the tag names; hit says it was there already. progress (may be
+// nil) receives the build's events.
+func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute, progress func(builder.Event)) (digest v1.Hash, hit bool, err error) {
 	if rt.secureBoot {
-		return &builder.UnsupportedError{What: "SecureBoot installers (" + rt.image + ")"}
+		return v1.Hash{}, false, &builder.UnsupportedError{What: "SecureBoot installers (" + rt.image + ")"}
 	}
 
 	repo := f.local.Repo(rt.image, rt.schematic)
 	tag := repo.Tag(rt.tag)
 
-	if _, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...); err == nil {
-		return nil
+	head := func(ctx context.Context) (v1.Hash, error) {
+		desc, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+
+		return desc.Digest, nil
+	}
+
+	if d, err := head(ctx); err == nil {
+		return d, true, nil
 	} else if !isNotFound(err) {
-		return fmt.Errorf("looking up %s: %w", tag, err)
+		return v1.Hash{}, false, fmt.Errorf("looking up %s: %w", tag, err)
 	}
 
 	ip, err := f.builder.PlanInstaller(ctx, builder.InstallerRequest{SchematicID: rt.schematic, Version: rt.tag, Platform: rt.platform})
 	if err != nil {
-		return err
+		return v1.Hash{}, false, err
 	}
 
-	public, err := name.NewRepository(f.publicHost+"/"+rt.image+"/"+rt.schematic, name.Insecure)
+	public, err := f.public(rt)
 	if err != nil {
-		return err
+		return v1.Hash{}, false, err
 	}
 
-	return f.builder.Installer(ctx, ip, repo.Name(), nil, func(ctx context.Context, idx v1.ImageIndex) error {
+	err = f.builder.Installer(ctx, ip, repo.Name(), progress, func(ctx context.Context, idx v1.ImageIndex) error {
 		// Another pull may have published it while this one waited.
-		if _, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...); err == nil {
+		if _, err := head(ctx); err == nil {
 			return nil
 		}
 
@@ -197,7 +209,7 @@ func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute) error
 			return fmt.Errorf("pushing installer %s: %w", ref, err)
 		}
 
-		if err := f.signer.SignLegacyAs(ctx, ref, public, f.remote...); err != nil {
+		if err := f.signer.SignLegacyAs(ctx, ref, public.Context(), f.remote...); err != nil {
 			return fmt.Errorf("signing installer %s: %w", ref, err)
 		}
 
@@ -205,10 +217,25 @@ func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute) error
 			return fmt.Errorf("tagging installer %s: %w", tag, err)
 		}
 
-		f.logger.InfoContext(ctx, "published installer", "image", public.Name()+":"+rt.tag, "digest", d.String())
+		f.logger.InfoContext(ctx, "published installer", "image", public.Name(), "digest", d.String())
 
 		return nil
 	})
+	if err != nil {
+		return v1.Hash{}, false, err
+	}
+
+	d, err := head(ctx)
+	if err != nil {
+		return v1.Hash{}, false, fmt.Errorf("looking up %s after publishing it: %w", tag, err)
+	}
+
+	return d, false, nil
+}
+
+// public is rt's tag as clients pull it from kiln.
+func (f *installerFrontend) public(rt installerRoute) (name.Tag, error) {
+	return name.NewTag(f.publicHost+"/"+rt.image+"/"+rt.schematic+":"+rt.tag, name.Insecure)
 }
 
 func isNotFound(err error) bool {
@@ -263,4 +290,60 @@ func (f *installerFrontend) writeError(w http.ResponseWriter, r *http.Request, r
 	json.NewEncoder(w).Encode(map[string]any{ //nolint:errcheck // the client is gone
 		"errors": []map[string]string{{"code": code, "message": msg}},
 	})
+}
+
+// GetInstallerImage makes sure the installer is in kiln's registry, as its
+// first pull would, and says how to pull it.
+func (s *imageService) GetInstallerImage(req *kilnv1.GetInstallerImageRequest, stream kilnv1.ImageService_GetInstallerImageServer) error {
+	f := s.domain.installers
+	if f == nil {
+		return status.Error(codes.Unimplemented, "this kiln serves no installers: they are pushed into its embedded registry, and it reads releases from --registry")
+	}
+
+	image := req.GetImage()
+	if image == "" {
+		image = "metal-installer"
+	}
+
+	version := strings.TrimSpace(req.GetVersion())
+	if version != "" && !strings.HasPrefix(version, "v") {
+		version = "v" + version
+	}
+
+	if !schematic.ValidID(req.GetSchematicId()) {
+		return toStatus(&builder.SchematicNotFoundError{ID: req.GetSchematicId()})
+	}
+
+	rt, ok := parseInstallerRoute("/v2/" + image + "/" + req.GetSchematicId() + "/manifests/" + version)
+	if !ok {
+		return status.Errorf(codes.InvalidArgument, "image %q, version %q: want image installer or <platform>-installer and a version v<major>.<minor>.<patch>",
+			echo.Clip(image), echo.Clip(req.GetVersion()))
+	}
+
+	out := newEventStream(stream.Send)
+
+	d, hit, err := f.ensure(stream.Context(), rt, func(e builder.Event) {
+		out.progress(&kilnv1.GetInstallerImageResponse{Event: &kilnv1.GetInstallerImageResponse_Progress{
+			Progress: progressEvent(e.Phase, e.Artifact, e.Message, e.Done, e.Total),
+		}})
+	})
+
+	var last *kilnv1.GetInstallerImageResponse
+
+	if err == nil {
+		if hit {
+			out.progress(&kilnv1.GetInstallerImageResponse{Event: &kilnv1.GetInstallerImageResponse_CacheHit{CacheHit: true}})
+		}
+
+		public, perr := f.public(rt)
+		if perr != nil {
+			err = perr
+		} else {
+			last = &kilnv1.GetInstallerImageResponse{Event: &kilnv1.GetInstallerImageResponse_Done{Done: &kilnv1.InstallerImage{
+				Reference: public.Name(), Digest: d.String(),
+			}}}
+		}
+	}
+
+	return toStatus(out.finish(last, err))
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -24,8 +25,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kiln-dev/kiln/demo"
+	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
@@ -411,5 +415,84 @@ func TestInstallerFrontendConcurrent(t *testing.T) {
 
 	if n := strings.Count(logs.String(), `"msg":"built installer"`); n < 2 || n > pulls {
 		t.Errorf("%d installer builds for %d pulls", n, pulls)
+	}
+}
+
+// TestGetInstallerImage: the gRPC call builds the installer with progress
+// and names it as nodes pull it; the second call is a cache hit with the
+// same digest, which a registry pull agrees with; the REST gateway answers
+// the same; bad requests are refused naming what is wrong.
+func TestGetInstallerImage(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+	createSchematic(t, ts, "{}")
+
+	client := kilnv1.NewImageServiceClient(ts.conn)
+
+	call := func(req *kilnv1.GetInstallerImageRequest) (done *kilnv1.InstallerImage, progress int, hit bool, err error) {
+		stream, err := client.GetInstallerImage(context.Background(), req)
+		if err != nil {
+			return nil, 0, false, err
+		}
+
+		for {
+			ev, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return done, progress, hit, nil
+			}
+
+			if err != nil {
+				return nil, progress, hit, err
+			}
+
+			switch {
+			case ev.GetProgress() != nil:
+				progress++
+			case ev.GetCacheHit():
+				hit = true
+			case ev.GetDone() != nil:
+				done = ev.GetDone()
+			}
+		}
+	}
+
+	want := ts.addr + "/metal-installer/" + emptyID + ":v1.13.0"
+
+	first, progress, hit, err := call(&kilnv1.GetInstallerImageRequest{SchematicId: emptyID, Version: "1.13.0"})
+	if err != nil || first == nil || first.GetReference() != want || hit || progress == 0 {
+		t.Fatalf("first call = %v (%d progress events, hit %v), %v; want %s built", first, progress, hit, err, want)
+	}
+
+	again, _, hit, err := call(&kilnv1.GetInstallerImageRequest{SchematicId: emptyID, Version: "v1.13.0", Image: "metal-installer"})
+	if err != nil || again.GetDigest() != first.GetDigest() || !hit {
+		t.Fatalf("second call = %v (hit %v), %v; want %s from the registry", again, hit, err, first.GetDigest())
+	}
+
+	ref, err := name.NewTag(want, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if desc, err := remote.Head(ref); err != nil || desc.Digest.String() != first.GetDigest() {
+		t.Fatalf("pull %s = %v, %v; want %s", ref, desc, err, first.GetDigest())
+	}
+
+	resp, body := ts.do(t, "POST", "/v1/installers", `{"schematic_id":"`+emptyID+`","version":"v1.13.0"}`)
+	if resp.StatusCode != 200 || !strings.Contains(body, `"digest":"`+first.GetDigest()+`"`) || !strings.Contains(body, `"reference":"`+want+`"`) {
+		t.Errorf("POST /v1/installers = %d %s", resp.StatusCode, body)
+	}
+
+	for _, c := range []struct {
+		req  *kilnv1.GetInstallerImageRequest
+		code codes.Code
+	}{
+		{&kilnv1.GetInstallerImageRequest{SchematicId: strings.Repeat("0", 64), Version: "v1.13.0"}, codes.NotFound},
+		{&kilnv1.GetInstallerImageRequest{SchematicId: "nope", Version: "v1.13.0"}, codes.NotFound},
+		{&kilnv1.GetInstallerImageRequest{SchematicId: emptyID, Version: "v1.99.0"}, codes.NotFound},
+		{&kilnv1.GetInstallerImageRequest{SchematicId: emptyID, Version: "v1.13.0", Image: "kernel"}, codes.InvalidArgument},
+		{&kilnv1.GetInstallerImageRequest{SchematicId: emptyID, Version: "v1.13.0", Image: "installer-secureboot"}, codes.Unimplemented},
+	} {
+		if _, _, _, err := call(c.req); status.Code(err) != c.code {
+			t.Errorf("GetInstallerImage(%v) = %v, want %s", c.req, err, c.code)
+		}
 	}
 }

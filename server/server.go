@@ -290,6 +290,19 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	if cfg.ExternalPXEURL != "" {
 		img.pxeURL = strings.TrimSuffix(cfg.ExternalPXEURL, "/")
 	}
+
+	// kiln serves installers from its embedded registry, signed with its
+	// key.
+	if deps.Registry != nil && deps.Builder != nil && deps.Signer != nil {
+		ext, err := url.Parse(cfg.externalURL())
+		if err != nil {
+			return nil, fmt.Errorf("external URL: %w", err)
+		}
+
+		if img.installers, err = newInstallerFrontend(deps.Registry, deps.Builder, deps.Signer, deps.Authenticator, cfg.AuthReads, ext.Host, logger); err != nil {
+			return nil, err
+		}
+	}
 	g := &guard{authn: deps.Authenticator, publicList: cfg.PublicSchematicList}
 	s.grpc = newGRPCServer(logger, domain, rel, img, s.health, g)
 
@@ -308,21 +321,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 		public.HandleFunc("GET /oci/cosign/signing-key.pub", signingKeyHandler(deps.Signer))
 	}
 
-	if deps.Registry != nil {
-		v2 := deps.Registry
-
-		if deps.Builder != nil && deps.Signer != nil {
-			ext, err := url.Parse(cfg.externalURL())
-			if err != nil {
-				return nil, fmt.Errorf("external URL: %w", err)
-			}
-
-			if v2, err = newInstallerFrontend(deps.Registry, deps.Builder, deps.Signer, deps.Authenticator, cfg.AuthReads, ext.Host, logger); err != nil {
-				return nil, err
-			}
-		}
-
-		public.Handle("/v2/", v2)
+	switch {
+	case img.installers != nil:
+		public.Handle("/v2/", img.installers)
+	case deps.Registry != nil:
+		public.Handle("/v2/", deps.Registry)
 	}
 
 	if deps.Artifacts != nil {
