@@ -1,10 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -14,6 +18,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -55,6 +61,8 @@ type installerFrontend struct {
 	// local is the embedded registry as kiln reaches it in process.
 	local  name.Registry
 	remote []remote.Option
+	// verifier checks kiln's signatures over what the registry holds.
+	verifier signature.Verifier
 	// publicHost names the repositories in the signatures: the host
 	// clients pull from.
 	publicHost string
@@ -69,8 +77,18 @@ func newInstallerFrontend(reg http.Handler, b *builder.Builder, s *signing.Signe
 		return nil, err
 	}
 
+	pub, err := cryptoutils.UnmarshalPEMToPublicKey(s.PublicKeyPEM())
+	if err != nil {
+		return nil, err
+	}
+
+	verifier, err := signature.LoadVerifier(pub, crypto.SHA256)
+	if err != nil {
+		return nil, err
+	}
+
 	return &installerFrontend{
-		registry: reg, builder: b, signer: s, authn: authn, authReads: authReads,
+		registry: reg, builder: b, signer: s, authn: authn, authReads: authReads, verifier: verifier,
 		local: local, remote: []remote.Option{remote.WithTransport(registry.Transport(reg))},
 		publicHost: publicHost, logger: logger,
 	}, nil
@@ -173,8 +191,17 @@ func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute, progr
 		return desc.Digest, nil
 	}
 
+	// What the tag names is served only while kiln's signature over it
+	// verifies, as the factory does: anything else (an image pushed over
+	// the tag with the admin credential, a signature lost) is rebuilt.
 	if d, err := head(ctx); err == nil {
-		return d, true, nil
+		serr := f.signed(ctx, repo, d)
+		if serr == nil {
+			return d, true, nil
+		}
+
+		f.logger.WarnContext(ctx, "an installer tag names an image kiln's key did not sign: building it again",
+			"image", repo.Name()+":"+rt.tag, "digest", d.String(), "error", serr)
 	} else if !isNotFound(err) {
 		return v1.Hash{}, false, fmt.Errorf("looking up %s: %w", tag, err)
 	}
@@ -191,7 +218,7 @@ func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute, progr
 
 	err = f.builder.Installer(ctx, ip, repo.Name(), progress, func(ctx context.Context, idx v1.ImageIndex) error {
 		// Another pull may have published it while this one waited.
-		if _, err := head(ctx); err == nil {
+		if d, err := head(ctx); err == nil && f.signed(ctx, repo, d) == nil {
 			return nil
 		}
 
@@ -236,6 +263,78 @@ func (f *installerFrontend) ensure(ctx context.Context, rt installerRoute, progr
 // public is rt's tag as clients pull it from kiln.
 func (f *installerFrontend) public(rt installerRoute) (name.Tag, error) {
 	return name.NewTag(f.publicHost+"/"+rt.image+"/"+rt.schematic+":"+rt.tag, name.Insecure)
+}
+
+// maxSignaturePayload bounds the simple-signing payload read from the
+// registry (cosign's are a few hundred bytes).
+const maxSignaturePayload = 64 << 10
+
+// signed checks the legacy cosign signature of repo@d with kiln's key: a
+// layer of its sha256-<hex>.sig image whose payload names d and whose
+// signature verifies.
+func (f *installerFrontend) signed(ctx context.Context, repo name.Repository, d v1.Hash) error {
+	sigs, err := remote.Image(repo.Tag(d.Algorithm+"-"+d.Hex+".sig"), append(f.remote, remote.WithContext(ctx))...)
+	if err != nil {
+		return fmt.Errorf("reading its signature: %w", err)
+	}
+
+	m, err := sigs.Manifest()
+	if err != nil {
+		return fmt.Errorf("reading its signature: %w", err)
+	}
+
+	for _, l := range m.Layers {
+		if err := f.verifyLayer(sigs, l, d); err == nil {
+			return nil
+		}
+	}
+
+	return errors.New("no signature by kiln's key")
+}
+
+func (f *installerFrontend) verifyLayer(sigs v1.Image, l v1.Descriptor, d v1.Hash) error {
+	sig, err := base64.StdEncoding.DecodeString(l.Annotations["dev.cosignproject.cosign/signature"])
+	if err != nil {
+		return err
+	}
+
+	layer, err := sigs.LayerByDigest(l.Digest)
+	if err != nil {
+		return err
+	}
+
+	rc, err := layer.Compressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+
+	payload, err := io.ReadAll(io.LimitReader(rc, maxSignaturePayload))
+	if err != nil {
+		return err
+	}
+
+	if err := f.verifier.VerifySignature(bytes.NewReader(sig), bytes.NewReader(payload)); err != nil {
+		return err
+	}
+
+	var p struct {
+		Critical struct {
+			Image struct {
+				DockerManifestDigest string `json:"docker-manifest-digest"`
+			} `json:"image"`
+		} `json:"critical"`
+	}
+
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return err
+	}
+
+	if p.Critical.Image.DockerManifestDigest != d.String() {
+		return fmt.Errorf("signature is for %s", echo.Clip(p.Critical.Image.DockerManifestDigest))
+	}
+
+	return nil
 }
 
 func isNotFound(err error) bool {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-dev/kiln/access"
 	"github.com/kiln-dev/kiln/demo"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/release"
@@ -179,6 +181,37 @@ func TestInstallerFrontend(t *testing.T) {
 	if err := remote.Tag(ref.Context().Tag("evil"), idx); err == nil {
 		t.Error("an anonymous client tagged an installer")
 	}
+
+	// An image an admin pushes over the tag is not signed by kiln: the next
+	// pull gets kiln's installer again.
+	password, err := access.ReadPassword(filepath.Join(ts.dir, "auth", "admin-password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	baseIdx, err := remote.Index(baseRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := remote.WriteIndex(ref, baseIdx, remote.WithAuth(&authn.Basic{Username: access.AdminUser, Password: password})); err != nil {
+		t.Fatalf("admin push over %s: %v", ref, err)
+	}
+
+	baseDigest, err := baseIdx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := remote.Head(ref.Context().Digest(baseDigest.String())); err != nil {
+		t.Fatalf("the admin's push is not there: %v", err)
+	}
+
+	if again, err := remote.Head(ref); err != nil || again.Digest != digest {
+		t.Fatalf("pull after an admin pushed over the tag = %v, %v; want kiln's %s again", again, err, digest)
+	}
+
+	checkSignature(t, ts, ref.Context().Digest(digest.String()))
 }
 
 // checkInstallerImage checks one platform image against its base.
@@ -357,6 +390,11 @@ func TestInstallerFrontendConcurrent(t *testing.T) {
 	ts := startServerLogged(t, Config{Demo: true}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	createSchematic(t, ts, "{}")
 
+	// A connection the client dialled but did not use keeps the server's
+	// shutdown waiting; closed before the server stops.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+
 	const pulls = 6
 
 	digests := make([]string, pulls)
@@ -381,7 +419,7 @@ func TestInstallerFrontendConcurrent(t *testing.T) {
 				return
 			}
 
-			idx, err := remote.Index(ref)
+			idx, err := remote.Index(ref, remote.WithTransport(tr))
 			if err != nil {
 				t.Errorf("pull %s: %v", ref, err)
 
