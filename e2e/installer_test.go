@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -93,6 +95,19 @@ func TestInstallerPull(t *testing.T) {
 
 	if again := strings.TrimSpace(run(t, crane, "digest", ref)); again != digest {
 		t.Errorf("second pull: %s, first %s", again, digest)
+	}
+
+	// skopeo (containers/image, as podman and CRI-O pull): the whole
+	// index, and the raw index hashes to the same digest.
+	if _, err := exec.LookPath("skopeo"); err == nil {
+		runLong(t, "skopeo", "--insecure-policy", "copy", "--all", "--src-tls-verify=false", "docker://"+ref, "oci:"+filepath.Join(t.TempDir(), "skopeo"))
+
+		raw := run(t, "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref)
+		if sum := sha256.Sum256([]byte(raw)); "sha256:"+hex.EncodeToString(sum[:]) != digest {
+			t.Errorf("skopeo inspect --raw %s hashes to sha256:%x, crane says %s", ref, sum, digest)
+		}
+	} else if os.Getenv("KILN_REQUIRE_FIXTURES") != "" {
+		t.Error("skopeo is not installed (make e2e-tools)")
 	}
 
 	// Reproducible: another kiln, its own data directory, key and port,
