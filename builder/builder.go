@@ -235,6 +235,15 @@ func (b *Builder) plan(ctx context.Context, req Request, out Output, supported f
 		return p, nil // extensions do not change these
 	}
 
+	if out.Kind == KindInstaller {
+		base, err := b.deps.Artifacts.InstallerBase(ctx, version)
+		if err != nil {
+			return nil, err
+		}
+
+		p.InstallerBase, p.base = base.Verified.Digest().String(), base
+	}
+
 	if ic := sc.Customization.ImageCache; ic.Enabled() && (out.Kind == KindISO || out.Kind == KindDisk) {
 		if err := b.planImageCache(ctx, p, ic); err != nil {
 			return nil, err

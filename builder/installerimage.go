@@ -80,12 +80,7 @@ func (b *Builder) PlanInstaller(ctx context.Context, req InstallerRequest) (*Ins
 		ip.Version = p.Version
 	}
 
-	base, err := b.deps.Artifacts.InstallerBase(ctx, ip.Version)
-	if err != nil {
-		return nil, err
-	}
-
-	ip.Base, ip.base = base.Verified.Digest().String(), base
+	ip.Base, ip.base = ip.plans[0].InstallerBase, ip.plans[0].base
 
 	return ip, nil
 }
@@ -258,4 +253,47 @@ func assetBlob(a readerAtSized) installer.Blob {
 	return installer.Blob{Size: a.Size(), Open: func() (io.ReadCloser, error) {
 		return io.NopCloser(io.NewSectionReader(a, 0, a.Size())), nil
 	}}
+}
+
+// installerTarball writes the linux/<arch> installer image as the docker
+// archive the public factory serves as [<platform>-]installer-<arch>.tar.
+func (j *job) installerTarball(ctx context.Context, w io.Writer) error {
+	p := j.p
+
+	j.emit(Event{Phase: "fetch", Artifact: p.InstallerBase, Message: "installer base linux/" + p.Output.Arch})
+
+	base, err := p.base.Platform(ctx, p.Output.Arch)
+	if err != nil {
+		return fmt.Errorf("installer base linux/%s: %w", p.Output.Arch, err)
+	}
+
+	assets, err := j.installerAssets(ctx)
+	if err != nil {
+		return err
+	}
+
+	layers := filepath.Join(j.tmp, "layers")
+	if err := os.Mkdir(layers, 0o755); err != nil {
+		return err
+	}
+
+	j.emit(Event{Phase: "assemble", Message: "installer image"})
+
+	idx, err := installer.Build(ctx, installer.Options{Version: p.Version, Created: time.Unix(SourceDateEpoch, 0), Dir: layers},
+		installer.Platform{Arch: p.Output.Arch, Base: base, Assets: assets})
+	if err != nil {
+		return err
+	}
+
+	img, err := idx.Arch(p.Output.Arch)
+	if err != nil {
+		return err
+	}
+
+	tag, err := installer.TarballTag(p.Version)
+	if err != nil {
+		return err
+	}
+
+	return installer.WriteTarball(ctx, w, img, tag)
 }

@@ -118,6 +118,8 @@ func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emi
 		return j.iso(ctx, w.File())
 	case KindDisk:
 		return j.disk(ctx, w)
+	case KindInstaller:
+		return j.installerTarball(ctx, w)
 	default:
 		return &UnsupportedError{What: string(p.Output.Kind) + " assets"}
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/grpc/codes"
@@ -532,5 +533,82 @@ func TestGetInstallerImage(t *testing.T) {
 		if _, _, _, err := call(c.req); status.Code(err) != c.code {
 			t.Errorf("GetInstallerImage(%v) = %v, want %s", c.req, err, c.code)
 		}
+	}
+}
+
+// TestInstallerTarball: /image/<id>/<version>/installer-<arch>.tar is the
+// linux/<arch> image of the installer pulled from /v2/ (the same config and
+// layers), as a docker archive tagged as the factory's.
+func TestInstallerTarball(t *testing.T) {
+	ts := startServer(t, Config{Demo: true})
+	createSchematic(t, ts, "{}")
+
+	ref, err := name.NewTag(ts.addr+"/metal-installer/"+emptyID+":v1.13.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pulled, err := remote.Image(ref, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "arm64"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A docker archive carries the config and layers; its manifest is
+	// made up by the reader.
+	parts := func(img v1.Image) string {
+		cfg, err := img.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		out := cfg.String()
+
+		for _, l := range layers {
+			d, err := l.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			out += " " + d.String()
+		}
+
+		return out
+	}
+
+	want := parts(pulled)
+
+	for _, path := range []string{"installer-arm64.tar", "metal-installer-arm64.tar"} {
+		resp, body := ts.do(t, "GET", "/image/"+emptyID+"/v1.13.0/"+path, "")
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-tar" {
+			t.Fatalf("GET %s = %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+
+		file := filepath.Join(t.TempDir(), path)
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+
+		tag, err := name.NewTag("siderolabs/installer-base:v1.13.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		img, err := tarball.ImageFromPath(file, &tag)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+
+		if got := parts(img); got != want {
+			t.Errorf("%s holds config and layers %s; the registry's linux/arm64 image %s", path, got, want)
+		}
+	}
+
+	if resp, _ := ts.do(t, "GET", "/image/"+emptyID+"/v1.13.0/installer-amd64-secureboot.tar", ""); resp.StatusCode != 501 {
+		t.Errorf("SecureBoot installer tarball = %d, want 501", resp.StatusCode)
 	}
 }
