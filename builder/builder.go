@@ -182,6 +182,13 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 		return nil, err
 	}
 
+	return b.plan(ctx, req, out, out.Supported)
+}
+
+// plan resolves a request whose output is parsed; supported says whether
+// kiln builds that output (the installer image is built only through
+// Installer, never as a /image asset).
+func (b *Builder) plan(ctx context.Context, req Request, out Output, supported func() error) (*Plan, error) {
 	if !schematic.ValidID(req.SchematicID) {
 		return nil, &SchematicNotFoundError{ID: req.SchematicID}
 	}
@@ -205,7 +212,7 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 		return nil, err
 	}
 
-	if err := out.Supported(); err != nil {
+	if err := supported(); err != nil {
 		return nil, err
 	}
 
@@ -226,6 +233,15 @@ func (b *Builder) Plan(ctx context.Context, req Request) (*Plan, error) {
 
 	if out.Kind == KindKernel || out.Kind == KindCmdline {
 		return p, nil // extensions do not change these
+	}
+
+	if out.Kind == KindInstaller {
+		base, err := b.deps.Artifacts.InstallerBase(ctx, version)
+		if err != nil {
+			return nil, err
+		}
+
+		p.InstallerBase, p.base = base.Verified.Digest().String(), base
 	}
 
 	if ic := sc.Customization.ImageCache; ic.Enabled() && (out.Kind == KindISO || out.Kind == KindDisk) {
@@ -404,18 +420,7 @@ func (b *Builder) cached(ctx context.Context, key string, progress func(Event), 
 		return nil, false, err
 	}
 
-	err := b.flights.Do(ctx, key, progress, func(ctx context.Context, emit func(Event)) error {
-		b.builds.Add(1)
-
-		return work(ctx, emit)
-	})
-
-	var full *flight.FullError
-	if errors.As(err, &full) {
-		return nil, false, &BusyError{Running: full.Running, Queued: full.Queued, RetryAfter: busyRetryAfter}
-	}
-
-	if err != nil {
+	if err := b.flight(ctx, key, progress, work); err != nil {
 		return nil, false, err
 	}
 
@@ -425,6 +430,23 @@ func (b *Builder) cached(ctx context.Context, key string, progress func(Event), 
 	}
 
 	return a, false, nil
+}
+
+// flight runs work once for every caller asking for key at the same time,
+// in a build slot (see package flight); a full queue is a BusyError.
+func (b *Builder) flight(ctx context.Context, key string, progress func(Event), work func(context.Context, func(Event)) error) error {
+	err := b.flights.Do(ctx, key, progress, func(ctx context.Context, emit func(Event)) error {
+		b.builds.Add(1)
+
+		return work(ctx, emit)
+	})
+
+	var full *flight.FullError
+	if errors.As(err, &full) {
+		return &BusyError{Running: full.Running, Queued: full.Queued, RetryAfter: busyRetryAfter}
+	}
+
+	return err
 }
 
 // logFailure logs a failed build: an abandoned one at INFO (nobody is left

@@ -247,8 +247,6 @@ func (o Output) Supported() error {
 	switch {
 	case o.SecureBoot:
 		return &UnsupportedError{What: "SecureBoot (" + o.Path + ")"}
-	case o.Kind == KindInstaller:
-		return &UnsupportedError{What: "the installer image (" + o.Path + ")"}
 	case o.Kind != KindKernel && o.Kind != KindInitramfs && o.Platform != "metal":
 		return &UnsupportedError{What: "platform " + o.Platform + " (only metal)"}
 	case o.Kind == KindDisk && o.DiskFormat != "raw":

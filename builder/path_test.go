@@ -113,7 +113,8 @@ func TestSupported(t *testing.T) {
 	for path, ok := range map[string]bool{
 		"kernel-amd64": true, "initramfs-arm64.xz": true, "cmdline-metal-amd64": true, "metal-amd64-uki.efi": true,
 		"metal-amd64.iso": true, "metal-arm64.raw.xz": true, "metal-amd64.raw.zst": true, "metal-amd64.raw": true,
-		"metal-amd64-secureboot.iso": false, "aws-amd64.raw.xz": false, "metal-amd64.qcow2": false, "installer-amd64.tar": false,
+		"metal-amd64-secureboot.iso": false, "aws-amd64.raw.xz": false, "metal-amd64.qcow2": false, "installer-amd64.tar": true,
+		"metal-installer-arm64.tar": true, "aws-installer-amd64.tar": false, "installer-amd64-secureboot.tar": false,
 		"metal-amd64.raw.gz": false,
 	} {
 		o, err := ParsePath(path)

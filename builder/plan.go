@@ -29,6 +29,9 @@ type Plan struct {
 	Output      Output          `json:"output"`
 	Imager      string          `json:"imager"`
 	Extensions  []PlanInput     `json:"extensions,omitempty"`
+	// InstallerBase is the verified base installer (repository@digest) of
+	// an installer tarball.
+	InstallerBase string `json:"installerBase,omitempty"`
 	// ImageCache is the ID of the resolved image cache (every image by
 	// digest), for ISOs and disks of schematics that ask for one.
 	ImageCache string `json:"imageCache,omitempty"`
@@ -39,6 +42,7 @@ type Plan struct {
 	// boot and exts are the verified pieces Imager and Extensions name.
 	boot      *artifacts.BootAssets
 	exts      []*artifacts.Image
+	base      *artifacts.Image
 	cachePlan *imagecache.Plan
 	cacheOpts imagecache.Options
 }

@@ -47,6 +47,12 @@ func TestUKIContents(t *testing.T) {
 			"ID=main", "",
 			"ID=reset-maintenance\nTITLE=Reset to maintenance mode", base113 + extra + " talos.experimental.wipe=system:EPHEMERAL,STATE",
 		}},
+		// The installer's UKI: the installer's line (no META) and the
+		// disk image's reset-maintenance profile.
+		{KindInstaller, "v1.13.0", base113 + extra, []string{
+			"ID=main", "",
+			"ID=reset-maintenance\nTITLE=Reset to maintenance mode", base113 + extra + " talos.experimental.wipe=system:EPHEMERAL,STATE",
+		}},
 		// A UKI download: main profile only, the installer's line (no META).
 		{KindUKI, "v1.13.0", base113 + extra, []string{"ID=main", ""}},
 		{KindUKI, "v1.10.0", strings.Replace(base19, "ima_hash=sha512", "ima_hash=sha512 selinux=1", 1) + extra, []string{"ID=main", ""}},

@@ -118,6 +118,8 @@ func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emi
 		return j.iso(ctx, w.File())
 	case KindDisk:
 		return j.disk(ctx, w)
+	case KindInstaller:
+		return j.installerTarball(ctx, w)
 	default:
 		return &UnsupportedError{What: string(p.Output.Kind) + " assets"}
 	}
@@ -482,10 +484,11 @@ func metaValues(p *Plan) []meta.Value {
 
 // ukiContents returns the main command line and the profiles of the plan's
 // UKI, as Talos's imager chooses them by output kind (pkg/imager buildUKI):
-// the ISO's gets the reset profile, the disk image's reset-maintenance (as
-// an installer's would, with cmdline.ForInstaller), a UKI download the main
-// profile only and, like an installer, cmdline.ForInstaller's line, the
-// rule the public factory gives both. No profiles before Talos 1.10.
+// the ISO's gets the reset profile, the disk image's and the installer's
+// reset-maintenance (the installer's with cmdline.ForInstaller), a UKI
+// download the main profile only and, like an installer,
+// cmdline.ForInstaller's line, the rule the public factory gives both. No
+// profiles before Talos 1.10.
 func ukiContents(p *Plan) (string, []uki.Profile, error) {
 	var (
 		line  string
@@ -499,6 +502,9 @@ func ukiContents(p *Plan) (string, []uki.Profile, error) {
 		reset = uki.ResetSystemDisk
 	case KindDisk:
 		line, err = kernelCmdline(p)
+		reset = uki.ResetToMaintenance
+	case KindInstaller:
+		line, err = cmdline.ForInstaller(cmdlineOptions(p))
 		reset = uki.ResetToMaintenance
 	default:
 		line, err = cmdline.ForInstaller(cmdlineOptions(p))

@@ -41,9 +41,9 @@ type airgapRoutes struct {
 	// mirror is the external registry the releases are read from; zero for
 	// kiln's embedded one.
 	mirror machineconfig.Registry
-	// signingKeyFile is kiln's cosign key (the public half goes into the
-	// patch); until kiln signs its installers (issue 15), a key is used only
-	// if the file is there.
+	// signingKeyFile is kiln's cosign key, which signs its installers (the
+	// public half goes into the patch); Build makes it on first start, a
+	// server built without it leaves the verification out.
 	signingKeyFile string
 	// authn, with --auth-reads, is asked for a credential on every request:
 	// a patch lists the upstream hosts the mirror holds, which its catalog

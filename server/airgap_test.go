@@ -60,9 +60,15 @@ func TestAirgapPatchRoute(t *testing.T) {
 		}
 	}
 
-	for _, unwanted := range []string{"imageCache", "kind: VolumeConfig", "kind: ImageVerificationConfig", "kind: RegistryTLSConfig", "--auth-reads"} {
+	// Every kiln has its signing key (made on first start), so the
+	// installers it signs are verified by the node.
+	if !strings.Contains(body, "kind: ImageVerificationConfig\nrules:\n- image: "+host+"/installer/*\n") {
+		t.Errorf("the patch does not verify kiln's installers:\n%s", body)
+	}
+
+	for _, unwanted := range []string{"imageCache", "kind: VolumeConfig", "kind: RegistryTLSConfig", "--auth-reads"} {
 		if strings.Contains(body, unwanted) {
-			t.Errorf("a patch for a schematic without an image cache, from a kiln without a key, over HTTP, has %s:\n%s", unwanted, body)
+			t.Errorf("a patch for a schematic without an image cache, over HTTP, has %s:\n%s", unwanted, body)
 		}
 	}
 

@@ -27,6 +27,9 @@ type images struct {
 	// pxeURL is where iPXE clients fetch kernels: the PXE base URL, which
 	// may differ from the external URL (iPXE often cannot do modern TLS).
 	pxeURL string
+	// installers is the registry frontend, nil without an embedded
+	// registry.
+	installers *installerFrontend
 }
 
 func (im *images) url(schematicID string, version release.Version, path string) string {

@@ -23,6 +23,7 @@ import (
 	"github.com/kiln-dev/kiln/builder"
 	kilnv1 "github.com/kiln-dev/kiln/gen/kiln/v1"
 	"github.com/kiln-dev/kiln/internal/version"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -255,6 +256,9 @@ type Deps struct {
 	Registry http.Handler
 	// Authenticator checks the credentials of the admin calls.
 	Authenticator *access.Authenticator
+	// Signer is kiln's own signing key: it signs the installers kiln
+	// builds, and its public half is served at /oci/cosign/signing-key.pub.
+	Signer *signing.Signer
 	// Closers run after the server stops, in order.
 	Closers []func() error
 }
@@ -286,6 +290,19 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	if cfg.ExternalPXEURL != "" {
 		img.pxeURL = strings.TrimSuffix(cfg.ExternalPXEURL, "/")
 	}
+
+	// kiln serves installers from its embedded registry, signed with its
+	// key.
+	if deps.Registry != nil && deps.Builder != nil && deps.Signer != nil {
+		ext, err := url.Parse(cfg.externalURL())
+		if err != nil {
+			return nil, fmt.Errorf("external URL: %w", err)
+		}
+
+		if img.installers, err = newInstallerFrontend(deps.Registry, deps.Builder, deps.Signer, deps.Authenticator, cfg.AuthReads, ext.Host, logger); err != nil {
+			return nil, err
+		}
+	}
 	g := &guard{authn: deps.Authenticator, publicList: cfg.PublicSchematicList}
 	s.grpc = newGRPCServer(logger, domain, rel, img, s.health, g)
 
@@ -300,7 +317,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	public := http.NewServeMux()
 	(&factoryRoutes{schematics: domain, releases: rel, images: img, logger: logger}).register(public)
 
-	if deps.Registry != nil {
+	if deps.Signer != nil {
+		public.HandleFunc("GET /oci/cosign/signing-key.pub", signingKeyHandler(deps.Signer))
+	}
+
+	switch {
+	case img.installers != nil:
+		public.Handle("/v2/", img.installers)
+	case deps.Registry != nil:
 		public.Handle("/v2/", deps.Registry)
 	}
 
@@ -490,7 +514,9 @@ There is no web UI (yet). On this port:
                                                 the machine-config patch for nodes pulling from kiln
   GET  /assets/{schematic}/{version}/{file}     an asset mirror as Sidero's air-gap plan lays it out
                                                 (checksums.txt lists its files; kiln export copies it)
-  /v2/                                          the OCI registry of the mirror
+  /v2/                                          the OCI registry of the mirror, and the installers:
+                                                HOST/metal-installer/{schematic}:{version}
+  GET  /oci/cosign/signing-key.pub              the key kiln signs its installers with
   /v1/...                                       the REST gateway of the gRPC API (gRPC itself, with
                                                 reflection, on this same port: grpcurl -plaintext HOST list)
   GET  /healthz, /readyz

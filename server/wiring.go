@@ -72,7 +72,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // Build constructs the domain components cfg describes:
 //
 //  1. the schematic store under <data-dir>/schematics;
-//  2. the admin credential under <data-dir>/auth, made on first start;
+//  2. the admin credential under <data-dir>/auth and kiln's signing key
+//     under <data-dir>/cosign, both made on first start;
 //  3. the embedded registry under <data-dir>/registry, anonymous reads and
 //     authenticated writes, unless an external registry is configured;
 //  4. the artifact source over that registry; in demo mode, the signed demo
@@ -111,6 +112,10 @@ func Build(ctx context.Context, cfg Config, logger *slog.Logger) (deps Deps, err
 	}
 
 	deps.Authenticator = authn
+
+	if deps.Signer, err = ownSigner(cfg.DataDir, logger); err != nil {
+		return deps, err
+	}
 
 	src, embedded, err := newSource(ctx, cfg, logger, registry.WithAccess(registry.Access{Authenticator: authn, AnonymousReads: !cfg.AuthReads}))
 	if err != nil {
@@ -229,6 +234,23 @@ func adminCredential(dataDir string, logger *slog.Logger) (*access.Authenticator
 	}
 
 	return access.NewAuthenticator(files.HTPasswd())
+}
+
+// ownSigner loads kiln's signing key, creating it on first start.
+func ownSigner(dataDir string, logger *slog.Logger) (*signing.Signer, error) {
+	path := filepath.Join(dataDir, signing.SigningKeyFile)
+
+	s, created, err := signing.LoadOrCreateSigner(path)
+	if err != nil {
+		return nil, fmt.Errorf("kiln's signing key: %w", err)
+	}
+
+	if created {
+		logger.Warn("created kiln's signing key: it signs the installer images kiln builds; back it up with the data directory",
+			"path", path, "public_key", "/oci/cosign/signing-key.pub")
+	}
+
+	return s, nil
 }
 
 func newSource(ctx context.Context, cfg Config, logger *slog.Logger, regOpts ...registry.Option) (*artifacts.Source, *registry.Embedded, error) {

@@ -439,6 +439,226 @@ func (x *GetBootAssetURLResponse) GetUrl() string {
 	return ""
 }
 
+// GetInstallerImageRequest names an installer image as the registry
+// frontend does: <image>/<schematic_id>:<version>.
+type GetInstallerImageRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	SchematicId string                 `protobuf:"bytes,1,opt,name=schematic_id,json=schematicId,proto3" json:"schematic_id,omitempty"`
+	// "v1.13.0" (the "v" is optional).
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// "metal-installer" (default) or "installer", the same image.
+	Image         string `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInstallerImageRequest) Reset() {
+	*x = GetInstallerImageRequest{}
+	mi := &file_kiln_v1_image_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInstallerImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInstallerImageRequest) ProtoMessage() {}
+
+func (x *GetInstallerImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_image_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInstallerImageRequest.ProtoReflect.Descriptor instead.
+func (*GetInstallerImageRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_image_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetInstallerImageRequest) GetSchematicId() string {
+	if x != nil {
+		return x.SchematicId
+	}
+	return ""
+}
+
+func (x *GetInstallerImageRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GetInstallerImageRequest) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+// GetInstallerImageResponse is one event: progress, a cache hit, or the end.
+type GetInstallerImageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*GetInstallerImageResponse_Progress
+	//	*GetInstallerImageResponse_CacheHit
+	//	*GetInstallerImageResponse_Done
+	Event         isGetInstallerImageResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInstallerImageResponse) Reset() {
+	*x = GetInstallerImageResponse{}
+	mi := &file_kiln_v1_image_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInstallerImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInstallerImageResponse) ProtoMessage() {}
+
+func (x *GetInstallerImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_image_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInstallerImageResponse.ProtoReflect.Descriptor instead.
+func (*GetInstallerImageResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_image_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetInstallerImageResponse) GetEvent() isGetInstallerImageResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *GetInstallerImageResponse) GetProgress() *Progress {
+	if x != nil {
+		if x, ok := x.Event.(*GetInstallerImageResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *GetInstallerImageResponse) GetCacheHit() bool {
+	if x != nil {
+		if x, ok := x.Event.(*GetInstallerImageResponse_CacheHit); ok {
+			return x.CacheHit
+		}
+	}
+	return false
+}
+
+func (x *GetInstallerImageResponse) GetDone() *InstallerImage {
+	if x != nil {
+		if x, ok := x.Event.(*GetInstallerImageResponse_Done); ok {
+			return x.Done
+		}
+	}
+	return nil
+}
+
+type isGetInstallerImageResponse_Event interface {
+	isGetInstallerImageResponse_Event()
+}
+
+type GetInstallerImageResponse_Progress struct {
+	Progress *Progress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type GetInstallerImageResponse_CacheHit struct {
+	// The image was already in the registry; done follows.
+	CacheHit bool `protobuf:"varint,2,opt,name=cache_hit,json=cacheHit,proto3,oneof"`
+}
+
+type GetInstallerImageResponse_Done struct {
+	Done *InstallerImage `protobuf:"bytes,3,opt,name=done,proto3,oneof"`
+}
+
+func (*GetInstallerImageResponse_Progress) isGetInstallerImageResponse_Event() {}
+
+func (*GetInstallerImageResponse_CacheHit) isGetInstallerImageResponse_Event() {}
+
+func (*GetInstallerImageResponse_Done) isGetInstallerImageResponse_Event() {}
+
+// InstallerImage is an installer in kiln's registry.
+type InstallerImage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<kiln host>/metal-installer/<schematic>:v1.13.0": machine.install.image,
+	// talosctl upgrade --image.
+	Reference string `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// The index's digest, "sha256:...".
+	Digest        string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallerImage) Reset() {
+	*x = InstallerImage{}
+	mi := &file_kiln_v1_image_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallerImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallerImage) ProtoMessage() {}
+
+func (x *InstallerImage) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_image_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallerImage.ProtoReflect.Descriptor instead.
+func (*InstallerImage) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_image_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *InstallerImage) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *InstallerImage) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
 var File_kiln_v1_image_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_image_proto_rawDesc = "" +
@@ -471,10 +691,23 @@ const file_kiln_v1_image_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\"+\n" +
 	"\x17GetBootAssetURLResponse\x12\x10\n" +
-	"\x03url\x18\x01 \x01(\tR\x03url2\x9e\x01\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\"m\n" +
+	"\x18GetInstallerImageRequest\x12!\n" +
+	"\fschematic_id\x18\x01 \x01(\tR\vschematicId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\"\xa3\x01\n" +
+	"\x19GetInstallerImageResponse\x12/\n" +
+	"\bprogress\x18\x01 \x01(\v2\x11.kiln.v1.ProgressH\x00R\bprogress\x12\x1d\n" +
+	"\tcache_hit\x18\x02 \x01(\bH\x00R\bcacheHit\x12-\n" +
+	"\x04done\x18\x03 \x01(\v2\x17.kiln.v1.InstallerImageH\x00R\x04doneB\a\n" +
+	"\x05event\"F\n" +
+	"\x0eInstallerImage\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest2\xfc\x01\n" +
 	"\fImageService\x128\n" +
 	"\x05Build\x12\x15.kiln.v1.BuildRequest\x1a\x16.kiln.v1.BuildResponse0\x01\x12T\n" +
-	"\x0fGetBootAssetURL\x12\x1f.kiln.v1.GetBootAssetURLRequest\x1a .kiln.v1.GetBootAssetURLResponseB-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
+	"\x0fGetBootAssetURL\x12\x1f.kiln.v1.GetBootAssetURLRequest\x1a .kiln.v1.GetBootAssetURLResponse\x12\\\n" +
+	"\x11GetInstallerImage\x12!.kiln.v1.GetInstallerImageRequest\x1a\".kiln.v1.GetInstallerImageResponse0\x01B-Z+github.com/kiln-dev/kiln/gen/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_image_proto_rawDescOnce sync.Once
@@ -488,27 +721,34 @@ func file_kiln_v1_image_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_image_proto_rawDescData
 }
 
-var file_kiln_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_kiln_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_kiln_v1_image_proto_goTypes = []any{
-	(*BuildRequest)(nil),            // 0: kiln.v1.BuildRequest
-	(*BuildResponse)(nil),           // 1: kiln.v1.BuildResponse
-	(*Progress)(nil),                // 2: kiln.v1.Progress
-	(*Done)(nil),                    // 3: kiln.v1.Done
-	(*GetBootAssetURLRequest)(nil),  // 4: kiln.v1.GetBootAssetURLRequest
-	(*GetBootAssetURLResponse)(nil), // 5: kiln.v1.GetBootAssetURLResponse
+	(*BuildRequest)(nil),              // 0: kiln.v1.BuildRequest
+	(*BuildResponse)(nil),             // 1: kiln.v1.BuildResponse
+	(*Progress)(nil),                  // 2: kiln.v1.Progress
+	(*Done)(nil),                      // 3: kiln.v1.Done
+	(*GetBootAssetURLRequest)(nil),    // 4: kiln.v1.GetBootAssetURLRequest
+	(*GetBootAssetURLResponse)(nil),   // 5: kiln.v1.GetBootAssetURLResponse
+	(*GetInstallerImageRequest)(nil),  // 6: kiln.v1.GetInstallerImageRequest
+	(*GetInstallerImageResponse)(nil), // 7: kiln.v1.GetInstallerImageResponse
+	(*InstallerImage)(nil),            // 8: kiln.v1.InstallerImage
 }
 var file_kiln_v1_image_proto_depIdxs = []int32{
 	2, // 0: kiln.v1.BuildResponse.progress:type_name -> kiln.v1.Progress
 	3, // 1: kiln.v1.BuildResponse.done:type_name -> kiln.v1.Done
-	0, // 2: kiln.v1.ImageService.Build:input_type -> kiln.v1.BuildRequest
-	4, // 3: kiln.v1.ImageService.GetBootAssetURL:input_type -> kiln.v1.GetBootAssetURLRequest
-	1, // 4: kiln.v1.ImageService.Build:output_type -> kiln.v1.BuildResponse
-	5, // 5: kiln.v1.ImageService.GetBootAssetURL:output_type -> kiln.v1.GetBootAssetURLResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 2: kiln.v1.GetInstallerImageResponse.progress:type_name -> kiln.v1.Progress
+	8, // 3: kiln.v1.GetInstallerImageResponse.done:type_name -> kiln.v1.InstallerImage
+	0, // 4: kiln.v1.ImageService.Build:input_type -> kiln.v1.BuildRequest
+	4, // 5: kiln.v1.ImageService.GetBootAssetURL:input_type -> kiln.v1.GetBootAssetURLRequest
+	6, // 6: kiln.v1.ImageService.GetInstallerImage:input_type -> kiln.v1.GetInstallerImageRequest
+	1, // 7: kiln.v1.ImageService.Build:output_type -> kiln.v1.BuildResponse
+	5, // 8: kiln.v1.ImageService.GetBootAssetURL:output_type -> kiln.v1.GetBootAssetURLResponse
+	7, // 9: kiln.v1.ImageService.GetInstallerImage:output_type -> kiln.v1.GetInstallerImageResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_image_proto_init() }
@@ -521,13 +761,18 @@ func file_kiln_v1_image_proto_init() {
 		(*BuildResponse_CacheHit)(nil),
 		(*BuildResponse_Done)(nil),
 	}
+	file_kiln_v1_image_proto_msgTypes[7].OneofWrappers = []any{
+		(*GetInstallerImageResponse_Progress)(nil),
+		(*GetInstallerImageResponse_CacheHit)(nil),
+		(*GetInstallerImageResponse_Done)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_image_proto_rawDesc), len(file_kiln_v1_image_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

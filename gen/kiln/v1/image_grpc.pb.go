@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ImageService_Build_FullMethodName           = "/kiln.v1.ImageService/Build"
-	ImageService_GetBootAssetURL_FullMethodName = "/kiln.v1.ImageService/GetBootAssetURL"
+	ImageService_Build_FullMethodName             = "/kiln.v1.ImageService/Build"
+	ImageService_GetBootAssetURL_FullMethodName   = "/kiln.v1.ImageService/GetBootAssetURL"
+	ImageService_GetInstallerImage_FullMethodName = "/kiln.v1.ImageService/GetInstallerImage"
 )
 
 // ImageServiceClient is the client API for ImageService service.
@@ -36,6 +37,10 @@ type ImageServiceClient interface {
 	// GetBootAssetURL returns the download URL of an asset without building
 	// it; the URL builds on first download.
 	GetBootAssetURL(ctx context.Context, in *GetBootAssetURLRequest, opts ...grpc.CallOption) (*GetBootAssetURLResponse, error)
+	// GetInstallerImage returns the reference and digest of an installer
+	// image in kiln's registry, building, pushing and signing it first when
+	// it is not there, streaming progress.
+	GetInstallerImage(ctx context.Context, in *GetInstallerImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetInstallerImageResponse], error)
 }
 
 type imageServiceClient struct {
@@ -75,6 +80,25 @@ func (c *imageServiceClient) GetBootAssetURL(ctx context.Context, in *GetBootAss
 	return out, nil
 }
 
+func (c *imageServiceClient) GetInstallerImage(ctx context.Context, in *GetInstallerImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetInstallerImageResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ImageService_ServiceDesc.Streams[1], ImageService_GetInstallerImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetInstallerImageRequest, GetInstallerImageResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ImageService_GetInstallerImageClient = grpc.ServerStreamingClient[GetInstallerImageResponse]
+
 // ImageServiceServer is the server API for ImageService service.
 // All implementations must embed UnimplementedImageServiceServer
 // for forward compatibility.
@@ -88,6 +112,10 @@ type ImageServiceServer interface {
 	// GetBootAssetURL returns the download URL of an asset without building
 	// it; the URL builds on first download.
 	GetBootAssetURL(context.Context, *GetBootAssetURLRequest) (*GetBootAssetURLResponse, error)
+	// GetInstallerImage returns the reference and digest of an installer
+	// image in kiln's registry, building, pushing and signing it first when
+	// it is not there, streaming progress.
+	GetInstallerImage(*GetInstallerImageRequest, grpc.ServerStreamingServer[GetInstallerImageResponse]) error
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -103,6 +131,9 @@ func (UnimplementedImageServiceServer) Build(*BuildRequest, grpc.ServerStreaming
 }
 func (UnimplementedImageServiceServer) GetBootAssetURL(context.Context, *GetBootAssetURLRequest) (*GetBootAssetURLResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBootAssetURL not implemented")
+}
+func (UnimplementedImageServiceServer) GetInstallerImage(*GetInstallerImageRequest, grpc.ServerStreamingServer[GetInstallerImageResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetInstallerImage not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 func (UnimplementedImageServiceServer) testEmbeddedByValue()                      {}
@@ -154,6 +185,17 @@ func _ImageService_GetBootAssetURL_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_GetInstallerImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetInstallerImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).GetInstallerImage(m, &grpc.GenericServerStream[GetInstallerImageRequest, GetInstallerImageResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ImageService_GetInstallerImageServer = grpc.ServerStreamingServer[GetInstallerImageResponse]
+
 // ImageService_ServiceDesc is the grpc.ServiceDesc for ImageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -170,6 +212,11 @@ var ImageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Build",
 			Handler:       _ImageService_Build_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetInstallerImage",
+			Handler:       _ImageService_GetInstallerImage_Handler,
 			ServerStreams: true,
 		},
 	},
