@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend"
@@ -199,7 +200,9 @@ func BuildAt(ctx context.Context, out *os.File, offset, size int64, files []File
 			return Result{}, err
 		}
 		if err := copyFile(ctx, fsys, mw, mark, out, f); err != nil {
-			if strings.Contains(err.Error(), "no space left") {
+			// go-diskfs says "no space left on device" as text when the FAT
+			// is full; the disk under out being full is a real ENOSPC.
+			if !errors.Is(err, syscall.ENOSPC) && strings.Contains(err.Error(), "no space left") {
 				return Result{}, fmt.Errorf("%w: %d bytes cannot hold the files: %v", ErrTooSmall, size, err)
 			}
 			return Result{}, err
@@ -216,6 +219,11 @@ func BuildAt(ctx context.Context, out *os.File, offset, size int64, files []File
 func format(b backend.Storage, out *os.File, offset, size int64, opts Options) (filesystem.FileSystem, Type, error) {
 	ss := int64(opts.SectorSize)
 	fs32, err32 := fat32.Create(b, size, offset, ss, opts.Label, true)
+	if errors.Is(err32, syscall.ENOSPC) {
+		// The disk holding out is full: no FAT variant would fit either,
+		// and the caller must see ENOSPC to say so.
+		return nil, "", fmt.Errorf("esp: format: %w", err32)
+	}
 	if err32 == nil {
 		bpb, err := readBPB(out, offset)
 		if err != nil {
@@ -245,7 +253,8 @@ func format(b backend.Storage, out *os.File, offset, size int64, opts Options) (
 	if err12 == nil {
 		return fs12, FAT12, nil
 	}
-	return nil, "", fmt.Errorf("esp: cannot format %d bytes: FAT32: %v; FAT16: %v; FAT12: %v", size, err32, err16, err12)
+	return nil, "", fmt.Errorf("esp: cannot format %d bytes: %w", size,
+		errors.Join(fmt.Errorf("FAT32: %w", err32), fmt.Errorf("FAT16: %w", err16), fmt.Errorf("FAT12: %w", err12)))
 }
 
 // zeroRange writes n zero bytes at off of f.
