@@ -340,11 +340,9 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		BuildESP: func(ctx context.Context, out *os.File, offset, size int64) error {
 			j.emit(Event{Phase: "assemble", Message: "ESP"})
 
-			if _, err := esp.BuildAt(ctx, out, offset, size, files, espOpts); err != nil {
-				return fmt.Errorf("build ESP: %w", err)
-			}
+			_, err := esp.BuildAt(ctx, out, offset, size, files, espOpts)
 
-			return nil
+			return err // iso.Write says "build ESP"
 		},
 		ModTime: time.Unix(j.p.Epoch, 0), TempDir: j.tmp,
 	}); err != nil {
