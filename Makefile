@@ -21,7 +21,7 @@ CRANE_VERSION   := v0.22.1
 COSIGN_VERSION  := v2.6.5
 
 .PHONY: all build run generate check-generate k8s-images check-k8s-images lint fmt vet staticcheck buf-lint \
-        test deps test-debs unit integration e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean \
+        test deps test-debs unit integration factory-client e2e bench fuzz diff-factory tools e2e-tools registry-process e2e-debs compare-talosctl compare-talos-uki clean \
         bench-imager bench-debs
 
 all: build
@@ -70,6 +70,7 @@ vet:
 	$(GO) vet ./...
 	cd hack/installer-oracle && $(GO) vet ./...
 	cd hack/factory-oracle && $(GO) vet ./...
+	cd hack/factory-client && $(GO) vet ./...
 	cd hack/machineconfig-check && $(GO) vet ./...
 	$(GO) vet -tags 'integration e2e cosigncli talosctl' ./...
 
@@ -236,7 +237,7 @@ $(INSTALLER_ORACLE): hack/installer-oracle/main.go hack/installer-oracle/go.mod 
 unit: $(INSTALLER_ORACLE)
 
 ## Tests.
-test: deps tools check-generate lint unit integration
+test: deps tools check-generate lint unit integration factory-client
 
 # The builder's tests read what it writes with Debian's tools (TEST_DEBS) and
 # the fixture kernel, which make deps installs; under make a missing one fails
@@ -247,6 +248,12 @@ unit: $(FACTORY_ORACLE)
 # The real binary on a real port, driven by curl-like HTTP, grpcurl and a gRPC client.
 integration: build $(GRPCURL)
 	KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) $(GO) test -tags integration -count=1 -v ./e2e/...
+
+# The calls of Sidero's air-gap plan, Omni and the bare-metal provider, made
+# with the factory's own Go client (pkg/client) against the real binary; its
+# own module for the factory's dependency versions (hack/factory-client/go.mod).
+factory-client: build
+	cd hack/factory-client && KILN_REQUIRE_FIXTURES=1 KILN_BIN=$(KILN) $(GO) test -count=1 -timeout 10m -v ./...
 
 E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
 	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root KILN_GRUB_VERSIONS=$(E2E_GRUB) \
