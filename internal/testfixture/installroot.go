@@ -43,15 +43,13 @@ func InstallerInitramfs(tb testing.TB, root string, entrypoint, env []string, ou
 		exports.WriteString("export '" + strings.ReplaceAll(e, "'", `'\''`) + "'\n")
 	}
 
-	// /tmp stays on the initramfs, beside the image's files: builder/esp
-	// loses a file's last byte when copy_file_range refuses a cross-file
-	// system copy (EXDEV) and it falls back to reading (seen with Debian
-	// 13's 124416-byte systemd-bootx64.efi from a tmpfs /tmp; reproducible
-	// on the host with the fixture installer, --via-temp and TMPDIR on
-	// another file system).
+	// /tmp on its own tmpfs: the installer's temp image is then on
+	// another file system than the image's files, so copy_file_range
+	// refuses (EXDEV) and builder/esp's read/write fallback is what copies.
 	init := "#!/bin/busybox sh\n" +
 		"/bin/busybox --install -s /bin\nexport PATH=/bin:/usr/bin\n" +
 		"mkdir -p /proc /sys /dev /tmp\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\nmount -t devtmpfs devtmpfs /dev\n" +
+		"mount -t tmpfs tmpfs /tmp\n" +
 		"for m in " + strings.Join(names, " ") + "; do insmod /lib/modules/$m.ko || echo KILN-INSMOD-FAILED $m; done\n" +
 		"for i in $(seq 20); do [ -e /dev/vda ] && break; sleep 0.5; done\n" +
 		exports.String() +
