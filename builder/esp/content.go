@@ -128,7 +128,11 @@ func copyRun(ctx context.Context, out *os.File, off int64, src io.Reader, n int6
 			if err == nil && c == 0 {
 				err = io.ErrUnexpectedEOF
 			}
-			done += int64(c)
+			if err == nil {
+				// c is -1 on an error: added, the fallback below would
+				// write one byte before the run and read one past it.
+				done += int64(c)
+			}
 		}
 		if err == nil || done > 0 || !(errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
 			if _, serr := sf.Seek(roff, io.SeekStart); err == nil {

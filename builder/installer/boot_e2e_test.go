@@ -121,40 +121,13 @@ func TestInstallAndBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The installer's root: the image, busybox, the virtio modules, and
-	// an /init that runs the image's entrypoint with its environment.
+	// The installer's root: the image, and what the shared fixture adds
+	// to run its entrypoint onto /dev/vda.
 	root := filepath.Join(dir, "root")
 	unpack(t, img, root)
-	copyFile(t, busyboxStatic, filepath.Join(root, "bin", "busybox"), 0o755)
-
-	var names []string
-
-	for _, m := range virtioModules {
-		copyFile(t, filepath.Join(modules, "kernel", "drivers", m), filepath.Join(root, "lib", "modules", filepath.Base(m)), 0o644)
-		names = append(names, strings.TrimSuffix(filepath.Base(m), ".ko"))
-	}
-
-	var env strings.Builder
-	for _, e := range cf.Config.Env {
-		env.WriteString("export '" + strings.ReplaceAll(e, "'", `'\''`) + "'\n")
-	}
-
-	init := "#!/bin/busybox sh\n" +
-		"/bin/busybox --install -s /bin\nexport PATH=/bin:/usr/bin\n" +
-		"mkdir -p /proc /sys /dev /tmp\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\nmount -t devtmpfs devtmpfs /dev\n" +
-		"mount -t tmpfs tmpfs /tmp\n" +
-		"for m in " + strings.Join(names, " ") + "; do insmod /lib/modules/$m.ko || echo KILN-INSMOD-FAILED $m; done\n" +
-		"for i in $(seq 20); do [ -e /dev/vda ] && break; sleep 0.5; done\n" +
-		env.String() +
-		strings.Join(cf.Config.Entrypoint, " ") + " install --disk /dev/vda --timeout 0 --efi-size 64 && echo KILN-INSTALL-OK || echo KILN-INSTALL-FAILED\n" +
-		"poweroff -f\n"
-
-	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
-		t.Fatal(err)
-	}
 
 	initrd := filepath.Join(dir, "installer.cpio")
-	newcOf(t, root, initrd)
+	testfixture.InstallerInitramfs(t, root, cf.Config.Entrypoint, cf.Config.Env, initrd)
 
 	disk := filepath.Join(dir, "disk.raw")
 	if err := os.WriteFile(disk, nil, 0o644); err != nil {
@@ -223,7 +196,7 @@ func buildUKI(t testing.TB, kernel, cmdline, out string) {
 	}
 
 	initrd := filepath.Join(filepath.Dir(out), "uki-initrd.cpio")
-	newcOf(t, root, initrd)
+	testfixture.Newc(t, root, initrd)
 
 	initrdBytes, err := os.ReadFile(initrd)
 	if err != nil {

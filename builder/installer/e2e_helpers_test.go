@@ -29,13 +29,6 @@ const (
 	ovmfVars      = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 )
 
-// virtio_blk and its dependencies in load order (modinfo depends), under
-// the fixture kernel's kernel/drivers.
-var virtioModules = []string{
-	"virtio/virtio_ring.ko", "virtio/virtio.ko", "virtio/virtio_pci_modern_dev.ko",
-	"virtio/virtio_pci_legacy_dev.ko", "virtio/virtio_pci.ko", "block/virtio_blk.ko",
-}
-
 // unpack writes img's flattened file system under dir as a container
 // runtime would (directories, files with their modes, symlinks, hard links).
 func unpack(t testing.TB, img v1.Image, dir string) {
@@ -99,19 +92,6 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 
 	if err := os.WriteFile(dst, b, mode); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// newcOf archives dir as a newc cpio (what the kernel unpacks as an
-// initramfs) with Debian's cpio.
-func newcOf(t testing.TB, dir, out string) {
-	t.Helper()
-
-	cmd := exec.Command("sh", "-c", "find . | LC_ALL=C sort | cpio -o -H newc --quiet > "+out)
-	cmd.Dir = dir
-
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cpio: %v: %s", err, b)
 	}
 }
 
