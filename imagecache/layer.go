@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kiln-dev/kiln/internal/layerfile"
 )
 
 // The layer is a gzip stream of stored (uncompressed) deflate blocks: the
@@ -166,9 +168,9 @@ func (lw *layerWriter) send() {
 	lw.toFrame <- blk
 }
 
-// Close flushes the pipeline and returns the layer (without its path).
-// The layer is only valid if Close returns no error.
-func (lw *layerWriter) Close() (*fileLayer, error) {
+// Close flushes the pipeline and returns what it learned of the layer.
+// The sums are only valid if Close returns no error.
+func (lw *layerWriter) Close() (layerfile.Sums, error) {
 	if lw.cur != nil && len(lw.cur.b) > 0 {
 		lw.send()
 	}
@@ -178,13 +180,13 @@ func (lw *layerWriter) Close() (*fileLayer, error) {
 	lw.wg.Wait()
 
 	if err := lw.failed(); err != nil {
-		return nil, err
+		return layerfile.Sums{}, err
 	}
 
-	return &fileLayer{
-		digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(lw.digest.Sum(nil))},
-		diffID: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(lw.diff.Sum(nil))},
-		size:   lw.size,
+	return layerfile.Sums{
+		Digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(lw.digest.Sum(nil))},
+		DiffID: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(lw.diff.Sum(nil))},
+		Size:   lw.size,
 	}, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -14,9 +13,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kiln-dev/kiln/internal/layerfile"
 )
 
 // treeEntry is one entry of the flat tree in the order the OCI layer's tar
@@ -80,7 +80,7 @@ func (p *Plan) treeEntries() ([]treeEntry, []*blobSource) {
 // packTar streams the tree as a tar (modes 0755/0644, no times or owners:
 // what talosctl's filemap writes) into blobs/ as the layer blob, reading
 // each blob from its spool as it arrives.
-func (w *writer) packTar(ctx context.Context, entries []treeEntry, blobs []*blobSource, spools []*spool, dir string) (*fileLayer, error) {
+func (w *writer) packTar(ctx context.Context, entries []treeEntry, blobs []*blobSource, spools []*spool, dir string) (*layerfile.Layer, error) {
 	tmp := filepath.Join(dir, ".layer")
 
 	f, err := createOut(tmp, !w.opts.NoSync, w.bufs)
@@ -131,7 +131,7 @@ func (w *writer) packTar(ctx context.Context, entries []treeEntry, blobs []*blob
 		return tw.Close()
 	}()
 
-	l, cerr := lw.Close()
+	sums, cerr := lw.Close()
 	if err == nil {
 		err = cerr
 	}
@@ -146,20 +146,20 @@ func (w *writer) packTar(ctx context.Context, entries []treeEntry, blobs []*blob
 		return nil, fmt.Errorf("pack tree: %w", err)
 	}
 
-	l.path = filepath.Join(dir, l.digest.Hex)
+	l := &layerfile.Layer{Path: filepath.Join(dir, sums.Digest.Hex), Sums: sums}
 
-	if err := os.Rename(tmp, l.path); err != nil {
+	if err := os.Rename(tmp, l.Path); err != nil {
 		return nil, err
 	}
 
-	return l, os.Chmod(l.path, 0o644)
+	return l, os.Chmod(l.Path, 0o644)
 }
 
 // writeLayout writes the OCI layout around layer into out, as talosctl
 // does: an OCI image (OCI manifest and config, created, the one layer) in a
 // layout whose index.json has a single descriptor with the platform. It
 // returns the bytes written, the layer included.
-func writeLayout(out string, layer *fileLayer, platform v1.Platform, created time.Time) (int64, error) {
+func writeLayout(out string, layer *layerfile.Layer, platform v1.Platform, created time.Time) (int64, error) {
 	if created.IsZero() {
 		created = time.Unix(0, 0)
 	}
@@ -223,7 +223,7 @@ func writeLayout(out string, layer *fileLayer, platform v1.Platform, created tim
 		{filepath.Join(out, "index.json"), index},
 	}
 
-	n := layer.size
+	n := layer.Sums.Size
 
 	for _, f := range files {
 		if err := os.WriteFile(f.path, f.data, 0o644); err != nil {
@@ -234,39 +234,4 @@ func writeLayout(out string, layer *fileLayer, platform v1.Platform, created tim
 	}
 
 	return n, nil
-}
-
-// fileLayer is the packed tree: a gzip file whose digests were computed
-// while it was written.
-type fileLayer struct {
-	path           string
-	digest, diffID v1.Hash
-	size           int64
-}
-
-var _ v1.Layer = (*fileLayer)(nil)
-
-func (l *fileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
-func (l *fileLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *fileLayer) Size() (int64, error)                { return l.size, nil }
-func (l *fileLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
-func (l *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
-
-func (l *fileLayer) Uncompressed() (io.ReadCloser, error) {
-	f, err := os.Open(l.path)
-	if err != nil {
-		return nil, err
-	}
-
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		f.Close() //nolint:errcheck // already failing
-
-		return nil, err
-	}
-
-	return struct {
-		io.Reader
-		io.Closer
-	}{zr, f}, nil
 }

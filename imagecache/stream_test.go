@@ -266,12 +266,12 @@ func TestLayerWriter(t *testing.T) {
 					t.Fatal(err)
 				}
 
-				if d := sha256.Sum256(blob); l.digest.Hex != hex.EncodeToString(d[:]) || l.size != int64(len(blob)) {
-					t.Errorf("digest/size %s %d, file %x %d", l.digest, l.size, d, len(blob))
+				if d := sha256.Sum256(blob); l.Digest.Hex != hex.EncodeToString(d[:]) || l.Size != int64(len(blob)) {
+					t.Errorf("digest/size %s %d, file %x %d", l.Digest, l.Size, d, len(blob))
 				}
 
-				if d := sha256.Sum256(data); l.diffID.Hex != hex.EncodeToString(d[:]) {
-					t.Errorf("diffID %s, want %x", l.diffID, d)
+				if d := sha256.Sum256(data); l.DiffID.Hex != hex.EncodeToString(d[:]) {
+					t.Errorf("diffID %s, want %x", l.DiffID, d)
 				}
 
 				zr, err := gzip.NewReader(bytes.NewReader(blob))

@@ -11,6 +11,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-dev/kiln/internal/layerfile"
 )
 
 // base is what an installer image takes from the base installer.
@@ -72,7 +74,7 @@ func baseParts(img v1.Image, arch string) (*base, error) {
 
 // ownLayer is a layer kiln wrote, with its history line.
 type ownLayer struct {
-	layer     *fileLayer
+	layer     *layerfile.Layer
 	createdBy string
 }
 
@@ -97,9 +99,9 @@ func assemble(arch string, created time.Time, b *base, own []ownLayer) (*image, 
 
 	for _, o := range own {
 		l := o.layer
-		cf.RootFS.DiffIDs = append(cf.RootFS.DiffIDs, l.diffID)
+		cf.RootFS.DiffIDs = append(cf.RootFS.DiffIDs, l.Sums.DiffID)
 		cf.History = append(cf.History, v1.History{Created: at, CreatedBy: o.createdBy})
-		descs = append(descs, v1.Descriptor{MediaType: types.OCILayer, Size: l.size, Digest: l.digest})
+		descs = append(descs, v1.Descriptor{MediaType: types.OCILayer, Size: l.Sums.Size, Digest: l.Sums.Digest})
 		img.layers = append(img.layers, l)
 	}
 

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -18,9 +17,9 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/kiln-dev/kiln/internal/iox"
+	"github.com/kiln-dev/kiln/internal/layerfile"
 )
 
 // gzipLevel is go-containerregistry's default for layers
@@ -41,7 +40,7 @@ func cleanRel(p string) (string, error) {
 // hashing the tar (diff ID) and the compressed stream (digest) as it goes,
 // and names the file by its digest. Entries are sorted by path and carry
 // only name, mode, size and type, as Talos's filemap.Build writes them.
-func writeLayer(ctx context.Context, dir string, files []File) (*fileLayer, error) {
+func writeLayer(ctx context.Context, dir string, files []File) (*layerfile.Layer, error) {
 	files = sortedFiles(files)
 	if err := checkFiles(files); err != nil {
 		return nil, err
@@ -89,12 +88,12 @@ func writeLayer(ctx context.Context, dir string, files []File) (*fileLayer, erro
 		return nil, err
 	}
 
-	l := &fileLayer{digest: sum(digest), diffID: sum(diffID), size: size.n}
-	l.path = filepath.Join(dir, l.digest.Algorithm+"-"+l.digest.Hex+".tar.gz")
+	sums := layerfile.Sums{Digest: sum(digest), DiffID: sum(diffID), Size: size.n}
+	l := &layerfile.Layer{Path: filepath.Join(dir, sums.Digest.Algorithm+"-"+sums.Digest.Hex+".tar.gz"), Sums: sums}
 
 	// The same content may already be there (the other arch, a rebuild):
 	// the rename replaces it with identical bytes.
-	if err := os.Rename(tmp.Name(), l.path); err != nil {
+	if err := os.Rename(tmp.Name(), l.Path); err != nil {
 		return nil, err
 	}
 
@@ -181,44 +180,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	c.n += int64(len(p))
 
 	return len(p), nil
-}
-
-// fileLayer is a gzip layer stored in a file, with its digests known.
-type fileLayer struct {
-	path           string
-	digest, diffID v1.Hash
-	size           int64
-}
-
-var _ v1.Layer = (*fileLayer)(nil)
-
-func (l *fileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
-func (l *fileLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *fileLayer) Size() (int64, error)                { return l.size, nil }
-func (l *fileLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
-func (l *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
-
-func (l *fileLayer) Uncompressed() (io.ReadCloser, error) {
-	f, err := os.Open(l.path)
-	if err != nil {
-		return nil, err
-	}
-
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		f.Close() //nolint:errcheck // read-only
-
-		return nil, fmt.Errorf("layer %s: %w", l.digest, err)
-	}
-
-	return &gunzipCloser{Reader: zr, f: f}, nil
-}
-
-type gunzipCloser struct {
-	*gzip.Reader
-	f *os.File
-}
-
-func (g *gunzipCloser) Close() error {
-	return errors.Join(g.Reader.Close(), g.f.Close())
 }
