@@ -114,12 +114,8 @@ func (d *deviceTree) dir(lba, size uint32) error {
 // susp rewrites the addresses of a System Use area: CE (continuation
 // areas, followed), CL and PL (Rock Ridge relocated directories).
 func (d *deviceTree) susp(b []byte) error {
-	for i := 0; i+4 <= len(b); {
-		sig, l := string(b[i:i+2]), int(b[i+2])
-		if l < 4 || i+l > len(b) {
-			return nil // padding
-		}
-		e := b[i : i+l]
+	return eachSUSP(b, func(sig string, e []byte) error {
+		l := len(e)
 		switch sig {
 		case "CE":
 			if l < 28 {
@@ -144,12 +140,9 @@ func (d *deviceTree) susp(b []byte) error {
 				return fmt.Errorf("iso: short %s entry", sig)
 			}
 			d.shiftBoth(e[4:12])
-		case "ST":
-			return nil
 		}
-		i += l
-	}
-	return nil
+		return nil
+	})
 }
 
 // pathTable rewrites the directory addresses of a path table.

@@ -218,12 +218,8 @@ func (n *normalizer) dir(lba, size uint32, dirPath string) error {
 // susp rewrites the TF entries of a System Use area, following CE
 // continuation areas.
 func (n *normalizer) susp(b []byte) error {
-	for i := 0; i+4 <= len(b); {
-		sig, l := string(b[i:i+2]), int(b[i+2])
-		if l < 4 || i+l > len(b) {
-			return nil // padding
-		}
-		e := b[i : i+l]
+	return eachSUSP(b, func(sig string, e []byte) error {
+		l := len(e)
 		switch sig {
 		case "NM":
 			if l > 5 && n.named {
@@ -266,8 +262,21 @@ func (n *normalizer) susp(b []byte) error {
 			if _, err := n.f.WriteAt(c, off); err != nil {
 				return fmt.Errorf("iso: write continuation area: %w", err)
 			}
-		case "ST":
-			return nil
+		}
+		return nil
+	})
+}
+
+// eachSUSP calls fn with each entry of a System Use area (signature and
+// the whole entry, header included) up to its ST entry or padding.
+func eachSUSP(b []byte, fn func(sig string, e []byte) error) error {
+	for i := 0; i+4 <= len(b); {
+		sig, l := string(b[i:i+2]), int(b[i+2])
+		if l < 4 || i+l > len(b) || sig == "ST" {
+			return nil // padding, or the end of the area
+		}
+		if err := fn(sig, b[i:i+l]); err != nil {
+			return err
 		}
 		i += l
 	}
