@@ -5,12 +5,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -41,10 +39,10 @@ type airgapRoutes struct {
 	// mirror is the external registry the releases are read from; zero for
 	// kiln's embedded one.
 	mirror machineconfig.Registry
-	// signingKeyFile is kiln's cosign key, which signs its installers (the
-	// public half goes into the patch); Build makes it on first start, a
-	// server built without it leaves the verification out.
-	signingKeyFile string
+	// signer is kiln's cosign key, which signs its installers (the public
+	// half goes into the patch); Build makes it on first start, a server
+	// built without it leaves the verification out.
+	signer *signing.Signer
 	// authn, with --auth-reads, is asked for a credential on every request:
 	// a patch lists the upstream hosts the mirror holds, which its catalog
 	// then shows only to a client with one.
@@ -56,7 +54,7 @@ type airgapRoutes struct {
 	logger   *slog.Logger
 }
 
-func newAirgapRoutes(cfg Config, sc *schematics, releases *artifacts.Manager, authn *access.Authenticator, logger *slog.Logger) (*airgapRoutes, error) {
+func newAirgapRoutes(cfg Config, sc *schematics, releases *artifacts.Manager, signer *signing.Signer, authn *access.Authenticator, logger *slog.Logger) (*airgapRoutes, error) {
 	if cfg.AuthReads && authn == nil {
 		return nil, errors.New("--auth-reads needs an authenticator")
 	}
@@ -70,7 +68,7 @@ func newAirgapRoutes(cfg Config, sc *schematics, releases *artifacts.Manager, au
 		releases:       releases,
 		authn:          authn,
 		kiln:           machineconfig.Registry{URL: originOf(cfg.externalURL())},
-		signingKeyFile: filepath.Join(cfg.DataDir, signing.SigningKeyFile),
+		signer:         signer,
 		errors:         &factoryRoutes{logger: logger},
 		logger:         logger,
 	}
@@ -296,9 +294,7 @@ func (a *airgapRoutes) options(r *http.Request) (machineconfig.Options, error) {
 		return machineconfig.Options{}, err
 	}
 
-	if opts.SigningKey, err = a.signingKey(); err != nil {
-		return machineconfig.Options{}, err
-	}
+	opts.SigningKey = a.signingKey()
 
 	return opts, nil
 }
@@ -340,16 +336,11 @@ func (a *airgapRoutes) held(ctx context.Context) ([]string, error) {
 }
 
 // signingKey is the public half of kiln's signing key, or nil when kiln
-// has none yet.
-func (a *airgapRoutes) signingKey() ([]byte, error) {
-	s, err := signing.LoadSigner(a.signingKeyFile, nil)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+// has none.
+func (a *airgapRoutes) signingKey() []byte {
+	if a.signer == nil {
+		return nil
 	}
 
-	if err != nil {
-		return nil, fmt.Errorf("kiln's signing key: %w", err)
-	}
-
-	return s.PublicKeyPEM(), nil
+	return a.signer.PublicKeyPEM()
 }

@@ -329,7 +329,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 	}
 
 	if deps.Artifacts != nil {
-		ag, err := newAirgapRoutes(cfg, domain, deps.Artifacts, deps.Authenticator, logger)
+		ag, err := newAirgapRoutes(cfg, domain, deps.Artifacts, deps.Signer, deps.Authenticator, logger)
 		if err != nil {
 			return nil, err
 		}
