@@ -64,13 +64,13 @@ func newAirgapRoutes(cfg Config, sc *schematics, releases *artifacts.Manager, si
 	}
 
 	a := &airgapRoutes{
-		schematics:     sc,
-		releases:       releases,
-		authn:          authn,
-		kiln:           machineconfig.Registry{URL: originOf(cfg.externalURL())},
-		signer:         signer,
-		errors:         &factoryRoutes{logger: logger},
-		logger:         logger,
+		schematics: sc,
+		releases:   releases,
+		authn:      authn,
+		kiln:       machineconfig.Registry{URL: originOf(cfg.externalURL())},
+		signer:     signer,
+		errors:     &factoryRoutes{logger: logger},
+		logger:     logger,
 	}
 
 	if strings.HasPrefix(a.kiln.URL, "https://") && cfg.TLSCert != "" {
