@@ -87,6 +87,9 @@ type Manager struct {
 	// absent are store keys of files an extraction did not find in its
 	// image (an old imager without systemd-boot).
 	absent map[string]bool
+	// talosctlFiles are the binaries of talosctl-all images, by
+	// "talosctl-list:<digest>".
+	talosctlFiles map[string][]string
 }
 
 // NewManager reads releases from deps.Source.

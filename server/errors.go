@@ -40,6 +40,7 @@ func codeOf(err error) codes.Code {
 		invalidArg     *invalidArgumentError
 		invalidVersion *artifacts.InvalidVersionError
 		badExtension   *artifacts.ExtensionError
+		noTalosctl     *artifacts.FileError
 	)
 
 	switch {
@@ -57,7 +58,7 @@ func codeOf(err error) codes.Code {
 		return codes.Unimplemented
 	case errors.Is(err, errSchematicNotFound), errors.Is(err, storage.ErrNotFound),
 		errors.Is(err, artifacts.ErrVersionNotAvailable), errors.Is(err, artifacts.ErrNotMirrored),
-		errors.Is(err, imagecache.ErrNotFound):
+		errors.Is(err, imagecache.ErrNotFound), errors.As(err, &noTalosctl), errors.Is(err, artifacts.ErrNoTalosctl):
 		return codes.NotFound
 	case errors.Is(err, signing.ErrUntrusted), errors.Is(err, release.ErrInvalidCatalog), errors.Is(err, artifacts.ErrLockMismatch):
 		return codes.FailedPrecondition

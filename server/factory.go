@@ -28,6 +28,7 @@ func (f *factoryRoutes) register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /schematics/{id}", f.getSchematic)
 	f.registerReleases(mux)
 	f.registerImages(mux)
+	f.registerTalosctl(mux)
 }
 
 // createSchematic answers 201 with {"id", "schematic"} whether or not the

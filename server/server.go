@@ -509,6 +509,7 @@ There is no web UI (yet). On this port:
   GET  /image/{schematic}/{version}/{path}      boot assets: kernel-amd64, initramfs-amd64.xz,
                                                 cmdline-metal-amd64, metal-amd64.iso, metal-amd64.raw.zst, ...
   GET  /pxe/{schematic}/{version}/metal-amd64   an iPXE script
+  GET  /talosctl/{version}                      the release's talosctl binaries (URLs to download)
   GET  /imagecache/{id}.tar                     a built image cache
   GET  /config/{schematic}/{version}/airgap.yaml
                                                 the machine-config patch for nodes pulling from kiln

@@ -136,6 +136,18 @@ func TestSideroCalls(t *testing.T) {
 		t.Fatalf("OverlaysVersions(%s): %v", v, err)
 	}
 
+	// Omni lists talosctl downloads; each URL is on kiln and downloads.
+	talosctls, err := c.TalosctlList(ctx, v)
+	if err != nil || !slices.Contains(talosctls, base+"/talosctl/"+v+"/talosctl-linux-amd64") {
+		t.Fatalf("TalosctlList(%s) = %v, %v; want %s/talosctl/%s/talosctl-linux-amd64 among them", v, talosctls, err, base, v)
+	}
+
+	for _, u := range talosctls {
+		if len(get(ctx, t, u, "application/octet-stream")) == 0 {
+			t.Fatalf("%s is empty", u)
+		}
+	}
+
 	// The URLs the provider and Sidero's Environment build themselves.
 	image := base + "/image/" + id + "/" + v + "/"
 	kernelURL, initramfsURL := image+"kernel-amd64", image+"initramfs-amd64.xz"
