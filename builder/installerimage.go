@@ -10,10 +10,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // InstallerRequest names an installer image: the index over the release's
@@ -296,4 +299,43 @@ func (j *job) installerTarball(ctx context.Context, w io.Writer) error {
 	}
 
 	return installer.WriteTarball(ctx, w, img, tag)
+}
+
+// InstallerPublisher puts the installer of a schematic and version into
+// kiln's registry, signed, as its first pull does (the server's registry
+// frontend), and says where it is. The builder asks it while planning an
+// ISO or disk whose schematic embeds an image cache, so that the cache
+// carries the installer the node installs from. With build false it only
+// finds an installer published already, and answers one that is not with
+// an error matching storage.ErrNotFound.
+type InstallerPublisher interface {
+	PublishInstaller(ctx context.Context, req InstallerRequest, build bool) (*PublishedInstaller, error)
+}
+
+// PublishedInstaller is an installer index in kiln's registry.
+type PublishedInstaller struct {
+	// Public is how nodes pull it, <kiln host>/<platform>-installer/<id>:<version>:
+	// machine.install.image of kiln's air-gap patch, and the name the
+	// image cache keeps it under, which a node's registryd looks up (the
+	// "ns" of containerd's mirror request is the reference's host).
+	Public name.Tag
+	// Source is the index by digest where kiln reads it, with Remote.
+	Source name.Digest
+	Remote []remote.Option
+	// Check verifies what is read from Source: kiln's signature over it
+	// (the trust policy covers the mirror's images, not kiln's own).
+	Check signing.Checker
+}
+
+// SetInstallerPublisher makes image caches embedded in ISOs and disks
+// carry the schematic's installer, published with p; nil turns it off.
+// Call it before serving.
+func (b *Builder) SetInstallerPublisher(p InstallerPublisher) {
+	if p == nil {
+		b.installers.Store(nil)
+
+		return
+	}
+
+	b.installers.Store(&p)
 }
