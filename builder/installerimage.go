@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,13 +15,15 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
 
 // InstallerRequest names an installer image: the index over the release's
-// architectures of <platform>-installer/<schematic>:<version>.
+// architectures (those of them whose installer base is mirrored) of
+// <platform>-installer/<schematic>:<version>.
 type InstallerRequest struct {
 	SchematicID string
 	Version     string
@@ -65,6 +68,8 @@ func (b *Builder) PlanInstaller(ctx context.Context, req InstallerRequest) (*Ins
 
 	ip := &InstallerPlan{}
 
+	var missing []string
+
 	for _, arch := range release.Arches {
 		out := Output{Kind: KindInstaller, Platform: platform, Arch: arch, Path: platform + "-installer-" + arch + ".tar"}
 
@@ -79,13 +84,44 @@ func (b *Builder) PlanInstaller(ctx context.Context, req InstallerRequest) (*Ins
 			return nil, err
 		}
 
+		// A mirror made with kiln mirror --arch keeps the base's index
+		// whole but only the children of its architectures: the installer
+		// is an index over those.
+		if _, err := p.base.Platform(ctx, arch); errors.Is(err, artifacts.ErrNotMirrored) {
+			missing = append(missing, arch)
+
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("installer base linux/%s: %w", arch, err)
+		}
+
 		ip.plans = append(ip.plans, p)
 		ip.Version = p.Version
+	}
+
+	if len(ip.plans) == 0 {
+		return nil, fmt.Errorf("installer base of Talos %s: no architecture of %v is mirrored: %w", req.Version, release.Arches, artifacts.ErrNotMirrored)
+	}
+
+	if len(missing) > 0 {
+		b.deps.Logger.InfoContext(ctx, "installer over the mirrored architectures only", "schematic", req.SchematicID, "version", ip.Version,
+			"not_mirrored", missing)
 	}
 
 	ip.Base, ip.base = ip.plans[0].InstallerBase, ip.plans[0].base
 
 	return ip, nil
+}
+
+// Arches are the architectures of the index, those the mirrored installer
+// base has.
+func (ip *InstallerPlan) Arches() []string {
+	arches := make([]string, 0, len(ip.plans))
+	for _, p := range ip.plans {
+		arches = append(arches, p.Output.Arch)
+	}
+
+	return arches
 }
 
 // Installer builds the installer index of ip and hands it to publish, once
