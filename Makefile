@@ -234,8 +234,9 @@ INSTALLER_ORACLE := $(TOOLS)/installer-oracle
 $(INSTALLER_ORACLE): hack/installer-oracle/main.go hack/installer-oracle/go.mod hack/installer-oracle/go.sum
 	cd hack/installer-oracle && $(GO) build -o $(INSTALLER_ORACLE) .
 
-# The tests find it there (testfixture.InstallerOracle).
-unit: $(INSTALLER_ORACLE)
+# The tests find it there (testfixture.InstallerOracle); e2e's
+# TestInstallerBefore110 too.
+unit e2e: $(INSTALLER_ORACLE)
 
 ## Tests.
 test: deps tools check-generate lint unit integration factory-client
