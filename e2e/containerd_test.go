@@ -4,8 +4,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kiln-dev/kiln/imagecache"
+	"github.com/kiln-dev/kiln/internal/testfixture"
 )
 
 // TestContainerdPull: the real containerd (Debian's package, a daemon of
@@ -225,4 +230,72 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// TestContainerdPullFromImageCache: a node with no registry installs from
+// its boot medium. The ISO of a schematic with an image cache is built by
+// the real kiln (--external-url http://kiln.example:8080, the host of the
+// air-gap patch's install image); its /imagecache tree, read back with
+// xorriso, is served by the rules of Talos's registryd
+// (imagecache.Handler), kiln is stopped, and containerd, given that
+// registry as the mirror of kiln's host (as Talos puts registryd first for
+// every host), pulls the patch's install image: the digest kiln served
+// before it stopped, and the unpacked installer has its boot files.
+func TestContainerdPullFromImageCache(t *testing.T) {
+	crane := binary(t, "CRANE")
+	testfixture.RequireTool(t, "xorriso")
+	sock := startContainerd(t)
+
+	const external = "kiln.example:8080"
+
+	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--demo", "--external-url", "http://"+external)
+	client := &http.Client{Timeout: 10 * time.Minute}
+
+	code, _, body := httpDo(t, client, "POST", "http://"+k.addr+"/schematics", "customization:\n  imageCache:\n    kubernetes: true\n")
+	if code != 201 {
+		t.Fatalf("POST /schematics = %d %s", code, body)
+	}
+
+	var created struct{ ID string }
+	if err := json.Unmarshal([]byte(body), &created); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	iso := filepath.Join(dir, "metal-amd64.iso")
+	start := time.Now()
+	download(t, client, "http://"+k.addr+"/image/"+created.ID+"/v1.13.0/metal-amd64.iso", iso)
+	t.Logf("ISO with the image cache (and the installer, built first): %v", time.Since(start).Round(time.Millisecond))
+
+	_, _, patch := httpDo(t, client, "GET", "http://"+k.addr+"/config/"+created.ID+"/v1.13.0/airgap.yaml", "")
+
+	m := regexp.MustCompile(`(?m)^\s+image: (` + regexp.QuoteMeta(external) + `/metal-installer/` + created.ID + `:v1\.13\.0)$`).FindStringSubmatch(patch)
+	if m == nil {
+		t.Fatalf("the patch installs no %s/metal-installer/%s:v1.13.0:\n%s", external, created.ID, patch)
+	}
+
+	digest := strings.TrimSpace(run(t, crane, "digest", k.addr+"/metal-installer/"+created.ID+":v1.13.0"))
+	k.stop(t)
+
+	tree := filepath.Join(dir, "imagecache")
+	run(t, "xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/imagecache", tree)
+
+	registryd := httptest.NewServer(imagecache.Handler(tree))
+	defer registryd.Close()
+
+	hosts := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(hosts, external), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "https://"+external, registryd.URL)
+	if err := os.WriteFile(filepath.Join(hosts, external, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	ctr := func(args ...string) string {
+		return runLong(t, "ctr", append([]string{"-a", sock, "-n", "kiln"}, args...)...)
+	}
+	ctr("images", "pull", "--hosts-dir", hosts, "--platform", "linux/amd64", m[1])
+	checkContainerdImage(t, ctr, m[1], digest)
 }
