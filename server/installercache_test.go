@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -115,6 +116,25 @@ func TestImageCacheCarriesInstaller(t *testing.T) {
 		rc.Close()
 	}
 
+	// The disk image's IMAGECACHE partition holds the same cache.
+	if _, err := exec.LookPath("debugfs"); err == nil {
+		checkCachedInstaller(t, extractDiskCache(t, ts, "/image/"+id+"/v1.13.0/metal-amd64.raw"), ref, desc.Digest)
+	} else {
+		t.Log("debugfs not installed: the disk's IMAGECACHE is not read back")
+	}
+
+	// With --auth-reads, kiln reads its own registry in process: the cache
+	// still gets the installer.
+	t.Run("auth-reads", func(t *testing.T) {
+		ts := startServer(t, Config{Demo: true, AuthReads: true})
+		id := createSchematic(t, ts, "customization: {imageCache: {kubernetes: true}}")
+		dir := extractISOCache(t, ts, "/image/"+id+"/v1.13.0/metal-amd64.iso")
+
+		if matches, _ := filepath.Glob(filepath.Join(dir, "manifests", "*", "metal-installer", id, "reference", "v1.13.0")); len(matches) != 1 {
+			t.Errorf("--auth-reads: the cache holds no installer tag (%v)", matches)
+		}
+	})
+
 	t.Run("opt-out", func(t *testing.T) {
 		ts := startServer(t, Config{Demo: true, NoInstallerInCache: true})
 		id := createSchematic(t, ts, "customization: {imageCache: {kubernetes: true}}")
@@ -133,6 +153,62 @@ func TestImageCacheCarriesInstaller(t *testing.T) {
 // extractISOCache builds the ISO at path and returns its /imagecache tree,
 // as xorriso reads it.
 func extractISOCache(t *testing.T, ts *testServer, path string) string {
+	t.Helper()
+
+	tmp := t.TempDir()
+	iso := filepath.Join(tmp, "metal.iso")
+	download(t, ts, path, iso)
+
+	dir := filepath.Join(tmp, "imagecache")
+	if out, err := exec.Command("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/imagecache", dir).CombinedOutput(); err != nil {
+		t.Fatalf("xorriso -extract /imagecache: %v\n%s", err, out)
+	}
+
+	return dir
+}
+
+// extractDiskCache builds the disk at path and returns the tree of its
+// IMAGECACHE partition, as sgdisk finds it and debugfs reads it.
+func extractDiskCache(t *testing.T, ts *testServer, path string) string {
+	t.Helper()
+
+	tmp := t.TempDir()
+	disk := filepath.Join(tmp, "disk.raw")
+	download(t, ts, path, disk)
+
+	out, err := exec.Command("sgdisk", "-p", disk).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sgdisk -p: %v\n%s", err, out)
+	}
+
+	var start int64 = -1
+
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) >= 7 && f[len(f)-1] == "IMAGECACHE" {
+			if _, err := fmt.Sscan(f[1], &start); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	if start < 0 {
+		t.Fatalf("no IMAGECACHE partition:\n%s", out)
+	}
+
+	dir := filepath.Join(tmp, "imagecache")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	if out, err := exec.Command("debugfs", "-R", "rdump / "+dir, fmt.Sprintf("%s?offset=%d", disk, start*512)).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs rdump: %v\n%s", err, out)
+	}
+
+	return dir
+}
+
+// download GETs path from ts into dst.
+func download(t *testing.T, ts *testServer, path, dst string) {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -154,26 +230,15 @@ func extractISOCache(t *testing.T, ts *testServer, path string) string {
 		t.Fatalf("GET %s = %d %s", path, resp.StatusCode, body)
 	}
 
-	tmp := t.TempDir()
-	iso := filepath.Join(tmp, "metal.iso")
-
-	f, err := os.Create(iso)
+	f, err := os.Create(dst)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		t.Fatal(err)
 	}
-
-	f.Close()
-
-	dir := filepath.Join(tmp, "imagecache")
-	if out, err := exec.Command("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/imagecache", dir).CombinedOutput(); err != nil {
-		t.Fatalf("xorriso -extract /imagecache: %v\n%s", err, out)
-	}
-
-	return dir
 }
 
 // checkCachedInstaller checks that the flat cache tree dir holds ref's tag
