@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -280,7 +281,22 @@ func TestContainerdPullFromImageCache(t *testing.T) {
 	tree := filepath.Join(dir, "imagecache")
 	run(t, "xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/imagecache", tree)
 
-	registryd := httptest.NewServer(imagecache.Handler(tree))
+	// containerd names the image's host in ?ns= on every request to a
+	// mirror; registryd takes the tree's directory from it.
+	cache := imagecache.Handler(tree)
+
+	var mu sync.Mutex
+
+	ns := map[string]int{}
+	registryd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			mu.Lock()
+			ns[r.URL.Query().Get("ns")]++
+			mu.Unlock()
+		}
+
+		cache.ServeHTTP(w, r)
+	}))
 	defer registryd.Close()
 
 	hosts := t.TempDir()
@@ -298,4 +314,11 @@ func TestContainerdPullFromImageCache(t *testing.T) {
 	}
 	ctr("images", "pull", "--hosts-dir", hosts, "--platform", "linux/amd64", m[1])
 	checkContainerdImage(t, ctr, m[1], digest)
+
+	mu.Lock()
+	defer mu.Unlock()
+
+	if len(ns) != 1 || ns[external] == 0 {
+		t.Errorf("manifest requests to the cache by ns: %v, want all with ns=%s", ns, external)
+	}
 }
