@@ -310,9 +310,9 @@ func (r installerResolver) Resolve(ref string) (name.Reference, []remote.Option,
 	return r.MirrorResolver.Resolve(ref)
 }
 
-// installerChecker checks what is read from the installer's repository
-// (the index and its signature's children) with the publisher's checker,
-// everything else with the trust policy.
+// installerChecker checks an image of the installer's repository (the
+// installer index the plan reads) with the publisher's checker, kiln's
+// signature, and every other image with the trust policy.
 type installerChecker struct {
 	signing.Checker
 	repo string
