@@ -110,8 +110,9 @@ $(COSIGN):
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
 	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl grub-pc-bin grub-efi-amd64-bin \
 	strace
-# make e2e adds a real registry process, skopeo, QEMU with OVMF and iPXE ROMs.
-E2E_DEBS := $(TEST_DEBS) docker-registry skopeo qemu-system-x86 ovmf ipxe-qemu
+# make e2e adds a real registry process, skopeo, containerd (ctr pulls the installer, as a node's
+# containerd does), QEMU with OVMF and iPXE ROMs.
+E2E_DEBS := $(TEST_DEBS) docker-registry skopeo containerd qemu-system-x86 ovmf ipxe-qemu
 E2E_KERNEL := $(CURDIR)/_e2e/kernel
 E2E_IPXE   := $(CURDIR)/_e2e/ipxe-trixie
 E2E_SDBOOT := $(CURDIR)/_e2e/sdboot-trixie
@@ -233,8 +234,9 @@ INSTALLER_ORACLE := $(TOOLS)/installer-oracle
 $(INSTALLER_ORACLE): hack/installer-oracle/main.go hack/installer-oracle/go.mod hack/installer-oracle/go.sum
 	cd hack/installer-oracle && $(GO) build -o $(INSTALLER_ORACLE) .
 
-# The tests find it there (testfixture.InstallerOracle).
-unit: $(INSTALLER_ORACLE)
+# The tests find it there (testfixture.InstallerOracle); e2e's
+# TestInstallerBefore110 too.
+unit e2e: $(INSTALLER_ORACLE)
 
 ## Tests.
 test: deps tools check-generate lint unit integration factory-client

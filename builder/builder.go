@@ -79,6 +79,9 @@ type Builder struct {
 
 	// builds counts assemblies run, for tests and metrics.
 	builds atomic.Int64
+	// installers, when set, puts installers into kiln's registry, so that
+	// an image cache can carry the schematic's own (SetInstallerPublisher).
+	installers atomic.Pointer[InstallerPublisher]
 }
 
 // New returns a builder whose builds end at the latest when life does. It
@@ -152,6 +155,9 @@ type Request struct {
 	SchematicID string
 	Version     string
 	Path        string
+	// build: the plan is Build's, which may build and publish the
+	// installer an embedded image cache carries; Plan only finds it.
+	build bool
 }
 
 // Event is progress of a build.
@@ -245,7 +251,7 @@ func (b *Builder) plan(ctx context.Context, req Request, out Output, supported f
 	}
 
 	if ic := sc.Customization.ImageCache; ic.Enabled() && (out.Kind == KindISO || out.Kind == KindDisk) {
-		if err := b.planImageCache(ctx, p, ic); err != nil {
+		if err := b.planImageCache(ctx, p, ic, req.build); err != nil {
 			return nil, err
 		}
 	}
@@ -266,7 +272,7 @@ func (b *Builder) plan(ctx context.Context, req Request, out Output, supported f
 // planImageCache resolves every image of the schematic's image cache in
 // the mirror and verifies it, so that a missing image or platform fails the
 // request, naming it, before anything is built.
-func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.ImageCache) error {
+func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.ImageCache, build bool) error {
 	var refs []string
 
 	if ic.Kubernetes {
@@ -280,6 +286,11 @@ func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.Imag
 
 	refs = append(refs, ic.Images...)
 
+	refs, r, v, err := b.withInstaller(ctx, p, refs, build)
+	if err != nil {
+		return fmt.Errorf("image cache: %w", err)
+	}
+
 	opts := imagecache.DefaultOptions()
 	opts.Logger = b.deps.Logger
 	opts.Layout = imagecache.Flat
@@ -289,7 +300,7 @@ func (b *Builder) planImageCache(ctx context.Context, p *Plan, ic schematic.Imag
 		opts.Platforms = []string{"linux/" + p.Output.Arch}
 	}
 
-	cp, err := b.planCache(ctx, refs, opts)
+	cp, err := imagecache.NewPlan(ctx, refs, r, v, opts)
 	if err != nil {
 		return fmt.Errorf("image cache: %w", err)
 	}
@@ -351,6 +362,10 @@ func (e *invalidSchematicError) Is(target error) bool { return target == schemat
 
 // Lookup returns the cached asset of a plan without building.
 func (b *Builder) Lookup(ctx context.Context, p *Plan) (storage.Asset, error) {
+	if p.unpublished {
+		return nil, fmt.Errorf("%s: its installer is not built yet: %w", p.Output.Path, storage.ErrNotFound)
+	}
+
 	return b.deps.Assets.Open(ctx, p.Key())
 }
 
@@ -371,6 +386,8 @@ func (b *Builder) Build(ctx context.Context, req Request, progress func(Event)) 
 	// The plan is all that can refuse the request, so no event goes out
 	// before it: a stream that has sent nothing can still answer with the
 	// refusal's own status (a 404 or 400, not a 200 ending in an error).
+	req.build = true
+
 	p, err := b.Plan(ctx, req)
 	if err != nil {
 		return nil, err

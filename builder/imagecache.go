@@ -9,12 +9,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kiln-dev/kiln/imagecache"
 	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -240,4 +245,84 @@ func tarTree(ctx context.Context, w io.Writer, dir string) error {
 	}
 
 	return tw.Close()
+}
+
+// withInstaller adds the schematic's installer to the image cache of an
+// ISO or disk (refs), with the resolver and checker that read it: the
+// installer of the same schematic and version, published in kiln's
+// registry (built first if it is not there, single-flight with its pulls),
+// under the reference kiln's air-gap patch installs from. Without a
+// publisher (kiln serve --no-installer-in-cache, --registry, or a builder
+// outside a server), and for platforms other than metal, refs are kept.
+//
+// Only a build (build) builds and publishes the installer; a plan that is
+// only looked up (HEAD, a URL) takes it if it is published, and is marked
+// unpublished otherwise.
+func (b *Builder) withInstaller(ctx context.Context, p *Plan, refs []string, build bool) ([]string, imagecache.Resolver, signing.Checker, error) {
+	mirror := imagecache.MirrorResolver{Source: b.deps.Artifacts.Source()}
+	check := b.deps.Artifacts.ImageChecker()
+
+	pub := b.installers.Load()
+	if pub == nil {
+		return refs, mirror, check, nil
+	}
+
+	if p.Output.Platform != "metal" {
+		b.deps.Logger.InfoContext(ctx, "image cache without the installer: kiln builds metal installers only",
+			"schematic", p.SchematicID, "version", p.Version, "platform", p.Output.Platform)
+
+		return refs, mirror, check, nil
+	}
+
+	inst, err := (*pub).PublishInstaller(ctx, InstallerRequest{SchematicID: p.SchematicID, Version: p.Version.String(), Platform: "metal"}, build)
+	if !build && errors.Is(err, storage.ErrNotFound) {
+		p.unpublished = true
+
+		return refs, mirror, check, nil
+	}
+
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("the installer (kiln serve --no-installer-in-cache leaves it out): %w", err)
+	}
+
+	// Tag and digest: the cache keeps the tag (what the node pulls) and the
+	// plan reads the digest kiln's signature was checked over.
+	line := inst.Public.String() + "@" + inst.Source.DigestStr()
+	refs = append(slices.Clone(refs), line)
+
+	return refs, installerResolver{MirrorResolver: mirror, line: line, inst: inst},
+		installerChecker{Checker: check, repo: inst.Source.Context().Name(), inst: inst.Check}, nil
+}
+
+// installerResolver reads the installer's line from kiln's registry and
+// every other line from the mirror.
+type installerResolver struct {
+	imagecache.MirrorResolver
+	line string
+	inst *PublishedInstaller
+}
+
+func (r installerResolver) Resolve(ref string) (name.Reference, []remote.Option, error) {
+	if ref == r.line {
+		return r.inst.Source, r.inst.Remote, nil
+	}
+
+	return r.MirrorResolver.Resolve(ref)
+}
+
+// installerChecker checks an image of the installer's repository (the
+// installer index the plan reads) with the publisher's checker, kiln's
+// signature, and every other image with the trust policy.
+type installerChecker struct {
+	signing.Checker
+	repo string
+	inst signing.Checker
+}
+
+func (c installerChecker) Verify(ctx context.Context, ref name.Digest) (signing.Verified, error) {
+	if ref.Context().Name() == c.repo {
+		return c.inst.Verify(ctx, ref)
+	}
+
+	return c.Checker.Verify(ctx, ref)
 }

@@ -4,20 +4,26 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kiln-dev/kiln/artifacts"
 	"github.com/kiln-dev/kiln/builder/installer"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/signing"
 )
 
 // InstallerRequest names an installer image: the index over the release's
-// architectures of <platform>-installer/<schematic>:<version>.
+// architectures (those of them whose installer base is mirrored) of
+// <platform>-installer/<schematic>:<version>.
 type InstallerRequest struct {
 	SchematicID string
 	Version     string
@@ -62,6 +68,8 @@ func (b *Builder) PlanInstaller(ctx context.Context, req InstallerRequest) (*Ins
 
 	ip := &InstallerPlan{}
 
+	var missing []string
+
 	for _, arch := range release.Arches {
 		out := Output{Kind: KindInstaller, Platform: platform, Arch: arch, Path: platform + "-installer-" + arch + ".tar"}
 
@@ -76,13 +84,44 @@ func (b *Builder) PlanInstaller(ctx context.Context, req InstallerRequest) (*Ins
 			return nil, err
 		}
 
+		// A mirror made with kiln mirror --arch keeps the base's index
+		// whole but only the children of its architectures: the installer
+		// is an index over those.
+		if _, err := p.base.Platform(ctx, arch); errors.Is(err, artifacts.ErrNotMirrored) {
+			missing = append(missing, arch)
+
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("installer base linux/%s: %w", arch, err)
+		}
+
 		ip.plans = append(ip.plans, p)
 		ip.Version = p.Version
+	}
+
+	if len(ip.plans) == 0 {
+		return nil, fmt.Errorf("installer base of Talos %s: no architecture of %v is mirrored: %w", req.Version, release.Arches, artifacts.ErrNotMirrored)
+	}
+
+	if len(missing) > 0 {
+		b.deps.Logger.InfoContext(ctx, "installer over the mirrored architectures only", "schematic", req.SchematicID, "version", ip.Version,
+			"not_mirrored", missing)
 	}
 
 	ip.Base, ip.base = ip.plans[0].InstallerBase, ip.plans[0].base
 
 	return ip, nil
+}
+
+// Arches are the architectures of the index, those the mirrored installer
+// base has.
+func (ip *InstallerPlan) Arches() []string {
+	arches := make([]string, 0, len(ip.plans))
+	for _, p := range ip.plans {
+		arches = append(arches, p.Output.Arch)
+	}
+
+	return arches
 }
 
 // Installer builds the installer index of ip and hands it to publish, once
@@ -296,4 +335,43 @@ func (j *job) installerTarball(ctx context.Context, w io.Writer) error {
 	}
 
 	return installer.WriteTarball(ctx, w, img, tag)
+}
+
+// InstallerPublisher puts the installer of a schematic and version into
+// kiln's registry, signed, as its first pull does (the server's registry
+// frontend), and says where it is. The builder asks it while planning an
+// ISO or disk whose schematic embeds an image cache, so that the cache
+// carries the installer the node installs from. With build false it only
+// finds an installer published already, and answers one that is not with
+// an error matching storage.ErrNotFound.
+type InstallerPublisher interface {
+	PublishInstaller(ctx context.Context, req InstallerRequest, build bool) (*PublishedInstaller, error)
+}
+
+// PublishedInstaller is an installer index in kiln's registry.
+type PublishedInstaller struct {
+	// Public is how nodes pull it, <kiln host>/<platform>-installer/<id>:<version>:
+	// machine.install.image of kiln's air-gap patch, and the name the
+	// image cache keeps it under, which a node's registryd looks up (the
+	// "ns" of containerd's mirror request is the reference's host).
+	Public name.Tag
+	// Source is the index by digest where kiln reads it, with Remote.
+	Source name.Digest
+	Remote []remote.Option
+	// Check verifies what is read from Source: kiln's signature over it
+	// (the trust policy covers the mirror's images, not kiln's own).
+	Check signing.Checker
+}
+
+// SetInstallerPublisher makes image caches embedded in ISOs and disks
+// carry the schematic's installer, published with p; nil turns it off.
+// Call it before serving.
+func (b *Builder) SetInstallerPublisher(p InstallerPublisher) {
+	if p == nil {
+		b.installers.Store(nil)
+
+		return
+	}
+
+	b.installers.Store(&p)
 }

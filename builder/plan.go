@@ -45,6 +45,9 @@ type Plan struct {
 	base      *artifacts.Image
 	cachePlan *imagecache.Plan
 	cacheOpts imagecache.Options
+	// unpublished: the image cache should carry the installer, which is
+	// not built yet; such a plan is only looked up, and finds nothing.
+	unpublished bool
 }
 
 // PlanInput is one verified input image.

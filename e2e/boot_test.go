@@ -269,8 +269,17 @@ func TestBootProof(t *testing.T) {
 			t.Errorf("blkid on IMAGECACHE: %s", out)
 		}
 
-		if out := run(t, "isoinfo", "-R", "-f", "-i", cacheISO); !strings.Contains(out, "/imagecache/manifests/registry.k8s.io/kube-apiserver/reference/v1.36.0") {
+		out := run(t, "isoinfo", "-R", "-f", "-i", cacheISO)
+		if !strings.Contains(out, "/imagecache/manifests/registry.k8s.io/kube-apiserver/reference/v1.36.0") {
 			t.Errorf("the ISO has no /imagecache tree:\n%s", tail(out, 2000))
+		}
+
+		// The schematic's installer, built from this amd64-only mirror,
+		// under the install image of the air-gap patch (kiln's address,
+		// host:port written host_port_).
+		host, port, _ := strings.Cut(k.addr, ":")
+		if want := "/imagecache/manifests/" + host + "_" + port + "_/metal-installer/" + cached + "/reference/v1.13.0"; !strings.Contains(out, want) {
+			t.Errorf("the ISO's image cache has no %s:\n%s", want, tail(out, 2000))
 		}
 	})
 }

@@ -75,8 +75,9 @@ func TestInstallFromKiln(t *testing.T) {
 	policy := trustEverythingSignedBy(t, key)
 	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
-	// Every architecture: the installer is an index over all of the
-	// release's, and kiln refuses to build it from a mirror lacking one.
+	// Every architecture, so that the installer is an index over both (an
+	// amd64-only mirror gives an index over linux/amd64 alone:
+	// builder.TestInstallerOverMirroredArches).
 	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(),
 		"--version", version, "--trust-policy", policy); err != nil {
 		t.Fatalf("kiln mirror: %v\n%s", err, out)

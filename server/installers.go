@@ -30,6 +30,7 @@ import (
 	"github.com/kiln-dev/kiln/registry"
 	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
+	"github.com/kiln-dev/kiln/storage"
 )
 
 // signingKeyHandler serves the public half of kiln's signing key as the
@@ -445,4 +446,75 @@ func (s *imageService) GetInstallerImage(req *kilnv1.GetInstallerImageRequest, s
 	}
 
 	return toStatus(out.finish(last, err))
+}
+
+// PublishInstaller implements builder.InstallerPublisher: the installer in
+// kiln's registry, as its first pull leaves it (built, pushed, signed,
+// tagged), for an image cache to carry.
+// Without build, only an installer published already (tagged, signed by
+// kiln) is taken.
+func (f *installerFrontend) PublishInstaller(ctx context.Context, req builder.InstallerRequest, build bool) (*builder.PublishedInstaller, error) {
+	rt, ok := parseInstallerRoute("/v2/" + req.Platform + "-installer/" + req.SchematicID + "/manifests/" + req.Version)
+	if !ok {
+		return nil, fmt.Errorf("installer %s-installer/%s:%s: not an installer kiln serves", echo.Clip(req.Platform), echo.Clip(req.SchematicID), echo.Clip(req.Version))
+	}
+
+	repo := f.local.Repo(rt.image, rt.schematic)
+
+	var (
+		d   v1.Hash
+		err error
+	)
+
+	if build {
+		d, _, err = f.ensure(ctx, rt, nil)
+	} else {
+		d, err = f.published(ctx, repo.Tag(rt.tag))
+	}
+
+	if err != nil {
+		return nil, err
+	}
+
+	public, err := f.public(rt)
+	if err != nil {
+		return nil, err
+	}
+
+	return &builder.PublishedInstaller{
+		Public: public,
+		Source: repo.Digest(d.String()),
+		Remote: f.remote,
+		Check: signing.CheckFunc(func(ctx context.Context, ref name.Digest) error {
+			h, err := v1.NewHash(ref.DigestStr())
+			if err != nil {
+				return err
+			}
+
+			if err := f.signed(ctx, ref.Context(), h); err != nil {
+				return fmt.Errorf("installer %s: %w: %w", ref, signing.ErrUntrusted, err)
+			}
+
+			return nil
+		}),
+	}, nil
+}
+
+// published is the digest tag names when kiln's signature over it
+// verifies; an error matching storage.ErrNotFound when there is none.
+func (f *installerFrontend) published(ctx context.Context, tag name.Tag) (v1.Hash, error) {
+	desc, err := remote.Head(tag, append(f.remote, remote.WithContext(ctx))...)
+	if isNotFound(err) {
+		return v1.Hash{}, fmt.Errorf("installer %s: %w", tag, storage.ErrNotFound)
+	}
+
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("looking up %s: %w", tag, err)
+	}
+
+	if err := f.signed(ctx, tag.Context(), desc.Digest); err != nil {
+		return v1.Hash{}, fmt.Errorf("installer %s not signed by kiln (%v): %w", tag, err, storage.ErrNotFound)
+	}
+
+	return desc.Digest, nil
 }

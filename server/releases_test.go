@@ -51,7 +51,7 @@ func seedRegistryAs(t *testing.T, dir string, key *signingtest.Key, claim func(u
 	}
 }
 
-func writePolicy(t *testing.T, dir string, key *signingtest.Key) string {
+func writePolicy(t testing.TB, dir string, key *signingtest.Key) string {
 	t.Helper()
 
 	keyPath := filepath.Join(dir, "release.pub")

@@ -88,6 +88,10 @@ type Config struct {
 	// listing needs a credential (a schematic's ID is what keeps it
 	// private, as on the public factory, which has no list).
 	PublicSchematicList bool
+	// NoInstallerInCache leaves the schematic's installer out of the
+	// image cache of its ISOs and disks (by default it is built, published
+	// and cached under the air-gap patch's machine.install.image).
+	NoInstallerInCache bool
 }
 
 // SourceConfig selects the registry kiln reads releases from. With no
@@ -301,6 +305,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, deps Deps) (*Serv
 
 		if img.installers, err = newInstallerFrontend(deps.Registry, deps.Builder, deps.Signer, deps.Authenticator, cfg.AuthReads, ext.Host, logger); err != nil {
 			return nil, err
+		}
+
+		if !cfg.NoInstallerInCache {
+			deps.Builder.SetInstallerPublisher(img.installers)
 		}
 	}
 	g := &guard{authn: deps.Authenticator, publicList: cfg.PublicSchematicList}

@@ -49,14 +49,14 @@ type testServer struct {
 	srv  *Server
 }
 
-func startServer(t *testing.T, cfg Config) *testServer {
+func startServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
 
 	return startServerLogged(t, cfg, slog.New(slog.DiscardHandler))
 }
 
 // startServerLogged is startServer logging to logger.
-func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServer {
+func startServerLogged(t testing.TB, cfg Config, logger *slog.Logger) *testServer {
 	t.Helper()
 
 	if cfg.DataDir == "" {
@@ -123,7 +123,7 @@ func startServerLogged(t *testing.T, cfg Config, logger *slog.Logger) *testServe
 	return ts
 }
 
-func (ts *testServer) do(t *testing.T, method, path, body string) (*http.Response, string) {
+func (ts *testServer) do(t testing.TB, method, path, body string) (*http.Response, string) {
 	t.Helper()
 
 	return ts.doWith(t, method, path, body, nil)
@@ -143,7 +143,7 @@ func (ts *testServer) adminAuthorization(t *testing.T) string {
 }
 
 // doWith is do with request headers.
-func (ts *testServer) doWith(t *testing.T, method, path, body string, header http.Header) (*http.Response, string) {
+func (ts *testServer) doWith(t testing.TB, method, path, body string, header http.Header) (*http.Response, string) {
 	t.Helper()
 
 	req, err := http.NewRequest(method, "http://"+ts.addr+path, strings.NewReader(body))

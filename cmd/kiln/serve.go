@@ -60,6 +60,7 @@ func newServeFlags(cfg *server.Config, out io.Writer) (*flag.FlagSet, *serveSett
 	fs.BoolVar(&cfg.AuthReads, "auth-reads", false, "require credentials for reads of the embedded registry (/v2) too; writes always need them (see Security)")
 	fs.StringVar(&cfg.ClientCA, "client-ca", "", "PEM CA bundle: a TLS client certificate it signed is an admin credential, like <data-dir>/auth/htpasswd's users (needs --tls-cert)")
 	fs.BoolVar(&cfg.PublicSchematicList, "public-schematic-list", false, "let anyone list schematic IDs (ListSchematics, GET /v1/schematics); by default it needs a credential")
+	fs.BoolVar(&cfg.NoInstallerInCache, "no-installer-in-cache", false, "leave the schematic's installer out of the image cache its ISOs and disks embed (by default it is built and cached under the air-gap patch's install image)")
 	s.broken = fs.String("broken-versions", "", "comma-separated Talos versions hidden from /versions and listed by /versions?broken=true")
 	s.logLevel = fs.String("log-level", "info", "debug, info, warn or error")
 	s.logFormat = fs.String("log-format", "text", "text or json")
