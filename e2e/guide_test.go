@@ -242,6 +242,12 @@ func TestAirgapGuide(t *testing.T) {
 		}
 	}
 
+	// --schematic took the one extension the schematic names, no other.
+	if n := strings.Count(string(out), "copied   extension "); n != 2 || strings.Count(string(out), "copied   extension siderolabs/gvisor:") != 2 ||
+		strings.Contains(string(out), "copied   overlay ") {
+		t.Errorf("the guide copied other extensions or overlays than the schematic's (%d extension lines)", n)
+	}
+
 	// Every image, by its upstream name, through nothing but the patch's
 	// mirrors, from the kiln the guide started.
 	patch, err := os.ReadFile(filepath.Join(work, "airgap.yaml"))

@@ -379,3 +379,33 @@ func TestPlanImageNotFound(t *testing.T) {
 		t.Fatalf("plan of a missing image: %v", err)
 	}
 }
+
+// TestPlanExtensionNames: extensions are found as a schematic names them,
+// by the public factory's old names too, or by the last element.
+func TestPlanExtensionNames(t *testing.T) {
+	f := pushRelease(t, false)
+
+	sel := Selection{Versions: []release.Version{release.MustParseVersion(testVersion)}, Extensions: []string{"siderolabs/i915-ucode", "gvisor", "siderolabs/i915"}}
+
+	plan, err := NewPlan(t.Context(), f.src, sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var got []string
+
+	for _, it := range plan.Items {
+		if it.Kind == KindExtension {
+			got = append(got, it.Repo)
+		}
+	}
+
+	if strings.Join(got, ",") != "siderolabs/i915,siderolabs/gvisor" {
+		t.Errorf("extensions planned: %q", got)
+	}
+
+	sel.Extensions = []string{"siderolabs/no-such"}
+	if _, err := NewPlan(t.Context(), f.src, sel); err == nil || !strings.Contains(err.Error(), `extension "siderolabs/no-such": not in the catalog`) {
+		t.Errorf("an unknown extension: %v", err)
+	}
+}

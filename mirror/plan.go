@@ -245,22 +245,21 @@ func (p *planner) version(ctx context.Context, ver release.Version) error {
 		}
 
 		for _, want := range p.sel.Extensions {
-			found := false
+			matched := exts
 
-			for _, e := range exts {
-				if want != All && want != e.Name() && want != path.Base(e.Name()) {
-					continue
+			if want != All {
+				e, ok := findExtension(exts, want)
+				if !ok {
+					return fmt.Errorf("extension %q: not in the catalog %s:%s", want, release.ExtensionsRepo, v)
 				}
 
-				found = true
+				matched = []release.Extension{e}
+			}
 
+			for _, e := range matched {
 				if _, err := p.add(ctx, KindExtension, release.MirrorPath(e.Ref.Context()), e.Digest, e.Ref.TagStr(), nil); err != nil {
 					return fmt.Errorf("extension %s: %w", e.Line, err)
 				}
-			}
-
-			if !found && want != All {
-				return fmt.Errorf("extension %q: not in the catalog %s:%s", want, release.ExtensionsRepo, v)
 			}
 		}
 	}
@@ -304,6 +303,23 @@ func (p *planner) version(ctx context.Context, ver release.Version) error {
 	}
 
 	return nil
+}
+
+// findExtension finds an extension by its catalog name, an old name the
+// public factory still accepts in schematics (release.FindExtension), or
+// the last element of its name ("gvisor").
+func findExtension(exts []release.Extension, want string) (release.Extension, bool) {
+	if e, ok := release.FindExtension(exts, want); ok {
+		return e, true
+	}
+
+	for _, e := range exts {
+		if want == path.Base(e.Name()) {
+			return e, true
+		}
+	}
+
+	return release.Extension{}, false
 }
 
 // kubernetes adds the cluster images of a Talos version.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -16,6 +17,7 @@ import (
 	"github.com/kiln-dev/kiln/internal/cli"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -27,6 +29,8 @@ other images (--images: one reference per line, "nginx" read as docker
 does, docker.io/library/nginx:latest) with their signatures, verifying every
 image against the trust policy before anything of it is written. An image
 of --images that no policy rule names is copied unverified, and said so.
+--schematic FILE takes, of the release, the extensions and overlay the
+schematic names (old names as the public factory reads them) instead of all.
 Images keep their upstream names: docker.io/library/nginx,
 registry.k8s.io/etcd; ghcr.io's without the host. Endpoints:
   host[:port][/namespace]   a registry, e.g. a running kiln (127.0.0.1:8080)
@@ -63,6 +67,7 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	talosctl := fs.Bool("talosctl", true, "copy siderolabs/talosctl-all")
 	kubernetes := fs.Bool("kubernetes", true, "copy each version's Kubernetes images")
 	images := fs.String("images", "", "file of more image references to copy, one per line, '#' comments ('-' for stdin)")
+	schematics := fs.String("schematic", "", "comma-separated schematic files: copy the extensions and overlay they name (instead of all, unless --extensions/--overlays say more)")
 	talosDefaults := fs.String("talos-defaults", "", "comma-separated Talos versions whose default cluster images (talosctl images default) to copy, without the release")
 	policy := fs.String("trust-policy", "", "signature trust policy (required unless --insecure-skip-verify)")
 	skipVerify := fs.Bool("insecure-skip-verify", false, "copy without verifying signatures (never for production mirrors)")
@@ -102,11 +107,20 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return err
 	}
 
+	exts, ovls, err := schematicSelection(fs, *schematics, namesOrAll(*extensions), namesOrAll(*overlays))
+	if err != nil {
+		return err
+	}
+
+	if *schematics != "" && len(vs) == 0 {
+		return errors.New("--schematic needs --version: the extensions a schematic names are those of a release's catalog")
+	}
+
 	sel := mirror.Selection{
 		Versions:   vs,
 		Arches:     splitList(*arches),
-		Extensions: namesOrAll(*extensions),
-		Overlays:   namesOrAll(*overlays),
+		Extensions: exts,
+		Overlays:   ovls,
 		Talosctl:   *talosctl,
 		Kubernetes: *kubernetes,
 		// Checked here, before anything is read from a registry.
@@ -361,6 +375,50 @@ func namesOrAll(s string) []string {
 	}
 
 	return splitList(s)
+}
+
+// schematicSelection adds the extensions and overlays the --schematic
+// files name to those of --extensions and --overlays; with --schematic,
+// either flag not given means none rather than all.
+func schematicSelection(fs *flag.FlagSet, files string, exts, ovls []string) ([]string, []string, error) {
+	if files == "" {
+		return exts, ovls, nil
+	}
+
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	if !set["extensions"] {
+		exts = nil
+	}
+
+	if !set["overlays"] {
+		ovls = nil
+	}
+
+	for _, file := range splitList(files) {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--schematic: %w", err)
+		}
+
+		sc, err := schematic.Parse(data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--schematic %s: %w", file, err)
+		}
+
+		for _, e := range sc.Customization.SystemExtensions.OfficialExtensions {
+			if !slices.Contains(exts, e) {
+				exts = append(exts, e)
+			}
+		}
+
+		if o := sc.Overlay.Name; o != "" && !slices.Contains(ovls, o) {
+			ovls = append(ovls, o)
+		}
+	}
+
+	return exts, ovls, nil
 }
 
 // readImageList reads --images: a file, or stdin for "-".

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,11 @@ func TestMirrorRefusesBadArguments(t *testing.T) {
 
 	archive := filepath.Join(dir, "out.tar")
 
+	badSchematic := filepath.Join(dir, "schematic.yaml")
+	if err := os.WriteFile(badSchematic, []byte("customization:\n  systemExtension: {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	for _, tc := range []struct {
 		args []string
 		want []string
@@ -29,6 +35,8 @@ func TestMirrorRefusesBadArguments(t *testing.T) {
 		{[]string{"--talos-defaults", "v1.13"}, []string{"--talos-defaults: "}},
 		{[]string{"--talos-defaults", "v1.9.0"}, []string{"--talos-defaults: no Kubernetes image list for Talos v1.9.0"}},
 		{nil, []string{"nothing to copy: give --version, --talos-defaults and/or --images"}},
+		{[]string{"--schematic", badSchematic, "--version", "v1.13.0"}, []string{"--schematic " + badSchematic + ": "}},
+		{[]string{"--schematic", filepath.Join(dir, "none.yaml"), "--version", "v1.13.0"}, []string{"--schematic: open"}},
 	} {
 		args := append([]string{"mirror", "--from", "127.0.0.1:1", "--to", archive, "--insecure-skip-verify"}, tc.args...)
 
@@ -49,7 +57,51 @@ func TestMirrorRefusesBadArguments(t *testing.T) {
 		}
 	}
 
-	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
 		t.Errorf("refused runs left files: %v", entries)
+	}
+}
+
+func TestSchematicSelection(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.yaml")
+	b := filepath.Join(dir, "b.yaml")
+
+	if err := os.WriteFile(a, []byte("customization:\n  systemExtensions:\n    officialExtensions: [siderolabs/gvisor, siderolabs/i915-ucode]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.WriteFile(b, []byte("overlay: {image: siderolabs/sbc-raspberrypi, name: rpi_generic}\ncustomization:\n  systemExtensions:\n    officialExtensions: [siderolabs/gvisor]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		args       []string
+		exts, ovls string
+	}{
+		{nil, "siderolabs/gvisor,siderolabs/i915-ucode", "rpi_generic"},
+		{[]string{"--extensions", "siderolabs/drbd"}, "siderolabs/drbd,siderolabs/gvisor,siderolabs/i915-ucode", "rpi_generic"},
+		{[]string{"--overlays", "all"}, "siderolabs/gvisor,siderolabs/i915-ucode", "all,rpi_generic"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		e := fs.String("extensions", "all", "")
+		o := fs.String("overlays", "all", "")
+
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+
+		exts, ovls, err := schematicSelection(fs, a+","+b, namesOrAll(*e), namesOrAll(*o))
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if got := strings.Join(exts, ","); got != tc.exts {
+			t.Errorf("%v: extensions %q, want %q", tc.args, exts, tc.exts)
+		}
+
+		if got := strings.Join(ovls, ","); got != tc.ovls {
+			t.Errorf("%v: overlays %q, want %q", tc.args, ovls, tc.ovls)
+		}
 	}
 }
