@@ -104,7 +104,15 @@ func ImageMirrorPath(ref string) (string, error) {
 		return "", fmt.Errorf("image reference %q: %w", ref, err)
 	}
 
-	return release.MirrorPath(r.Context()), nil
+	path := release.MirrorPath(r.Context())
+
+	// The host becomes the first element of a repository path, where a
+	// port's ':' is not allowed.
+	if !repoPathRE.MatchString(path) {
+		return "", fmt.Errorf("image reference %q: its mirror path %q is no repository name (a registry with a port cannot be mirrored under its host)", ref, path)
+	}
+
+	return path, nil
 }
 
 // ReadImageList reads a list of image references, one per line: blank
@@ -132,6 +140,10 @@ func ReadImageList(r io.Reader, file string) ([]string, error) {
 		}
 
 		ref, err := NormalizeImage(line)
+		if err == nil {
+			_, err = ImageMirrorPath(ref)
+		}
+
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s:%d: %w", file, n, err))
 			continue

@@ -60,11 +60,20 @@ func TestImageMirrorPath(t *testing.T) {
 		"ghcr.io/siderolabs/flannel:v0.26.7":   "siderolabs/flannel",
 		"registry.k8s.io/etcd:3.5.21-0":        "registry.k8s.io/etcd",
 		"quay.io/x/y@" + someDigest:            "quay.io/x/y",
-		"registry.example.com:8443/a/b/c/d:x":  "registry.example.com:8443/a/b/c/d",
 		"gcr.io/etcd-development/etcd:v3.5.21": "gcr.io/etcd-development/etcd",
 	} {
 		if got, err := ImageMirrorPath(in); err != nil || got != want {
 			t.Errorf("ImageMirrorPath(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+
+	for _, in := range []string{"registry.example.com:8443/a/b:x", "localhost:5000/app:1"} {
+		if got, err := ImageMirrorPath(in); err == nil || !strings.Contains(err.Error(), "a registry with a port cannot be mirrored") {
+			t.Errorf("ImageMirrorPath(%q) = %q, %v; want an error", in, got, err)
+		}
+
+		if _, err := ReadImageList(strings.NewReader(in+"\n"), "f"); err == nil || !strings.Contains(err.Error(), "f:1: ") {
+			t.Errorf("ReadImageList(%q): %v", in, err)
 		}
 	}
 }
@@ -122,12 +131,10 @@ func FuzzNormalizeImage(f *testing.F) {
 			t.Fatalf("NormalizeImage(%q) = %q, then %q, %v", s, got, again, err)
 		}
 
-		if _, err := ImageMirrorPath(got); err != nil {
-			t.Fatalf("ImageMirrorPath(%q): %v", got, err)
-		}
-
-		if _, err := ReadImageList(strings.NewReader(got+"\n"), "f"); err != nil {
-			t.Fatalf("ReadImageList(%q): %v", got, err)
+		// A list takes it exactly when it has a mirror path.
+		_, pathErr := ImageMirrorPath(got)
+		if _, err := ReadImageList(strings.NewReader(got+"\n"), "f"); (err == nil) != (pathErr == nil) {
+			t.Fatalf("ReadImageList(%q): %v; ImageMirrorPath: %v", got, err, pathErr)
 		}
 	})
 }
