@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -318,7 +319,7 @@ func (c *copier) verify(ctx context.Context) error {
 
 		ref := refs.reference(it)
 
-		if it.Kind == KindImage && c.opts.HasRule != nil && !c.opts.HasRule(ref.Context()) {
+		if it.Kind == KindImage && c.opts.HasRule != nil && !c.governed(it, ref) {
 			c.stats.unverified.Add(1)
 			c.log.Warn("no trust-policy rule names the image: copied without verification", "image", it.String())
 			c.emit(Event{Kind: EventUnverified, Item: it, Repo: it.Repo})
@@ -345,6 +346,20 @@ func (c *copier) verify(ctx context.Context) error {
 	}
 
 	return nil
+}
+
+// governed reports whether a rule names the image, as the verifier reads
+// it or by its upstream name: a rule written for ghcr.io/acme/app, which
+// a mirror holds as acme/app, must not let the copy pass unverified (the
+// verifier, matching the mirror's name, then refuses it, naming it).
+func (c *copier) governed(it *Item, ref name.Digest) bool {
+	if c.opts.HasRule(ref.Context()) {
+		return true
+	}
+
+	up, err := release.UpstreamRepo(it.Repo)
+
+	return err == nil && c.opts.HasRule(up)
 }
 
 func (c *copier) copyBlob(ctx context.Context, j blobJob) error {

@@ -416,3 +416,35 @@ func TestPlanExtensionNames(t *testing.T) {
 		t.Errorf("an unknown extension: %v", err)
 	}
 }
+
+// TestCopyImagesRuleByUpstreamName: a rule naming an image by its upstream
+// name (ghcr.io/acme/app) when the source is a mirror, which holds it as
+// acme/app, does not let it through unverified.
+func TestCopyImagesRuleByUpstreamName(t *testing.T) {
+	ctx := context.Background()
+	f := newImagesFixture(t)
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "k.pub"), signingtest.MustGenerateKey(t, signingtest.ECDSAP256).PublicKeyPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	p, err := signing.ParsePolicy([]byte("rules:\n  - name: ghcr\n    repositories: [ghcr.io/siderolabs/*]\n    keys: [{path: k.pub}]\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	f.policy = p
+
+	plan, err := NewPlan(ctx, f.src, Selection{Images: []string{"ghcr.io/siderolabs/flannel:v0.26.7"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var events []Event
+
+	st, err := Copy(ctx, plan, Registry{Mirror: release.Mirror{Registry: newRegistry(t, true)}}, f.options(t, &events))
+	if !errors.Is(err, signing.ErrUntrusted) || !strings.Contains(err.Error(), "no trust policy matches repository") || st.Unverified != 0 {
+		t.Fatalf("Copy = %s, %v; want a refusal", st, err)
+	}
+}
