@@ -52,7 +52,7 @@ from the source otherwise, and used by trust-policy rules that say
 
 `
 
-func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+func mirrorCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("kiln mirror", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, mirrorUsage); fs.PrintDefaults() }
@@ -134,7 +134,7 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	}
 
 	if *images != "" {
-		refs, err := readImageList(*images)
+		refs, err := readImageList(*images, stdin)
 		if err != nil {
 			return err
 		}
@@ -422,9 +422,9 @@ func schematicSelection(fs *flag.FlagSet, files string, exts, ovls []string) ([]
 }
 
 // readImageList reads --images: a file, or stdin for "-".
-func readImageList(path string) ([]string, error) {
+func readImageList(path string, stdin io.Reader) ([]string, error) {
 	if path == "-" {
-		return mirror.ReadImageList(os.Stdin, "--images -")
+		return mirror.ReadImageList(stdin, "--images -")
 	}
 
 	f, err := os.Open(path)

@@ -57,6 +57,12 @@ func TestMirrorRefusesBadArguments(t *testing.T) {
 		}
 	}
 
+	// From stdin, named as such.
+	code, _, stderr := runKiln(t, "busybox\nNginx\n", "mirror", "--from", "127.0.0.1:1", "--to", archive, "--insecure-skip-verify", "--images", "-")
+	if code == 0 || !strings.Contains(stderr, "--images -:2: ") {
+		t.Errorf("kiln mirror --images - with a bad line 2: exit %d, %s", code, stderr)
+	}
+
 	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
 		t.Errorf("refused runs left files: %v", entries)
 	}
