@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,8 +27,8 @@ import (
 
 const guideFence = "```sh air-gap-guide"
 
-// guideScript is the README's air-gap guide: its marked blocks, in order.
-func guideScript(t *testing.T) string {
+// guideBlocks are the README's air-gap guide: its marked blocks, in order.
+func guideBlocks(t *testing.T) []string {
 	t.Helper()
 
 	readme, err := os.ReadFile("../README.md")
@@ -57,7 +58,7 @@ func guideScript(t *testing.T) string {
 		t.Fatalf("README.md has %d %q blocks, want the guide's", len(blocks), guideFence)
 	}
 
-	return strings.Join(blocks, "\n")
+	return blocks
 }
 
 // setVariable gives a variable the guide defines another value: the line
@@ -90,6 +91,44 @@ func heredocLines(t *testing.T, script, start string) []string {
 	return strings.Split(body, "\n")
 }
 
+// startUpstreamRegistry starts Debian's docker-registry, as
+// testfixture.StartRegistry does, and also gives its process ID, so that
+// the guide's test can take it away halfway.
+func startUpstreamRegistry(t *testing.T) (string, int) {
+	t.Helper()
+
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yml")
+	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(binary(t, "DOCKER_REGISTRY"), "serve", cfg)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Cleanup(func() {
+		cmd.Process.Kill() //nolint:errcheck // gone already after the guide's step 1
+		cmd.Wait()         //nolint:errcheck // killed
+	})
+
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+			resp.Body.Close()
+
+			return addr, cmd.Process.Pid
+		}
+	}
+
+	t.Fatalf("docker-registry did not answer on %s", addr)
+
+	return "", 0
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 
@@ -108,10 +147,11 @@ func freePort(t *testing.T) int {
 // patch's mirrors alone, the ISO, the PXE script and the asset mirror.
 func TestAirgapGuide(t *testing.T) {
 	ctx := context.Background()
-	script := guideScript(t)
+	blocks := guideBlocks(t)
+	script := strings.Join(blocks, "\n")
 
 	// The internet: a signed release and every image images.txt names.
-	upstream := startRegistry(t)
+	upstream, upstreamPID := startUpstreamRegistry(t)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 	releaseKey := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 
@@ -182,6 +222,14 @@ func TestAirgapGuide(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// After step 1 the internet goes away: the registry standing in for it
+	// is killed, and the rest of the guide runs without it.
+	cutOff := fmt.Sprintf(`kill -9 %d
+sleep 0.5
+if curl -s -o /dev/null --max-time 2 "http://$UPSTREAM/v2/"; then echo "the upstream registry still answers"; exit 1; fi
+echo "== the internet is gone"`, upstreamPID)
+	script = blocks[0] + "\n" + cutOff + "\n" + strings.Join(blocks[1:], "\n")
+
 	kilnAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	script = setVariable(t, script, "UPSTREAM", upstream)
 	script = setVariable(t, script, "KILN", kilnAddr)
@@ -236,6 +284,7 @@ func TestAirgapGuide(t *testing.T) {
 		"release lock of v1.13.0 recorded on " + kilnAddr,
 		"kernel http://" + kilnAddr + "/image/" + string(id[1]) + "/v1.13.0/kernel-amd64 talos.platform=metal console=ttyS0 ",
 		"airgap.tar: OK",
+		"== the internet is gone",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the guide's output lacks %q", want)
