@@ -448,3 +448,30 @@ func TestCopyImagesRuleByUpstreamName(t *testing.T) {
 		t.Fatalf("Copy = %s, %v; want a refusal", st, err)
 	}
 }
+
+// TestRendererUnverified: the unverified line is printed whole, also over
+// a progress bar (which it clears first), and the summary counts it.
+func TestRendererUnverified(t *testing.T) {
+	it := &Item{Kind: KindImage, Repo: "docker.io/library/busybox", Tags: []string{"latest"}, Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)}}
+	want := "NOT verified docker.io/library/busybox:latest@sha256:" + strings.Repeat("a", 64) + ": no trust-policy rule names docker.io/library/busybox; copied unverified\n"
+
+	for _, tty := range []bool{false, true} {
+		var b strings.Builder
+
+		r := NewRenderer(&b)
+		r.tty = tty
+
+		r.Event(Event{Kind: EventBytes, Done: 1, Total: 2})
+		r.Event(Event{Kind: EventUnverified, Item: it})
+		r.Event(Event{Kind: EventDone, Stats: Stats{Items: 2, Verified: 1, Unverified: 1}})
+
+		out := b.String()
+		if !strings.Contains(out, want) || (tty && !strings.Contains(out, "\r\033[K"+want)) {
+			t.Errorf("tty=%t: output %q lacks %q", tty, out, want)
+		}
+
+		if !strings.Contains(out, "2 items, 1 verified, 1 not verified (no trust-policy rule): 0 blobs copied") {
+			t.Errorf("tty=%t: summary in %q", tty, out)
+		}
+	}
+}
