@@ -288,6 +288,11 @@ func checkKilnHolds(t *testing.T, addr string, u *imagesUpstream, k8s bool) {
 		}
 	}
 
+	// Whole indexes: every platform's image is there, not only this machine's.
+	for _, platform := range []string{"linux/amd64", "linux/arm64"} {
+		run(t, crane, "manifest", "--platform", platform, addr+"/docker.io/library/nginx:1.27")
+	}
+
 	if k8s {
 		for _, d := range u.rel.KubernetesImages {
 			path := d.Context().RepositoryStr()
