@@ -9,9 +9,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 )
 
@@ -22,6 +24,13 @@ type Options struct {
 	// served to it on a loopback port). Nil turns verification off (logged
 	// as a warning).
 	Verifier signing.Checker
+	// HasRule, when set, reports whether a trust-policy rule names a
+	// repository (as the Verifier reads it). An image listed by hand
+	// (KindImage) that no rule names is copied without verification and
+	// reported (EventUnverified, Stats.Unverified); one a rule names is
+	// verified like any other, and its refusal stops the copy. Without
+	// HasRule every image is verified.
+	HasRule func(name.Repository) bool
 	// Jobs is how many blobs are copied at once; 4 when zero.
 	Jobs int
 	// Progress, when set, receives events, one at a time.
@@ -39,6 +48,7 @@ type Options struct {
 type Stats struct {
 	Items                     int
 	Verified                  int
+	Unverified                int // images no trust-policy rule names (Options.HasRule)
 	BlobsCopied, BlobsSkipped int
 	BytesCopied, BytesSkipped int64
 	ManifestsWritten          int
@@ -55,6 +65,9 @@ const (
 	EventBlob                      // a blob is done (copied or skipped)
 	EventItem                      // an item's manifests are written
 	EventDone                      // Copy finished
+	// EventUnverified: an image no trust-policy rule names is copied
+	// without verification (Options.HasRule).
+	EventUnverified
 )
 
 // Event is progress of a Copy.
@@ -111,7 +124,7 @@ type copier struct {
 	blobs     int
 
 	stats struct {
-		blobsCopied, blobsSkipped, bytesCopied, bytesSkipped, manifests, tags, verified atomic.Int64
+		blobsCopied, blobsSkipped, bytesCopied, bytesSkipped, manifests, tags, verified, unverified atomic.Int64
 	}
 }
 
@@ -132,6 +145,7 @@ func (c *copier) snapshot() Stats {
 	return Stats{
 		Items:            len(c.plan.Items),
 		Verified:         int(c.stats.verified.Load()),
+		Unverified:       int(c.stats.unverified.Load()),
 		BlobsCopied:      int(c.stats.blobsCopied.Load()),
 		BlobsSkipped:     int(c.stats.blobsSkipped.Load()),
 		BytesCopied:      c.stats.bytesCopied.Load(),
@@ -303,12 +317,22 @@ func (c *copier) verify(ctx context.Context) error {
 			continue
 		}
 
+		ref := refs.reference(it)
+
+		if it.Kind == KindImage && c.opts.HasRule != nil && !c.governed(it, ref) {
+			c.stats.unverified.Add(1)
+			c.log.Warn("no trust-policy rule names the image: copied without verification", "image", it.String())
+			c.emit(Event{Kind: EventUnverified, Item: it, Repo: it.Repo})
+
+			continue
+		}
+
 		vctx, err := it.verifyContext(ctx)
 		if err != nil {
 			return &VerifyError{Item: it, Err: err}
 		}
 
-		if _, err := c.opts.Verifier.Verify(vctx, refs.reference(it)); err != nil {
+		if _, err := c.opts.Verifier.Verify(vctx, ref); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -322,6 +346,20 @@ func (c *copier) verify(ctx context.Context) error {
 	}
 
 	return nil
+}
+
+// governed reports whether a rule names the image, as the verifier reads
+// it or by its upstream name: a rule written for ghcr.io/acme/app, which
+// a mirror holds as acme/app, must not let the copy pass unverified (the
+// verifier, matching the mirror's name, then refuses it, naming it).
+func (c *copier) governed(it *Item, ref name.Digest) bool {
+	if c.opts.HasRule(ref.Context()) {
+		return true
+	}
+
+	up, err := release.UpstreamRepo(it.Repo)
+
+	return err == nil && c.opts.HasRule(up)
 }
 
 func (c *copier) copyBlob(ctx context.Context, j blobJob) error {

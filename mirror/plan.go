@@ -48,7 +48,13 @@ type Selection struct {
 	// upstream references; release.KubernetesImages when nil, which knows
 	// every Talos patch version from 1.10 on (see its doc).
 	KubernetesImages func(release.Version) ([]string, error)
-	// Images are more upstream references to copy ("docker.io/library/busybox:1.37").
+	// TalosDefaults are Talos versions whose cluster images (the list
+	// `talosctl images default` prints, KubernetesImages) are copied
+	// without the release itself.
+	TalosDefaults []release.Version
+	// Images are more upstream references to copy
+	// ("docker.io/library/busybox:1.37", NormalizeImage), each under its
+	// mirror path with its signatures.
 	Images []string
 }
 
@@ -180,6 +186,12 @@ func NewPlan(ctx context.Context, src Endpoint, sel Selection) (*Plan, error) {
 		}
 	}
 
+	for _, v := range sel.TalosDefaults {
+		if err := p.kubernetes(ctx, v); err != nil {
+			return nil, fmt.Errorf("talos %s default images: %w", v, err)
+		}
+	}
+
 	for _, ref := range sel.Images {
 		if err := p.upstream(ctx, KindImage, ref); err != nil {
 			return nil, err
@@ -233,22 +245,21 @@ func (p *planner) version(ctx context.Context, ver release.Version) error {
 		}
 
 		for _, want := range p.sel.Extensions {
-			found := false
+			matched := exts
 
-			for _, e := range exts {
-				if want != All && want != e.Name() && want != path.Base(e.Name()) {
-					continue
+			if want != All {
+				e, ok := findExtension(exts, want)
+				if !ok {
+					return fmt.Errorf("extension %q: not in the catalog %s:%s", want, release.ExtensionsRepo, v)
 				}
 
-				found = true
+				matched = []release.Extension{e}
+			}
 
+			for _, e := range matched {
 				if _, err := p.add(ctx, KindExtension, release.MirrorPath(e.Ref.Context()), e.Digest, e.Ref.TagStr(), nil); err != nil {
 					return fmt.Errorf("extension %s: %w", e.Line, err)
 				}
-			}
-
-			if !found && want != All {
-				return fmt.Errorf("extension %q: not in the catalog %s:%s", want, release.ExtensionsRepo, v)
 			}
 		}
 	}
@@ -286,20 +297,46 @@ func (p *planner) version(ctx context.Context, ver release.Version) error {
 	}
 
 	if p.sel.Kubernetes {
-		list := p.sel.KubernetesImages
-		if list == nil {
-			list = release.KubernetesImages
-		}
-
-		refs, err := list(ver)
-		if err != nil {
+		if err := p.kubernetes(ctx, ver); err != nil {
 			return fmt.Errorf("%w (or leave the Kubernetes images out: kiln mirror --kubernetes=false)", err)
 		}
+	}
 
-		for _, ref := range refs {
-			if err := p.upstream(ctx, KindKubernetes, ref); err != nil {
-				return err
-			}
+	return nil
+}
+
+// findExtension finds an extension by its catalog name, an old name the
+// public factory still accepts in schematics (release.FindExtension), or
+// the last element of its name ("gvisor").
+func findExtension(exts []release.Extension, want string) (release.Extension, bool) {
+	if e, ok := release.FindExtension(exts, want); ok {
+		return e, true
+	}
+
+	for _, e := range exts {
+		if want == path.Base(e.Name()) {
+			return e, true
+		}
+	}
+
+	return release.Extension{}, false
+}
+
+// kubernetes adds the cluster images of a Talos version.
+func (p *planner) kubernetes(ctx context.Context, ver release.Version) error {
+	list := p.sel.KubernetesImages
+	if list == nil {
+		list = release.KubernetesImages
+	}
+
+	refs, err := list(ver)
+	if err != nil {
+		return err
+	}
+
+	for _, ref := range refs {
+		if err := p.upstream(ctx, KindKubernetes, ref); err != nil {
+			return err
 		}
 	}
 

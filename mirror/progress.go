@@ -39,6 +39,17 @@ func NewRenderer(w io.Writer) *Renderer {
 
 // Event renders one event.
 func (r *Renderer) Event(e Event) {
+	if e.Kind == EventUnverified {
+		// Never only in the bar: the user must see it afterwards.
+		if r.tty && r.drawn {
+			fmt.Fprint(r.w, "\r\033[K")
+		}
+
+		fmt.Fprintf(r.w, "NOT verified %s: no trust-policy rule names %s; copied unverified\n", e.Item, e.Item.Repo)
+
+		return
+	}
+
 	if r.tty {
 		r.bar(e)
 		return
@@ -101,8 +112,13 @@ func (r *Renderer) bar(e Event) {
 
 // String is a one-line summary.
 func (s Stats) String() string {
-	return fmt.Sprintf("%d items, %d verified: %d blobs copied (%s), %d skipped (%s), %d manifests and %d tags written",
-		s.Items, s.Verified, s.BlobsCopied, HumanSize(s.BytesCopied), s.BlobsSkipped, HumanSize(s.BytesSkipped),
+	unverified := ""
+	if s.Unverified > 0 {
+		unverified = fmt.Sprintf(", %d not verified (no trust-policy rule)", s.Unverified)
+	}
+
+	return fmt.Sprintf("%d items, %d verified%s: %d blobs copied (%s), %d skipped (%s), %d manifests and %d tags written",
+		s.Items, s.Verified, unverified, s.BlobsCopied, HumanSize(s.BytesCopied), s.BlobsSkipped, HumanSize(s.BytesSkipped),
 		s.ManifestsWritten, s.TagsWritten)
 }
 
@@ -140,6 +156,15 @@ func (p *Plan) WriteText(w io.Writer) error {
 	}
 
 	fmt.Fprintf(&b, "versions: %s; architectures: %s\n", strings.Join(versions, ","), arches)
+
+	if len(p.Selection.TalosDefaults) > 0 {
+		defaults := make([]string, len(p.Selection.TalosDefaults))
+		for i, v := range p.Selection.TalosDefaults {
+			defaults[i] = v.String()
+		}
+
+		fmt.Fprintf(&b, "default cluster images of: %s\n", strings.Join(defaults, ","))
+	}
 
 	for _, it := range p.Items {
 		ref := it.Repo + "@" + it.Digest.String()

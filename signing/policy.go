@@ -357,15 +357,18 @@ func checkKeyType(pub crypto.PublicKey) error {
 // path without it ("siderolabs/imager"), so policies can be written once for
 // the upstream registry and a local mirror.
 func (p *Policy) match(repo name.Repository) *rule {
-	full := repo.Name()
-	short := repo.RepositoryStr()
+	names := []string{repo.Name(), repo.RepositoryStr()}
+	// Docker Hub is index.docker.io to go-containerregistry and docker.io
+	// to everyone writing a policy (and in a mirror path).
+	if repo.RegistryStr() == name.DefaultRegistry {
+		names = append(names, "docker.io/"+repo.RepositoryStr())
+	}
 	for _, r := range p.rules {
 		for _, pat := range r.patterns {
-			if ok, _ := path.Match(pat, full); ok {
-				return r
-			}
-			if ok, _ := path.Match(pat, short); ok {
-				return r
+			for _, n := range names {
+				if ok, _ := path.Match(pat, n); ok {
+					return r
+				}
 			}
 		}
 	}

@@ -30,6 +30,9 @@ rules:
   - name: mirror
     repositories: ["mirror.local:5000/*/*"]
     keys: [{path: k.pub}]
+  - name: hub
+    repositories: ["docker.io/library/*"]
+    keys: [{path: k.pub}]
 `
 	file := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(file, []byte(y), 0o644); err != nil {
@@ -48,6 +51,13 @@ rules:
 		"mirror.local:5000/other/thing":          "mirror",
 		"ghcr.io/other/thing":                    "",
 		"ghcr.io/siderolabs/nested/x":            "",
+		// Docker Hub by any of its names, upstream or in a mirror.
+		"docker.io/library/nginx":                   "hub",
+		"index.docker.io/library/nginx":             "hub",
+		"nginx":                                     "hub",
+		"mirror.local:5000/docker.io/library/nginx": "hub",
+		"127.0.0.1:5000/docker.io/library/nginx":    "hub",
+		"quay.io/library/nginx":                     "",
 	} {
 		r, err := name.NewRepository(repo)
 		if err != nil {

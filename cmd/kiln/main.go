@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "cache":
 		err = cacheCmd(ctx, args[1:], stdin, stdout, stderr, getenv)
 	case "mirror":
-		err = mirrorCmd(ctx, args[1:], stdout, stderr, getenv)
+		err = mirrorCmd(ctx, args[1:], stdin, stdout, stderr, getenv)
 	case "schematic":
 		err = schematicCmd(args[1:], stdin, stdout, stderr)
 	case "config":

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -17,13 +17,22 @@ import (
 	"github.com/kiln-dev/kiln/internal/cli"
 	"github.com/kiln-dev/kiln/mirror"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/signing"
 )
 
-const mirrorUsage = `Usage: kiln mirror --from SRC --to DST --version vX.Y.Z [flags]
+const mirrorUsage = `Usage: kiln mirror --from SRC --to DST [--version vX.Y.Z] [--talos-defaults vX.Y.Z] [--images FILE] [flags]
 
-Copies Talos releases with their signatures, verifying every image against
-the trust policy before anything of it is written. Endpoints:
+Copies Talos releases (--version), the cluster images a Talos version runs
+by default (--talos-defaults, what talosctl images default prints) and any
+other images (--images: one reference per line, "nginx" read as docker
+does, docker.io/library/nginx:latest) with their signatures, verifying every
+image against the trust policy before anything of it is written. An image
+of --images that no policy rule names is copied unverified, and said so.
+--schematic FILE takes, of the release, the extensions and overlay the
+schematic names (old names as the public factory reads them) instead of all.
+Images keep their upstream names: docker.io/library/nginx,
+registry.k8s.io/etcd; ghcr.io's without the host. Endpoints:
   host[:port][/namespace]   a registry, e.g. a running kiln (127.0.0.1:8080)
   upstream, ghcr.io         the public registries (ghcr.io, registry.k8s.io, ...)
   oci:DIR                   an OCI image layout directory
@@ -43,7 +52,7 @@ from the source otherwise, and used by trust-policy rules that say
 
 `
 
-func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+func mirrorCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("kiln mirror", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, mirrorUsage); fs.PrintDefaults() }
@@ -57,7 +66,9 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	overlays := fs.String("overlays", "all", "comma-separated overlay names, 'all' or 'none'")
 	talosctl := fs.Bool("talosctl", true, "copy siderolabs/talosctl-all")
 	kubernetes := fs.Bool("kubernetes", true, "copy each version's Kubernetes images")
-	images := fs.String("images", "", "file of more image references to copy, one per line ('-' for stdin)")
+	images := fs.String("images", "", "file of more image references to copy, one per line, '#' comments ('-' for stdin)")
+	schematics := fs.String("schematic", "", "comma-separated schematic files: copy the extensions and overlay they name (instead of all, unless --extensions/--overlays say more)")
+	talosDefaults := fs.String("talos-defaults", "", "comma-separated Talos versions whose default cluster images (talosctl images default) to copy, without the release")
 	policy := fs.String("trust-policy", "", "signature trust policy (required unless --insecure-skip-verify)")
 	skipVerify := fs.Bool("insecure-skip-verify", false, "copy without verifying signatures (never for production mirrors)")
 	insecure := fs.Bool("insecure", false, "talk plain HTTP to registries other than localhost")
@@ -86,22 +97,44 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return errors.New("--trust-policy is required: kiln verifies every image before copying it (or pass --insecure-skip-verify)")
 	}
 
-	vs, err := parseVersions(*versions)
+	vs, err := parseVersions("--version", *versions)
 	if err != nil {
 		return err
+	}
+
+	defaults, err := parseVersions("--talos-defaults", *talosDefaults)
+	if err != nil {
+		return err
+	}
+
+	exts, ovls, err := schematicSelection(fs, *schematics, namesOrAll(*extensions), namesOrAll(*overlays))
+	if err != nil {
+		return err
+	}
+
+	if *schematics != "" && len(vs) == 0 {
+		return errors.New("--schematic needs --version: the extensions a schematic names are those of a release's catalog")
 	}
 
 	sel := mirror.Selection{
 		Versions:   vs,
 		Arches:     splitList(*arches),
-		Extensions: namesOrAll(*extensions),
-		Overlays:   namesOrAll(*overlays),
+		Extensions: exts,
+		Overlays:   ovls,
 		Talosctl:   *talosctl,
 		Kubernetes: *kubernetes,
+		// Checked here, before anything is read from a registry.
+		TalosDefaults: defaults,
+	}
+
+	for _, v := range defaults {
+		if _, err := release.KubernetesImages(v); err != nil {
+			return fmt.Errorf("--talos-defaults: %w", err)
+		}
 	}
 
 	if *images != "" {
-		refs, err := readLines(*images)
+		refs, err := readImageList(*images, stdin)
 		if err != nil {
 			return err
 		}
@@ -109,8 +142,8 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		sel.Images = refs
 	}
 
-	if len(sel.Versions) == 0 && len(sel.Images) == 0 {
-		return errors.New("nothing to copy: give --version and/or --images")
+	if len(sel.Versions) == 0 && len(sel.Images) == 0 && len(sel.TalosDefaults) == 0 {
+		return errors.New("nothing to copy: give --version, --talos-defaults and/or --images")
 	}
 
 	var keychain authn.Keychain = authn.DefaultKeychain
@@ -189,6 +222,11 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		}
 
 		copyOpts.Verifier = v
+		copyOpts.HasRule = func(repo name.Repository) bool {
+			_, ok := p.RuleFor(repo)
+
+			return ok
+		}
 	}
 
 	plan, err := mirror.NewPlan(ctx, src, sel)
@@ -218,6 +256,12 @@ func mirrorCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 
 	if _, err := fmt.Fprintf(stdout, "%s %s -> %s: %s\n", prefix, src, dst, stats); err != nil {
 		return err
+	}
+
+	if !*dryRun && stats.BlobsCopied == 0 && stats.ManifestsWritten == 0 && stats.TagsWritten == 0 {
+		if _, err := fmt.Fprintf(stdout, "nothing copied: %s already holds all %d items\n", dst, stats.Items); err != nil {
+			return err
+		}
 	}
 
 	if reg, ok := dst.(mirror.Registry); ok && !reg.Upstream && !*dryRun {
@@ -294,14 +338,14 @@ func endpoint(s string, insecure bool, opts []remote.Option) (mirror.Endpoint, e
 	return ep, nil
 }
 
-// parseVersions reads --version's comma-separated Talos versions.
-func parseVersions(s string) ([]release.Version, error) {
+// parseVersions reads a flag's comma-separated Talos versions.
+func parseVersions(flagName, s string) ([]release.Version, error) {
 	var vs []release.Version
 
 	for _, p := range splitList(s) {
 		v, err := release.ParseVersion(p)
 		if err != nil {
-			return nil, fmt.Errorf("--version: %w", err)
+			return nil, fmt.Errorf("%s: %w", flagName, err)
 		}
 
 		vs = append(vs, v)
@@ -333,25 +377,61 @@ func namesOrAll(s string) []string {
 	return splitList(s)
 }
 
-func readLines(path string) ([]string, error) {
-	f := os.Stdin
-	if path != "-" {
-		var err error
-
-		if f, err = os.Open(path); err != nil {
-			return nil, err
-		}
-		defer f.Close()
+// schematicSelection adds the extensions and overlays the --schematic
+// files name to those of --extensions and --overlays; with --schematic,
+// either flag not given means none rather than all.
+func schematicSelection(fs *flag.FlagSet, files string, exts, ovls []string) ([]string, []string, error) {
+	if files == "" {
+		return exts, ovls, nil
 	}
 
-	var out []string
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
-			out = append(out, line)
+	if !set["extensions"] {
+		exts = nil
+	}
+
+	if !set["overlays"] {
+		ovls = nil
+	}
+
+	for _, file := range splitList(files) {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--schematic: %w", err)
+		}
+
+		sc, err := schematic.Parse(data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--schematic %s: %w", file, err)
+		}
+
+		for _, e := range sc.Customization.SystemExtensions.OfficialExtensions {
+			if !slices.Contains(exts, e) {
+				exts = append(exts, e)
+			}
+		}
+
+		if o := sc.Overlay.Name; o != "" && !slices.Contains(ovls, o) {
+			ovls = append(ovls, o)
 		}
 	}
 
-	return out, sc.Err()
+	return exts, ovls, nil
+}
+
+// readImageList reads --images: a file, or stdin for "-".
+func readImageList(path string, stdin io.Reader) ([]string, error) {
+	if path == "-" {
+		return mirror.ReadImageList(stdin, "--images -")
+	}
+
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--images: %w", err)
+	}
+	defer f.Close()
+
+	return mirror.ReadImageList(f, path)
 }
