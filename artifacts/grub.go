@@ -30,13 +30,46 @@ const (
 	maxGrubFiles = 4096
 )
 
+// ErrNotInRelease marks a piece the release's imager does not carry (a
+// GRUB platform directory of an older or a synthetic release).
+var ErrNotInRelease = errors.New("not in the release")
+
 // Grub returns the imager's GRUB platform directory usr/lib/grub/<platform>
 // (release.GrubPC, GrubAMD64, GrubARM64) as a file tree, what builder/grub
 // reads (grub.MakeImage, BootImage) and what an ISO copies under
 // boot/grub/<platform>. The imager's trees are extracted into the store in
 // one pass the first time one is asked for. The tree is held in memory; it
-// does not depend on b.Arch (the imager carries every platform).
+// does not depend on b.Arch (the imager carries every platform). A platform
+// the imager lacks is an error wrapping ErrNotInRelease.
 func (b *BootAssets) Grub(ctx context.Context, platform string) (fs.FS, error) {
+	a, err := b.openGrub(ctx, platform)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+
+	tree, err := readTree(a)
+	if err != nil {
+		return nil, fmt.Errorf("GRUB %s of imager %s: %w", platform, b.Imager.Digest(), err)
+	}
+
+	return tree, nil
+}
+
+// CheckGrub says whether the imager carries the GRUB platform directory
+// (nil) or not (an error wrapping ErrNotInRelease), extracting the trees
+// if the store has not got them, without reading one: what a build plan
+// asks before it promises a GRUB image.
+func (b *BootAssets) CheckGrub(ctx context.Context, platform string) error {
+	a, err := b.openGrub(ctx, platform)
+	if err != nil {
+		return err
+	}
+
+	return a.Close()
+}
+
+func (b *BootAssets) openGrub(ctx context.Context, platform string) (storage.Asset, error) {
 	if !slices.Contains(release.GrubPlatforms, platform) {
 		return nil, fmt.Errorf("GRUB platform %q: want one of %v", platform, release.GrubPlatforms)
 	}
@@ -56,8 +89,7 @@ func (b *BootAssets) Grub(ctx context.Context, platform string) (fs.FS, error) {
 		a, err = b.m.store.Open(ctx, key)
 		if errors.Is(err, storage.ErrNotFound) {
 			if b.m.lacks(key) {
-				return nil, fmt.Errorf("imager %s has no %s/%s: the release carries no GRUB for this platform",
-					b.Imager.Digest(), release.GrubDir, platform)
+				return nil, fmt.Errorf("imager %s has no %s/%s: %w", b.Imager.Digest(), release.GrubDir, platform, ErrNotInRelease)
 			}
 
 			return nil, fmt.Errorf("GRUB %s of imager %s: evicted from the asset cache before it was read: the cache (--asset-cache-size) is too small",
@@ -68,14 +100,8 @@ func (b *BootAssets) Grub(ctx context.Context, platform string) (fs.FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("GRUB %s of imager %s: %w", platform, b.Imager.Digest(), err)
 	}
-	defer a.Close()
 
-	tree, err := readTree(a)
-	if err != nil {
-		return nil, fmt.Errorf("GRUB %s of imager %s: %w", platform, b.Imager.Digest(), err)
-	}
-
-	return tree, nil
+	return a, nil
 }
 
 func (b *BootAssets) grubKey(platform string) string {
