@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf16"
@@ -96,7 +97,7 @@ func diskLayout(t *testing.T, e *env, id, version, path string) (int64, []string
 	)
 
 	for _, p := range readGPT(t, res.Asset) {
-		names = append(names, p.name+":"+formatInt(p.size>>20))
+		names = append(names, p.name+":"+strconv.FormatInt(p.size>>20, 10))
 
 		if p.name == "BIOS" && p.attributes != 4 {
 			t.Errorf("%s: BIOS attributes %#x, want the legacy BIOS bootable bit", path, p.attributes)
@@ -121,21 +122,6 @@ func diskLayout(t *testing.T, e *env, id, version, path string) (int64, []string
 	}
 
 	return res.Asset.Size(), names, values
-}
-
-
-
-func formatInt(n int64) string {
-	if n == 0 {
-		return "0"
-	}
-
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-
-	return string(b)
 }
 
 // TestDiskBootloaders: a disk image's layout follows Talos's boot loader
