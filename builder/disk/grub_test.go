@@ -173,3 +173,5 @@ func TestWriteGRUB(t *testing.T) {
 		})
 	}
 }
+
+func bytesReaderOf(b []byte) *bytes.Reader { return bytes.NewReader(b) }
