@@ -44,6 +44,15 @@ func (b *Builder) planDisk(ctx context.Context, p *Plan) error {
 		return &invalidSchematicError{fmt.Sprintf("bootloader dual-boot is amd64 only (it boots BIOS machines with GRUB's i386-pc); %s disk images use sd-boot or grub", p.Output.Arch)}
 	}
 
+	// Talos formats the grub layout's 100 MiB EFI partition FAT32 with
+	// mkfs.vfat -S 4096 too: 25,600 clusters, under FAT32's 65,525, which
+	// UEFI firmware (OVMF) refuses to read; builder/esp will not write such
+	// a file system. (Legacy BIOS does not boot 4Kn disks either: SeaBIOS
+	// reports "block size 4096 is unsupported".)
+	if bl == schematic.BootloaderGrub && p.schematic.Customization.DiskImage.SectorSize == 4096 {
+		return &UnsupportedError{What: "grub disk images with 4096-byte sectors (their 100 MiB EFI partition cannot hold a valid FAT32 at that sector size; use dual-boot or sd-boot)"}
+	}
+
 	for _, platform := range grubPlatforms(bl, p.Output.Arch) {
 		if err := p.boot.CheckGrub(ctx, platform); errors.Is(err, artifacts.ErrNotInRelease) {
 			return &UnsupportedError{What: fmt.Sprintf("%s disk images of this release (%v)", bl, err)}

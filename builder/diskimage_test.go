@@ -155,6 +155,17 @@ func TestDiskBootloaders(t *testing.T) {
 		t.Errorf("dual-boot arm64 disk: %v, want an invalid-schematic error naming dual-boot", err)
 	}
 
+	grub4K := e.schematicWith(t, "customization: {bootloader: grub, diskImage: {sectorSize: 4096}}")
+	if _, err := e.b.Build(context.Background(), builder.Request{SchematicID: grub4K, Version: "v1.13.0", Path: "metal-amd64.raw"}, nil); !errors.Is(err, builder.ErrUnsupported) ||
+		!strings.Contains(err.Error(), "4096-byte sectors") {
+		t.Errorf("grub disk with 4096-byte sectors: %v, want ErrUnsupported naming the sector size", err)
+	}
+
+	dual4K := e.schematicWith(t, "customization: {diskImage: {sectorSize: 4096}}")
+	if _, err := e.b.Build(context.Background(), builder.Request{SchematicID: dual4K, Version: "v1.13.0", Path: "metal-amd64.raw"}, nil); err != nil {
+		t.Errorf("dual-boot disk with 4096-byte sectors: %v", err)
+	}
+
 	grub := e.schematicWith(t, "customization: {bootloader: grub}")
 	if _, err := e.b.Build(context.Background(), builder.Request{SchematicID: grub, Version: "v1.13.0", Path: "metal-amd64.raw"}, nil); !errors.Is(err, builder.ErrUnsupported) ||
 		!strings.Contains(err.Error(), "usr/lib/grub/x86_64-efi") {
