@@ -72,10 +72,6 @@ const (
 	BootloaderDualBoot Bootloader = "dual-boot"
 )
 
-// ErrUnsupported is returned (wrapped) for requests this builder cannot
-// honour. It is never silently replaced by a different image.
-var ErrUnsupported = errors.New("not supported yet")
-
 // ErrInvalid is returned (wrapped) for malformed parameters.
 var ErrInvalid = errors.New("invalid disk parameters")
 
