@@ -45,9 +45,9 @@ func (b *Builder) planDisk(ctx context.Context, p *Plan) error {
 	}
 
 	// Talos formats the grub layout's 100 MiB EFI partition FAT32 with
-	// mkfs.vfat -S 4096 too: 25,600 clusters, under FAT32's 65,525, which
-	// UEFI firmware (OVMF) refuses to read; builder/esp will not write such
-	// a file system. (Legacy BIOS does not boot 4Kn disks either: SeaBIOS
+	// mkfs.vfat -S 4096 too: 25,518 clusters, under FAT32's 65,525; OVMF
+	// does not load GRUB from it (tried with Talos's mkfs.vfat + mcopy),
+	// and builder/esp will not write such a file system. (Legacy BIOS does not boot 4Kn disks either: SeaBIOS
 	// reports "block size 4096 is unsupported".)
 	if bl == schematic.BootloaderGrub && p.schematic.Customization.DiskImage.SectorSize == 4096 {
 		return &UnsupportedError{What: "grub disk images with 4096-byte sectors (their 100 MiB EFI partition cannot hold a valid FAT32 at that sector size; use dual-boot or sd-boot)"}
