@@ -151,6 +151,10 @@ $(E2E_KERNEL)/.done:
 # changes. Unstable moves: the test reads each tree's version from its
 # modinfo.sh.
 E2E_GRUB ?= $(CURDIR)/_e2e/grub
+# Debian 13's mtools and xfsprogs 6.13 (unpacked, not installed): the bench's
+# imager shims, and the e2e's xfs_repair/xfs_db for Talos 1.13's lts_6.18 XFS
+# (Debian 12's 6.1 refuses its exchange bit).
+BENCH_TRIXIE  := $(CURDIR)/_e2e/imager-trixie
 E2E_GRUB_APT = -o Dir::Etc::SourceList=$(E2E_GRUB)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
 	-o Dir::State::Lists=$(E2E_GRUB)/apt/lists -o Dir::Cache=$(E2E_GRUB)/apt/cache -o APT::Sandbox::User=root \
 	-o APT::Architectures::=amd64 -o APT::Architectures::=arm64
@@ -224,7 +228,7 @@ FACTORY_ORACLE := $(TOOLS)/factory-oracle
 $(FACTORY_ORACLE): hack/factory-oracle/main.go hack/factory-oracle/go.mod hack/factory-oracle/go.sum
 	cd hack/factory-oracle && $(GO) build -o $(FACTORY_ORACLE) .
 
-e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done $(E2E_SDBOOT)/.done
+e2e-tools: tools $(CRANE) $(COSIGN) e2e-debs $(E2E_KERNEL)/.done $(E2E_IPXE)/.done $(E2E_GRUB)/.done $(E2E_SDBOOT)/.done $(BENCH_TRIXIE)/.done
 
 # Talos's own installer-layer code (pkg/imager/filemap) for
 # builder/installer's differential test; its own module for Talos's
@@ -259,7 +263,7 @@ factory-client: build
 
 E2E_ENV = KILN_BIN=$(KILN) GRPCURL=$(GRPCURL) CRANE=$(CRANE) COSIGN=$(COSIGN) DOCKER_REGISTRY=$$(command -v docker-registry) \
 	KILN_E2E_KERNEL=$(E2E_KERNEL) KILN_E2E_IPXE=$(E2E_IPXE)/root KILN_GRUB_VERSIONS=$(E2E_GRUB) \
-	KILN_E2E_SDBOOT=$(E2E_SDBOOT)/root/usr/lib/systemd/boot/efi
+	KILN_E2E_SDBOOT=$(E2E_SDBOOT)/root/usr/lib/systemd/boot/efi KILN_XFS_TRIXIE=$(BENCH_TRIXIE)/root
 
 e2e: build e2e-tools
 	KILN_REQUIRE_FIXTURES=1 $(E2E_ENV) $(GO) test -tags 'integration e2e' -count=1 -timeout 25m -v ./e2e/...
@@ -322,7 +326,6 @@ bench: $(CRANE) e2e-debs bench-imager
 BENCH_DIR     := $(CURDIR)/_bench
 IMAGER_BENCH  := $(BENCH_DIR)/bin/imager-bench
 TALOS_IMAGER  := $(BENCH_DIR)/bin/talos-imager
-BENCH_TRIXIE  := $(CURDIR)/_e2e/imager-trixie
 BENCH_NGINX   := $(CURDIR)/_e2e/nginx
 BENCH_DEBS    := $(TEST_DEBS) linux-perf
 

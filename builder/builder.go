@@ -241,6 +241,12 @@ func (b *Builder) plan(ctx context.Context, req Request, out Output, supported f
 		return p, nil // extensions do not change these
 	}
 
+	if out.Kind == KindDisk {
+		if err := b.planDisk(ctx, p); err != nil {
+			return nil, err
+		}
+	}
+
 	if out.Kind == KindInstaller {
 		base, err := b.deps.Artifacts.InstallerBase(ctx, version)
 		if err != nil {
@@ -326,7 +332,7 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 	switch c.Bootloader {
 	case schematic.BootloaderNone, schematic.BootloaderSDBoot:
 	default:
-		if out.Kind == KindISO || out.Kind == KindDisk {
+		if out.Kind == KindISO {
 			return &UnsupportedError{What: "boot loader " + c.Bootloader.String() + " (GRUB and BIOS boot come in a later release; use sd-boot)"}
 		}
 	}
@@ -344,9 +350,15 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 	}
 
 	// Talos before 1.10 boots ISOs and disks with GRUB; kiln assembles
-	// sd-boot only, so it refuses rather than build a different image.
-	if (out.Kind == KindISO || out.Kind == KindDisk) && version.Before(1, 10) {
-		return &UnsupportedError{What: "ISO and disk images for Talos before 1.10 (they boot with GRUB)"}
+	// sd-boot ISOs only, so it refuses rather than build a different image.
+	if out.Kind == KindISO && version.Before(1, 10) {
+		return &UnsupportedError{What: "ISO images for Talos before 1.10 (they boot with GRUB)"}
+	}
+
+	// Disk images before 1.8 also carry STATE and EPHEMERAL partitions
+	// (quirks.SkipDataPartitions), which kiln does not make.
+	if out.Kind == KindDisk && version.Before(1, 8) {
+		return &UnsupportedError{What: "disk images for Talos before 1.8 (they carry STATE and EPHEMERAL partitions)"}
 	}
 
 	return nil

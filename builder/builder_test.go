@@ -46,6 +46,14 @@ func newEnv(t *testing.T) *env {
 func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 	t.Helper()
 
+	return newEnvRelease(t, tune, func(*demo.Options) {})
+}
+
+// newEnvRelease is newEnvWith with the demo release's options changed by
+// tuneRelease.
+func newEnvRelease(t *testing.T, tune func(*builder.Config), tuneRelease func(*demo.Options)) *env {
+	t.Helper()
+
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
@@ -62,7 +70,7 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 
 	kernel := bytes.Repeat([]byte("MZ-kernel-"), 100_000)
 
-	if _, err := demo.Push(ctx, demo.Options{
+	opts := demo.Options{
 		Version: "v1.13.0", Registry: host, Remote: inproc,
 		Assets: func(arch, file string) ([]byte, error) {
 			if arch == "amd64" && file == "vmlinuz" {
@@ -71,7 +79,10 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 
 			return nil, errNotExist
 		},
-	}); err != nil {
+	}
+	tuneRelease(&opts)
+
+	if _, err := demo.Push(ctx, opts); err != nil {
 		t.Fatal(err)
 	}
 

@@ -11,10 +11,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
-	"github.com/kiln-dev/kiln/builder/compress"
-	"github.com/kiln-dev/kiln/builder/disk"
 	"github.com/kiln-dev/kiln/builder/esp"
-	"github.com/kiln-dev/kiln/builder/ext4"
 	"github.com/kiln-dev/kiln/builder/initramfs"
 	"github.com/kiln-dev/kiln/builder/iso"
 	"github.com/kiln-dev/kiln/builder/meta"
@@ -350,77 +347,6 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 	}
 
 	return nil
-}
-
-// disk writes the sd-boot raw disk: EFI and META (holding the schematic's
-// META values), sparse; compressed while streaming for .xz and .zst.
-func (j *job) disk(ctx context.Context, w storage.AssetWriter) error {
-	p := j.p
-
-	files, err := j.bootFiles(ctx, false)
-	if err != nil {
-		return err
-	}
-
-	params := disk.Params{
-		SectorSize: int(p.schematic.Customization.DiskImage.SectorSize),
-		EFI:        disk.ESP(files, esp.Options{}),
-	}
-
-	if values := metaValues(p); len(values) > 0 {
-		part, err := meta.Partition(values)
-		if err != nil {
-			return &invalidSchematicError{fmt.Sprintf("customization.meta: %v", err)}
-		}
-
-		params.META = bytes.NewReader(part)
-	}
-
-	// The image cache is an ext4 IMAGECACHE partition after META, sized
-	// as Talos sizes it; the disk grows by as much (talos-formats §4.7).
-	if cacheDir, err := j.imageCache(ctx); err != nil {
-		return err
-	} else if cacheDir != "" {
-		part, err := ext4.Partition(cacheDir)
-		if err != nil {
-			return fmt.Errorf("image cache partition: %w", err)
-		}
-
-		params.Extra = append(params.Extra, part)
-		params.Size = disk.SDBootDiskSize + part.Size
-	}
-
-	// File() turns off the writer's streaming digest (the disk is written
-	// at offsets), so only an uncompressed disk asks for it: a compressed
-	// one reaches the asset through Write and is digested as it goes.
-	var raw *os.File
-
-	if p.Output.Compression == "" {
-		raw = w.File()
-	} else {
-		if raw, err = os.Create(filepath.Join(j.tmp, "disk.raw")); err != nil {
-			return err
-		}
-		defer raw.Close()
-	}
-
-	j.emit(Event{Phase: "assemble", Message: "disk image"})
-
-	if err := disk.Write(ctx, raw, params); err != nil {
-		return fmt.Errorf("write disk image: %w", err)
-	}
-
-	if p.Output.Compression == "" {
-		return nil
-	}
-
-	if _, err := raw.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-
-	j.emit(Event{Phase: "compress", Message: p.Output.Compression})
-
-	return compress.Compress(ctx, w, raw, compress.Format(p.Output.Compression), compress.Options{})
 }
 
 // imageCache writes the plan's image cache tree into the scratch directory

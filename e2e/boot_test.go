@@ -69,13 +69,22 @@ func download(t *testing.T, client *http.Client, url, dst string) {
 	}
 }
 
+// grubSchematic is bootSchematic asking for a GRUB-only disk image.
+const grubSchematic = bootSchematic + `  bootloader: grub
+`
+
 // TestBootProof: a release of Debian's real parts is mirrored into kiln,
 // kiln builds the ISO and the raw disk, and QEMU with OVMF boots each: the
-// ISO as a CD-ROM and as a USB stick, the disk as a virtio disk.
+// ISO as a CD-ROM and as a USB stick, the disk as a virtio disk. The disk
+// is dual-boot (Talos ≥ 1.10's default): SeaBIOS boots it through GRUB,
+// and a bootloader: grub disk, from the release's GRUB (Debian unstable's
+// 2.14: 2.06 and 2.12 refuse the XFS BOOT of Talos 1.13, whose lts_6.18
+// profile sets the exchange bit).
 func TestBootProof(t *testing.T) {
 	ctx := context.Background()
 	in := bootInputsFromEnv(t)
 	assets, kver := bootAssets(t, in)
+	grubDir := releaseGrub(t)
 
 	upstream := startRegistry(t)
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
@@ -83,6 +92,7 @@ func TestBootProof(t *testing.T) {
 
 	if _, err := demo.Push(ctx, demo.Options{
 		Version: "v1.13.0", Registry: reg, Assets: assets, KernelVersion: kver, Modules: extensionModules(t, in, kver),
+		Grub: demo.GrubFrom(grubDir),
 		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
 		},
@@ -114,7 +124,7 @@ func TestBootProof(t *testing.T) {
 		return created.ID
 	}
 
-	plain, cached := create(bootSchematic), create(cacheSchematic)
+	plain, cached, grubOnly := create(bootSchematic), create(cacheSchematic), create(grubSchematic)
 
 	// What kiln builds must be what the Talos kernel reads, not only what
 	// Debian's reads: every segment and layer of the initramfs.
@@ -143,6 +153,9 @@ func TestBootProof(t *testing.T) {
 	download(t, client, "http://"+k.addr+"/image/"+cached+"/v1.13.0/metal-amd64.iso", cacheISO)
 	download(t, client, "http://"+k.addr+"/image/"+cached+"/v1.13.0/metal-amd64.raw.zst", raw+".zst")
 	run(t, "zstd", "-d", "-q", raw+".zst", "-o", raw)
+
+	grubRaw := filepath.Join(dir, "metal-amd64-grub.raw")
+	download(t, client, "http://"+k.addr+"/image/"+grubOnly+"/v1.13.0/metal-amd64.raw", grubRaw)
 
 	// What a node's registryd would serve: the manifests of the
 	// Kubernetes images, under their upstream names.
@@ -237,6 +250,61 @@ func TestBootProof(t *testing.T) {
 		if disks := consoleLine(console, "DISKS"); !strings.Contains(disks, "vda") {
 			t.Errorf("the guest did not see its disk: %q", disks)
 		}
+	})
+
+	// GRUB boots the main entry of BOOT's grub.cfg, not a reset line,
+	// and says so with BOOT_IMAGE.
+	checkGRUBConsole := func(t *testing.T, console string, wantValues map[uint32]string) {
+		t.Helper()
+
+		cmdline := consoleLine(console, "CMDLINE")
+		for _, want := range []string{"BOOT_IMAGE=/A/vmlinuz", "kiln.e2e=boot-proof", "console=ttyS0", "talos.platform=metal"} {
+			if !strings.Contains(cmdline, want) {
+				t.Errorf("kernel command line %q lacks %q", cmdline, want)
+			}
+		}
+
+		if strings.Contains(cmdline, "talos.experimental.wipe") {
+			t.Errorf("GRUB booted a reset entry: %q", cmdline)
+		}
+
+		checkTalosInit(t, console)
+
+		values := parseADV(t, consoleLine(console, "META"))
+		for k, v := range wantValues {
+			if values[k] != v {
+				t.Errorf("META partition holds %v, want 0x%x=%s", values, k, v)
+			}
+		}
+
+		if _, ok := wantValues[0x11]; !ok && values[0x11] != "" {
+			t.Errorf("META of a GRUB-only disk holds 0x11=%s", values[0x11])
+		}
+
+		if t.Failed() {
+			t.Logf("console:\n%s", tail(console, 6000))
+		}
+	}
+
+	t.Run("dual-boot raw disk under SeaBIOS", func(t *testing.T) {
+		console := qemu(t, 4*time.Minute, false, "-drive", "file="+raw+",format=raw,if=virtio")
+		checkGRUBConsole(t, console, map[uint32]string{0x0c: "kiln-meta-proof", 0x11: "dual-boot"})
+		checkCache(t, console, "IMAGECACHE-DISK")
+	})
+
+	t.Run("grub raw disk under SeaBIOS", func(t *testing.T) {
+		console := qemu(t, 4*time.Minute, false, "-drive", "file="+grubRaw+",format=raw,if=virtio")
+		checkGRUBConsole(t, console, map[uint32]string{0x0c: "kiln-meta-proof"})
+	})
+
+	t.Run("grub raw disk under OVMF", func(t *testing.T) {
+		console := qemu(t, 4*time.Minute, true, "-drive", "file="+grubRaw+",format=raw,if=virtio")
+		checkGRUBConsole(t, console, map[uint32]string{0x0c: "kiln-meta-proof"})
+	})
+
+	t.Run("GRUB disks read by tools that are not ours", func(t *testing.T) {
+		checkGRUBDisk(t, raw, []string{"EFI", "BIOS", "BOOT", "META", "IMAGECACHE"}, 4247<<20) // dual-boot, Talos ≥ 1.11
+		checkGRUBDisk(t, grubRaw, []string{"EFI", "BIOS", "BOOT", "META"}, 2246<<20)
 	})
 
 	t.Run("readers that are not ours", func(t *testing.T) {

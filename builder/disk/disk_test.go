@@ -99,17 +99,28 @@ func TestLayoutErrors(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
 		}
 	}
-	for _, bl := range []Bootloader{BootloaderGRUB, BootloaderDualBoot} {
-		_, err := Layout(Params{Bootloader: bl})
-		if !errors.Is(err, ErrUnsupported) {
-			t.Errorf("%s: err = %v, want ErrUnsupported", bl, err)
+	// GRUB layouts need their BOOT partition (and dual-boot GRUB's BIOS
+	// code); refused before anything is written.
+	boot := &Partition{Name: LabelBOOT, Size: BootSize}
+	for name, p := range map[string]Params{
+		"grub without BOOT":      {Bootloader: BootloaderGRUB},
+		"dual-boot without BOOT": {Bootloader: BootloaderDualBoot},
+		"dual-boot without BIOS": {Bootloader: BootloaderDualBoot, Boot: boot},
+		"BOOT misnamed":          {Bootloader: BootloaderGRUB, Boot: &Partition{Name: "boot", Size: BootSize}},
+		"sd-boot with BOOT":      {Boot: boot},
+		"short boot.img":         {Bootloader: BootloaderGRUB, Boot: boot, BIOS: &BIOSBoot{BootImage: make([]byte, 446), CoreImage: make([]byte, 512)}},
+		"core.img too big":       {Bootloader: BootloaderGRUB, Boot: boot, BIOS: &BIOSBoot{BootImage: make([]byte, 512), CoreImage: make([]byte, BIOSSize+1)}},
+	} {
+		if _, err := Layout(p); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
 		}
 		f, _ := os.Create(filepath.Join(t.TempDir(), "x"))
-		if err := Write(context.Background(), f, Params{Bootloader: bl, EFI: FromReader(bytes.NewReader(nil))}); !errors.Is(err, ErrUnsupported) {
-			t.Errorf("Write %s: err = %v, want ErrUnsupported", bl, err)
+		p.EFI = FromReader(bytes.NewReader(nil))
+		if err := Write(context.Background(), f, p); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Write %s: err = %v, want ErrInvalid", name, err)
 		}
 		if st, _ := f.Stat(); st.Size() != 0 {
-			t.Errorf("Write %s wrote %d bytes", bl, st.Size())
+			t.Errorf("Write %s wrote %d bytes", name, st.Size())
 		}
 		f.Close()
 	}
@@ -367,5 +378,56 @@ func TestWriteMETAErrors(t *testing.T) {
 	cancel()
 	if err := Write(ctx, f, Params{EFI: FromReader(bytes.NewReader([]byte{1}))}); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled: err = %v", err)
+	}
+}
+
+// TestLayoutGRUB: the dual-boot and grub layouts as Talos makes them
+// (talos-formats.md §4.2): partition order, sizes in MiB from the start of
+// the disk, types, the BIOS partition's legacy-bootable attribute, the
+// default disk sizes.
+func TestLayoutGRUB(t *testing.T) {
+	bios := &BIOSBoot{BootImage: make([]byte, 512), CoreImage: make([]byte, 512)}
+	type part struct {
+		name        string
+		start, size int64 // MiB
+		typ         GUID
+		attr        uint64
+	}
+	for _, tc := range []struct {
+		name string
+		p    Params
+		size int64 // MiB
+		want []part
+	}{
+		{"dual-boot", Params{Bootloader: BootloaderDualBoot, BIOS: bios, Boot: &Partition{Name: LabelBOOT, Size: BootSize}}, 4247, []part{
+			{"EFI", 1, 2101, TypeEFI, 0}, {"BIOS", 2102, 1, TypeBIOSBoot, 4}, {"BOOT", 2103, 2000, TypeLinuxData, 0}, {"META", 4103, 1, TypeLinuxData, 0},
+		}},
+		{"grub", Params{Bootloader: BootloaderGRUB, BIOS: bios, Boot: &Partition{Name: LabelBOOT, Size: BootSize}}, 2246, []part{
+			{"EFI", 1, 100, TypeEFI, 0}, {"BIOS", 101, 1, TypeBIOSBoot, 4}, {"BOOT", 102, 2000, TypeLinuxData, 0}, {"META", 2102, 1, TypeLinuxData, 0},
+		}},
+		{"grub 1.10 arm64", Params{Bootloader: BootloaderGRUB, Size: 1246 * MiB, Boot: &Partition{Name: LabelBOOT, Size: LegacyBootSize}}, 1246, []part{
+			{"EFI", 1, 100, TypeEFI, 0}, {"BIOS", 101, 1, TypeBIOSBoot, 4}, {"BOOT", 102, 1000, TypeLinuxData, 0}, {"META", 1102, 1, TypeLinuxData, 0},
+		}},
+	} {
+		for _, sector := range []int{512, 4096} {
+			tc.p.SectorSize = sector
+			tb, err := Layout(tc.p)
+			if err != nil {
+				t.Fatalf("%s/%d: %v", tc.name, sector, err)
+			}
+			if tb.Size != tc.size*MiB {
+				t.Errorf("%s/%d: size %d MiB, want %d", tc.name, sector, tb.Size/MiB, tc.size)
+			}
+			if len(tb.Partitions) != len(tc.want) {
+				t.Fatalf("%s/%d: %d partitions, want %d", tc.name, sector, len(tb.Partitions), len(tc.want))
+			}
+			for i, w := range tc.want {
+				e := tb.Partitions[i]
+				if e.Name != w.name || e.Offset != w.start*MiB || e.Size != w.size*MiB || e.Type != w.typ || e.Attributes != w.attr ||
+					e.GUID != GUIDFromLabel(w.name) || e.FirstLBA != uint64(e.Offset)/uint64(sector) {
+					t.Errorf("%s/%d: partition %d = %+v, want %+v", tc.name, sector, i+1, e, w)
+				}
+			}
+		}
 	}
 }

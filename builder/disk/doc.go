@@ -1,6 +1,11 @@
 // Package disk assembles Talos raw disk images (the `image` output): a GPT
-// disk with the sd-boot layout of Talos ≥ 1.10 (EFI, META, optional extra
-// partitions such as IMAGECACHE), written sparse into a file.
+// disk in the sd-boot layout (EFI, META), the dual-boot layout (EFI, BIOS,
+// BOOT, META) or the grub layout (a 100 MiB EFI, BIOS, BOOT, META), with
+// optional extra partitions such as IMAGECACHE after META, written sparse
+// into a file. For grub and dual-boot, GRUB's boot.img goes into the
+// protective MBR's boot code and core.img into BIOS, both patched as
+// Talos's PatchBlocklistsForDiskImage patches them; the BOOT partition's
+// content (XFS, builder/xfs) comes from the caller.
 //
 // Layout follows talos-formats.md §4: 128 GPT entries, primary header at
 // LBA 1, partitions aligned to 1 MiB, a protective MBR, disk and partition

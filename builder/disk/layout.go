@@ -17,8 +17,19 @@ const (
 	// SDBootDiskSize is the metal sd-boot disk size of Talos ≥ 1.11:
 	// MinRAWDiskSize + GrubBootSize(2000 MiB) - 1000 MiB (metal-arm64 testdata: 2355101696).
 	SDBootDiskSize = 2246 * MiB
-	// UKIEFISize is the EFI partition size of the sd-boot layout (100 + 1 + 2000 MiB).
+	// UKIEFISize is the EFI partition size of the sd-boot and dual-boot
+	// layouts of Talos ≥ 1.11 (100 + 1 + 2000 MiB; 1101 MiB before).
 	UKIEFISize = 2101 * MiB
+	// GrubEFISize is the EFI partition size of the GRUB layout.
+	GrubEFISize = 100 * MiB
+	// BIOSSize is the size of the BIOS boot partition (GRUB's core.img).
+	BIOSSize = 1 * MiB
+	// BootSize is the BOOT partition size of Talos ≥ 1.11 (LegacyBootSize before).
+	BootSize       = 2000 * MiB
+	LegacyBootSize = 1000 * MiB
+	// DualBootDiskSize is the metal dual-boot disk size of Talos ≥ 1.11:
+	// SDBootDiskSize + BIOSSize + BootSize (metal-amd64 testdata: 4453302272).
+	DualBootDiskSize = 4247 * MiB
 	// METASize is the exact size Talos requires of META to find its system disk.
 	METASize = 1 * MiB
 	// Alignment of partition starts.
@@ -31,6 +42,8 @@ const (
 // Partition names (= Talos labels).
 const (
 	LabelEFI        = "EFI"
+	LabelBIOS       = "BIOS"
+	LabelBOOT       = "BOOT"
 	LabelMETA       = "META"
 	LabelIMAGECACHE = "IMAGECACHE"
 	diskLabel       = "talos-image-disk"
@@ -46,42 +59,61 @@ var (
 // Bootloader is the boot loader kind of the image, as the schematic/profile names it.
 type Bootloader string
 
-// Boot loader kinds. Only sd-boot is supported for disk images for now.
+// AttrLegacyBIOSBootable is GPT attribute bit 2, which Talos sets on the
+// BIOS partition (gpt.WithLegacyBIOSBootableAttribute).
+const AttrLegacyBIOSBootable = 1 << 2
+
+// Boot loader kinds (talos-formats.md §4.2): sd-boot is EFI and META;
+// dual-boot adds GRUB for BIOS (BIOS and BOOT partitions) to sd-boot's EFI;
+// grub is a 100 MiB EFI holding GRUB's EFI image, BIOS and BOOT.
 const (
 	BootloaderSDBoot   Bootloader = "sd-boot"
 	BootloaderGRUB     Bootloader = "grub"
 	BootloaderDualBoot Bootloader = "dual-boot"
 )
 
-// ErrUnsupported is returned (wrapped) for requests this builder cannot honour
-// yet, e.g. GRUB or dual-boot (BIOS) layouts. It is never silently replaced by
-// a different image.
-var ErrUnsupported = errors.New("not supported yet")
-
 // ErrInvalid is returned (wrapped) for malformed parameters.
 var ErrInvalid = errors.New("invalid disk parameters")
 
 // Params describe a disk image.
 type Params struct {
-	// Bootloader selects the layout; "" means sd-boot. GRUB and dual-boot
-	// (which needs the BIOS boot partition) fail with ErrUnsupported.
+	// Bootloader selects the layout; "" means sd-boot.
 	Bootloader Bootloader
 	// SectorSize is the logical sector size, 512 (default when 0) or 4096
 	// (schematic customization.diskImage.sectorSize).
 	SectorSize int
-	// Size is the total image size in bytes; 0 means SDBootDiskSize. It must be
-	// a multiple of the sector size and leave room for the backup GPT.
+	// Size is the total image size in bytes; 0 means SDBootDiskSize
+	// (DualBootDiskSize for dual-boot). It must be a multiple of the sector
+	// size and leave room for the backup GPT.
 	Size int64
-	// EFISize is the EFI partition size; 0 means UKIEFISize.
+	// EFISize is the EFI partition size; 0 means UKIEFISize (GrubEFISize
+	// for grub).
 	EFISize int64
-	// EFI fills the EFI system partition (a FAT filesystem with sd-boot and the
-	// UKI). Required by Write; Layout ignores it.
+	// EFI fills the EFI system partition (a FAT filesystem with sd-boot and
+	// the UKI, or GRUB's EFI image). Required by Write; Layout ignores it.
 	EFI Content
+	// BIOS is GRUB's i386-pc boot code of a grub or dual-boot image; nil
+	// leaves the BIOS partition empty and the MBR's boot code zero (what
+	// Talos does on arm64). Required for dual-boot.
+	BIOS *BIOSBoot
+	// Boot is the BOOT partition of a grub or dual-boot image (an XFS file
+	// system: builder/xfs.Partition), placed after BIOS; required for them
+	// and refused for sd-boot. Its Name must be LabelBOOT.
+	Boot *Partition
 	// META is the content of the META partition: exactly METASize bytes (e.g.
 	// from builder/meta.Partition), or nil for an all-zero (blank) META.
 	META io.Reader
 	// Extra partitions placed after META in order (e.g. IMAGECACHE, issue 5).
 	Extra []Partition
+}
+
+// BIOSBoot is GRUB's i386-pc boot code (builder/grub): Write patches
+// copies of both for the BIOS partition's first sector as Talos does
+// (grub.PatchForGPTDisk), puts BootImage's first 446 bytes in the MBR and
+// CoreImage at the start of the BIOS partition.
+type BIOSBoot struct {
+	BootImage []byte // boot.img, 512 bytes
+	CoreImage []byte // core.img (i386-pc), at most BIOSSize
 }
 
 // Partition is an extra partition after META.
@@ -142,12 +174,9 @@ func (t Table) entrySectors() uint64 {
 
 // Layout computes the partition table for p without writing anything.
 func Layout(p Params) (Table, error) {
-	switch p.Bootloader {
-	case "", BootloaderSDBoot:
-	case BootloaderGRUB, BootloaderDualBoot:
-		return Table{}, fmt.Errorf("disk image with boot loader %q: %w (only sd-boot disk images are built; GRUB/BIOS layouts come later)", p.Bootloader, ErrUnsupported)
-	default:
-		return Table{}, fmt.Errorf("%w: unknown boot loader %q", ErrInvalid, p.Bootloader)
+	parts, defaultSize, err := bootPartitions(p)
+	if err != nil {
+		return Table{}, err
 	}
 	t := Table{SectorSize: p.SectorSize, Size: p.Size, DiskGUID: GUIDFromLabel(diskLabel)}
 	if t.SectorSize == 0 {
@@ -157,20 +186,13 @@ func Layout(p Params) (Table, error) {
 		return Table{}, fmt.Errorf("%w: sector size %d (want 512 or 4096)", ErrInvalid, p.SectorSize)
 	}
 	if t.Size == 0 {
-		t.Size = SDBootDiskSize
+		t.Size = defaultSize
 	}
 	ss := int64(t.SectorSize)
 	if t.Size < 0 || t.Size%ss != 0 {
 		return Table{}, fmt.Errorf("%w: size %d is not a positive multiple of the sector size %d", ErrInvalid, t.Size, ss)
 	}
-	efiSize := p.EFISize
-	if efiSize == 0 {
-		efiSize = UKIEFISize
-	}
-	parts := []Partition{
-		{Name: LabelEFI, Type: TypeEFI, Size: efiSize},
-		{Name: LabelMETA, Type: TypeLinuxData, Size: METASize},
-	}
+	parts = append(parts, Partition{Name: LabelMETA, Type: TypeLinuxData, Size: METASize})
 	parts = append(parts, p.Extra...)
 	if len(parts) > NumEntries {
 		return Table{}, fmt.Errorf("%w: %d partitions", ErrInvalid, len(parts))
@@ -198,7 +220,7 @@ func Layout(p Params) (Table, error) {
 		switch {
 		case pp.Size > 0 && pp.Size%ss == 0:
 			sectors = uint64(pp.Size / ss)
-		case pp.Size == 0 && i == len(parts)-1 && i >= 2:
+		case pp.Size == 0 && i == len(parts)-1 && pp.Name != LabelMETA:
 			if first > t.LastUsableLBA {
 				return Table{}, fmt.Errorf("%w: no room left for partition %q", ErrInvalid, pp.Name)
 			}
@@ -229,4 +251,53 @@ func Layout(p Params) (Table, error) {
 		next = last + 1
 	}
 	return t, nil
+}
+
+// bootPartitions returns the boot loader's partitions, which come before
+// META (Talos's PrepareBootPartitions of bootloader/sdboot, grub and dual),
+// and the layout's default disk size.
+func bootPartitions(p Params) ([]Partition, int64, error) {
+	efiSize := p.EFISize
+	efi := Partition{Name: LabelEFI, Type: TypeEFI}
+	switch p.Bootloader {
+	case "", BootloaderSDBoot:
+		if p.Boot != nil || p.BIOS != nil {
+			return nil, 0, fmt.Errorf("%w: an sd-boot disk image has no BIOS or BOOT partition", ErrInvalid)
+		}
+		if efiSize == 0 {
+			efiSize = UKIEFISize
+		}
+		efi.Size = efiSize
+		return []Partition{efi}, SDBootDiskSize, nil
+	case BootloaderGRUB, BootloaderDualBoot:
+	default:
+		return nil, 0, fmt.Errorf("%w: unknown boot loader %q", ErrInvalid, p.Bootloader)
+	}
+	if p.Boot == nil || p.Boot.Name != LabelBOOT || p.Boot.Size <= 0 {
+		return nil, 0, fmt.Errorf("%w: a %s disk image needs its BOOT partition (named %s, sized)", ErrInvalid, p.Bootloader, LabelBOOT)
+	}
+	if p.BIOS != nil && (len(p.BIOS.BootImage) != 512 || len(p.BIOS.CoreImage) < 512 || len(p.BIOS.CoreImage) > BIOSSize) {
+		return nil, 0, fmt.Errorf("%w: GRUB boot.img must be 512 bytes and core.img 512 bytes to %d bytes (got %d and %d)",
+			ErrInvalid, BIOSSize, len(p.BIOS.BootImage), len(p.BIOS.CoreImage))
+	}
+	var size int64 = SDBootDiskSize
+	if p.Bootloader == BootloaderDualBoot {
+		if p.BIOS == nil {
+			return nil, 0, fmt.Errorf("%w: a dual-boot disk image needs GRUB's BIOS boot code", ErrInvalid)
+		}
+		if efiSize == 0 {
+			efiSize = UKIEFISize
+		}
+		size = DualBootDiskSize
+	} else if efiSize == 0 {
+		efiSize = GrubEFISize
+	}
+	efi.Size = efiSize
+	boot := *p.Boot
+	boot.Type = TypeLinuxData
+	return []Partition{
+		efi,
+		{Name: LabelBIOS, Type: TypeBIOSBoot, Attributes: AttrLegacyBIOSBootable, Size: BIOSSize},
+		boot,
+	}, size, nil
 }

@@ -1,10 +1,13 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/kiln-dev/kiln/builder/grub"
 )
 
 // Write writes the disk image described by p into out, which must be a
@@ -13,8 +16,10 @@ import (
 // partition table and the partitions' content are written, all other bytes
 // stay holes. On error, out holds garbage and the caller discards it.
 //
-// Errors wrap ErrUnsupported (GRUB, dual-boot) or ErrInvalid (bad parameters)
-// where they apply.
+// For grub and dual-boot images, the MBR's boot code is GRUB's boot.img and
+// the BIOS partition holds core.img, both patched for where core.img lies.
+//
+// Errors wrap ErrInvalid (bad parameters) where they apply.
 func Write(ctx context.Context, out *os.File, p Params) error {
 	t, err := Layout(p)
 	if err != nil {
@@ -36,11 +41,31 @@ func Write(ctx context.Context, out *os.File, p Params) error {
 	if _, err := out.WriteAt(backup, backupOff); err != nil {
 		return fmt.Errorf("disk: writing backup GPT: %w", err)
 	}
+	var biosContent Content
+	if p.BIOS != nil {
+		bios, _ := t.Partition(LabelBIOS)
+		boot, core := bytes.Clone(p.BIOS.BootImage), bytes.Clone(p.BIOS.CoreImage)
+		// Talos patches with the partition's first LBA in the disk's own
+		// sectors, whatever their size (PatchBlocklistsForDiskImage).
+		if err := grub.PatchForGPTDisk(boot, core, bios.FirstLBA); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if _, err := out.WriteAt(boot[:grub.MBRCodeSize], 0); err != nil {
+			return fmt.Errorf("disk: writing GRUB's boot code into the MBR: %w", err)
+		}
+		biosContent = FromReader(bytes.NewReader(core))
+	}
 
 	target := func(e Entry) Target {
 		return Target{File: out, Offset: e.Offset, Size: e.Size, SectorSize: t.SectorSize, Name: e.Name}
 	}
 	contents := map[string]Content{LabelEFI: p.EFI}
+	if biosContent != nil {
+		contents[LabelBIOS] = biosContent
+	}
+	if p.Boot != nil && p.Boot.Content != nil {
+		contents[LabelBOOT] = p.Boot.Content
+	}
 	if p.META != nil {
 		contents[LabelMETA] = ContentFunc(func(ctx context.Context, tg Target) error {
 			n, err := copySparse(ctx, tg, p.META)

@@ -33,6 +33,17 @@ func SDBootTrixieDir() string {
 	return inRepo("_e2e", "sdboot-trixie", "root", "usr", "lib", "systemd", "boot", "efi")
 }
 
+// XFSTrixieRoot is where Debian 13's xfsprogs (6.13) is unpacked with its
+// libraries, by `make e2e-tools` (the bench's imager shims use the same
+// tree): KILN_XFS_TRIXIE, else <repo>/_e2e/imager-trixie/root.
+func XFSTrixieRoot() string {
+	if d := os.Getenv("KILN_XFS_TRIXIE"); d != "" {
+		return d
+	}
+
+	return inRepo("_e2e", "imager-trixie", "root")
+}
+
 // inRepo joins elem to the repository root (the directory holding go.mod
 // above the working directory), or returns "" outside the repository.
 func inRepo(elem ...string) string {
