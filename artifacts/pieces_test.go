@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -48,6 +49,14 @@ type piecesFixture struct {
 func newPiecesFixture(t *testing.T, limit int64) *piecesFixture {
 	t.Helper()
 
+	return newPiecesFixtureWith(t, limit, nil)
+}
+
+// newPiecesFixtureWith is newPiecesFixture with the release's GRUB trees
+// from grub (demo.Options.Grub).
+func newPiecesFixtureWith(t *testing.T, limit int64, grub func(string) (fs.FS, error)) *piecesFixture {
+	t.Helper()
+
 	reg, err := registry.NewEmbedded(t.Context(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +68,7 @@ func newPiecesFixture(t *testing.T, limit int64) *piecesFixture {
 	kernel := bytes.Repeat([]byte("MZ-arm64-kernel-"), 50_000)
 
 	rel, err := demo.Push(t.Context(), demo.Options{
-		Version: "v1.13.0", Registry: host, Namespace: "mirror", Remote: inproc,
+		Version: "v1.13.0", Registry: host, Namespace: "mirror", Remote: inproc, Grub: grub,
 		Assets: func(arch, file string) ([]byte, error) {
 			if arch == "arm64" && file == release.KernelAsset {
 				return kernel, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"sort"
 	"strings"
 
@@ -55,6 +56,13 @@ type Options struct {
 	// testfixture.BuildInstaller compiles. Returning an error matching
 	// fs.ErrNotExist keeps the placeholder; any other error stops Push.
 	Installer func(arch string) ([]byte, error)
+	// Grub, when set, supplies the imager's GRUB platform directories,
+	// usr/lib/grub/<platform> for each of release.GrubPlatforms (GrubFrom
+	// reads a /usr/lib/grub). A platform it answers fs.ErrNotExist for
+	// gets the default: a synthetic, unbootable i386-pc tree that
+	// builder/grub accepts, and no EFI platform; any other error stops
+	// Push.
+	Grub func(platform string) (fs.FS, error)
 	// KernelVersion names usr/lib/modules/<kver> in the kernel-module
 	// extension; DefaultKernelVersion when empty. Set it to the version of a
 	// real kernel passed through Assets.
@@ -313,8 +321,18 @@ func pushImager(ctx context.Context, p *pusher, rel *Release) error {
 		return fmt.Errorf("imager: %w", err)
 	}
 
-	shared := []v1.Layer{extra}
-	createdBy := []string{"kiln testrelease: installer-base", "kiln testrelease: imager tools"}
+	grubFiles, err := grubLayer(p.opts)
+	if err != nil {
+		return fmt.Errorf("imager: %w", err)
+	}
+
+	grubTrees, err := layerOf(grubFiles)
+	if err != nil {
+		return fmt.Errorf("imager GRUB: %w", err)
+	}
+
+	shared := []v1.Layer{extra, grubTrees}
+	createdBy := []string{"kiln testrelease: installer-base", "kiln testrelease: imager tools", "kiln testrelease: " + release.GrubDir}
 
 	for _, arch := range release.Arches {
 		files, err := bootAssets(p.opts, arch)

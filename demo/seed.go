@@ -186,6 +186,10 @@ func Seed(ctx context.Context, src *artifacts.Source, dataDir string, locks arti
 			Registry:  src.Registry,
 			Namespace: Namespace,
 			Remote:    src.Remote,
+			// The host's GRUB (Debian's grub-pc-bin, grub-efi-amd64-bin)
+			// makes the demo's BIOS images bootable; without it the
+			// synthetic i386-pc tree still lets every default image build.
+			Grub: GrubFrom(HostGrubDir),
 			Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 				return key.SignLegacyAs(ctx, ref, upstream, src.Remote...)
 			},

@@ -48,7 +48,22 @@ const (
 	OverlaysFile = "overlays.yaml"
 	// InstallDir holds the boot assets in the imager: usr/install/<arch>/...
 	InstallDir = "usr/install"
+	// GrubDir holds GRUB's platform directories in the imager:
+	// usr/lib/grub/<platform>/ (GrubPlatforms).
+	GrubDir = "usr/lib/grub"
 )
+
+// GRUB platform directories of the imager: i386-pc for BIOS (core.img,
+// boot.img, El Torito), x86_64-efi and arm64-efi for GRUB's EFI images.
+const (
+	GrubPC    = "i386-pc"
+	GrubAMD64 = "x86_64-efi"
+	GrubARM64 = "arm64-efi"
+)
+
+// GrubPlatforms are the GRUB platform directories a release's imager
+// carries (both architectures', as upstream's imager does).
+var GrubPlatforms = []string{GrubPC, GrubAMD64, GrubARM64}
 
 // Boot asset file names under usr/install/<arch>/ in the imager.
 const (
