@@ -315,8 +315,14 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 	switch c.Bootloader {
 	case schematic.BootloaderNone, schematic.BootloaderSDBoot:
 	default:
-		if out.Kind == KindISO || out.Kind == KindDisk {
+		if out.Kind == KindDisk {
 			return &UnsupportedError{What: "boot loader " + c.Bootloader.String() + " (GRUB and BIOS boot come in a later release; use sd-boot)"}
+		}
+	}
+
+	if out.Kind == KindISO {
+		if err := supportedISO(sc, out, version); err != nil {
+			return err
 		}
 	}
 
@@ -334,11 +340,27 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 
 	// Talos before 1.10 boots ISOs and disks with GRUB; kiln assembles
 	// sd-boot only, so it refuses rather than build a different image.
-	if (out.Kind == KindISO || out.Kind == KindDisk) && version.Before(1, 10) {
-		return &UnsupportedError{What: "ISO and disk images for Talos before 1.10 (they boot with GRUB)"}
+	if out.Kind == KindDisk && version.Before(1, 10) {
+		return &UnsupportedError{What: "disk images for Talos before 1.10 (they boot with GRUB)"}
 	}
 
 	return nil
+}
+
+// supportedISO refuses the ISOs kiln does not build: Talos's GRUB-only ISO
+// (bootloader: grub from 1.12, and every ISO before 1.10). A dual-boot ISO
+// is built for arm64 too, as Talos's imager builds it (its i386-pc GRUB
+// boots x86 BIOS machines only; the arm64 UKI boots through systemd-boot).
+func supportedISO(sc *schematic.Schematic, out Output, version release.Version) error {
+	if selectBootloader(KindISO, out.Arch, version, sc.Customization.Bootloader, out.SecureBoot) != schematic.BootloaderGrub {
+		return nil
+	}
+
+	if version.Before(1, 10) {
+		return &UnsupportedError{What: "ISOs for Talos before 1.10 (GRUB-only ISO)"}
+	}
+
+	return &UnsupportedError{What: "ISOs with boot loader grub (GRUB-only ISO; use dual-boot or sd-boot)"}
 }
 
 // invalidSchematicError is a schematic that cannot build this output.

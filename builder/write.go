@@ -15,12 +15,14 @@ import (
 	"github.com/kiln-dev/kiln/builder/disk"
 	"github.com/kiln-dev/kiln/builder/esp"
 	"github.com/kiln-dev/kiln/builder/ext4"
+	"github.com/kiln-dev/kiln/builder/grub"
 	"github.com/kiln-dev/kiln/builder/initramfs"
 	"github.com/kiln-dev/kiln/builder/iso"
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -292,11 +294,22 @@ func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 	return files, nil
 }
 
-// iso writes a UEFI-bootable ISO: the boot files in the ISO tree and in an
-// ESP image that is both the El Torito EFI entry and partition 2 of the
-// MBR, so the same file boots as a CD and from a USB stick. The ESP is
-// built in place, at its offset in the ISO, not written aside and copied.
+// iso writes the ISO of the boot loader Talos's imager picks
+// (selectBootloader): the systemd-boot files in the ISO tree and in an ESP
+// image that is both the El Torito EFI entry and partition 2, so the same
+// file boots as a CD and from a USB stick; for dual-boot also GRUB for
+// BIOS, as grub-mkrescue lays it out (j.dualBoot). The ESP is built in
+// place, at its offset in the ISO, not written aside and copied.
 func (j *job) iso(ctx context.Context, out *os.File) error {
+	p := j.p
+	bl := selectBootloader(KindISO, p.Output.Arch, p.Version, p.schematic.Customization.Bootloader, p.Output.SecureBoot)
+
+	switch bl {
+	case schematic.BootloaderSDBoot, schematic.BootloaderDualBoot:
+	default: // supportedSchematic refuses these
+		return &UnsupportedError{What: "ISOs with boot loader " + bl.String()}
+	}
+
 	files, err := j.bootFiles(ctx, true)
 	if err != nil {
 		return err
@@ -332,10 +345,21 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		tree = append(tree, cached...)
 	}
 
-	j.emit(Event{Phase: "assemble", Message: "ISO"})
+	var mk iso.Mkrescue
+
+	if bl == schematic.BootloaderDualBoot {
+		if mk, err = j.dualBoot(ctx); err != nil {
+			return err
+		}
+
+		tree = append(tree, mk.Files...)
+	}
+
+	j.emit(Event{Phase: "assemble", Message: "ISO (" + bl.String() + ")"})
 
 	if _, err := iso.Write(ctx, out, iso.Params{
 		VolumeID: iso.VolumeID(j.p.Version.String()), VolumeSetID: iso.Label(j.p.Version.String()), Files: tree,
+		Dirs: mk.Dirs, BIOS: mk.BIOS,
 		ESPSize: espSize,
 		BuildESP: func(ctx context.Context, out *os.File, offset, size int64) error {
 			j.emit(Event{Phase: "assemble", Message: "ESP"})
@@ -350,6 +374,59 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 	}
 
 	return nil
+}
+
+// dualBoot is what Talos's dual-boot ISO adds to the sd-boot one
+// (pkg/imager/iso/hybrid.go): boot/vmlinuz, boot/initramfs.xz (the UKI's
+// initramfs, which bootFiles left in the scratch directory), Talos's ISO
+// grub.cfg with the ISO command line (the UKI's), and what grub-mkrescue
+// adds from the release's i386-pc GRUB directory.
+func (j *job) dualBoot(ctx context.Context) (iso.Mkrescue, error) {
+	p := j.p
+
+	j.emit(Event{Phase: "fetch", Artifact: p.Imager, Message: "GRUB " + release.GrubPC})
+
+	dir, err := p.boot.Grub(ctx, release.GrubPC)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	mk, err := iso.MkrescueBIOS(dir)
+	if err != nil {
+		return iso.Mkrescue{}, fmt.Errorf("release GRUB %s: %w", release.GrubPC, err)
+	}
+
+	line, err := kernelCmdline(p)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	kernel, err := j.bootFile(ctx, release.KernelAsset)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	j.closeLater(kernel)
+
+	initrd := filepath.Join(j.tmp, "initramfs")
+
+	st, err := os.Stat(initrd)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	cfg := grub.ISOConfig(p.Version, line)
+	mk.Files = append(mk.Files,
+		iso.File{Path: "boot/vmlinuz", Size: kernel.Size(), Open: func() (io.ReadCloser, error) {
+			return io.NopCloser(io.NewSectionReader(kernel, 0, kernel.Size())), nil
+		}},
+		iso.File{Path: "boot/initramfs.xz", Size: st.Size(), Source: initrd},
+		iso.File{Path: "boot/grub/grub.cfg", Size: int64(len(cfg)), Open: func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(cfg)), nil
+		}},
+	)
+
+	return mk, nil
 }
 
 // disk writes the sd-boot raw disk: EFI and META (holding the schematic's
