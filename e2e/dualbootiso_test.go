@@ -39,7 +39,7 @@ func TestDualBootISO(t *testing.T) {
 	suites := []struct{ name, dir string }{
 		{"bookworm-2.06", demo.HostGrubDir},
 		{"trixie-2.12", filepath.Join(testfixture.GrubVersions(), "trixie", "root/usr/lib/grub")},
-		{"sid", filepath.Join(testfixture.GrubVersions(), "sid", "root/usr/lib/grub")},
+		{"sid-2.14", filepath.Join(testfixture.GrubVersions(), "sid", "root/usr/lib/grub")},
 	}
 
 	for i, s := range suites {
