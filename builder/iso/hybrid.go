@@ -44,6 +44,10 @@ const (
 	tailSize = gapSectors*sectorSize + (gptEntrySecs+2)*sectorSize
 )
 
+// ErrInvalidBIOS is returned for a BIOS boot whose images cannot be what
+// they claim.
+var ErrInvalidBIOS = errors.New("iso: invalid BIOS boot")
+
 var (
 	gptBasicData = guidBytes("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")
 	gptESP       = guidBytes("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
@@ -99,11 +103,13 @@ func validateBIOS(b *BIOS, files []File) error {
 	if b == nil {
 		return nil
 	}
-	if len(b.Image) < 4*sectorSize || len(b.Image) > int(MaxFileSize) {
-		return fmt.Errorf("iso: BIOS El Torito image of %d bytes", len(b.Image))
+	// cdboot.img (2 KiB) and diskboot.img at least; at most what the
+	// 16-bit El Torito sector count and cdboot.img's loader can take.
+	if len(b.Image) < 5*sectorSize || len(b.Image) > 16<<20 {
+		return fmt.Errorf("%w: El Torito image of %d bytes", ErrInvalidBIOS, len(b.Image))
 	}
 	if len(b.MBR) != sectorSize || b.MBR[510] != 0x55 || b.MBR[511] != 0xAA {
-		return errors.New("iso: BIOS MBR is not a 512-byte boot sector")
+		return fmt.Errorf("%w: MBR is not a 512-byte boot sector", ErrInvalidBIOS)
 	}
 	for _, f := range files {
 		if f.Path == b.ImagePath {

@@ -355,3 +355,23 @@ func sfdiskP1Size(p string) (int64, error) {
 	_, err = fmt.Sscan(string(m[1]), &n)
 	return n * 512, err
 }
+
+// TestDualBootReproducible: equal inputs give byte-identical dual-boot
+// ISOs, the ESP appended from a file or built in place.
+func TestDualBootReproducible(t *testing.T) {
+	dir := t.TempDir()
+	bt := dualBootTree(t, dir, "talos.platform=metal console=ttyS0")
+	a, _ := buildDualBoot(t, dir, bt, hostGrubPC)
+	want, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := buildDualBoot(t, dir, bt, hostGrubPC)
+	got, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("two dual-boot ISOs of the same inputs differ")
+	}
+}
