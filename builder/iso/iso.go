@@ -1,6 +1,7 @@
 // Package iso writes kiln's bootable Talos ISO in pure Go
 // (github.com/diskfs/go-diskfs), the equivalent of the Talos imager's
-// sd-boot `xorrisofs` invocation (talos-formats.md §3.4).
+// sd-boot `xorrisofs` invocation and of its dual-boot `grub-mkrescue` one
+// (talos-formats.md §3.4).
 //
 // Layout of the image (512-byte sectors, 2048-byte ISO blocks), that of
 // Talos's `xorrisofs ... -partition_cyl_align all -partition_offset 16
@@ -23,8 +24,19 @@
 //	                no-emulation entry) and partition 2; the image size is a
 //	                multiple of 1 MiB
 //
+// With Params.BIOS the image is Talos's dual-boot ISO instead, the layout
+// of its grub-mkrescue call (hybrid.go; see hybrid.go here): the same
+// volume and ESP, a BIOS El Torito entry (GRUB's i386-pc-eltorito image,
+// boot info table patched) before the EFI one, GRUB's boot_hybrid.img as
+// the MBR's boot code pointed at that image, a protective MBR and a GPT
+// (ISO9660, Appended2 = the ESP, Gap1 = xorriso's 300 KiB padding) in
+// place of the MBR partitions, and Rock Ridge modes and owners as
+// mkisofs -r gives them. MkrescueBIOS gives what grub-mkrescue adds to the
+// tree.
+//
 // A CD-ROM boot reads the El Torito catalog; a USB stick (dd of the file)
-// boots through MBR partition 2. Partition 1 alone is a mountable ISO9660
+// boots through MBR partition 2 (dual-boot: GPT partition 2 under UEFI,
+// the MBR's GRUB under BIOS). Partition 1 alone is a mountable ISO9660
 // volume (blkid finds iso9660 TALOS_<VERSION> on it), as on Talos's ISO.
 // Volume set id Label(version), preparer and El Torito id empty, root
 // directory mode 0755, as xorriso writes them.

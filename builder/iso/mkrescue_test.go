@@ -247,6 +247,15 @@ func TestSameAsGrubMkrescue(t *testing.T) {
 		t.Errorf("partition 1: blkid %s", kb)
 	}
 
+	isoinfo := regexp.MustCompile(`^(CD-ROM|System id|Volume id|Volume set id|Publisher|Data preparer|Application|Copyright|Abstract|Bibliographic|Volume set size|Volume set seq|Logical block|NO Joliet|Rock Ridge|Eltorito|\s+(Hid|Arch|ID|Key|Bootid|Boot media|Load segment|Sys type|Nsect))`)
+	for _, c := range [][2]string{{img, ref}, {kp1, xp1}} {
+		kl, xl := lines(run(t, "isoinfo", "-d", "-i", c[0]), isoinfo), lines(run(t, "isoinfo", "-d", "-i", c[1]), isoinfo)
+		// The data preparer: xorriso names itself, kiln leaves it blank
+		// (as for the sd-boot ISO).
+		kl, xl = dropPrefix(kl, "Data preparer"), dropPrefix(xl, "Data preparer")
+		sameLines(t, "isoinfo -d "+filepath.Base(c[0]), kl, xl)
+	}
+
 	// The trees (names, modes, owners) of the whole device and partition
 	// 1, without what grub-mkrescue adds from the host's /usr/share, sizes
 	// masked for boot/grub/i386-pc (compressed there).
