@@ -258,8 +258,15 @@ func TestBootQEMUDualBoot(t *testing.T) {
 		"boot/initramfs.xz":  initrd(t),
 		"boot/grub/grub.cfg": grub.ISOConfig(v, cmdline),
 	})
-	img, l := buildDualBoot(t, dir, bt, hostGrubPC)
+	img, l := buildDualBoot(t, dir, bt, hostGrubPC, 0)
 	t.Logf("ISO %s: %+v", img, l)
+	// A FAT32 ESP over 32 MiB: El Torito sector count 0, "to the end of the volume".
+	dir32 := filepath.Join(dir, "fat32")
+	if err := os.Mkdir(dir32, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img32, l32 := buildDualBoot(t, dir32, bt, hostGrubPC, 64<<20)
+	t.Logf("ISO %s: %+v", img32, l32)
 
 	for _, tc := range []struct {
 		name  string
@@ -271,6 +278,8 @@ func TestBootQEMUDualBoot(t *testing.T) {
 		{"seabios-usb", false, []string{"-drive", "if=none,id=stick,format=raw,file=" + img, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"},
 			"BOOT_IMAGE=/boot/vmlinuz " + cmdline},
 		{"ovmf-cdrom", true, []string{"-cdrom", img}, cmdline + " kiln.via=sd-boot"},
+		{"ovmf-cdrom-fat32-esp", true, []string{"-cdrom", img32}, cmdline + " kiln.via=sd-boot"},
+		{"seabios-cdrom-fat32-esp", false, []string{"-cdrom", img32}, "BOOT_IMAGE=/boot/vmlinuz " + cmdline},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"}
