@@ -320,12 +320,6 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 		}
 	}
 
-	if out.Kind == KindISO {
-		if err := supportedISO(sc, out, version); err != nil {
-			return err
-		}
-	}
-
 	if out.Kind == KindDisk {
 		switch c.DiskImage.SectorSize {
 		case 0, 512, 4096:
@@ -345,22 +339,6 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 	}
 
 	return nil
-}
-
-// supportedISO refuses the ISOs kiln does not build: Talos's GRUB-only ISO
-// (bootloader: grub from 1.12, and every ISO before 1.10). A dual-boot ISO
-// is built for arm64 too, as Talos's imager builds it (its i386-pc GRUB
-// boots x86 BIOS machines only; the arm64 UKI boots through systemd-boot).
-func supportedISO(sc *schematic.Schematic, out Output, version release.Version) error {
-	if selectBootloader(KindISO, out.Arch, version, sc.Customization.Bootloader, out.SecureBoot) != schematic.BootloaderGrub {
-		return nil
-	}
-
-	if version.Before(1, 10) {
-		return &UnsupportedError{What: "ISOs for Talos before 1.10 (GRUB-only ISO)"}
-	}
-
-	return &UnsupportedError{What: "ISOs with boot loader grub (GRUB-only ISO; use dual-boot or sd-boot)"}
 }
 
 // invalidSchematicError is a schematic that cannot build this output.

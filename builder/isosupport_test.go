@@ -8,9 +8,8 @@ import (
 	"github.com/kiln-dev/kiln/schematic"
 )
 
-// TestSupportedISO: kiln builds the sd-boot and dual-boot ISOs Talos's
-// imager makes and refuses (501) the GRUB-only one, whichever way it is
-// chosen.
+// TestSupportedISO: kiln builds every ISO Talos's imager makes without
+// SecureBoot: sd-boot, dual-boot and GRUB-only, whichever way it is chosen.
 func TestSupportedISO(t *testing.T) {
 	for _, tc := range []struct {
 		arch, version, bootloader string
@@ -19,13 +18,15 @@ func TestSupportedISO(t *testing.T) {
 		{"amd64", "v1.13.0", "", true},          // dual-boot by default
 		{"amd64", "v1.13.0", "dual-boot", true}, //
 		{"amd64", "v1.13.0", "sd-boot", true},   //
-		{"amd64", "v1.13.0", "grub", false},     // GRUB-only ISO
+		{"amd64", "v1.13.0", "grub", true},      // GRUB-only ISO
 		{"arm64", "v1.13.0", "", true},          // sd-boot
 		{"arm64", "v1.13.0", "dual-boot", true}, // as Talos: i386-pc GRUB beside the arm64 UKI
 		{"amd64", "v1.11.0", "grub", true},      // 1.10 and 1.11: always dual-boot
 		{"arm64", "v1.10.0", "", true},          //
-		{"amd64", "v1.9.5", "", false},          // GRUB-only before 1.10
-		{"amd64", "v1.9.5", "sd-boot", false},   //
+		{"amd64", "v1.9.5", "", true},           // GRUB-only before 1.10
+		{"amd64", "v1.9.5", "sd-boot", true},    //
+		{"arm64", "v1.9.5", "", true},           //
+		{"arm64", "v1.13.0", "grub", true},      //
 	} {
 		yaml := "customization: {}"
 		if tc.bootloader != "" {

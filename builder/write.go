@@ -298,38 +298,57 @@ func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 // (selectBootloader): the systemd-boot files in the ISO tree and in an ESP
 // image that is both the El Torito EFI entry and partition 2, so the same
 // file boots as a CD and from a USB stick; for dual-boot also GRUB for
-// BIOS, as grub-mkrescue lays it out (j.dualBoot). The ESP is built in
-// place, at its offset in the ISO, not written aside and copied.
+// BIOS, as grub-mkrescue lays it out (j.dualBoot); for grub GRUB alone, its
+// EFI image in that ESP in place of systemd-boot (j.grubOnly). The ESP is
+// built in place, at its offset in the ISO, not written aside and copied.
 func (j *job) iso(ctx context.Context, out *os.File) error {
 	p := j.p
 	bl := selectBootloader(KindISO, p.Output.Arch, p.Version, p.schematic.Customization.Bootloader, p.Output.SecureBoot)
 
+	var (
+		files   []esp.File
+		espOpts esp.Options
+		tree    []iso.File
+		mk      iso.Mkrescue
+		err     error
+	)
+
 	switch bl {
 	case schematic.BootloaderSDBoot, schematic.BootloaderDualBoot:
-	default: // supportedSchematic refuses these
+		if files, err = j.bootFiles(ctx, true); err != nil {
+			return err
+		}
+
+		var size int64
+		for _, f := range files {
+			size += roundMiB(f.Size)
+		}
+
+		espOpts = esp.Options{MinSize: 10<<20 + size}
+
+		for _, f := range files {
+			tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
+		}
+	case schematic.BootloaderGrub:
+		if mk, err = j.grubOnly(ctx); err != nil {
+			return err
+		}
+
+		// grub-mkrescue's efi.img holds the GRUB EFI images only; they are
+		// not in the ISO tree.
+		for _, e := range mk.EFI {
+			files = append(files, fileBytes(e.Path, e.Image, false))
+		}
+
+	default: // secure boot: supportedSchematic refuses it
 		return &UnsupportedError{What: "ISOs with boot loader " + bl.String()}
 	}
 
-	files, err := j.bootFiles(ctx, true)
-	if err != nil {
-		return err
-	}
-
-	var size int64
-	for _, f := range files {
-		size += roundMiB(f.Size)
-	}
-
-	espOpts := esp.Options{MinSize: 10<<20 + size}
-
-	espSize, err := esp.RequiredSize(files, espOpts)
-	if err != nil {
-		return fmt.Errorf("build ESP: %w", err)
-	}
-
-	tree := make([]iso.File, 0, len(files))
-	for _, f := range files {
-		tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
+	espSize, ok := mk.FATSize()
+	if bl != schematic.BootloaderGrub || !ok {
+		if espSize, err = esp.RequiredSize(files, espOpts); err != nil {
+			return fmt.Errorf("build ESP: %w", err)
+		}
 	}
 
 	// The image cache goes under /imagecache/ of a volume labelled TALOS_*,
@@ -345,15 +364,13 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		tree = append(tree, cached...)
 	}
 
-	var mk iso.Mkrescue
-
 	if bl == schematic.BootloaderDualBoot {
 		if mk, err = j.dualBoot(ctx); err != nil {
 			return err
 		}
-
-		tree = append(tree, mk.Files...)
 	}
+
+	tree = append(tree, mk.Files...)
 
 	j.emit(Event{Phase: "assemble", Message: "ISO (" + bl.String() + ")"})
 
@@ -382,19 +399,90 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 // grub.cfg with the ISO command line (the UKI's), and what grub-mkrescue
 // adds from the release's i386-pc GRUB directory.
 func (j *job) dualBoot(ctx context.Context) (iso.Mkrescue, error) {
-	p := j.p
-
-	j.emit(Event{Phase: "fetch", Artifact: p.Imager, Message: "GRUB " + release.GrubPC})
-
-	dir, err := p.boot.Grub(ctx, release.GrubPC)
+	mk, err := j.mkrescue(ctx, release.GrubPC)
 	if err != nil {
 		return iso.Mkrescue{}, err
 	}
 
-	mk, err := iso.MkrescueBIOS(dir)
+	return j.grubBootFiles(ctx, mk)
+}
+
+// grubOnly is Talos's GRUB-only ISO (pkg/imager/iso/grub.go): boot/vmlinuz,
+// boot/initramfs.xz and Talos's ISO grub.cfg, no systemd-boot and no UKI,
+// and what grub-mkrescue without --directory adds from the release's GRUB:
+// i386-pc for BIOS and the architecture's EFI platform, whose GRUB image
+// boots UEFI from the FAT image. Talos's grub-mkrescue also adds the other
+// architecture's EFI platform, which the imager carries too; kiln adds only
+// the one the ISO is for.
+func (j *job) grubOnly(ctx context.Context) (iso.Mkrescue, error) {
+	initrd, err := os.Create(filepath.Join(j.tmp, "initramfs"))
 	if err != nil {
-		return iso.Mkrescue{}, fmt.Errorf("release GRUB %s: %w", release.GrubPC, err)
+		return iso.Mkrescue{}, err
 	}
+	defer initrd.Close()
+
+	if err := j.initramfs(ctx, initrd); err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	if err := initrd.Close(); err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	efi := release.GrubAMD64
+	if j.p.Output.Arch == "arm64" {
+		efi = release.GrubARM64
+	}
+
+	mk, err := j.mkrescue(ctx, release.GrubPC, efi)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	return j.grubBootFiles(ctx, mk)
+}
+
+// mkrescue is what grub-mkrescue adds from the release's GRUB platform
+// directories: i386-pc for BIOS, an EFI platform for the GRUB EFI image.
+func (j *job) mkrescue(ctx context.Context, platforms ...string) (iso.Mkrescue, error) {
+	var all iso.Mkrescue
+
+	for _, platform := range platforms {
+		j.emit(Event{Phase: "fetch", Artifact: j.p.Imager, Message: "GRUB " + platform})
+
+		dir, err := j.p.boot.Grub(ctx, platform)
+		if err != nil {
+			return iso.Mkrescue{}, err
+		}
+
+		var mk iso.Mkrescue
+		if platform == release.GrubPC {
+			mk, err = iso.MkrescueBIOS(dir)
+		} else {
+			mk, err = iso.MkrescueEFI(dir, grub.Format(platform))
+		}
+
+		if err != nil {
+			return iso.Mkrescue{}, fmt.Errorf("release GRUB %s: %w", platform, err)
+		}
+
+		all.Files = append(all.Files, mk.Files...)
+		all.Dirs = append(all.Dirs, mk.Dirs...)
+		all.EFI = append(all.EFI, mk.EFI...)
+
+		if mk.BIOS != nil {
+			all.BIOS = mk.BIOS
+		}
+	}
+
+	return all, nil
+}
+
+// grubBootFiles adds what Talos's imager puts in the scratch tree of a GRUB
+// ISO to mk: the kernel, the initramfs with extensions (in the scratch
+// directory) and Talos's ISO grub.cfg with the ISO command line.
+func (j *job) grubBootFiles(ctx context.Context, mk iso.Mkrescue) (iso.Mkrescue, error) {
+	p := j.p
 
 	line, err := kernelCmdline(p)
 	if err != nil {

@@ -64,11 +64,74 @@ func MkrescueBIOS(dir fs.FS) (Mkrescue, error) {
 }
 
 // Mkrescue is what grub-mkrescue adds to an ISO: Params.Files, Params.Dirs
-// and Params.BIOS.
+// and Params.BIOS; for a GRUB-only ISO also the GRUB EFI images of its FAT
+// image (EFI).
 type Mkrescue struct {
 	Files []File
 	Dirs  []string
 	BIOS  *BIOS
+	EFI   []EFIImage
+}
+
+// EFIImage is a GRUB EFI image and its path in the FAT image of a GRUB-only
+// ISO (the El Torito EFI entry and GPT partition 2).
+type EFIImage struct {
+	Path  string // e.g. "EFI/BOOT/BOOTX64.EFI"
+	Image []byte
+}
+
+// MkrescueFATSize is the size of grub-mkrescue's efi.img (mformat -C -f
+// 2880: a 2.88 MB FAT12 floppy), the least a GRUB-only ISO's FAT image is.
+const MkrescueFATSize = 2880 << 10
+
+// FATSize is the size of the FAT image of a GRUB-only ISO holding m.EFI:
+// grub-mkrescue's MkrescueFATSize (FAT12) when the images fit it with room
+// for the FATs and directories; ok is false when they do not, and the
+// image must be sized for its contents (esp.RequiredSize).
+func (m Mkrescue) FATSize() (size int64, ok bool) {
+	var n int64
+	for _, e := range m.EFI {
+		n += roundUp(int64(len(e.Image)), 4096)
+	}
+
+	return MkrescueFATSize, n <= MkrescueFATSize-128<<10
+}
+
+// MkrescueEFI returns what grub-mkrescue (without --directory, as Talos's
+// GRUB-only ISO runs it) adds to an ISO for one EFI platform from dir, a
+// release's /usr/lib/grub/x86_64-efi or arm64-efi: the module tree under
+// boot/grub/<platform> and the GRUB EFI image (grub.MkrescueEFI's options,
+// modules stored uncompressed as in MkrescueBIOS) as the removable-media
+// boot path of the FAT image, EFI/BOOT/BOOTX64.EFI or BOOTAA64.EFI
+// (grub-mkrescue's efi/boot/bootx64.efi; FAT names are case-insensitive).
+func MkrescueEFI(dir fs.FS, format grub.Format) (Mkrescue, error) {
+	var name string
+
+	switch format {
+	case grub.FormatX86_64EFI:
+		name = "BOOTX64.EFI"
+	case grub.FormatARM64EFI:
+		name = "BOOTAA64.EFI"
+	default:
+		return Mkrescue{}, fmt.Errorf("iso: %q is not a GRUB EFI platform", format)
+	}
+
+	opts, err := grub.MkrescueEFI(dir, format)
+	if err != nil {
+		return Mkrescue{}, fmt.Errorf("iso: %w", err)
+	}
+
+	img, err := grub.MakeImage(dir, opts)
+	if err != nil {
+		return Mkrescue{}, fmt.Errorf("iso: GRUB EFI image: %w", err)
+	}
+
+	files, err := platformFiles(dir, path.Join(GrubDir, string(format)))
+	if err != nil {
+		return Mkrescue{}, err
+	}
+
+	return Mkrescue{Files: files, EFI: []EFIImage{{Path: "EFI/BOOT/" + name, Image: img}}}, nil
 }
 
 // platformFiles lists the files grub-mkrescue copies from dir into the ISO
