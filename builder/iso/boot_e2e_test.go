@@ -326,3 +326,74 @@ func TestBootQEMUDualBoot(t *testing.T) {
 		})
 	}
 }
+
+// TestBootQEMUGrubOnly boots kiln's GRUB-only ISO (the host's i386-pc and
+// x86_64-efi GRUB, Debian 12's 2.06) through GRUB's "Talos ISO" entry:
+// under SeaBIOS and under OVMF, each as a CD-ROM and as a USB stick
+// (under OVMF GRUB's EFI image from the FAT image, its prefix ()/boot/grub
+// the device it was loaded from).
+func TestBootQEMUGrubOnly(t *testing.T) {
+	mustTool(t, "qemu-system-x86_64")
+	dir := t.TempDir()
+	cmdline := "console=ttyS0 talos.platform=metal kiln.test=grub-only"
+	kb, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := release.ParseVersion(talosVer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, l := buildGrubOnly(t, dir, grubOnlyTree(t, map[string][]byte{
+		"boot/vmlinuz":       kb,
+		"boot/initramfs.xz":  initrd(t),
+		"boot/grub/grub.cfg": grub.ISOConfig(v, cmdline),
+	}))
+	t.Logf("ISO %s: %+v", img, l)
+	want := "BOOT_IMAGE=/boot/vmlinuz " + cmdline
+
+	for _, tc := range []struct {
+		name  string
+		uefi  bool
+		media []string
+	}{
+		{"seabios-cdrom", false, []string{"-cdrom", img}},
+		{"seabios-usb", false, []string{"-drive", "if=none,id=stick,format=raw,file=" + img, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"}},
+		{"ovmf-cdrom", true, []string{"-cdrom", img}},
+		{"ovmf-usb", true, []string{"-drive", "if=none,id=stick,format=raw,file=" + img, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"}
+			if tc.uefi {
+				vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
+				b, err := os.ReadFile(ovmfVars)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(vars, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+			defer cancel()
+			start := time.Now()
+			out, err := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, tc.media...)...).CombinedOutput()
+			var line string
+			sc := bufio.NewScanner(bytes.NewReader(out))
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), bootMarker) {
+					line = sc.Text()
+				}
+			}
+			if !strings.Contains(line, "cmdline=["+want+"]") {
+				tail := string(out)
+				if len(tail) > 4000 {
+					tail = tail[len(tail)-4000:]
+				}
+				t.Fatalf("want cmdline=[%s] on serial, got %q after %s (err %v):\n%s", want, line, time.Since(start).Round(time.Second), err, tail)
+			}
+			t.Logf("booted in %s: %s", time.Since(start).Round(100*time.Millisecond), line)
+		})
+	}
+}

@@ -32,7 +32,11 @@
 // (ISO9660, Appended2 = the ESP, Gap1 = xorriso's 300 KiB padding) in
 // place of the MBR partitions, and Rock Ridge modes and owners as
 // mkisofs -r gives them. MkrescueBIOS gives what grub-mkrescue adds to the
-// tree.
+// tree. Talos's GRUB-only ISO is the same layout with GRUB's EFI image
+// (MkrescueEFI) in place of systemd-boot in the ESP, which is then a 2.88 MB
+// FAT12 image as grub-mkrescue's efi.img (Mkrescue.FATSize), appended
+// rather than a visible /efi.img, and without grub-mkrescue's HFS+ and
+// Apple partition map for Macs.
 //
 // A CD-ROM boot reads the El Torito catalog; a USB stick (dd of the file)
 // boots through MBR partition 2 (dual-boot: GPT partition 2 under UEFI,
