@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-dev/kiln/demo"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing/signingtest"
 )
 
@@ -61,14 +62,39 @@ func TestDualBootISO(t *testing.T) {
 func servedDualBootISO(t *testing.T, assets func(arch, file string) ([]byte, error), kver string, modules map[string][]byte, grubDir string) string {
 	t.Helper()
 
+	return servedISO(t, assets, kver, modules, grubDir, bootSchematic, "v1.13.0")
+}
+
+// servedISO pushes the demo release of version with the GRUB tree of
+// grubDir, mirrors it into a kiln serve, and downloads schem's
+// metal-amd64.iso.
+func servedISO(t *testing.T, assets func(arch, file string) ([]byte, error), kver string, modules map[string][]byte, grubDir, schem, version string) string {
+	t.Helper()
+
+	// kiln knows Kubernetes image lists from Talos 1.10; an ISO without an
+	// image cache needs none.
+	v, err := release.ParseVersion(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		k8s         []string
+		mirrorExtra []string
+	)
+
+	if v.Before(1, 10) {
+		k8s, mirrorExtra = []string{}, []string{"--kubernetes=false"}
+	}
+
 	ctx := context.Background()
 	upstream := startRegistry(t)
 	key := signingtest.MustGenerateKey(t, signingtest.ECDSAP256)
 	reg, _ := name.NewRegistry(upstream, name.Insecure)
 
 	if _, err := demo.Push(ctx, demo.Options{
-		Version: "v1.13.0", Registry: reg, Assets: assets, KernelVersion: kver, Modules: modules,
-		Grub: demo.GrubFrom(grubDir),
+		Version: version, Registry: reg, Assets: assets, KernelVersion: kver, Modules: modules,
+		Grub: demo.GrubFrom(grubDir), KubernetesImages: k8s,
 		Sign: func(ctx context.Context, ref name.Digest, upstream name.Repository) error {
 			return signingtest.SignLegacyAs(ctx, ref, upstream.Name(), key)
 		},
@@ -79,14 +105,14 @@ func servedDualBootISO(t *testing.T, assets func(arch, file string) ([]byte, err
 	policy := trustEverythingSignedBy(t, key)
 	k := startKiln(t, nil, "--data-dir", t.TempDir(), "--trust-policy", policy)
 
-	if out, err := kilnRun(t, "mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", "v1.13.0", "--arch", "amd64",
-		"--trust-policy", policy); err != nil {
+	if out, err := kilnRun(t, append([]string{"mirror", "--from", upstream, "--to", k.addr, "--to-password-file", k.passwordFile(), "--version", version, "--arch", "amd64",
+		"--trust-policy", policy}, mirrorExtra...)...); err != nil {
 		t.Fatalf("kiln mirror: %v\n%s", err, out)
 	}
 
 	client := &http.Client{Timeout: 10 * time.Minute}
 
-	code, _, resp := httpDo(t, client, "POST", "http://"+k.addr+"/schematics", bootSchematic)
+	code, _, resp := httpDo(t, client, "POST", "http://"+k.addr+"/schematics", schem)
 	if code != 201 {
 		t.Fatalf("create schematic = %d %s", code, resp)
 	}
@@ -97,7 +123,7 @@ func servedDualBootISO(t *testing.T, assets func(arch, file string) ([]byte, err
 	}
 
 	iso := filepath.Join(t.TempDir(), "metal-amd64.iso")
-	download(t, client, "http://"+k.addr+"/image/"+created.ID+"/v1.13.0/metal-amd64.iso", iso)
+	download(t, client, "http://"+k.addr+"/image/"+created.ID+"/"+version+"/metal-amd64.iso", iso)
 
 	return iso
 }
