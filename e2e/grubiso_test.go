@@ -23,7 +23,7 @@ const grubSchematic = bootSchematic + `  bootloader: grub
 // TestGrubISO (issue 16): the metal-amd64.iso kiln serves for a
 // `bootloader: grub` schematic of Talos 1.13, and for any schematic of
 // Talos 1.9, is Talos's GRUB-only ISO (grub-mkrescue without --directory):
-// with the release's GRUB (Debian's 2.06 from the host, 2.12 from
+// with the release's GRUB (Debian's 2.06 from the host, 2.12 and 2.14 from
 // _e2e/grub), QEMU with SeaBIOS boots it as
 // a CD-ROM and as a USB stick, and OVMF as a CD-ROM, each through GRUB's
 // "Talos ISO" entry (no systemd-boot, no UKI on it) into the fixture
@@ -39,6 +39,7 @@ func TestGrubISO(t *testing.T) {
 	suites := []struct{ name, dir, version, schematic string }{
 		{"bookworm-2.06", demo.HostGrubDir, "v1.13.0", grubSchematic},
 		{"trixie-2.12", filepath.Join(testfixture.GrubVersions(), "trixie", "root/usr/lib/grub"), "v1.13.0", grubSchematic},
+		{"sid-2.14", filepath.Join(testfixture.GrubVersions(), "sid", "root/usr/lib/grub"), "v1.13.0", grubSchematic},
 		{"v1.9.0-default", demo.HostGrubDir, "v1.9.0", bootSchematic},
 	}
 
