@@ -105,7 +105,8 @@ $(COSIGN):
 #   systemd-boot-efi, busybox-static       parts of the boot fixture
 #   curl                                   the integration suite runs the README's curl examples
 #   grub-pc-bin, grub-efi-amd64-bin        GRUB 2.06's i386-pc and x86_64-efi trees and grub-mkimage,
-#                                          what builder/grub's images are compared with
+#                                          what builder/grub's images are compared with; with
+#                                          grub-common's grub-mkrescue, builder/iso's dual-boot ISO
 #   strace                                 downloads are proven to go out with sendfile(2)
 TEST_DEBS := cpio squashfs-tools zstd xz-utils xorriso genisoimage gdisk fdisk util-linux dosfstools mtools \
 	e2fsprogs xfsprogs grub-common binutils kmod attr systemd-boot-efi busybox-static curl grub-pc-bin grub-efi-amd64-bin \
@@ -327,7 +328,7 @@ BENCH_DIR     := $(CURDIR)/_bench
 IMAGER_BENCH  := $(BENCH_DIR)/bin/imager-bench
 TALOS_IMAGER  := $(BENCH_DIR)/bin/talos-imager
 BENCH_NGINX   := $(CURDIR)/_e2e/nginx
-BENCH_DEBS    := $(TEST_DEBS) linux-perf
+BENCH_DEBS    := $(TEST_DEBS) linux-perf time
 
 $(TALOS_IMAGER): hack/imager-bench/talos/main.go hack/imager-bench/talos/go.mod hack/imager-bench/talos/go.sum
 	cd hack/imager-bench/talos && GOWORK=off $(GO) build -o $(TALOS_IMAGER) .

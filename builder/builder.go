@@ -329,14 +329,6 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 		return &UnsupportedError{What: "SecureBoot customization"}
 	}
 
-	switch c.Bootloader {
-	case schematic.BootloaderNone, schematic.BootloaderSDBoot:
-	default:
-		if out.Kind == KindISO {
-			return &UnsupportedError{What: "boot loader " + c.Bootloader.String() + " (GRUB and BIOS boot come in a later release; use sd-boot)"}
-		}
-	}
-
 	if out.Kind == KindDisk {
 		switch c.DiskImage.SectorSize {
 		case 0, 512, 4096:
@@ -347,12 +339,6 @@ func supportedSchematic(sc *schematic.Schematic, out Output, version release.Ver
 
 	if c.EmbeddedMachineConfiguration != "" && version.Before(1, 12) {
 		return &invalidSchematicError{"embeddedMachineConfiguration needs Talos 1.12 or later"}
-	}
-
-	// Talos before 1.10 boots ISOs and disks with GRUB; kiln assembles
-	// sd-boot ISOs only, so it refuses rather than build a different image.
-	if out.Kind == KindISO && version.Before(1, 10) {
-		return &UnsupportedError{What: "ISO images for Talos before 1.10 (they boot with GRUB)"}
 	}
 
 	// Disk images before 1.8 also carry STATE and EPHEMERAL partitions

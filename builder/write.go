@@ -12,12 +12,14 @@ import (
 
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/esp"
+	"github.com/kiln-dev/kiln/builder/grub"
 	"github.com/kiln-dev/kiln/builder/initramfs"
 	"github.com/kiln-dev/kiln/builder/iso"
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
+	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/storage"
 )
 
@@ -289,31 +291,61 @@ func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 	return files, nil
 }
 
-// iso writes a UEFI-bootable ISO: the boot files in the ISO tree and in an
-// ESP image that is both the El Torito EFI entry and partition 2 of the
-// MBR, so the same file boots as a CD and from a USB stick. The ESP is
+// iso writes the ISO of the boot loader Talos's imager picks
+// (selectBootloader): the systemd-boot files in the ISO tree and in an ESP
+// image that is both the El Torito EFI entry and partition 2, so the same
+// file boots as a CD and from a USB stick; for dual-boot also GRUB for
+// BIOS, as grub-mkrescue lays it out (j.dualBoot); for grub GRUB alone, its
+// EFI image in that ESP in place of systemd-boot (j.grubOnly). The ESP is
 // built in place, at its offset in the ISO, not written aside and copied.
 func (j *job) iso(ctx context.Context, out *os.File) error {
-	files, err := j.bootFiles(ctx, true)
-	if err != nil {
-		return err
+	p := j.p
+	bl := selectBootloader(KindISO, p.Output.Arch, p.Version, p.schematic.Customization.Bootloader, p.Output.SecureBoot)
+
+	var (
+		files   []esp.File
+		espOpts esp.Options
+		tree    []iso.File
+		mk      iso.Mkrescue
+		err     error
+	)
+
+	switch bl {
+	case schematic.BootloaderSDBoot, schematic.BootloaderDualBoot:
+		if files, err = j.bootFiles(ctx, true); err != nil {
+			return err
+		}
+
+		var size int64
+		for _, f := range files {
+			size += roundMiB(f.Size)
+		}
+
+		espOpts = esp.Options{MinSize: 10<<20 + size}
+
+		for _, f := range files {
+			tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
+		}
+	case schematic.BootloaderGrub:
+		if mk, err = j.grubOnly(ctx); err != nil {
+			return err
+		}
+
+		// grub-mkrescue's efi.img holds the GRUB EFI images only; they are
+		// not in the ISO tree.
+		for _, e := range mk.EFI {
+			files = append(files, fileBytes(e.Path, e.Image, false))
+		}
+
+	default: // secure boot: supportedSchematic refuses it
+		return &UnsupportedError{What: "ISOs with boot loader " + bl.String()}
 	}
 
-	var size int64
-	for _, f := range files {
-		size += roundMiB(f.Size)
-	}
-
-	espOpts := esp.Options{MinSize: 10<<20 + size}
-
-	espSize, err := esp.RequiredSize(files, espOpts)
-	if err != nil {
-		return fmt.Errorf("build ESP: %w", err)
-	}
-
-	tree := make([]iso.File, 0, len(files))
-	for _, f := range files {
-		tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
+	espSize, ok := mk.FATSize()
+	if bl != schematic.BootloaderGrub || !ok {
+		if espSize, err = esp.RequiredSize(files, espOpts); err != nil {
+			return fmt.Errorf("build ESP: %w", err)
+		}
 	}
 
 	// The image cache goes under /imagecache/ of a volume labelled TALOS_*,
@@ -329,10 +361,19 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		tree = append(tree, cached...)
 	}
 
-	j.emit(Event{Phase: "assemble", Message: "ISO"})
+	if bl == schematic.BootloaderDualBoot {
+		if mk, err = j.dualBoot(ctx); err != nil {
+			return err
+		}
+	}
+
+	tree = append(tree, mk.Files...)
+
+	j.emit(Event{Phase: "assemble", Message: "ISO (" + bl.String() + ")"})
 
 	if _, err := iso.Write(ctx, out, iso.Params{
 		VolumeID: iso.VolumeID(j.p.Version.String()), VolumeSetID: iso.Label(j.p.Version.String()), Files: tree,
+		Dirs: mk.Dirs, BIOS: mk.BIOS,
 		ESPSize: espSize,
 		BuildESP: func(ctx context.Context, out *os.File, offset, size int64) error {
 			j.emit(Event{Phase: "assemble", Message: "ESP"})
@@ -347,6 +388,120 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 	}
 
 	return nil
+}
+
+// dualBoot is what Talos's dual-boot ISO adds to the sd-boot one
+// (pkg/imager/iso/hybrid.go): boot/vmlinuz, boot/initramfs.xz (the UKI's
+// initramfs, which bootFiles left in the scratch directory), Talos's ISO
+// grub.cfg with the ISO command line (the UKI's), and what grub-mkrescue
+// adds from the release's i386-pc GRUB directory.
+func (j *job) dualBoot(ctx context.Context) (iso.Mkrescue, error) {
+	mk, err := j.mkrescue(ctx, release.GrubPC)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	return j.grubBootFiles(ctx, mk)
+}
+
+// grubOnly is Talos's GRUB-only ISO (pkg/imager/iso/grub.go): boot/vmlinuz,
+// boot/initramfs.xz and Talos's ISO grub.cfg, no systemd-boot and no UKI,
+// and what grub-mkrescue without --directory adds from the release's GRUB:
+// i386-pc for BIOS and the architecture's EFI platform, whose GRUB image
+// boots UEFI from the FAT image. Talos's grub-mkrescue also adds the other
+// architecture's EFI platform, which the imager carries too; kiln adds only
+// the one the ISO is for.
+func (j *job) grubOnly(ctx context.Context) (iso.Mkrescue, error) {
+	if _, err := j.initramfsFile(ctx); err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	efi := release.GrubAMD64
+	if j.p.Output.Arch == "arm64" {
+		efi = release.GrubARM64
+	}
+
+	mk, err := j.mkrescue(ctx, release.GrubPC, efi)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	return j.grubBootFiles(ctx, mk)
+}
+
+// mkrescue is what grub-mkrescue adds from the release's GRUB platform
+// directories: i386-pc for BIOS, an EFI platform for the GRUB EFI image.
+func (j *job) mkrescue(ctx context.Context, platforms ...string) (iso.Mkrescue, error) {
+	var all iso.Mkrescue
+
+	for _, platform := range platforms {
+		j.emit(Event{Phase: "fetch", Artifact: j.p.Imager, Message: "GRUB " + platform})
+
+		dir, err := j.p.boot.Grub(ctx, platform)
+		if err != nil {
+			return iso.Mkrescue{}, err
+		}
+
+		var mk iso.Mkrescue
+		if platform == release.GrubPC {
+			mk, err = iso.MkrescueBIOS(dir)
+		} else {
+			mk, err = iso.MkrescueEFI(dir, grub.Format(platform))
+		}
+
+		if err != nil {
+			return iso.Mkrescue{}, fmt.Errorf("release GRUB %s: %w", platform, err)
+		}
+
+		all.Files = append(all.Files, mk.Files...)
+		all.Dirs = append(all.Dirs, mk.Dirs...)
+		all.EFI = append(all.EFI, mk.EFI...)
+
+		if mk.BIOS != nil {
+			all.BIOS = mk.BIOS
+		}
+	}
+
+	return all, nil
+}
+
+// grubBootFiles adds what Talos's imager puts in the scratch tree of a GRUB
+// ISO to mk: the kernel, the initramfs with extensions (in the scratch
+// directory) and Talos's ISO grub.cfg with the ISO command line.
+func (j *job) grubBootFiles(ctx context.Context, mk iso.Mkrescue) (iso.Mkrescue, error) {
+	p := j.p
+
+	line, err := kernelCmdline(p)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	kernel, err := j.bootFile(ctx, release.KernelAsset)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	j.closeLater(kernel)
+
+	initrd := filepath.Join(j.tmp, "initramfs")
+
+	st, err := os.Stat(initrd)
+	if err != nil {
+		return iso.Mkrescue{}, err
+	}
+
+	cfg := grub.ISOConfig(p.Version, line)
+	mk.Files = append(mk.Files,
+		iso.File{Path: "boot/vmlinuz", Size: kernel.Size(), Open: func() (io.ReadCloser, error) {
+			return io.NopCloser(io.NewSectionReader(kernel, 0, kernel.Size())), nil
+		}},
+		iso.File{Path: "boot/initramfs.xz", Size: st.Size(), Source: initrd},
+		iso.File{Path: "boot/grub/grub.cfg", Size: int64(len(cfg)), Open: func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(cfg)), nil
+		}},
+	)
+
+	return mk, nil
 }
 
 // imageCache writes the plan's image cache tree into the scratch directory

@@ -69,7 +69,8 @@ func download(t *testing.T, client *http.Client, url, dst string) {
 	}
 }
 
-// grubSchematic is bootSchematic asking for a GRUB-only disk image.
+// grubSchematic is bootSchematic asking for GRUB only: Talos's grub disk
+// layout and its GRUB-only ISO.
 const grubSchematic = bootSchematic + `  bootloader: grub
 `
 

@@ -37,13 +37,51 @@ type Options struct {
 // biosdisk and iso9660, prefix /boot/grub, and an embedded configuration that
 // loads each partition map partmap.lst lists. dir is the i386-pc directory.
 func MkrescueElTorito(dir fs.FS) (Options, error) {
-	b, err := readFile(dir, "partmap.lst", 1<<20)
+	cfg, err := partmapConfig(dir)
 	if err != nil {
 		return Options{}, err
 	}
 
-	// write_part: each line, trailing CR/LF removed, as "insmod <line>";
-	// fgets' 256-byte reads split longer lines, which no GRUB has.
+	return Options{Format: FormatPCElTorito, Modules: []string{"biosdisk", "iso9660"}, Prefix: "/boot/grub", Config: cfg}, nil
+}
+
+// MkrescueEFI returns the options grub-mkrescue (Debian's 2.06, run
+// without --compress) makes its EFI image of format (FormatX86_64EFI or
+// FormatARM64EFI) with, efi/boot/bootx64.efi or bootaa64.efi in its
+// efi.img: make_image_fwdisk_abs's prefix "()/boot/grub" (the device the
+// firmware loaded GRUB from: the whole CD under El Torito) and iso9660 after
+// the modules pushed for EFI (part_gpt, part_msdos, and Debian's
+// mkrescue_efi_modules patch's fat and part_apple), with the same embedded
+// configuration as the El Torito image. --compress=xz would add xzio and
+// gcry_crc, which modules stored uncompressed do not need. dir is the
+// platform directory.
+func MkrescueEFI(dir fs.FS, format Format) (Options, error) {
+	if format != FormatX86_64EFI && format != FormatARM64EFI {
+		return Options{}, fmt.Errorf("grub: %q is not an EFI format", format)
+	}
+
+	cfg, err := partmapConfig(dir)
+	if err != nil {
+		return Options{}, err
+	}
+
+	return Options{
+		Format:  format,
+		Modules: []string{"part_gpt", "part_msdos", "fat", "part_apple", "iso9660"},
+		Prefix:  "()/boot/grub",
+		Config:  cfg,
+	}, nil
+}
+
+// partmapConfig is grub-mkrescue's write_part: each line of the platform's
+// partmap.lst, trailing CR/LF removed, as "insmod <line>"; fgets' 256-byte
+// reads split longer lines, which no GRUB has.
+func partmapConfig(dir fs.FS) ([]byte, error) {
+	b, err := readFile(dir, "partmap.lst", 1<<20)
+	if err != nil {
+		return nil, err
+	}
+
 	var cfg []byte
 
 	for line := range strings.SplitAfterSeq(string(b), "\n") {
@@ -52,13 +90,13 @@ func MkrescueElTorito(dir fs.FS) (Options, error) {
 		}
 
 		if len(line) > 255 {
-			return Options{}, fmt.Errorf("grub: partmap.lst line longer than 255 bytes")
+			return nil, fmt.Errorf("grub: partmap.lst line longer than 255 bytes")
 		}
 
 		cfg = fmt.Appendf(cfg, "insmod %s\n", strings.TrimRight(line, "\r\n"))
 	}
 
-	return Options{Format: FormatPCElTorito, Modules: []string{"biosdisk", "iso9660"}, Prefix: "/boot/grub", Config: cfg}, nil
+	return cfg, nil
 }
 
 // MakeImage does what `grub-mkimage -d <dir> -O <format> -p <prefix>

@@ -373,3 +373,62 @@ func TestMkrescueElToritoMatchesGrubMkrescue(t *testing.T) {
 	t.Logf("grub-mkrescue's El Torito image: %d bytes, ours %d; payload %d bytes identical, config %q",
 		len(want), len(got), len(g.payload), o.Config)
 }
+
+// TestMkrescueEFIMatchesGrubMkrescue: the EFI image made with MkrescueEFI's
+// options is byte for byte the efi/boot/bootx64.efi in the efi.img of
+// Debian 12's grub-mkrescue run without --directory (every platform of
+// /usr/lib/grub, as Talos's GRUB-only ISO runs it) and without
+// --compress=xz (which adds xzio and gcry_crc).
+func TestMkrescueEFIMatchesGrubMkrescue(t *testing.T) {
+	testfixture.RequireTool(t, "grub-mkrescue", "xorriso", "mcopy")
+	testfixture.Require(t, systemGrub+"/x86_64-efi/kernel.img")
+
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	iso := filepath.Join(dir, "rescue.iso")
+	if out, err := exec.Command("grub-mkrescue", "--output="+iso, tree).CombinedOutput(); err != nil {
+		t.Fatalf("grub-mkrescue: %v\n%s", err, out)
+	}
+
+	fat := filepath.Join(dir, "efi.img")
+	if out, err := exec.Command("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/efi.img", fat).CombinedOutput(); err != nil {
+		t.Fatalf("xorriso: %v\n%s", err, out)
+	}
+
+	ref := filepath.Join(dir, "bootx64.efi")
+	if out, err := exec.Command("mcopy", "-i", fat, "::/efi/boot/bootx64.efi", ref).CombinedOutput(); err != nil {
+		t.Fatalf("mcopy: %v\n%s", err, out)
+	}
+
+	want, err := os.ReadFile(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	efiDir := os.DirFS(systemGrub + "/x86_64-efi")
+
+	o, err := MkrescueEFI(efiDir, FormatX86_64EFI)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	got, err := MakeImage(efiDir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if !bytes.Equal(got, want) {
+		t.Fatalf("EFI image differs from grub-mkrescue's at 0x%x (%d bytes, want %d)", firstDiff(got, want), len(got), len(want))
+	}
+
+	if _, err := MkrescueEFI(efiDir, FormatPC); err == nil {
+		t.Error("MkrescueEFI accepted i386-pc")
+	}
+
+	t.Logf("grub-mkrescue's bootx64.efi: %d bytes, identical; config %q", len(want), o.Config)
+}

@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/builder/cpio"
+	"github.com/kiln-dev/kiln/builder/grub"
 	"github.com/kiln-dev/kiln/builder/uki"
 	"github.com/kiln-dev/kiln/internal/testfixture"
+	"github.com/kiln-dev/kiln/release"
 )
 
 var kernel = testfixture.Kernel()
@@ -229,6 +231,169 @@ func TestBootQEMU(t *testing.T) {
 				}
 				t.Logf("guest: %s", p1)
 			}
+		})
+	}
+}
+
+// TestBootQEMUDualBoot boots kiln's dual-boot ISO (GRUB from the host's
+// i386-pc tree, Debian 12's 2.06) under SeaBIOS as a CD-ROM and as a USB
+// stick through GRUB's "Talos ISO" entry, and under OVMF through
+// systemd-boot; from the stick the guest kernel mounts GPT partition 1 on
+// its own (mode 555: grub-mkrescue's mkisofs -r).
+func TestBootQEMUDualBoot(t *testing.T) {
+	mustTool(t, "qemu-system-x86_64")
+	dir := t.TempDir()
+	cmdline := "console=ttyS0 talos.platform=metal kiln.test=dual-boot"
+	ukiPath := makeUKI(t, dir, cmdline+" kiln.via=sd-boot")
+	kb, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := release.ParseVersion(talosVer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bt := newBootTree(t, dir, ukiPath, "# systemd-boot configuration\n\ntimeout 0\n\nsecure-boot-enroll off\n", map[string][]byte{
+		"boot/vmlinuz":       kb,
+		"boot/initramfs.xz":  initrd(t),
+		"boot/grub/grub.cfg": grub.ISOConfig(v, cmdline),
+	})
+	img, l := buildDualBoot(t, dir, bt, hostGrubPC, 0)
+	t.Logf("ISO %s: %+v", img, l)
+	// A FAT32 ESP over 32 MiB: El Torito sector count 0, "to the end of the volume".
+	dir32 := filepath.Join(dir, "fat32")
+	if err := os.Mkdir(dir32, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img32, l32 := buildDualBoot(t, dir32, bt, hostGrubPC, 64<<20)
+	t.Logf("ISO %s: %+v", img32, l32)
+
+	for _, tc := range []struct {
+		name  string
+		uefi  bool
+		media []string
+		want  string
+	}{
+		{"seabios-cdrom", false, []string{"-cdrom", img}, "BOOT_IMAGE=/boot/vmlinuz " + cmdline},
+		{"seabios-usb", false, []string{"-drive", "if=none,id=stick,format=raw,file=" + img, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"},
+			"BOOT_IMAGE=/boot/vmlinuz " + cmdline},
+		{"ovmf-cdrom", true, []string{"-cdrom", img}, cmdline + " kiln.via=sd-boot"},
+		{"ovmf-cdrom-fat32-esp", true, []string{"-cdrom", img32}, cmdline + " kiln.via=sd-boot"},
+		{"seabios-cdrom-fat32-esp", false, []string{"-cdrom", img32}, "BOOT_IMAGE=/boot/vmlinuz " + cmdline},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"}
+			if tc.uefi {
+				vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
+				b, err := os.ReadFile(ovmfVars)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(vars, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+			defer cancel()
+			start := time.Now()
+			out, err := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, tc.media...)...).CombinedOutput()
+			var line, p1 string
+			sc := bufio.NewScanner(bytes.NewReader(out))
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), bootMarker) {
+					line = sc.Text()
+				}
+				if strings.Contains(sc.Text(), "KILN-P1") {
+					p1 = strings.TrimSpace(sc.Text())
+				}
+			}
+			if !strings.Contains(line, "cmdline=["+tc.want+"]") {
+				tail := string(out)
+				if len(tail) > 4000 {
+					tail = tail[len(tail)-4000:]
+				}
+				t.Fatalf("want cmdline=[%s] on serial, got %q after %s (err %v):\n%s", tc.want, line, time.Since(start).Round(time.Second), err, tail)
+			}
+			t.Logf("booted in %s: %s", time.Since(start).Round(100*time.Millisecond), line)
+			if tc.name == "seabios-usb" {
+				want := "KILN-P1 volid=[TALOS_V1_13_0] mode=555 loader=[# systemd-boot configuration]"
+				if p1 != want {
+					t.Fatalf("partition 1 in the guest: %q, want %q", p1, want)
+				}
+				t.Logf("guest: %s", p1)
+			}
+		})
+	}
+}
+
+// TestBootQEMUGrubOnly boots kiln's GRUB-only ISO (the host's i386-pc and
+// x86_64-efi GRUB, Debian 12's 2.06) through GRUB's "Talos ISO" entry:
+// under SeaBIOS and under OVMF, each as a CD-ROM and as a USB stick
+// (under OVMF GRUB's EFI image from the FAT image, its prefix ()/boot/grub
+// the device it was loaded from).
+func TestBootQEMUGrubOnly(t *testing.T) {
+	mustTool(t, "qemu-system-x86_64")
+	dir := t.TempDir()
+	cmdline := "console=ttyS0 talos.platform=metal kiln.test=grub-only"
+	kb, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := release.ParseVersion(talosVer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, l := buildGrubOnly(t, dir, grubOnlyTree(t, map[string][]byte{
+		"boot/vmlinuz":       kb,
+		"boot/initramfs.xz":  initrd(t),
+		"boot/grub/grub.cfg": grub.ISOConfig(v, cmdline),
+	}))
+	t.Logf("ISO %s: %+v", img, l)
+	want := "BOOT_IMAGE=/boot/vmlinuz " + cmdline
+
+	for _, tc := range []struct {
+		name  string
+		uefi  bool
+		media []string
+	}{
+		{"seabios-cdrom", false, []string{"-cdrom", img}},
+		{"seabios-usb", false, []string{"-drive", "if=none,id=stick,format=raw,file=" + img, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"}},
+		{"ovmf-cdrom", true, []string{"-cdrom", img}},
+		{"ovmf-usb", true, []string{"-drive", "if=none,id=stick,format=raw,file=" + img, "-device", "qemu-xhci", "-device", "usb-storage,drive=stick"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"}
+			if tc.uefi {
+				vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
+				b, err := os.ReadFile(ovmfVars)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(vars, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+			defer cancel()
+			start := time.Now()
+			out, err := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, tc.media...)...).CombinedOutput()
+			var line string
+			sc := bufio.NewScanner(bytes.NewReader(out))
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), bootMarker) {
+					line = sc.Text()
+				}
+			}
+			if !strings.Contains(line, "cmdline=["+want+"]") {
+				tail := string(out)
+				if len(tail) > 4000 {
+					tail = tail[len(tail)-4000:]
+				}
+				t.Fatalf("want cmdline=[%s] on serial, got %q after %s (err %v):\n%s", want, line, time.Since(start).Round(time.Second), err, tail)
+			}
+			t.Logf("booted in %s: %s", time.Since(start).Round(100*time.Millisecond), line)
 		})
 	}
 }

@@ -87,9 +87,14 @@ type staged struct {
 // linked gets its mode and owner and the link count a link would give;
 // anything else is a new 0644 file of the process. side is a directory of
 // the same file system for the extra links.
-func stage(ctx context.Context, ws, side string, files []File) ([]staged, error) {
+func stage(ctx context.Context, ws, side string, files []File, dirs []string) ([]staged, error) {
 	if err := os.Mkdir(filepath.Join(ws, ImageCacheDir), 0o755); err != nil {
 		return nil, fmt.Errorf("iso: stage: %w", err)
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(ws, filepath.FromSlash(d)), 0o755); err != nil {
+			return nil, fmt.Errorf("iso: stage: %w", err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(ws, placeholder), make([]byte, blockSize), 0o444); err != nil {
 		return nil, fmt.Errorf("iso: stage: %w", err)
@@ -125,6 +130,8 @@ func stage(ctx context.Context, ws, side string, files []File) ([]staged, error)
 		err = w.Truncate(min(f.Size, 1)) // relayout gives it its size
 		if err == nil && s.source != "" {
 			err = ownAs(w, st)
+		} else if err == nil && f.Source == "" && f.Mode != 0 {
+			err = w.Chmod(f.Mode.Perm())
 		}
 		if cerr := w.Close(); err == nil {
 			err = cerr

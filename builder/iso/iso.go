@@ -1,6 +1,7 @@
 // Package iso writes kiln's bootable Talos ISO in pure Go
 // (github.com/diskfs/go-diskfs), the equivalent of the Talos imager's
-// sd-boot `xorrisofs` invocation (talos-formats.md §3.4).
+// sd-boot `xorrisofs` invocation and of its dual-boot `grub-mkrescue` one
+// (talos-formats.md §3.4).
 //
 // Layout of the image (512-byte sectors, 2048-byte ISO blocks), that of
 // Talos's `xorrisofs ... -partition_cyl_align all -partition_offset 16
@@ -23,8 +24,23 @@
 //	                no-emulation entry) and partition 2; the image size is a
 //	                multiple of 1 MiB
 //
+// With Params.BIOS the image is Talos's dual-boot ISO instead, the layout
+// of its grub-mkrescue call (hybrid.go; see hybrid.go here): the same
+// volume and ESP, a BIOS El Torito entry (GRUB's i386-pc-eltorito image,
+// boot info table patched) before the EFI one, GRUB's boot_hybrid.img as
+// the MBR's boot code pointed at that image, a protective MBR and a GPT
+// (ISO9660, Appended2 = the ESP, Gap1 = xorriso's 300 KiB padding) in
+// place of the MBR partitions, and Rock Ridge modes and owners as
+// mkisofs -r gives them. MkrescueBIOS gives what grub-mkrescue adds to the
+// tree. Talos's GRUB-only ISO is the same layout with GRUB's EFI image
+// (MkrescueEFI) in place of systemd-boot in the ESP, which is then a 2.88 MB
+// FAT12 image as grub-mkrescue's efi.img (Mkrescue.FATSize), appended
+// rather than a visible /efi.img, and without grub-mkrescue's HFS+ and
+// Apple partition map for Macs.
+//
 // A CD-ROM boot reads the El Torito catalog; a USB stick (dd of the file)
-// boots through MBR partition 2. Partition 1 alone is a mountable ISO9660
+// boots through MBR partition 2 (dual-boot: GPT partition 2 under UEFI,
+// the MBR's GRUB under BIOS). Partition 1 alone is a mountable ISO9660
 // volume (blkid finds iso9660 TALOS_<VERSION> on it), as on Talos's ISO.
 // Volume set id Label(version), preparer and El Torito id empty, root
 // directory mode 0755, as xorriso writes them.
@@ -52,6 +68,7 @@
 package iso
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +82,8 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
+
+	"github.com/kiln-dev/kiln/builder/grub"
 )
 
 const (
@@ -107,6 +126,9 @@ type File struct {
 	// Open yields the content when Source is empty; Write closes it and
 	// reads it once. An *os.File is copied in the kernel where it can.
 	Open func() (io.ReadCloser, error)
+	// Mode is the permission bits recorded for a file given by Open
+	// (default 0644).
+	Mode os.FileMode
 }
 
 // Params describe one ISO.
@@ -132,6 +154,14 @@ type Params struct {
 	// ModTime is written as every time stamp of the image. The zero value
 	// means 1980-01-01 00:00:00 UTC.
 	ModTime time.Time
+	// Dirs are directories to create even if no file is in them (e.g.
+	// grub-mkrescue's boot/grub/roms).
+	Dirs []string
+	// BIOS, if set, makes the ISO Talos's dual-boot one (grub-mkrescue):
+	// a BIOS El Torito entry before the EFI one, boot_hybrid.img in the MBR,
+	// the appended ESP as a GPT partition, and Rock Ridge ownership and
+	// modes as mkisofs -r gives them.
+	BIOS *BIOS
 	// TempDir is the parent of the private staging directory (default
 	// os.TempDir()), which holds only files of at most one byte. Whether it is
 	// on the file system of the Source files decides their recorded
@@ -141,10 +171,13 @@ type Params struct {
 
 // Layout reports where the parts of a written image are.
 type Layout struct {
-	Size     int64 // bytes, a multiple of 1 MiB
+	Size     int64 // bytes: a multiple of 1 MiB, or with BIOS a multiple of 2 KiB (GPT tail)
 	ISOSize  int64 // bytes of the ISO9660 structures and data (from 0)
 	ESPStart int64 // byte offset of the ESP (partition 2, El Torito image); partition 1 ends here
 	ESPSize  int64
+	// BIOSImageLBA is the absolute 2 KiB block of the BIOS El Torito image
+	// (0 without BIOS).
+	BIOSImageLBA uint32
 }
 
 // Label returns the volume set id the Talos imager gives an ISO of
@@ -177,6 +210,15 @@ func VolumeID(talosVersion string) string {
 func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err := validate(p); err != nil {
 		return Layout{}, err
+	}
+	var biosImg []byte
+	if p.BIOS != nil {
+		biosImg = bytes.Clone(p.BIOS.Image)
+		p.Files = append(p.Files[:len(p.Files):len(p.Files)], File{Path: p.BIOS.ImagePath, Size: int64(len(biosImg)),
+			Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(biosImg)), nil }})
+		if err := validateFiles(p.Files); err != nil {
+			return Layout{}, err
+		}
 	}
 	espSize := p.ESPSize
 	if p.ESP != "" {
@@ -211,7 +253,7 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, fmt.Errorf("iso: staging directory: %w", err)
 	}
 	defer os.RemoveAll(side)
-	staged, err := stage(ctx, ws, side, p.Files)
+	staged, err := stage(ctx, ws, side, p.Files, p.Dirs)
 	if err != nil {
 		return Layout{}, err
 	}
@@ -253,13 +295,20 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 	if err != nil {
 		return Layout{}, err
 	}
-	recs, err := normalize(out, vd, p.ModTime)
+	recs, err := normalize(out, vd, p.ModTime, p.BIOS != nil)
 	if err != nil {
 		return Layout{}, err
 	}
 	extents, err := relayout(out, vd, recs, staged)
 	if err != nil {
 		return Layout{}, err
+	}
+	var biosLBA uint32
+	if p.BIOS != nil {
+		biosLBA = extents[p.BIOS.ImagePath].lba + partOffset
+		if err := grub.PatchElToritoImage(biosImg, biosLBA, 16); err != nil {
+			return Layout{}, fmt.Errorf("iso: %w", err)
+		}
 	}
 	if err := writeContents(ctx, out, base, staged, extents); err != nil {
 		return Layout{}, err
@@ -278,9 +327,12 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 		return Layout{}, err
 	}
 	first, end := metaRegion(pvd)
-	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espSize}
+	l := Layout{ISOSize: int64(treeAt+end-first) * blockSize, ESPSize: espSize, BIOSImageLBA: biosLBA}
 	l.ESPStart = roundUp(l.ISOSize, mib)
 	l.Size = l.ESPStart + roundUp(l.ESPSize, mib)
+	if p.BIOS != nil {
+		l.Size += tailSize
+	}
 
 	if p.ESP != "" {
 		if err := appendESP(ctx, out, p.ESP, l); err != nil {
@@ -295,13 +347,23 @@ func Write(ctx context.Context, out *os.File, p Params) (Layout, error) {
 			return Layout{}, fmt.Errorf("iso: build ESP: %w", err)
 		}
 	}
-	if err := patchElTorito(out, vd, l); err != nil {
+	if p.BIOS != nil {
+		err = writeBIOSCatalog(out, vd, biosLBA, l)
+	} else {
+		err = patchElTorito(out, vd, l)
+	}
+	if err != nil {
 		return Layout{}, err
 	}
 	if err := writeDescriptors(out, vd, pvd, dev, l); err != nil {
 		return Layout{}, err
 	}
-	if err := writeMBR(out, l); err != nil {
+	if p.BIOS != nil {
+		err = writeHybridGPT(out, p.BIOS, biosLBA, l, p.ModTime)
+	} else {
+		err = writeMBR(out, l)
+	}
+	if err != nil {
 		return Layout{}, err
 	}
 	return l, nil
@@ -332,11 +394,28 @@ func validate(p Params) error {
 			return fmt.Errorf("%w: volume set id %q has %q, not printable ASCII", ErrInvalidVolumeID, p.VolumeSetID, r)
 		}
 	}
+	if err := validateBIOS(p.BIOS, p.Files); err != nil {
+		return err
+	}
 	if (p.ESP == "") == (p.BuildESP == nil) {
 		return errors.New("iso: want exactly one of ESP and BuildESP")
 	}
+	for _, d := range p.Dirs {
+		if d == "" || path.Clean(d) != d || path.IsAbs(d) || d == "." || d == ".." || strings.HasPrefix(d, "../") || len(d) > 1024 {
+			return fmt.Errorf("%w: directory %q", ErrInvalidPath, d)
+		}
+		for _, f := range p.Files {
+			if f.Path == d || strings.HasPrefix(d, f.Path+"/") {
+				return fmt.Errorf("%w: %q is both a file and a directory", ErrInvalidPath, f.Path)
+			}
+		}
+	}
+	return validateFiles(p.Files)
+}
+
+func validateFiles(files []File) error {
 	seen := map[string]bool{}
-	for _, f := range p.Files {
+	for _, f := range files {
 		c := f.Path
 		if c == "" || path.Clean(c) != c || path.IsAbs(c) || c == "." || c == ".." || strings.HasPrefix(c, "../") {
 			return fmt.Errorf("%w: %q", ErrInvalidPath, f.Path)

@@ -241,6 +241,8 @@ func TestWriteErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	never := func() (io.ReadCloser, error) { t.Fatal("Open called"); return nil, nil }
+	mbr := make([]byte, 512)
+	mbr[510], mbr[511] = 0x55, 0xAA
 	empty := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("")), nil }
 	f, err := os.Create(filepath.Join(dir, "out.iso"))
 	if err != nil {
@@ -263,6 +265,13 @@ func TestWriteErrors(t *testing.T) {
 			{Path: "d/b" + strings.Repeat("n", 200), Open: empty},
 		}}, iso.ErrInvalidPath},
 		{"volid33", iso.Params{VolumeID: strings.Repeat("A", 33), ESP: espPath}, iso.ErrInvalidVolumeID},
+		{"bios-small", iso.Params{VolumeID: "X", ESP: espPath, BIOS: &iso.BIOS{ImagePath: "e.img", Image: make([]byte, 2048), MBR: mbr}}, iso.ErrInvalidBIOS},
+		{"bios-mbr", iso.Params{VolumeID: "X", ESP: espPath, BIOS: &iso.BIOS{ImagePath: "e.img", Image: make([]byte, 4096), MBR: make([]byte, 512)}}, iso.ErrInvalidBIOS},
+		{"bios-twice", iso.Params{VolumeID: "X", ESP: espPath, BIOS: &iso.BIOS{ImagePath: "e.img", Image: make([]byte, 4096), MBR: mbr},
+			Files: []iso.File{{Path: "e.img", Open: never}}}, iso.ErrInvalidPath},
+		{"bios-path", iso.Params{VolumeID: "X", ESP: espPath, BIOS: &iso.BIOS{ImagePath: "../e.img", Image: make([]byte, 4096), MBR: mbr}}, iso.ErrInvalidPath},
+		{"dir-path", iso.Params{VolumeID: "X", ESP: espPath, Dirs: []string{"a/../../b"}}, iso.ErrInvalidPath},
+		{"dir-file", iso.Params{VolumeID: "X", ESP: espPath, Dirs: []string{"a/b"}, Files: []iso.File{{Path: "a", Open: never}}}, iso.ErrInvalidPath},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := iso.Write(context.Background(), f, tc.p)

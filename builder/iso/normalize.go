@@ -86,8 +86,9 @@ func patchElTorito(f *os.File, vd *volumeDescriptors, l Layout) error {
 }
 
 // normalize sets every time stamp of the ISO9660 structures to t and
-// returns the directory records of the files.
-func normalize(f *os.File, vd *volumeDescriptors, t time.Time) ([]fileRecord, error) {
+// returns the directory records of the files; with rational, it also gives
+// every Rock Ridge PX entry mkisofs -r's ownership and modes.
+func normalize(f *os.File, vd *volumeDescriptors, t time.Time, rational bool) ([]fileRecord, error) {
 	if t.IsZero() || t.Year() < 1980 {
 		t = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
@@ -110,7 +111,7 @@ func normalize(f *os.File, vd *volumeDescriptors, t time.Time) ([]fileRecord, er
 		return nil, fmt.Errorf("iso: write PVD: %w", err)
 	}
 
-	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{}}
+	n := &normalizer{f: f, rec: rec, base: vd.base, limit: int64(vd.volumeBlocks) * blockSize, seen: map[uint32]bool{}, catalog: vd.catalogBlock, ce: map[int64]bool{}, rational: rational}
 	if err := n.dir(binary.LittleEndian.Uint32(root[2:]), binary.LittleEndian.Uint32(root[10:]), ""); err != nil {
 		return nil, err
 	}
@@ -139,6 +140,8 @@ type normalizer struct {
 	// name collects the Rock Ridge NM entries of the current record.
 	name  []byte
 	files []fileRecord
+	// rational: grub-mkrescue's mkisofs -r (see rationalize).
+	rational bool
 }
 
 func (n *normalizer) dir(lba, size uint32, dirPath string) error {
@@ -224,6 +227,10 @@ func (n *normalizer) susp(b []byte) error {
 		case "NM":
 			if l > 5 && n.named {
 				n.name = append(n.name, e[5:]...)
+			}
+		case "PX":
+			if n.rational {
+				rationalize(e)
 			}
 		case "TF":
 			size := 7
