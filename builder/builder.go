@@ -247,6 +247,12 @@ func (b *Builder) plan(ctx context.Context, req Request, out Output, supported f
 		}
 	}
 
+	if out.Kind == KindISO {
+		if err := b.planISO(ctx, p); err != nil {
+			return nil, err
+		}
+	}
+
 	if out.Kind == KindInstaller {
 		base, err := b.deps.Artifacts.InstallerBase(ctx, version)
 		if err != nil {

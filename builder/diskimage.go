@@ -64,6 +64,38 @@ func (b *Builder) planDisk(ctx context.Context, p *Plan) error {
 	return nil
 }
 
+// planISO decides an ISO's boot loader as Talos's imager does and refuses,
+// before anything is built, a GRUB or dual-boot ISO from a release whose
+// imager lacks the GRUB platform directories it needs: i386-pc for BIOS
+// (on every architecture, as Talos's grub-mkrescue call), and the
+// architecture's EFI platform for a GRUB-only ISO.
+func (b *Builder) planISO(ctx context.Context, p *Plan) error {
+	bl := selectBootloader(KindISO, p.Output.Arch, p.Version, p.schematic.Customization.Bootloader, p.Output.SecureBoot)
+	p.Bootloader = bl.String()
+
+	var platforms []string
+
+	switch bl {
+	case schematic.BootloaderDualBoot:
+		platforms = []string{release.GrubPC}
+	case schematic.BootloaderGrub:
+		platforms = []string{release.GrubPC, release.GrubAMD64}
+		if p.Output.Arch == "arm64" {
+			platforms[1] = release.GrubARM64
+		}
+	}
+
+	for _, platform := range platforms {
+		if err := p.boot.CheckGrub(ctx, platform); errors.Is(err, artifacts.ErrNotInRelease) {
+			return &UnsupportedError{What: fmt.Sprintf("%s ISOs of this release (%v)", bl, err)}
+		} else if err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
 // grubPlatforms are the GRUB platform directories a disk image needs:
 // i386-pc for BIOS (amd64), and for a GRUB-only image the EFI platform.
 func grubPlatforms(bl schematic.Bootloader, arch string) []string {

@@ -171,6 +171,12 @@ func TestDiskBootloaders(t *testing.T) {
 		!strings.Contains(err.Error(), "usr/lib/grub/x86_64-efi") {
 		t.Errorf("grub disk of a release without x86_64-efi: %v, want ErrUnsupported naming the directory", err)
 	}
+
+	// The same for a GRUB-only ISO, refused while planning, before any build.
+	if _, err := e.b.Build(context.Background(), builder.Request{SchematicID: grub, Version: "v1.13.0", Path: "metal-amd64.iso"}, nil); !errors.Is(err, builder.ErrUnsupported) ||
+		!strings.Contains(err.Error(), "usr/lib/grub/x86_64-efi") {
+		t.Errorf("grub ISO of a release without x86_64-efi: %v, want ErrUnsupported naming the directory", err)
+	}
 }
 
 // TestDiskGRUBRelease: with GRUB trees in the release (Debian's 2.06 for

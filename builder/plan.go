@@ -35,10 +35,9 @@ type Plan struct {
 	// ImageCache is the ID of the resolved image cache (every image by
 	// digest), for ISOs and disks of schematics that ask for one.
 	ImageCache string `json:"imageCache,omitempty"`
-	// Bootloader is the boot loader of a disk image, as selectBootloader
-	// decides it ("sd-boot", "dual-boot", "grub"): derived from the other
-	// fields, but it keys disks built before kiln made GRUB images apart
-	// from the dual-boot ones now served under the same names.
+	// Bootloader is the boot loader of an ISO or a disk image, as
+	// selectBootloader picks it for the version, arch and schematic; part of
+	// the key, so an asset of one layout is never served for another.
 	Bootloader string `json:"bootloader,omitempty"`
 	Epoch      int64  `json:"epoch"`
 	FactoryURL string `json:"factoryURL"`
