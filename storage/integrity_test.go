@@ -583,3 +583,52 @@ func TestAssetDigestedWhileWritten(t *testing.T) {
 		t.Fatalf("sha256 %s, %v, want %x", got, err, sum)
 	}
 }
+
+// HoleAt reports the holes a server may send as zeros from memory, never a
+// byte of data, and leaves the reader where it was.
+func TestAssetHoleAt(t *testing.T) {
+	ctx := context.Background()
+	a := newAssets(t, t.TempDir(), 0)
+	want := sparseAsset(t, a, "holes-asset")
+
+	f, err := a.Open(ctx, "holes-asset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	holes, ok := f.(interface{ HoleAt(off int64) int64 })
+	if !ok {
+		t.Fatal("a cached asset reports no holes")
+	}
+
+	if _, err := f.Seek(12345, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+
+	var reported int64
+
+	for off := int64(0); off < int64(len(want)); {
+		n := holes.HoleAt(off)
+		if n == 0 {
+			off++
+
+			continue
+		}
+
+		if off+n > int64(len(want)) || !bytes.Equal(want[off:off+n], make([]byte, n)) {
+			t.Fatalf("HoleAt(%d) = %d: data inside", off, n)
+		}
+
+		reported += n
+		off += n
+	}
+
+	if pos, _ := f.Seek(0, io.SeekCurrent); pos != 12345 || reported < 4<<20 {
+		t.Fatalf("offset %d after HoleAt, want 12345; %d bytes of holes reported", pos, reported)
+	}
+
+	if holes.HoleAt(int64(len(want))) != 0 || holes.HoleAt(-1) != 0 {
+		t.Fatal("a hole reported outside the file")
+	}
+}
