@@ -550,7 +550,7 @@ func TestKillDuringBuild(t *testing.T) {
 			served, resp.Header.Get("ETag"), resp.Header.Get("X-Kiln-Cache"), isoSum.Sum(nil))
 	}
 
-	figure(t, "after restart: tmp/ and assets/tmp empty; the ISO damaged on disk was dropped and rebuilt (X-Kiln-Cache miss, served bytes hash to their ETag)")
+	figure(t, "after restart: tmp/ and assets/tmp empty; the ISO damaged on disk was dropped and rebuilt (X-Kiln-Cache miss, served bytes have their ETag, storage.ETagOf)")
 
 	if !strings.Contains(k.logs.String(), "removed a scratch directory left by an interrupted build") {
 		t.Errorf("no log of the scratch removed")
