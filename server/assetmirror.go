@@ -139,7 +139,7 @@ func (m *assetMirror) serve(w http.ResponseWriter, r *http.Request) {
 
 	setMirrorHeaders(w, file)
 	w.Header().Set("X-Kiln-Cache", cacheHeader(built))
-	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
+	w.Header().Set("ETag", `"`+asset.ETag()+`"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
 
 	http.ServeContent(w, r, "", asset.ModTime(), asset)
@@ -281,7 +281,7 @@ func (m *assetMirror) asset(ctx context.Context, req builder.Request, build bool
 // sha512 is the asset's sha512, read once per content.
 func (m *assetMirror) sha512(ctx context.Context, a storage.Asset) (string, error) {
 	m.mu.Lock()
-	sum, ok := m.sums[a.SHA256()]
+	sum, ok := m.sums[a.ETag()]
 	m.mu.Unlock()
 
 	if ok {
@@ -300,7 +300,7 @@ func (m *assetMirror) sha512(ctx context.Context, a storage.Asset) (string, erro
 		clear(m.sums)
 	}
 
-	m.sums[a.SHA256()] = sum
+	m.sums[a.ETag()] = sum
 	m.mu.Unlock()
 
 	return sum, nil

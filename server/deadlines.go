@@ -197,6 +197,17 @@ func (w *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
 		defer func() { lr.N = limit }()
 	}
 
+	holes, sparse := src.(holeReporter)
+	seeker, _ := src.(io.Seeker)
+
+	var off int64
+	if sparse && seeker != nil {
+		var err error
+		if off, err = seeker.Seek(0, io.SeekCurrent); err != nil {
+			sparse = false
+		}
+	}
+
 	var total int64
 
 	for limit != 0 {
@@ -205,9 +216,37 @@ func (w *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
 			piece = min(piece, limit)
 		}
 
+		if hole := int64(0); sparse && seeker != nil {
+			if hole = min(holes.HoleAt(off), piece); hole > 0 {
+				// The hole's zeros from memory, the file moved past them.
+				w.arm()
+				n, err := w.ResponseWriter.Write(zeroPiece[:hole])
+				w.disarm()
+
+				if err == nil {
+					_, err = seeker.Seek(off+int64(n), io.SeekStart)
+				}
+
+				total, off = total+int64(n), off+int64(n)
+				if limit > 0 {
+					limit -= int64(n)
+				}
+
+				if err != nil {
+					w.failed = err
+
+					return total, err
+				}
+
+				continue
+			}
+		}
+
 		w.arm()
 		n, err := rf.ReadFrom(&io.LimitedReader{R: src, N: piece})
 		w.disarm()
+
+		off += n
 
 		total += n
 		if limit > 0 {
@@ -227,6 +266,15 @@ func (w *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
 
 	return total, nil
 }
+
+// holeReporter is a file with holes (a cached sparse disk image): ReadFrom
+// sends a hole's zeros from memory rather than have sendfile read them.
+type holeReporter interface {
+	HoleAt(off int64) int64
+}
+
+// zeroPiece is what a hole's bytes are sent from; nothing writes to it.
+var zeroPiece [sendfilePiece]byte
 
 // writeOnly hides a writer's ReadFrom from io.Copy.
 type writeOnly struct{ io.Writer }

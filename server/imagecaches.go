@@ -41,13 +41,17 @@ func (s *imageCacheService) Create(req *kilnv1.CreateRequest, stream kilnv1.Imag
 	if err == nil {
 		defer res.Asset.Close()
 
-		last = &kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_Done{Done: &kilnv1.CacheDone{
-			CacheId: res.ID,
-			Url:     s.domain.externalURL + "/imagecache/" + res.ID + ".tar",
-			Size:    res.Asset.Size(),
-			Sha256:  res.Asset.SHA256(),
-			Images:  int32(res.Images), //nolint:gosec // a cache of 2^31 images is not a concern
-		}}}
+		// Computed when first asked for, as for ImageService.Build's Done.
+		var sum string
+		if sum, err = res.Asset.SHA256(stream.Context()); err == nil {
+			last = &kilnv1.CreateResponse{Event: &kilnv1.CreateResponse_Done{Done: &kilnv1.CacheDone{
+				CacheId: res.ID,
+				Url:     s.domain.externalURL + "/imagecache/" + res.ID + ".tar",
+				Size:    res.Asset.Size(),
+				Sha256:  sum,
+				Images:  int32(res.Images), //nolint:gosec // a cache of 2^31 images is not a concern
+			}}}
+		}
 	}
 
 	return out.finish(last, err)
@@ -72,7 +76,7 @@ func (f *factoryRoutes) imageCacheDownload(w http.ResponseWriter, r *http.Reques
 
 	w.Header().Set("Content-Type", "application/x-tar")
 	w.Header().Set("Content-Disposition", `attachment; filename="imagecache-`+id+`.tar"`)
-	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
+	w.Header().Set("ETag", `"`+asset.ETag()+`"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
 	http.ServeContent(w, r, "", asset.ModTime(), asset)
 }

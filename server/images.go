@@ -142,7 +142,7 @@ func (f *factoryRoutes) image(w http.ResponseWriter, r *http.Request) {
 
 	setDownloadHeaders(w, req.Path, filename)
 	w.Header().Set("X-Kiln-Cache", cacheHeader(built))
-	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
+	w.Header().Set("ETag", `"`+asset.ETag()+`"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
 
 	http.ServeContent(w, r, "", asset.ModTime(), asset)
@@ -280,12 +280,18 @@ func (s *imageService) Build(req *kilnv1.BuildRequest, stream kilnv1.ImageServic
 	if err == nil {
 		defer res.Asset.Close()
 
-		last = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Done{Done: &kilnv1.Done{
-			Url:      s.domain.url(breq.SchematicID, res.Plan.Version, breq.Path),
-			Size:     res.Asset.Size(),
-			Sha256:   res.Asset.SHA256(),
-			Filename: breq.Path,
-		}}}
+		// Done promises the content's sha256, which the asset cache computes
+		// only when asked (the first time: a second for a 2 GiB raw disk's
+		// holes), unlike the ETag the downloads carry.
+		var sum string
+		if sum, err = res.Asset.SHA256(ctx); err == nil {
+			last = &kilnv1.BuildResponse{Event: &kilnv1.BuildResponse_Done{Done: &kilnv1.Done{
+				Url:      s.domain.url(breq.SchematicID, res.Plan.Version, breq.Path),
+				Size:     res.Asset.Size(),
+				Sha256:   sum,
+				Filename: breq.Path,
+			}}}
+		}
 	}
 
 	return out.finish(last, err)

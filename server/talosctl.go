@@ -85,7 +85,7 @@ func (f *factoryRoutes) talosctl(w http.ResponseWriter, r *http.Request) {
 
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Disposition", `attachment; filename="`+file+`"`)
-	w.Header().Set("ETag", `"`+asset.SHA256()+`"`)
+	w.Header().Set("ETag", `"`+asset.ETag()+`"`)
 	w.Header().Set("Content-Length", strconv.FormatInt(asset.Size(), 10))
 
 	http.ServeContent(w, r, "", asset.ModTime(), asset)

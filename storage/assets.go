@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -29,17 +30,25 @@ type Assets interface {
 	Create(ctx context.Context, key string) (AssetWriter, error)
 }
 
-// Asset is a committed asset: a seekable file with its size and digest.
+// Asset is a committed asset: a seekable file with its size and digests.
 type Asset interface {
 	io.ReadSeekCloser
 	io.ReaderAt
 	Size() int64
-	// SHA256 is the hex digest of the content.
-	SHA256() string
+	// ETag is the asset's strong entity tag, without quotes: a digest of its
+	// content's chunks that never hashes a hole, the same for the same bytes
+	// in every kiln (see digest.go, ETagOf).
+	ETag() string
+	// SHA256 is the hex SHA-256 of the content. It is computed the first
+	// time it is asked for (a second for a 2 GiB sparse disk image, which
+	// hashes its holes as zeros), checking the chunks' CRCs on the way, and
+	// recorded: ErrCorrupt if the content changed since its commit.
+	SHA256(ctx context.Context) (string, error)
 	ModTime() time.Time
 }
 
-// AssetWriter writes an asset; its digests are computed once, at Commit.
+// AssetWriter writes an asset; its digests are computed once: as Write
+// writes, or at Commit.
 type AssetWriter interface {
 	io.Writer
 	io.WriterAt
@@ -47,7 +56,8 @@ type AssetWriter interface {
 	// (disk images are written sparse at offsets).
 	File() *os.File
 	// Commit syncs what was written, digests it in one pass that skips the
-	// file's holes, and makes it visible atomically with its digests, which
+	// file's holes (unless it was only written by Write, which digested it
+	// as it went), and makes it visible atomically with its digests, which
 	// Open then trusts. It stops, leaving nothing, when the context given to
 	// Create ends: digesting a multi-gigabyte disk image takes a second that
 	// an abandoned build should not keep.
@@ -59,7 +69,7 @@ type AssetWriter interface {
 // On-disk layout of the asset cache:
 //
 //	<dir>/assets/<key[0:2]>/<key>        the asset
-//	<dir>/assets/<key[0:2]>/<key>.json   {"size":..,"sha256":..,"crc32c":..}, written after the asset
+//	<dir>/assets/<key[0:2]>/<key>.json   {"size":..,"etag":..,"crc32c":..[,"sha256":..]}, written after the asset
 //	<dir>/assets/tmp/<random>            writes in progress (removed on start)
 //
 // An asset counts as present only with its .json, which is renamed into
@@ -71,8 +81,13 @@ const (
 )
 
 type assetMeta struct {
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Size int64 `json:"size"`
+	// SHA256 is recorded the first time Asset.SHA256 is asked for. Entries
+	// written before the ETag existed have it from their commit.
+	SHA256 string `json:"sha256,omitempty"`
+	// ETag is the chunk digest (see digest.go). Entries written before it
+	// existed lack it: their first Open computes and adds it.
+	ETag string `json:"etag,omitempty"`
 	// CRC32C holds the big-endian CRC-32C of each chunkSize piece (see
 	// digest.go). Entries written before it existed lack it: their first
 	// Open checks the sha256 and adds it.
@@ -88,6 +103,10 @@ type FSAssets struct {
 
 	mu       sync.Mutex
 	verified map[string]stamp // key -> the entry's file when its digests last checked out
+
+	// metaMu serialises rewrites of an entry's metadata after its commit
+	// (digests added to it), which share one temp file name.
+	metaMu sync.Mutex
 }
 
 var _ Assets = (*FSAssets)(nil)
@@ -215,7 +234,7 @@ func (a *FSAssets) Open(ctx context.Context, key string) (Asset, error) {
 	now := time.Now()
 	_ = os.Chtimes(p+".json", now, now) //nolint:errcheck // best effort: only eviction order depends on it
 
-	return &fsAsset{File: f, size: meta.Size, sha: meta.SHA256, mod: st.ModTime()}, nil
+	return &fsAsset{File: f, a: a, key: key, meta: &meta, stamp: stampOf(st), mod: st.ModTime()}, nil
 }
 
 func (a *FSAssets) drop(key string) {
@@ -241,31 +260,35 @@ func (a *FSAssets) check(ctx context.Context, key string, f *os.File, st os.File
 		return nil
 	}
 
-	legacy := len(meta.CRC32C) == 0
+	// Entries committed before CRCs were recorded (ETags came after them;
+	// an empty asset has no CRC) are checked by their sha256.
+	legacy := len(meta.CRC32C) == 0 && meta.ETag == ""
 
-	sum, crcs, err := digest(ctx, f, meta.Size, legacy)
+	d, err := digest(ctx, f, meta.Size, legacy, meta.ETag == "")
 	if err != nil {
 		return fmt.Errorf("asset %s: %w", key, err)
 	}
 
-	if (legacy && sum != meta.SHA256) || (!legacy && !bytes.Equal(crcs, meta.CRC32C)) {
+	if (legacy && d.sha256 != meta.SHA256) || (!legacy && !bytes.Equal(d.crcs, meta.CRC32C)) {
 		a.drop(key)
 
 		if legacy {
-			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "sha256", sum, "recorded", meta.SHA256)
+			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "sha256", d.sha256, "recorded", meta.SHA256)
 		} else {
-			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "chunk", firstDiff(crcs, meta.CRC32C))
+			a.logger.Warn("dropping a corrupt cached asset", "key", key, "path", f.Name(), "chunk", firstDiff(d.crcs, meta.CRC32C))
 		}
 
 		return fmt.Errorf("asset %s: content no longer matches the digests recorded at commit: %w", key, ErrCorrupt)
 	}
 
-	if legacy {
-		meta.CRC32C = crcs
-		data, _ := json.Marshal(meta) //nolint:errcheck // plain struct
+	if legacy || meta.ETag == "" {
+		meta.CRC32C = d.crcs
+		if meta.ETag == "" {
+			meta.ETag = d.etag
+		}
 
-		if err := writeFileAtomic(a.path(key)+".json", data); err != nil {
-			a.logger.Warn("could not record the chunk digests of a cached asset", "key", key, "error", err)
+		if err := a.rewriteMeta(key, meta); err != nil {
+			a.logger.Warn("could not record the digests of a cached asset", "key", key, "error", err)
 		}
 	}
 
@@ -287,17 +310,149 @@ func firstDiff(got, want []byte) int {
 	return min(len(got), len(want)) / 4
 }
 
+// rewriteMeta replaces an entry's metadata, the asset file staying as it
+// is: digests computed after its commit.
+func (a *FSAssets) rewriteMeta(key string, meta *assetMeta) error {
+	data, _ := json.Marshal(meta) //nolint:errcheck // plain struct
+
+	a.metaMu.Lock()
+	defer a.metaMu.Unlock()
+
+	// An entry dropped or evicted meanwhile stays gone.
+	if _, err := os.Stat(a.path(key) + ".json"); err != nil {
+		return err
+	}
+
+	return writeFileAtomic(a.path(key)+".json", data)
+}
+
 type fsAsset struct {
 	*os.File
 
-	size int64
-	sha  string
-	mod  time.Time
+	a     *FSAssets
+	key   string
+	meta  *assetMeta
+	stamp stamp
+	mod   time.Time
+
+	dataStart, dataEnd int64 // the data extent HoleAt last found
 }
 
-func (f *fsAsset) Size() int64        { return f.size }
-func (f *fsAsset) SHA256() string     { return f.sha }
+// HoleAt is the length of the hole at off: 0 where off holds data, where it
+// is past the end, or where the file system cannot say. A server sends that
+// many zeros from memory instead of reading them: reading a hole (sendfile
+// too) makes the kernel allocate and zero-fill page cache for it, which was
+// nearly all of a 2 GiB raw disk's cold download. It keeps the file's
+// offset.
+func (f *fsAsset) HoleAt(off int64) int64 {
+	if off < 0 || off >= f.meta.Size {
+		return 0
+	}
+
+	if off >= f.dataStart && off < f.dataEnd {
+		return 0
+	}
+
+	cur, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0
+	}
+
+	defer f.Seek(cur, io.SeekStart) //nolint:errcheck // back where it was; a failure shows in the next read
+
+	start, err := f.Seek(off, seekData)
+
+	switch {
+	case errors.Is(err, syscall.ENXIO): // no data from off to the end
+		return f.meta.Size - off
+	case err != nil:
+		return 0
+	case start > off:
+		return start - off
+	}
+
+	end, err := f.Seek(start, seekHole)
+	if err != nil {
+		return 0
+	}
+
+	f.dataStart, f.dataEnd = start, end
+
+	return 0
+}
+
+func (f *fsAsset) Size() int64        { return f.meta.Size }
+func (f *fsAsset) ETag() string       { return f.meta.ETag }
 func (f *fsAsset) ModTime() time.Time { return f.mod }
+
+// SHA256 implements Asset. The pass runs over a handle of its own on the
+// same inode (it seeks to find the holes, and the asset may be being read),
+// and checks the chunk CRCs too: a file changed since Open is not given a
+// digest of changed bytes. Concurrent first calls for one asset may both
+// hash it; they record the same value.
+func (f *fsAsset) SHA256(ctx context.Context) (string, error) {
+	if f.meta.SHA256 != "" {
+		return f.meta.SHA256, nil
+	}
+
+	// Another request may have computed it since this one opened the asset.
+	if data, err := os.ReadFile(f.a.path(f.key) + ".json"); err == nil {
+		var recorded assetMeta
+		if json.Unmarshal(data, &recorded) == nil && recorded.SHA256 != "" && recorded.ETag == f.meta.ETag && recorded.Size == f.meta.Size {
+			f.meta.SHA256 = recorded.SHA256
+
+			return recorded.SHA256, nil
+		}
+	}
+
+	g, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil { // no /proc: the file by its name, which a rebuild may have replaced
+		g, err = os.Open(f.Name())
+	}
+
+	if err != nil {
+		return "", fmt.Errorf("asset %s: %w", f.key, err)
+	}
+	defer g.Close()
+
+	st, err := g.Stat()
+	if err != nil {
+		return "", fmt.Errorf("asset %s: %w", f.key, err)
+	}
+
+	if now := stampOf(st); now != f.stamp {
+		if now.dev != f.stamp.dev || now.ino != f.stamp.ino {
+			return "", fmt.Errorf("asset %s: replaced since it was opened", f.key)
+		}
+
+		f.a.drop(f.key)
+
+		return "", fmt.Errorf("asset %s: changed since it was opened: %w", f.key, ErrCorrupt)
+	}
+
+	d, err := digest(ctx, g, f.meta.Size, true, false)
+	if err != nil {
+		return "", fmt.Errorf("asset %s: sha256: %w", f.key, err)
+	}
+
+	if !bytes.Equal(d.crcs, f.meta.CRC32C) {
+		f.a.drop(f.key)
+		f.a.logger.Warn("dropping a corrupt cached asset", "key", f.key, "path", f.Name(), "chunk", firstDiff(d.crcs, f.meta.CRC32C))
+
+		return "", fmt.Errorf("asset %s: content no longer matches the digests recorded at commit: %w", f.key, ErrCorrupt)
+	}
+
+	meta := *f.meta
+	meta.SHA256 = d.sha256
+
+	if err := f.a.rewriteMeta(f.key, &meta); err != nil {
+		f.a.logger.Warn("could not record the sha256 of a cached asset", "key", f.key, "error", err)
+	}
+
+	f.meta = &meta
+
+	return d.sha256, nil
+}
 
 // Create implements Assets.
 func (a *FSAssets) Create(ctx context.Context, key string) (AssetWriter, error) {
@@ -332,7 +487,7 @@ type fsAssetWriter struct {
 func (w *fsAssetWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	if w.stream != nil {
-		w.stream.write(p[:n])
+		w.stream.Write(p[:n]) //nolint:errcheck // never fails
 	}
 
 	return n, err
@@ -387,14 +542,11 @@ func (w *fsAssetWriter) Commit() (err error) {
 		return err
 	}
 
-	var (
-		sum  string
-		crcs []byte
-	)
+	var d digests
 
 	if w.stream != nil && w.stream.n == st.Size() {
-		sum, crcs = w.stream.sum()
-	} else if sum, crcs, err = digest(w.ctx, w.f, st.Size(), true); err != nil {
+		d = w.stream.sum()
+	} else if d, err = digest(w.ctx, w.f, st.Size(), false, true); err != nil {
 		return err
 	}
 
@@ -419,7 +571,7 @@ func (w *fsAssetWriter) Commit() (err error) {
 		return err
 	}
 
-	meta, _ := json.Marshal(assetMeta{Size: st.Size(), SHA256: sum, CRC32C: crcs}) //nolint:errcheck // plain struct
+	meta, _ := json.Marshal(assetMeta{Size: st.Size(), ETag: d.etag, CRC32C: d.crcs}) //nolint:errcheck // plain struct
 
 	if err := writeFileAtomic(final+".json", meta); err != nil {
 		os.Remove(final) //nolint:errcheck // the entry is invisible without its metadata anyway

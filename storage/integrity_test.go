@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -58,8 +59,9 @@ func sparseAsset(t *testing.T, a storage.Assets, key string) []byte {
 	return want
 }
 
-// The digest skips holes yet is the sha256 of the whole content, holes
-// read as zeros: the ETag a client can check with sha256sum.
+// The ETag skips holes and is a function of the content alone: ETagOf of
+// the bytes read back. The content's sha256, holes read as zeros, is
+// computed when asked for, recorded, and is what sha256sum gives.
 func TestAssetDigestOfSparseFile(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -78,12 +80,39 @@ func TestAssetDigestOfSparseFile(t *testing.T) {
 		}
 
 		data, _ := io.ReadAll(got)
-		got.Close()
+		etag, _ := storage.ETagOf(bytes.NewReader(want))
+
+		if !bytes.Equal(data, want) || got.ETag() != etag || !strings.HasPrefix(etag, "chunks-") || got.Size() != int64(len(want)) {
+			t.Fatalf("fresh process %v: content equal %v, ETag %s, want %s", fresh, bytes.Equal(data, want), got.ETag(), etag)
+		}
+
+		if meta, _ := os.ReadFile(assetPath(dir, "sparse-asset") + ".json"); bytes.Contains(meta, []byte("sha256")) {
+			t.Fatalf("sha256 computed before it was asked for: %s", meta)
+		}
 
 		sum := sha256.Sum256(want)
-		if !bytes.Equal(data, want) || got.SHA256() != hex.EncodeToString(sum[:]) || got.Size() != int64(len(want)) {
-			t.Fatalf("fresh process %v: content equal %v, digest %s, want %x", fresh, bytes.Equal(data, want), got.SHA256(), sum)
+
+		if got, err := got.SHA256(ctx); err != nil || got != hex.EncodeToString(sum[:]) {
+			t.Fatalf("SHA256 = %s, %v, want %x", got, err, sum)
 		}
+
+		got.Close()
+
+		// Recorded: the next process reads it.
+		if meta, _ := os.ReadFile(assetPath(dir, "sparse-asset") + ".json"); !bytes.Contains(meta, []byte(hex.EncodeToString(sum[:]))) {
+			t.Fatalf("sha256 not recorded: %s", meta)
+		}
+
+		again, err := newAssets(t, dir, 0).Open(ctx, "sparse-asset")
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if got, err := again.SHA256(ctx); err != nil || got != hex.EncodeToString(sum[:]) || again.ETag() != etag {
+			t.Fatalf("next process: SHA256 = %s, %v, ETag %s", got, err, again.ETag())
+		}
+
+		again.Close()
 	}
 
 	put(t, newAssets(t, dir, 0), "empty-asset", "")
@@ -92,10 +121,97 @@ func TestAssetDigestOfSparseFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.Close()
+	defer got.Close()
 
-	if sum := sha256.Sum256(nil); got.SHA256() != hex.EncodeToString(sum[:]) || got.Size() != 0 {
-		t.Fatalf("empty asset: %s %d", got.SHA256(), got.Size())
+	etag, _ := storage.ETagOf(bytes.NewReader(nil))
+	empty := sha256.Sum256(nil)
+
+	if sum, err := got.SHA256(ctx); err != nil || sum != hex.EncodeToString(empty[:]) || got.ETag() != etag || got.Size() != 0 {
+		t.Fatalf("empty asset: %s %v %s %d", sum, err, got.ETag(), got.Size())
+	}
+}
+
+// The same bytes have the same ETag however they were written: a hole, a
+// chunk of zeros written out, or the whole streamed; one changed byte
+// anywhere changes it.
+func TestAssetETagOfBytesAlone(t *testing.T) {
+	ctx := context.Background()
+	a := newAssets(t, t.TempDir(), 0)
+	want := sparseAsset(t, a, "as-holes")
+
+	w, err := a.Create(ctx, "written-out")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := w.WriteAt(want, 0); err != nil { // every zero written: no holes
+		t.Fatal(err)
+	}
+
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	put(t, a, "streamed", string(want))
+
+	etags := map[string]bool{}
+
+	for _, key := range []string{"as-holes", "written-out", "streamed"} {
+		f, err := a.Open(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		etags[f.ETag()] = true
+		f.Close()
+	}
+
+	if len(etags) != 1 {
+		t.Fatalf("one content, ETags %v", etags)
+	}
+
+	for _, off := range []int{0, 1<<20 - 1, 1 << 20, 3<<20 + 5, len(want) - 1} {
+		changed := bytes.Clone(want)
+		changed[off] ^= 0x80
+
+		if etag, _ := storage.ETagOf(bytes.NewReader(changed)); etags[etag] {
+			t.Fatalf("a byte changed at %d keeps the ETag", off)
+		}
+	}
+
+	if etag, _ := storage.ETagOf(bytes.NewReader(append(bytes.Clone(want), 0))); etags[etag] {
+		t.Fatal("a zero appended keeps the ETag")
+	}
+}
+
+// The content's sha256 asked for after the file changed on disk is refused
+// (and the entry dropped), not a digest of the changed bytes.
+func TestAssetSHA256OfChangedFile(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := newAssets(t, dir, 0)
+	want := sparseAsset(t, a, "changed-later")
+
+	f, err := a.Open(ctx, "changed-later")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	g, err := os.OpenFile(assetPath(dir, "changed-later"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	g.WriteAt([]byte{want[5<<20+10] ^ 1}, 5<<20+10) //nolint:errcheck
+	g.Close()
+
+	if sum, err := f.SHA256(ctx); !errors.Is(err, storage.ErrCorrupt) {
+		t.Fatalf("SHA256 of a changed file = %s, %v, want ErrCorrupt", sum, err)
+	}
+
+	if _, err := a.Open(ctx, "changed-later"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Open after = %v, want ErrNotFound", err)
 	}
 }
 
@@ -210,10 +326,13 @@ func TestAssetWithoutChunkDigests(t *testing.T) {
 
 	var meta struct {
 		CRC32C []byte `json:"crc32c"`
+		ETag   string `json:"etag"`
 	}
 
+	etag, _ := storage.ETagOf(strings.NewReader("the asset"))
+
 	data, _ := os.ReadFile(assetPath(dir, "legacy-good") + ".json")
-	if err := json.Unmarshal(data, &meta); err != nil || len(meta.CRC32C) != 4 {
+	if err := json.Unmarshal(data, &meta); err != nil || len(meta.CRC32C) != 4 || meta.ETag != etag || f.ETag() != etag {
 		t.Fatalf("legacy entry after its first Open: %s", data)
 	}
 
@@ -221,6 +340,45 @@ func TestAssetWithoutChunkDigests(t *testing.T) {
 		t.Fatalf("legacy entry in the next process: %v", err)
 	} else {
 		f.Close()
+	}
+}
+
+// Entries committed with CRCs and a sha256 but before ETags get their ETag
+// at their first Open, which checks the CRCs; their sha256 is kept.
+func TestAssetWithoutETag(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	want := sparseAsset(t, newAssets(t, dir, 0), "without-etag")
+	sum := sha256.Sum256(want)
+
+	var meta map[string]any
+
+	data, _ := os.ReadFile(assetPath(dir, "without-etag") + ".json")
+	if err := json.Unmarshal(data, &meta); err != nil {
+		t.Fatal(err)
+	}
+
+	etag := meta["etag"]
+	delete(meta, "etag")
+	meta["sha256"] = hex.EncodeToString(sum[:])
+	data, _ = json.Marshal(meta)
+
+	if err := os.WriteFile(assetPath(dir, "without-etag")+".json", data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	f, err := newAssets(t, dir, 0).Open(ctx, "without-etag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	if got, err := f.SHA256(ctx); f.ETag() != etag || err != nil || got != hex.EncodeToString(sum[:]) {
+		t.Fatalf("ETag %s, want %s; sha256 %s %v", f.ETag(), etag, got, err)
+	}
+
+	if data, _ := os.ReadFile(assetPath(dir, "without-etag") + ".json"); !bytes.Contains(data, []byte(etag.(string))) {
+		t.Fatalf("ETag not recorded: %s", data)
 	}
 }
 
@@ -420,7 +578,57 @@ func TestAssetDigestedWhileWritten(t *testing.T) {
 	}
 	defer f.Close()
 
-	if sum := sha256.Sum256(content); f.SHA256() != hex.EncodeToString(sum[:]) {
-		t.Fatalf("digest %s, want %x", f.SHA256(), sum)
+	got, err := f.SHA256(ctx)
+	if sum := sha256.Sum256(content); err != nil || got != hex.EncodeToString(sum[:]) {
+		t.Fatalf("sha256 %s, %v, want %x", got, err, sum)
+	}
+}
+
+// HoleAt reports the holes a server may send as zeros from memory, never a
+// byte of data, and leaves the reader where it was.
+func TestAssetHoleAt(t *testing.T) {
+	ctx := context.Background()
+	a := newAssets(t, t.TempDir(), 0)
+	want := sparseAsset(t, a, "holes-asset")
+
+	f, err := a.Open(ctx, "holes-asset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	holes, ok := f.(interface{ HoleAt(off int64) int64 })
+	if !ok {
+		t.Fatal("a cached asset reports no holes")
+	}
+
+	if _, err := f.Seek(12345, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+
+	var reported int64
+
+	for off := int64(0); off < int64(len(want)); {
+		n := holes.HoleAt(off)
+		if n == 0 {
+			off++
+
+			continue
+		}
+
+		if off+n > int64(len(want)) || !bytes.Equal(want[off:off+n], make([]byte, n)) {
+			t.Fatalf("HoleAt(%d) = %d: data inside", off, n)
+		}
+
+		reported += n
+		off += n
+	}
+
+	if pos, _ := f.Seek(0, io.SeekCurrent); pos != 12345 || reported < 4<<20 {
+		t.Fatalf("offset %d after HoleAt, want 12345; %d bytes of holes reported", pos, reported)
+	}
+
+	if holes.HoleAt(int64(len(want))) != 0 || holes.HoleAt(-1) != 0 {
+		t.Fatal("a hole reported outside the file")
 	}
 }

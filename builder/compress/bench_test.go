@@ -70,8 +70,11 @@ func BenchmarkCompress(b *testing.B) {
 		f    Format
 		opts Options
 	}{
-		{"zstd-default(best)", Zstd, Options{}},
-		{"zstd-better", Zstd, Options{ZstdLevel: zstd.SpeedBetterCompression}},
+		{"zstd-default", Zstd, Options{}},
+		{"zstd-best-8MiB", Zstd, Options{ZstdLevel: zstd.SpeedBestCompression, BlockSize: 8 << 20}},
+		{"zstd-best-16MiB", Zstd, Options{ZstdLevel: zstd.SpeedBestCompression, BlockSize: 16 << 20}},
+		{"zstd-better-8MiB", Zstd, Options{ZstdLevel: zstd.SpeedBetterCompression, BlockSize: 8 << 20}},
+		{"zstd-better-16MiB", Zstd, Options{ZstdLevel: zstd.SpeedBetterCompression, BlockSize: 16 << 20}},
 		{"xz", XZ, Options{}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {

@@ -28,14 +28,22 @@ var ErrUnknownFormat = errors.New("compress: unknown format")
 
 // Defaults; README.md has the measurements behind them.
 const (
-	// DefaultZstdLevel: klauspost's best level matches `zstd -6`'s ratio on
-	// disk images at about its speed (Talos uses -18, 30× slower for 0.4%).
-	DefaultZstdLevel = zstd.SpeedBestCompression
+	// DefaultZstdLevel: klauspost's "better" level, about `zstd -3`'s ratio
+	// (Talos uses -18, 30× slower). Its best level gained 0.03–0.3 % of
+	// output on disk images for 3× the CPU and two 34 MiB match tables per
+	// encoder, which put a .raw.zst build of kiln serve past 256 MiB of RSS
+	// (README.md).
+	DefaultZstdLevel = zstd.SpeedBetterCompression
 	// DefaultBlockSize is the largest input of one independently compressed
-	// unit: a zstd frame or an xz block. `xz -T0 -6` uses 24 MiB (3 × its
-	// dictionary); 16 MiB costs nothing measurable on disk images and keeps
-	// memory at about 2 × (Concurrency+1) × 16 MiB plus the encoders.
+	// unit: an xz block. `xz -T0 -6` uses 24 MiB (3 × its dictionary); 16 MiB
+	// costs nothing measurable on disk images and keeps memory at about
+	// 2 × (Concurrency+1) × 16 MiB plus the encoders.
 	DefaultBlockSize = 16 << 20
+	// DefaultZstdBlockSize is a zstd frame's: each of the Concurrency+1
+	// blocks in flight holds an input and an output buffer of it, and each
+	// encoder a history as large; 8 MiB frames (the encoder's window is
+	// 8 MiB either way) cost 0.01–0.06 % of output against 16 MiB (README.md).
+	DefaultZstdBlockSize = 8 << 20
 
 	segment = 1 << 20 // classification granularity
 	// storedRatio: an xz segment that zstd's fastest level cannot shrink
@@ -52,7 +60,8 @@ type Options struct {
 	Concurrency int
 	// ZstdLevel; 0 = DefaultZstdLevel.
 	ZstdLevel zstd.EncoderLevel
-	// BlockSize (rounded down to a MiB multiple); 0 = DefaultBlockSize.
+	// BlockSize (rounded down to a MiB multiple); 0 = DefaultZstdBlockSize
+	// or DefaultBlockSize.
 	BlockSize int
 }
 
@@ -61,8 +70,8 @@ func (f Format) Ext() string { return "." + string(f) }
 
 // Compress reads src to EOF and writes it to dst compressed in format f.
 // Memory is bounded by Concurrency+1 input and output buffers of BlockSize
-// plus one encoder per goroutine, whatever the input size (about 150 MiB
-// with the defaults on 2 cores).
+// plus one encoder per goroutine, whatever the input size (zstd: about
+// 100 MiB with the defaults on 2 cores).
 //
 // If src is a regular *os.File it is read from its current offset with
 // SEEK_DATA/SEEK_HOLE: holes are not read, and an all-zero block is
@@ -74,6 +83,9 @@ func Compress(ctx context.Context, dst io.Writer, src io.Reader, f Format, opts 
 	}
 	if opts.BlockSize <= 0 {
 		opts.BlockSize = DefaultBlockSize
+		if f == Zstd {
+			opts.BlockSize = DefaultZstdBlockSize
+		}
 	}
 	opts.BlockSize = max(opts.BlockSize, segment) / segment * segment
 	if opts.ZstdLevel == 0 {
@@ -348,11 +360,12 @@ func (w zstdWorker) encode(b *block) error {
 	return nil
 }
 
+// encodeZero encodes b.n zeros into a buffer that grows as needed: zeros
+// encode to a few bytes, and MaxEncodedSize would be a second block-sized
+// allocation for them.
 func (w zstdWorker) encodeZero(b *block) error {
-	b.in = make([]byte, b.n)
-	err := w.encode(b)
-	b.in = nil
-	return err
+	b.enc = w.enc.EncodeAll(make([]byte, b.n), nil)
+	return nil
 }
 
 func (w zstdWorker) close() { w.enc.Close() }

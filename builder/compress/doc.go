@@ -1,13 +1,14 @@
 // Package compress compresses finished images (raw disks, ISOs) into the
 // `.zst` and `.xz` forms served by kiln, streaming and on all cores.
 //
-// The input is cut into blocks of at most Options.BlockSize (16 MiB) that
+// The input is cut into blocks of at most Options.BlockSize (8 MiB for zstd,
+// 16 MiB for xz) that
 // are compressed independently by Concurrency goroutines and written in
 // input order, so memory stays bounded (≈ 2·(Concurrency+1)·BlockSize plus
 // one encoder per goroutine) whatever the image size:
 //
 //   - zstd: one frame per block (github.com/klauspost/compress/zstd
-//     EncodeAll, SpeedBestCompression by default). Concatenated frames are a
+//     EncodeAll, SpeedBetterCompression by default). Concatenated frames are a
 //     valid .zst (RFC 8878 §3.1); `zstd -d`/`-t` and every library read them.
 //   - xz: one .xz stream with one block per unit, as `xz -T0` writes it. The
 //     container (stream header, block headers with both sizes, CRC64 checks,
