@@ -152,9 +152,11 @@ $(E2E_KERNEL)/.done:
 # changes. Unstable moves: the test reads each tree's version from its
 # modinfo.sh.
 E2E_GRUB ?= $(CURDIR)/_e2e/grub
-# Debian 13's mtools and xfsprogs 6.13 (unpacked, not installed): the bench's
-# imager shims, and the e2e's xfs_repair/xfs_db for Talos 1.13's lts_6.18 XFS
-# (Debian 12's 6.1 refuses its exchange bit).
+# Debian 13's mtools, xfsprogs 6.13 and squashfs-tools 4.6.1 (unpacked, not
+# installed): the bench's imager shims (Debian 12's mksquashfs lacks the
+# -xattrs-exclude the imager passes for an extension), and the e2e's
+# xfs_repair/xfs_db for Talos 1.13's lts_6.18 XFS (Debian 12's 6.1 refuses
+# its exchange bit).
 BENCH_TRIXIE  := $(CURDIR)/_e2e/imager-trixie
 E2E_GRUB_APT = -o Dir::Etc::SourceList=$(E2E_GRUB)/apt/sources.list -o Dir::Etc::SourceParts=/dev/null \
 	-o Dir::State::Lists=$(E2E_GRUB)/apt/lists -o Dir::Cache=$(E2E_GRUB)/apt/cache -o APT::Sandbox::User=root \
@@ -334,7 +336,7 @@ $(TALOS_IMAGER): hack/imager-bench/talos/main.go hack/imager-bench/talos/go.mod 
 	cd hack/imager-bench/talos && GOWORK=off $(GO) build -o $(TALOS_IMAGER) .
 
 $(BENCH_TRIXIE)/.done:
-	$(call trixie-debs,$(BENCH_TRIXIE),mtools xfsprogs libc6 libblkid1 libuuid1 libinih1 liburcu8t64)
+	$(call trixie-debs,$(BENCH_TRIXIE),mtools xfsprogs squashfs-tools libc6 libblkid1 libuuid1 libinih1 liburcu8t64 liblz4-1 liblzo2-2 libzstd1 zlib1g liblzma5)
 
 # Debian 12's nginx, unpacked like the kernel: installing it would start a
 # system nginx on port 80.

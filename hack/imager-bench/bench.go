@@ -310,7 +310,7 @@ func (b *bench) buildCase(ctx context.Context, c buildCase) error {
 					continue
 				}
 			case "talos":
-				s, err = b.talos.build(ctx, c, arg)
+				s, err = b.talos.build(ctx, c, arg, k.url(""))
 			}
 
 			if err != nil {
@@ -416,7 +416,7 @@ func (b *bench) freshCase(ctx context.Context, set string) error {
 
 				s, err = b.freshKiln(ctx, dir, arg)
 			} else {
-				s, err = b.talos.build(ctx, c, arg)
+				s, err = b.talos.build(ctx, c, arg, b.kilns[set].url(""))
 			}
 
 			if err != nil {
@@ -484,6 +484,8 @@ func (b *bench) recordVersions() {
 		{"mkfs.vfat", "dosfstools " + toolVersion(env, "dpkg-query", "-W", "-f", "${Version}", "dosfstools")},
 		{"mcopy (shim)", toolVersion(env, "mcopy", "--version")},
 		{"mkfs.xfs (shim)", toolVersion(env, "mkfs.xfs", "-V")},
+		{"mksquashfs (shim)", toolVersion(env, "mksquashfs", "-version")},
+		{"cpio", toolVersion(env, "cpio", "--version")},
 		{"grub-mkrescue", toolVersion(env, "grub-mkrescue", "--version")},
 		{"zstd", toolVersion(env, "zstd", "--version")},
 		{"xz", toolVersion(env, "xz", "--version")},

@@ -200,6 +200,11 @@ func seedKiln(ctx context.Context, bin, dir, policy string, key *signingtest.Key
 
 	if _, err := demo.Push(ctx, demo.Options{
 		Version: talosVersion, Registry: reg, Remote: opts, KernelVersion: in.kernelVersion,
+		// Debian's GRUB, the one Talos's imager runs here (grub-mkrescue,
+		// grub-mkimage read /usr/lib/grub): without it the release would
+		// get demo's synthetic i386-pc tree, smaller than GRUB's, and no
+		// x86_64-efi one, so kiln would answer 501 for GRUB-only assets.
+		Grub: demo.GrubFrom(demo.HostGrubDir),
 		Assets: func(arch, file string) ([]byte, error) {
 			if p, ok := files[file]; ok && arch == "amd64" {
 				return os.ReadFile(p)

@@ -10,13 +10,16 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kiln-dev/kiln/schematic"
 )
 
-// writeShims puts Debian 13's mtools and mkfs.xfs first on the imager's
-// PATH, each run by Debian 13's own loader with its own libraries, so that
-// nothing on the machine changes (imager-baseline.md, "Did not work"):
-// Debian 12's mtools 4.0.32 cannot write the imager's small FAT32 ESPs, its
-// mkfs.xfs 6.1 lacks -p file=. The imager names its mkfs.xfs configuration
+// writeShims puts Debian 13's mtools, mkfs.xfs and mksquashfs first on the
+// imager's PATH, each run by Debian 13's own loader with its own libraries,
+// so that nothing on the machine changes (imager-baseline.md, "Did not
+// work"): Debian 12's mtools 4.0.32 cannot write the imager's small FAT32
+// ESPs, its mkfs.xfs 6.1 lacks -p file=, its mksquashfs 4.5.1 the
+// -xattrs-exclude the imager passes for the schematic's extension. The imager names its mkfs.xfs configuration
 // /usr/share/xfsprogs/mkfs/lts_6.18.conf, which no Debian ships: the shim
 // points that argument at the bench's copy of 6.13's lts_6.12.conf.
 func writeShims(trixieRoot, dir string) error {
@@ -64,6 +67,12 @@ func writeShims(trixieRoot, dir string) error {
 		}
 	}
 
+	squash := fmt.Sprintf("#!/bin/sh\n# Debian 13's mksquashfs (squashfs-tools 4.6.1), written by imager-bench.\n%s --argv0 mksquashfs %q \"$@\"\n",
+		run, filepath.Join(trixieRoot, "usr/bin/mksquashfs"))
+	if err := os.WriteFile(filepath.Join(dir, "mksquashfs"), []byte(squash), 0o755); err != nil {
+		return err
+	}
+
 	mkfs := fmt.Sprintf(`#!/bin/sh
 # Debian 13's mkfs.xfs 6.13, written by imager-bench: -c options= naming a
 # file of /usr/share/xfsprogs/mkfs/ reads the bench's copy instead.
@@ -99,11 +108,28 @@ func (t *talosRun) env() []string {
 }
 
 // build makes c's asset from the input set with one extra kernel argument
-// (the one kiln's schematic carries) and measures it: wall time, CPU and
+// and the virtual extension of the schematic that carries it (kiln's
+// schematic for the same round; the factory adds it to every ISO and disk,
+// with factoryURL as its author), and measures it: wall time, CPU and
 // peak RSS of the process tree, the output's size and allocated bytes. The
 // output is removed afterwards.
-func (t *talosRun) build(ctx context.Context, c buildCase, arg string) (sample, error) {
+func (t *talosRun) build(ctx context.Context, c buildCase, arg, factoryURL string) (sample, error) {
 	s := sample{Contender: "talos"}
+
+	sch, err := schematic.Parse([]byte(schematicFor(c.bootloader, arg)))
+	if err != nil {
+		return s, err
+	}
+
+	canonical, err := sch.Marshal()
+	if err != nil {
+		return s, err
+	}
+
+	schematicFile := filepath.Join(t.tmp, "schematic.yaml")
+	if err := os.WriteFile(schematicFile, canonical, 0o644); err != nil {
+		return s, err
+	}
 
 	if err := os.RemoveAll(t.out); err != nil {
 		return s, err
@@ -126,6 +152,7 @@ func (t *talosRun) build(ctx context.Context, c buildCase, arg string) (sample, 
 		"-rss", rssFile, "-kind", c.kind, "-bootloader", c.bootloader, "-format", c.format,
 		"-kernel", t.in.kernel, "-initramfs", t.in.initramfs[c.input], "-sd-stub", t.in.sdStub, "-sd-boot", t.in.sdBoot,
 		"-arg", arg, "-out", t.out,
+		"-schematic-id", schematic.IDOf(canonical), "-schematic", schematicFile, "-factory-url", factoryURL,
 	}
 
 	cmd := exec.CommandContext(ctx, t.bin, args...)
@@ -137,7 +164,7 @@ func (t *talosRun) build(ctx context.Context, c buildCase, arg string) (sample, 
 	settle()
 
 	start := time.Now()
-	err := cmd.Run()
+	err = cmd.Run()
 	s.Wall = time.Since(start).Seconds()
 
 	if err != nil {

@@ -7,7 +7,11 @@
 //
 // The profile is what the factory makes of a request path with no
 // schematic beyond extra kernel arguments and a boot loader: platform
-// metal, amd64, the inputs as local files, an ISO with isoOptions.bootloader
+// metal, amd64, the inputs as local files, the schematic's virtual
+// extension as a system extension (the factory appends it to every ISO and
+// disk: image-factory internal/profile EnhanceFromSchematic, the tarball of
+// internal/artifacts/schematic.go, made here from -schematic-id,
+// -schematic and -factory-url), an ISO with isoOptions.bootloader
 // or a disk image of MinRAWDiskSize (the imager adds its boot partition
 // deltas) with imageOptions.bootloader, and the factory's post-processing
 // (outFormat raw, zstd or xz: zstd -T0 -18, xz -0 -T0, pkg/imager/post.go).
@@ -15,18 +19,22 @@
 package main
 
 import (
+	"archive/tar"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/siderolabs/talos/pkg/imager"
 	"github.com/siderolabs/talos/pkg/imager/profile"
+	"github.com/siderolabs/talos/pkg/machinery/extensions"
 	"github.com/siderolabs/talos/pkg/reporter"
+	"go.yaml.in/yaml/v4"
 )
 
 type stringList []string
@@ -54,6 +62,9 @@ func run() error {
 	sdBoot := flag.String("sd-boot", "", "systemd-boot (systemd-bootx64.efi)")
 	out := flag.String("out", "", "output directory")
 	rssFile := flag.String("rss", "", "write the peak RSS of the process tree here, in bytes")
+	schematicID := flag.String("schematic-id", "", "the schematic's ID: with -schematic, its virtual extension is added as the factory adds it")
+	schematicFile := flag.String("schematic", "", "the schematic's canonical YAML (the extension's extraInfo)")
+	factoryURL := flag.String("factory-url", "", "the factory's external URL (the extension's author)")
 	verbose := flag.Bool("v", false, "keep the imager's progress output (dropped by default: the bench times the build, not a terminal)")
 	flag.Var(&args, "arg", "extra kernel argument (repeatable)")
 	flag.Parse()
@@ -83,6 +94,20 @@ func run() error {
 			SDStub:    profile.FileAsset{Path: *sdStub},
 			SDBoot:    profile.FileAsset{Path: *sdBoot},
 		},
+	}
+
+	if *schematicID != "" {
+		info, err := os.ReadFile(*schematicFile)
+		if err != nil {
+			return fmt.Errorf("-schematic: %w", err)
+		}
+
+		tarball := filepath.Join(os.TempDir(), "schematic-"+*schematicID+".tar")
+		if err := writeSchematicExtension(tarball, *schematicID, info, *factoryURL); err != nil {
+			return err
+		}
+
+		prof.Input.SystemExtensions = append(prof.Input.SystemExtensions, profile.ContainerAsset{TarballPath: tarball})
 	}
 
 	switch *kind {
@@ -178,4 +203,59 @@ func treePeakRSS() (int64, error) {
 	}
 
 	return max(self, ru.Maxrss<<10), nil
+}
+
+// writeSchematicExtension writes the tarball the Image Factory passes the
+// imager for a schematic (image-factory v1.4.0 internal/artifacts/schematic.go
+// schematicExtension, for Talos versions with overlays): manifest.yaml, the
+// rootfs directories and the empty rootfs/usr/local/share/schematic/<id>.
+// The imager turns it into a squashfs layer of the initramfs, as kiln does
+// with its own copy of the schematic extension.
+func writeSchematicExtension(path, id string, canonical []byte, factoryURL string) error {
+	manifest, err := yaml.Marshal(extensions.Manifest{
+		Version: "v1alpha1",
+		Metadata: extensions.Metadata{
+			Name:          "schematic",
+			Version:       id,
+			Author:        "Image Factory (" + factoryURL + ")",
+			Description:   "Virtual extension which specifies the schematic of the image built with schematic.",
+			Compatibility: extensions.Compatibility{Talos: extensions.Constraint{Version: ">= 1.0.0"}},
+			ExtraInfo:     string(canonical),
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+
+	tw := tar.NewWriter(f)
+
+	if err := tw.WriteHeader(&tar.Header{Name: "manifest.yaml", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(manifest))}); err != nil {
+		return err
+	}
+
+	if _, err := tw.Write(manifest); err != nil {
+		return err
+	}
+
+	for _, dir := range []string{"rootfs/", "rootfs/usr/", "rootfs/usr/local/", "rootfs/usr/local/share/", "rootfs/usr/local/share/schematic/"} {
+		if err := tw.WriteHeader(&tar.Header{Name: dir, Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+			return err
+		}
+	}
+
+	if err := tw.WriteHeader(&tar.Header{Name: "rootfs/usr/local/share/schematic/" + id, Typeflag: tar.TypeReg, Mode: 0o644}); err != nil {
+		return err
+	}
+
+	if err := tw.Close(); err != nil {
+		return err
+	}
+
+	return f.Close()
 }
