@@ -14,7 +14,7 @@ import (
 
 // Version is the builder's own version. It is part of every plan key:
 // change it whenever the same inputs would produce different bytes.
-const Version = "kiln-builder/3"
+const Version = "kiln-builder/4"
 
 // SourceDateEpoch is the fixed time stamped into every asset
 // (the public factory's SOURCE_DATE_EPOCH), so builds are reproducible.

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
+
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/esp"
 	"github.com/kiln-dev/kiln/builder/grub"
@@ -143,7 +145,12 @@ func (j *job) initramfs(ctx context.Context, out io.Writer) error {
 		exts = append(exts, initramfs.FromImage(img))
 	}
 
-	exts = append(exts, initramfs.SchematicExtension(p.SchematicID, p.canonical, p.FactoryURL))
+	var info []byte // the factory's extraInfo: the canonical schematic, from Talos 1.7
+	if quirks.New(p.Version.String()).SupportsOverlay() {
+		info = p.canonical
+	}
+
+	exts = append(exts, initramfs.SchematicExtension(p.SchematicID, info, p.FactoryURL))
 
 	if cfg := p.schematic.Customization.EmbeddedMachineConfiguration; cfg != "" {
 		exts = append(exts, initramfs.EmbeddedConfigExtension([]byte(cfg)))

@@ -82,7 +82,11 @@ const (
 // SchematicExtension is the virtual extension image-factory appends to
 // record the schematic: an empty marker file
 // rootfs/usr/local/share/schematic/<id>, and the canonical schematic YAML
-// as the manifest's extraInfo (Talos reports it in ExtensionStatus).
+// as the manifest's extraInfo (Talos reports it in ExtensionStatus); the
+// factory leaves extraInfo out for Talos before 1.7 (quirks'
+// SupportsOverlay), where the caller passes nil. The manifest is the
+// factory's (image-factory v1.4.0 internal/artifacts/schematic.go), its
+// description included.
 func SchematicExtension(id string, canonicalYAML []byte, factoryURL string) Extension {
 	return virtualExtension{
 		manifest: Manifest{
@@ -91,7 +95,7 @@ func SchematicExtension(id string, canonicalYAML []byte, factoryURL string) Exte
 				Name:          SchematicExtensionName,
 				Version:       id,
 				Author:        "Image Factory (" + factoryURL + ")",
-				Description:   "Virtual extension which specifies the schematic ID.",
+				Description:   "Virtual extension which specifies the schematic of the image built with " + SchematicExtensionName + ".",
 				Compatibility: Compatibility{Talos: Constraint{Version: ">= 1.0.0"}},
 				ExtraInfo:     string(canonicalYAML),
 			},
