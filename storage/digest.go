@@ -45,6 +45,14 @@ import (
 //     it runs at memory speed, where checking the pieces' SHA-256s would
 //     cost the hashing of every asset again at each start.
 //
+// The chunks are independent, so Commit's pass and the first Open's check
+// after a start digest them on several cores at once (digestChunks). An
+// asset written by Write is hashed inline as it is written: handing each
+// chunk to another goroutine (a copy of it, two chunk buffers per writer)
+// cost 17 % more CPU for a 68 MiB stream and gained no wall time on a
+// shared 2-core machine under load, so it was not kept; it can only win
+// where a core is idle while the writer works.
+//
 // Why not the content's SHA-256 as the ETag, computed in the background
 // after Commit: the first responses would go out without a validator (no
 // resumable download of a fresh build), a restart would lose the work, and
