@@ -147,8 +147,9 @@ func (b *Builder) planCache(ctx context.Context, refs []string, opts imagecache.
 }
 
 // writeCacheTree writes plan into dir, a scratch directory that is read
-// back at once into the asset, which is synced when it is committed: a
-// sync here would only write the cache to disk twice.
+// back at once into the asset: a sync here would write to disk what is
+// thrown away (the asset is not synced either; a power loss makes it fail
+// its CRC check and be built again, see storage's Commit).
 func writeCacheTree(ctx context.Context, plan *imagecache.Plan, opts imagecache.Options, dir string, emit func(Event)) error {
 	opts.NoSync = true
 	opts.Progress = func(e imagecache.Event) {
