@@ -91,7 +91,10 @@ func (m *Manager) walkLayer(ctx context.Context, layer v1.Layer, seen, opaque ma
 	}
 	defer blob.Close()
 
-	br := bufio.NewReaderSize(blob, 1<<20)
+	ahead := newReadAhead(blob)
+	defer ahead.Close()
+
+	br := bufio.NewReaderSize(ahead, 64<<10)
 
 	content, err := decompress(br)
 	if err != nil {
@@ -168,6 +171,8 @@ func (m *Manager) walkLayer(ctx context.Context, layer v1.Layer, seen, opaque ma
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return false, fmt.Errorf("layer %s: %w", digest, err)
 	}
+
+	ahead.Close() //nolint:errcheck // never fails; the blob is closed after its reader stopped
 
 	if err := blob.Close(); err != nil {
 		return false, fmt.Errorf("layer %s: %w", digest, err)

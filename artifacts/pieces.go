@@ -11,7 +11,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
@@ -168,7 +167,7 @@ func (m *Manager) extractFiles(ctx context.Context, img v1.Image, want map[strin
 
 			written[key] = w
 
-			if _, err := iox.Copy(ctx, w, r); err != nil {
+			if _, err := pipeCopy(ctx, w, r); err != nil {
 				return fmt.Errorf("extract: %w", err)
 			}
 		}
