@@ -150,19 +150,23 @@ type treeWriter struct {
 // extractGrub stores each GRUB platform directory of the imager (see the
 // layout above) in one walk over the image (walkLayers: a directory may
 // take files from every layer, so the walk reads them all), once for every
-// build that asks at the same time, committed only once every layer read
+// build of the architecture that asks at the same time, committed only once every layer read
 // matched its digest. A platform the imager lacks is remembered (lacks).
 // The boot files of b.Arch that the store lacks are taken in the same
 // walk: a GRUB or dual-boot build (the amd64 ISO's default) asks for both,
 // and the imager is then read once.
 func (b *BootAssets) extractGrub(ctx context.Context) error {
-	return b.m.extracts.Do(ctx, b.grubKey(""), nil, func(ctx context.Context, _ func(struct{})) error {
+	return b.m.extracts.Do(ctx, b.grubFlight(), nil, func(ctx context.Context, _ func(struct{})) error {
 		img, err := b.m.src.Image(ctx, b.Imager.Digest(), "amd64")
 		if err != nil {
 			return err
 		}
 
-		boot := b.missingBootFiles(ctx)
+		// Unless their own extraction is running (a prefetch, say).
+		boot := map[string]string{}
+		if b.m.extracts.Waiters(b.key("")) == 0 {
+			boot = b.missingBootFiles(ctx)
+		}
 		bootWritten := pending{}
 		writers := map[string]*treeWriter{}
 
@@ -267,6 +271,10 @@ func (b *BootAssets) extractGrub(ctx context.Context) error {
 		return nil
 	})
 }
+
+// grubFlight is the flight of a GRUB walk, one per architecture: each
+// takes its architecture's boot files.
+func (b *BootAssets) grubFlight() string { return b.grubKey("") + "-with-" + b.Arch }
 
 // missingBootFiles maps the image path of each boot file of b.Arch the
 // store does not hold to its key.

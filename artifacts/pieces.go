@@ -80,6 +80,18 @@ func (b *BootAssets) Open(ctx context.Context, file string) (storage.Asset, erro
 		return a, err
 	}
 
+	// A GRUB walk in progress takes the boot files too (extractGrub):
+	// joined rather than raced, unless their own extraction runs already.
+	if b.m.extracts.Waiters(b.key("")) == 0 && b.m.extracts.Waiters(b.grubFlight()) > 0 {
+		if err := b.extractGrub(ctx); err != nil {
+			return nil, err
+		}
+
+		if a, err := b.m.store.Open(ctx, key); err == nil {
+			return a, nil
+		}
+	}
+
 	if err := b.extract(ctx); err != nil {
 		return nil, err
 	}
