@@ -91,7 +91,7 @@ func (m *Manager) walkLayer(ctx context.Context, layer v1.Layer, seen, opaque ma
 	}
 	defer blob.Close()
 
-	ahead := newReadAhead(blob)
+	ahead := newReadAhead(blob, &m.chunks)
 	defer ahead.Close()
 
 	br := bufio.NewReaderSize(ahead, 64<<10)

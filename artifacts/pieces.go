@@ -179,7 +179,7 @@ func (m *Manager) extractFiles(ctx context.Context, img v1.Image, want map[strin
 
 			written[key] = w
 
-			if _, err := pipeCopy(ctx, w, r); err != nil {
+			if _, err := pipeCopy(ctx, w, r, &m.chunks); err != nil {
 				return fmt.Errorf("extract: %w", err)
 			}
 		}

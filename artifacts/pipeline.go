@@ -17,7 +17,22 @@ import (
 // for about the slowest stage, not for the sum of the three.
 
 // pipeDepth is how many ChunkSize buffers a stage may run ahead.
-const pipeDepth = 4
+const pipeDepth = 3
+
+// chunkPool keeps the stages' buffers across the files and layers of an
+// extraction and across extractions, rather than leaving them to the
+// garbage collector (each file and each layer would take pipeDepth MiB).
+type chunkPool struct{ p sync.Pool }
+
+func (c *chunkPool) get() []byte {
+	if b, ok := c.p.Get().(*[]byte); ok {
+		return *b
+	}
+
+	return make([]byte, iox.ChunkSize)
+}
+
+func (c *chunkPool) put(b []byte) { c.p.Put(&b) }
 
 type chunk struct {
 	buf []byte
@@ -36,13 +51,14 @@ type readAhead struct {
 	cur   chunk
 	off   int
 	final error
+	pool  *chunkPool
 }
 
-func newReadAhead(r io.Reader) *readAhead {
-	ra := &readAhead{full: make(chan chunk, pipeDepth), free: make(chan []byte, pipeDepth), stop: make(chan struct{})}
+func newReadAhead(r io.Reader, pool *chunkPool) *readAhead {
+	ra := &readAhead{full: make(chan chunk, pipeDepth), free: make(chan []byte, pipeDepth), stop: make(chan struct{}), pool: pool}
 
 	for range pipeDepth {
-		ra.free <- make([]byte, iox.ChunkSize)
+		ra.free <- pool.get()
 	}
 
 	ra.done.Go(func() {
@@ -109,24 +125,45 @@ func (ra *readAhead) Read(p []byte) (int, error) {
 func (ra *readAhead) Close() error {
 	select {
 	case <-ra.stop:
+		return nil
 	default:
 		close(ra.stop)
 	}
 
 	ra.done.Wait()
 
+	// Every buffer is now in free, full or cur; none is in use.
+	for c := range ra.full {
+		ra.free <- c.buf
+	}
+
+	if ra.cur.buf != nil {
+		ra.free <- ra.cur.buf
+		ra.cur = chunk{}
+	}
+
+	for len(ra.free) > 0 {
+		ra.pool.put(<-ra.free)
+	}
+
 	return nil
 }
 
 // pipeCopy copies r to w as iox.Copy does, w's writes on a goroutine of
 // their own, up to pipeDepth chunks behind r's reads.
-func pipeCopy(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+func pipeCopy(ctx context.Context, w io.Writer, r io.Reader, pool *chunkPool) (int64, error) {
 	full := make(chan chunk, pipeDepth)
 	free := make(chan []byte, pipeDepth)
 
 	for range pipeDepth {
-		free <- make([]byte, iox.ChunkSize)
+		free <- pool.get()
 	}
+
+	defer func() {
+		for len(free) > 0 {
+			pool.put(<-free)
+		}
+	}()
 
 	var (
 		wg   sync.WaitGroup
