@@ -25,10 +25,14 @@ func (m *Manager) PrefetchBootFiles(ctx context.Context, arches []string) error 
 		return nil
 	}
 
-	vs, err := m.Versions(ctx)
+	// Listed afresh, not through Versions: its list is kept for a while,
+	// and a version tagged just after the start would not show up in it.
+	tags, err := m.src.Tags(ctx, release.ImagerRepo)
 	if err != nil {
 		return fmt.Errorf("prefetch boot files: %w", err)
 	}
+
+	vs := release.Versions(tags, m.cfg.BrokenVersions)
 
 	var v release.Version
 
