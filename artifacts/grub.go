@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"path"
 	"slices"
 	"strings"
 	"testing/fstest"
 
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-
+	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/storage"
 )
@@ -150,18 +148,31 @@ type treeWriter struct {
 }
 
 // extractGrub stores each GRUB platform directory of the imager (see the
-// layout above) in one pass over the image, once for every build that asks
-// at the same time. A platform the imager lacks is remembered (lacks).
+// layout above) in one walk over the image (walkLayers: a directory may
+// take files from every layer, so the walk reads them all), once for every
+// build of the architecture that asks at the same time, committed only once every layer read
+// matched its digest. A platform the imager lacks is remembered (lacks).
+// The boot files of b.Arch that the store lacks are taken in the same
+// walk: a GRUB or dual-boot build (the amd64 ISO's default) asks for both,
+// and the imager is then read once.
 func (b *BootAssets) extractGrub(ctx context.Context) error {
-	return b.m.extracts.Do(ctx, b.grubKey(""), nil, func(ctx context.Context, _ func(struct{})) error {
+	return b.m.extracts.Do(ctx, b.grubFlight(), nil, func(ctx context.Context, _ func(struct{})) error {
 		img, err := b.m.src.Image(ctx, b.Imager.Digest(), "amd64")
 		if err != nil {
 			return err
 		}
 
+		// Unless their own extraction is running (a prefetch, say).
+		boot := map[string]string{}
+		if b.m.extracts.Waiters(b.key("")) == 0 {
+			boot = b.missingBootFiles(ctx)
+		}
+		bootWritten := pending{}
 		writers := map[string]*treeWriter{}
 
 		defer func() {
+			bootWritten.cancel()
+
 			for _, t := range writers {
 				if t.w != nil {
 					t.w.Cancel() //nolint:errcheck // failing or done
@@ -169,31 +180,34 @@ func (b *BootAssets) extractGrub(ctx context.Context) error {
 			}
 		}()
 
-		rc := mutate.Extract(img)
-		defer rc.Close()
+		err = b.m.walkLayers(ctx, img, func(hdr *tar.Header, p string, r io.Reader) error {
+			if key, ok := boot[p]; ok {
+				delete(boot, p)
 
-		tr := tar.NewReader(rc)
+				if hdr.Typeflag != tar.TypeReg {
+					return nil
+				}
 
-		for {
-			hdr, err := tr.Next()
-			if errors.Is(err, io.EOF) {
-				break
+				w, err := b.m.store.Create(ctx, key)
+				if err != nil {
+					return err
+				}
+
+				bootWritten[key] = w
+
+				_, err = iox.Copy(ctx, w, r)
+
+				return err
 			}
-
-			if err != nil {
-				return fmt.Errorf("imager %s: read: %w", b.Imager.Digest(), err)
-			}
-
-			p := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
 
 			rest, ok := strings.CutPrefix(p, release.GrubDir+"/")
 			if !ok || hdr.Typeflag != tar.TypeReg {
-				continue
+				return nil
 			}
 
 			platform, rel, ok := strings.Cut(rest, "/")
 			if !ok || !slices.Contains(release.GrubPlatforms, platform) || !fs.ValidPath(rel) {
-				continue
+				return nil
 			}
 
 			t := writers[platform]
@@ -211,16 +225,19 @@ func (b *BootAssets) extractGrub(ctx context.Context) error {
 			t.size += hdr.Size
 
 			if t.files > maxGrubFiles || t.size > maxGrubTree {
-				return fmt.Errorf("imager %s: %s/%s holds more than %d files or %d bytes", b.Imager.Digest(), release.GrubDir, platform, maxGrubFiles, maxGrubTree)
+				return fmt.Errorf("%s/%s holds more than %d files or %d bytes", release.GrubDir, platform, maxGrubFiles, maxGrubTree)
 			}
 
 			if err := t.tw.WriteHeader(&tar.Header{Name: rel, Mode: 0o644, Size: hdr.Size, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
 				return err
 			}
 
-			if _, err := io.Copy(t.tw, tr); err != nil {
-				return fmt.Errorf("imager %s: extract %s: %w", b.Imager.Digest(), p, err)
-			}
+			_, err := io.Copy(t.tw, r)
+
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("imager %s: %w", b.Imager.Digest(), err)
 		}
 
 		for _, platform := range release.GrubPlatforms {
@@ -245,6 +262,36 @@ func (b *BootAssets) extractGrub(ctx context.Context) error {
 			}
 		}
 
+		// Boot files the imager lacks are left to their own extraction,
+		// which records that.
+		if err := bootWritten.commit(); err != nil {
+			return fmt.Errorf("imager %s: %w", b.Imager.Digest(), err)
+		}
+
 		return nil
 	})
+}
+
+// grubFlight is the flight of a GRUB walk, one per architecture: each
+// takes its architecture's boot files.
+func (b *BootAssets) grubFlight() string { return b.grubKey("") + "-with-" + b.Arch }
+
+// missingBootFiles maps the image path of each boot file of b.Arch the
+// store does not hold to its key.
+func (b *BootAssets) missingBootFiles(ctx context.Context) map[string]string {
+	want := map[string]string{}
+
+	for _, file := range bootFiles {
+		key := b.key(file)
+
+		if a, err := b.m.store.Open(ctx, key); err == nil {
+			a.Close()
+
+			continue
+		}
+
+		want[release.InstallDir+"/"+b.Arch+"/"+file] = key
+	}
+
+	return want
 }

@@ -65,8 +65,18 @@ func TestGrubSynthetic(t *testing.T) {
 
 	wg.Wait()
 
-	if n := f.store.creates.Load(); n != 1 {
-		t.Fatalf("4 concurrent Grub calls wrote %d store entries, want the i386-pc tree once", n)
+	// The same walk took the architecture's boot files, which a GRUB or
+	// dual-boot build opens next: opening them extracts nothing more.
+	if n := f.store.creates.Load(); n != 5 {
+		t.Fatalf("4 concurrent Grub calls wrote %d store entries, want the i386-pc tree and the 4 amd64 boot files once", n)
+	}
+
+	for _, file := range []string{release.KernelAsset, release.InitramfsAsset, release.SDBootAsset, release.SDStubAsset} {
+		readBoot(t, boot, file)
+	}
+
+	if n := f.store.creates.Load(); n != 5 {
+		t.Fatalf("opening the boot files after the GRUB walk wrote %d entries in all, want none more than 5", n)
 	}
 
 	_, err = boot.Grub(ctx, release.GrubAMD64)

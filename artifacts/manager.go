@@ -78,6 +78,8 @@ type Manager struct {
 	group singleflight.Group
 	// extracts runs each extraction of a release image's files once.
 	extracts *flight.Group[struct{}]
+	// chunks are the buffers of extractions' stages (pipeline.go).
+	chunks chunkPool
 
 	mu         sync.Mutex
 	versions   []release.Version

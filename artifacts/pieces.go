@@ -10,9 +10,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
-	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
@@ -82,6 +80,18 @@ func (b *BootAssets) Open(ctx context.Context, file string) (storage.Asset, erro
 		return a, err
 	}
 
+	// A GRUB walk in progress takes the boot files too (extractGrub):
+	// joined rather than raced, unless their own extraction runs already.
+	if b.m.extracts.Waiters(b.key("")) == 0 && b.m.extracts.Waiters(b.grubFlight()) > 0 {
+		if err := b.extractGrub(ctx); err != nil {
+			return nil, err
+		}
+
+		if a, err := b.m.store.Open(ctx, key); err == nil {
+			return a, nil
+		}
+	}
+
 	if err := b.extract(ctx); err != nil {
 		return nil, err
 	}
@@ -138,55 +148,71 @@ func (b *BootAssets) extract(ctx context.Context) error {
 	})
 }
 
-// extractFiles reads img's file tree in one pass and stores each regular
-// file want maps (path in the image, "usr/install/amd64/vmlinuz") to a
-// store key, committed as it ends. It returns the keys it stored; the keys
-// of want the image lacks are remembered (lacks).
+// extractFiles reads img's files (walkLayers) and stores each regular file
+// want maps (path in the image, "usr/install/amd64/vmlinuz") to a store
+// key, digested as it is written (never read back), all committed once
+// every layer they came from matched its digest: a walk that fails leaves
+// none of them. The walk stops at the layer where the last of them was
+// found. It returns the keys it stored; the keys of want the image lacks
+// are remembered (lacks).
 func (m *Manager) extractFiles(ctx context.Context, img v1.Image, want map[string]string) (map[string]bool, error) {
-	rc := mutate.Extract(img)
-	defer rc.Close()
+	written := pending{}
+	defer written.cancel()
 
-	tr := tar.NewReader(rc)
 	found := map[string]bool{}
 
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
+	err := m.walkLayers(ctx, img, func(hdr *tar.Header, name string, r io.Reader) error {
+		key, ok := want[name]
+		if !ok || found[key] {
+			return nil
 		}
 
-		if err != nil {
-			return found, fmt.Errorf("read: %w", err)
-		}
-
-		if hdr.Typeflag != tar.TypeReg {
-			continue
-		}
-
-		p := strings.TrimPrefix(hdr.Name, "./")
-
-		key, ok := want[p]
-		if !ok {
-			continue
-		}
-
-		if err := m.storeFile(ctx, key, tr); err != nil {
-			return found, fmt.Errorf("extract %s: %w", p, err)
-		}
-
+		// Found, whatever its type: a lower layer's file of this name is
+		// hidden by it.
 		found[key] = true
+
+		if hdr.Typeflag == tar.TypeReg {
+			w, err := m.store.Create(ctx, key)
+			if err != nil {
+				return err
+			}
+
+			written[key] = w
+
+			if _, err := pipeCopy(ctx, w, r, &m.chunks); err != nil {
+				return fmt.Errorf("extract: %w", err)
+			}
+		}
+
+		if len(found) == len(want) {
+			return errWalkDone
+		}
+
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	stored := map[string]bool{}
+	for key := range written {
+		stored[key] = true
+	}
+
+	if err := written.commit(); err != nil {
+		return nil, err
 	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 
 	for _, key := range want {
-		if !found[key] {
+		if !stored[key] {
 			m.absent[key] = true
 		}
 	}
 
-	return found, nil
+	return stored, nil
 }
 
 // lacks reports whether an extraction found no file for key in its image.
@@ -195,23 +221,6 @@ func (m *Manager) lacks(key string) bool {
 	defer m.mu.Unlock()
 
 	return m.absent[key]
-}
-
-// storeFile writes r to the store under key; nothing is visible unless
-// all of it was written.
-func (m *Manager) storeFile(ctx context.Context, key string, r io.Reader) error {
-	w, err := m.store.Create(ctx, key)
-	if err != nil {
-		return err
-	}
-
-	if _, err := iox.Copy(ctx, w, r); err != nil {
-		w.Cancel() //nolint:errcheck // already failing
-
-		return err
-	}
-
-	return w.Commit()
 }
 
 // Image is a verified image of a release that kiln builds from: a system

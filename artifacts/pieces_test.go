@@ -42,6 +42,8 @@ type piecesFixture struct {
 	rel    *demo.Release
 	store  *countingStore
 	dir    string // the store's directory
+	reg    *registry.Embedded
+	regDir string // the registry's directory
 	kernel []byte
 	v      *recordingVerifier
 }
@@ -57,7 +59,9 @@ func newPiecesFixture(t *testing.T, limit int64) *piecesFixture {
 func newPiecesFixtureWith(t *testing.T, limit int64, grub func(string) (fs.FS, error)) *piecesFixture {
 	t.Helper()
 
-	reg, err := registry.NewEmbedded(t.Context(), t.TempDir())
+	regDir := t.TempDir()
+
+	reg, err := registry.NewEmbedded(t.Context(), regDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +92,7 @@ func newPiecesFixtureWith(t *testing.T, limit int64, grub func(string) (fs.FS, e
 		t.Fatal(err)
 	}
 
-	f := &piecesFixture{rel: rel, store: &countingStore{Assets: assets}, dir: dir, kernel: kernel, v: &recordingVerifier{}}
+	f := &piecesFixture{rel: rel, store: &countingStore{Assets: assets}, dir: dir, reg: reg, regDir: regDir, kernel: kernel, v: &recordingVerifier{}}
 	src := &artifacts.Source{Mirror: release.Mirror{Registry: host, Namespace: "mirror"}, Remote: inproc}
 	f.m = artifacts.NewManager(artifacts.Deps{Source: src, Checker: signing.CheckFunc(f.v.check), Store: f.store}, artifacts.Config{})
 

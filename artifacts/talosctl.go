@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"github.com/kiln-dev/kiln/internal/iox"
 	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/signing"
 	"github.com/kiln-dev/kiln/storage"
@@ -181,15 +182,32 @@ func (t *Talosctl) Open(ctx context.Context, file string) (storage.Asset, error)
 	}
 
 	err = t.m.extracts.Do(ctx, key, nil, func(ctx context.Context, _ func(struct{})) error {
+		// Committed after the walk: mutate.Extract checks each layer's
+		// digest once it has read the layer, after handing out its files.
+		written := pending{}
+		defer written.cancel()
+
 		_, err := t.walk(ctx, func(name string, r io.Reader) error {
-			if name != file {
+			if name != file || written[key] != nil {
 				return nil
 			}
 
-			return t.m.storeFile(ctx, key, r)
-		})
+			w, err := t.m.store.Create(ctx, key)
+			if err != nil {
+				return err
+			}
 
-		return err
+			written[key] = w
+
+			_, err = iox.Copy(ctx, w, r)
+
+			return err
+		})
+		if err != nil {
+			return err
+		}
+
+		return written.commit()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("extract %s: %w", file, err)

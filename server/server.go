@@ -92,6 +92,11 @@ type Config struct {
 	// image cache of its ISOs and disks (by default it is built, published
 	// and cached under the air-gap patch's machine.install.image).
 	NoInstallerInCache bool
+	// PrefetchBootFiles are the architectures whose boot files of the
+	// newest locked release are verified and extracted in the background
+	// at start (artifacts.Manager.PrefetchBootFiles), so that the first
+	// build does not wait for that; none when empty.
+	PrefetchBootFiles []string
 }
 
 // SourceConfig selects the registry kiln reads releases from. With no

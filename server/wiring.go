@@ -66,6 +66,16 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 
+	if deps.Artifacts != nil && len(cfg.PrefetchBootFiles) > 0 {
+		// In the background: serving starts now, and a build that needs the
+		// files meanwhile joins the extraction.
+		go func() {
+			if err := deps.Artifacts.PrefetchBootFiles(ctx, cfg.PrefetchBootFiles); err != nil && ctx.Err() == nil {
+				logger.Warn("prefetching boot files failed; builds extract them when they need them", "error", err)
+			}
+		}()
+	}
+
 	return srv.Serve(ctx, lis)
 }
 

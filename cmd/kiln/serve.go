@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/kiln-dev/kiln/internal/cli"
+	"github.com/kiln-dev/kiln/release"
 	"github.com/kiln-dev/kiln/server"
 )
 
@@ -20,7 +22,7 @@ const serveEnvPrefix = "KILN_"
 // serveSettings are the flags of kiln serve that are not fields of the
 // server's Config as they are.
 type serveSettings struct {
-	cacheSize, schematicSize, broken, logLevel, logFormat *string
+	cacheSize, schematicSize, broken, prefetch, logLevel, logFormat *string
 }
 
 // newServeFlags defines kiln serve's flags over cfg. It is also what the
@@ -61,6 +63,7 @@ func newServeFlags(cfg *server.Config, out io.Writer) (*flag.FlagSet, *serveSett
 	fs.StringVar(&cfg.ClientCA, "client-ca", "", "PEM CA bundle: a TLS client certificate it signed is an admin credential, like <data-dir>/auth/htpasswd's users (needs --tls-cert)")
 	fs.BoolVar(&cfg.PublicSchematicList, "public-schematic-list", false, "let anyone list schematic IDs (ListSchematics, GET /v1/schematics); by default it needs a credential")
 	fs.BoolVar(&cfg.NoInstallerInCache, "no-installer-in-cache", false, "leave the schematic's installer out of the image cache its ISOs and disks embed (by default it is built and cached under the air-gap patch's install image)")
+	s.prefetch = fs.String("prefetch-boot-files", "amd64", "at start, verify and extract in the background, one architecture at a time, the boot files of the newest mirrored Talos version with a release lock for these comma-separated architectures, so the first build need not (a build meanwhile joins the work); empty: none")
 	s.broken = fs.String("broken-versions", "", "comma-separated Talos versions hidden from /versions and listed by /versions?broken=true")
 	s.logLevel = fs.String("log-level", "info", "debug, info, warn or error")
 	s.logFormat = fs.String("log-format", "text", "text or json")
@@ -96,6 +99,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	}
 
 	cfg.BrokenVersions = splitList(*set.broken)
+
+	cfg.PrefetchBootFiles = splitList(*set.prefetch)
+	for _, arch := range cfg.PrefetchBootFiles {
+		if !slices.Contains(release.Arches, arch) {
+			return fmt.Errorf("--prefetch-boot-files: architecture %q: want a comma-separated list of %v, or empty", arch, release.Arches)
+		}
+	}
 
 	logger, err := newLogger(stderr, *set.logLevel, *set.logFormat)
 	if err != nil {
