@@ -15,6 +15,7 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-dev/kiln/builder/internal/kcopy"
 	"github.com/kiln-dev/kiln/internal/iox"
 )
 
@@ -314,6 +315,12 @@ func writeContents(ctx context.Context, out *os.File, base int64, files []staged
 }
 
 func writeContent(ctx context.Context, out *os.File, at int64, f File, buf []byte) (err error) {
+	if f.WriteAt != nil {
+		if err := f.WriteAt(ctx, out, at); err != nil {
+			return fmt.Errorf("iso: write %s: %w", f.Path, err)
+		}
+		return nil
+	}
 	var src io.ReadCloser
 	if f.Source != "" {
 		src, err = os.Open(f.Source)
@@ -325,7 +332,12 @@ func writeContent(ctx context.Context, out *os.File, at int64, f File, buf []byt
 	}
 	defer src.Close()
 	var n int64
-	if sf, ok := src.(*os.File); ok {
+	if sec, ok := kcopy.Opened(src, f.Size); ok {
+		if err := kcopy.CopySection(ctx, out, at, sec); err != nil {
+			return fmt.Errorf("iso: write %s: %w", f.Path, err)
+		}
+		return nil
+	} else if sf, ok := src.(*os.File); ok {
 		n, err = copyFileRange(ctx, out, at, sf, f.Size)
 		if err == nil && n == f.Size {
 			// One byte more would be content beyond the declared size.

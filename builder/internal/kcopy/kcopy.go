@@ -166,3 +166,30 @@ func copyFileRange(ctx context.Context, dst *os.File, dstOff int64, src syscall.
 
 	return done, opErr
 }
+
+// SectionCloser is a section with a Close that does nothing: what an Open
+// function hands out for a section of a file (a release's kernel) so that
+// the copy finds the file behind it (Opened).
+type SectionCloser struct{ *io.SectionReader }
+
+// Close does nothing.
+func (SectionCloser) Close() error { return nil }
+
+// Opened returns the section behind what an Open function returned, if it
+// is a SectionCloser of a file, not yet read, of size n.
+func Opened(rc io.ReadCloser, n int64) (*io.SectionReader, bool) {
+	sc, ok := rc.(SectionCloser)
+	if !ok || sc.Size() != n {
+		return nil, false
+	}
+
+	if pos, err := sc.Seek(0, io.SeekCurrent); err != nil || pos != 0 {
+		return nil, false
+	}
+
+	if _, _, _, ok := Section(sc.SectionReader); !ok {
+		return nil, false
+	}
+
+	return sc.SectionReader, true
+}
