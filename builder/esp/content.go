@@ -19,7 +19,9 @@ import (
 // clusters of the file being written, in file order), drops them and
 // records where they went; then copyContent writes the real bytes there,
 // read once from the file's reader, in runs as long as the allocation is
-// contiguous (copy_file_range for an *os.File).
+// contiguous (copy_file_range for an *os.File or a kcopy.SectionCloser of
+// one); a File with WriteAt writes them itself, in place (the builder
+// assembles a UKI straight into its clusters).
 
 // marker returns the marker for files: as long as the largest, so that
 // each file is one go-diskfs Write (each rewrites both FATs), mapped and

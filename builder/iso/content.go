@@ -26,7 +26,8 @@ import (
 // them, and its writes of their zeros are dropped (sparseWrites); relayout
 // then gives each file its real size and extent, as go-diskfs would have
 // from full-size files; writeContents puts each file's bytes there, read
-// once from its Source or reader. Before, every byte was written into the
+// once from its Source or reader (in the kernel from a file or a section of
+// one), or written there by its WriteAt. Before, every byte was written into the
 // staging directory, then read and written again by go-diskfs in 2 KiB
 // pieces.
 
