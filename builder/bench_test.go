@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/builder"
-	"github.com/kiln-dev/kiln/schematic"
 	"github.com/kiln-dev/kiln/demo"
+	"github.com/kiln-dev/kiln/schematic"
 )
 
 // BenchmarkISOLargeInitramfs builds cold sd-boot ISOs (each a new
@@ -84,4 +84,3 @@ func BenchmarkISOLargeInitramfs(b *testing.B) {
 
 	b.ReportMetric(float64((cpu()-start).Milliseconds())/float64(b.N), "cpu-ms/op")
 }
-
