@@ -38,8 +38,13 @@ type checksums struct {
 	m  map[string]uki.Sum
 }
 
-// of returns the Sum of a's content, read the first time.
+// of returns the Sum of a's content, read the first time (every time for
+// an asset without an ETag).
 func (c *checksums) of(ctx context.Context, a storage.Asset) (uki.Sum, error) {
+	if a.ETag() == "" {
+		return uki.SumOf(ctx, a, 0, a.Size())
+	}
+
 	key := a.ETag() + "/" + strconv.FormatInt(a.Size(), 10)
 
 	c.mu.Lock()
