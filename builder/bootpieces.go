@@ -128,13 +128,39 @@ type ukiImage struct {
 	stub storage.Asset
 	secs uki.Sections
 	size int64
+	// The release's kernel and initramfs, whose checksum shares writeAt
+	// gives the sections' parts.
+	kernel, base storage.Asset
+	sums         *checksums
 }
 
 var ukiOptions = uki.Options{StripSymbols: true}
 
-// writeAt assembles the UKI at off of out.
+// writeAt assembles the UKI at off of out, the release's kernel and
+// initramfs copied in the kernel.
 func (u *ukiImage) writeAt(ctx context.Context, out *os.File, off int64) error {
-	res, err := uki.AssembleAt(ctx, u.stub, u.secs, out, off, ukiOptions)
+	secs := u.secs
+
+	for _, b := range []*uki.Blob{&secs.Linux, &secs.Initrd} {
+		b.Parts = append([]uki.Part(nil), b.Parts...)
+
+		for i, part := range b.Parts {
+			for _, a := range []storage.Asset{u.kernel, u.base} {
+				if outer, _, n := part.R.Outer(); outer != a || n != a.Size() {
+					continue
+				}
+
+				sum, err := u.sums.of(ctx, a)
+				if err != nil {
+					return fmt.Errorf("assemble UKI: %w", err)
+				}
+
+				b.Parts[i].Sum = &sum
+			}
+		}
+	}
+
+	res, err := uki.AssembleAt(ctx, u.stub, secs, out, off, ukiOptions)
 	if err != nil {
 		return fmt.Errorf("assemble UKI: %w", err)
 	}
@@ -180,28 +206,15 @@ func (j *job) ukiPieces(ctx context.Context) (*ukiImage, error) {
 
 	j.closeLater(kernel)
 
-	ksum, err := j.b.sums.of(ctx, kernel)
-	if err != nil {
-		return nil, fmt.Errorf("release %s: %w", release.KernelAsset, err)
-	}
-
-	bsum, err := j.b.sums.of(ctx, j.initrdBase)
-	if err != nil {
-		return nil, fmt.Errorf("release %s: %w", release.InitramfsAsset, err)
-	}
-
 	initrd := make([]uki.Part, len(im.Parts))
 	for i, part := range im.Parts {
 		initrd[i] = uki.Part{R: part}
-		if outer, _, n := part.Outer(); outer == j.initrdBase && n == bsum.Len() {
-			initrd[i].Sum = &bsum
-		}
 	}
 
-	u := &ukiImage{stub: stub, secs: uki.Sections{
+	u := &ukiImage{stub: stub, kernel: kernel, base: j.initrdBase, sums: &j.b.sums, secs: uki.Sections{
 		OSRel:    osrel,
 		Cmdline:  line,
-		Linux:    uki.Blob{Size: kernel.Size(), Parts: []uki.Part{{R: io.NewSectionReader(kernel, 0, kernel.Size()), Sum: &ksum}}},
+		Linux:    uki.Blob{Size: kernel.Size(), Parts: []uki.Part{{R: io.NewSectionReader(kernel, 0, kernel.Size())}}},
 		Initrd:   uki.Blob{Size: im.Size, Parts: initrd},
 		Profiles: profiles,
 	}}
