@@ -79,6 +79,8 @@ type Builder struct {
 
 	// builds counts assemblies run, for tests and metrics.
 	builds atomic.Int64
+	// sums are the PE checksum shares of release boot files (bootpieces.go).
+	sums checksums
 	// installers, when set, puts installers into kiln's registry, so that
 	// an image cache can carry the schematic's own (SetInstallerPublisher).
 	installers atomic.Pointer[InstallerPublisher]

@@ -51,7 +51,7 @@ func newEnvWith(t *testing.T, tune func(*builder.Config)) *env {
 
 // newEnvRelease is newEnvWith with the demo release's options changed by
 // tuneRelease.
-func newEnvRelease(t *testing.T, tune func(*builder.Config), tuneRelease func(*demo.Options)) *env {
+func newEnvRelease(t testing.TB, tune func(*builder.Config), tuneRelease func(*demo.Options)) *env {
 	t.Helper()
 
 	ctx, cancel := context.WithCancel(context.Background())

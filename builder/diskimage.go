@@ -310,7 +310,7 @@ func (j *job) grubBoot(ctx context.Context, params *disk.Params, bootSize int64)
 		params.BIOS = &disk.BIOSBoot{BootImage: boot, CoreImage: core}
 	}
 
-	initrd, err := j.initramfsFile(ctx)
+	initrd, err := j.initramfsImage(ctx)
 	if err != nil {
 		return err
 	}
@@ -332,16 +332,11 @@ func (j *job) grubBoot(ctx context.Context, params *disk.Params, bootSize int64)
 	reset := params.Bootloader == disk.BootloaderDualBoot || grub.SupportsResetOption(p.Version)
 	cfg := grub.DiskConfig(p.Version, line, reset)
 
-	st, err := os.Stat(initrd)
-	if err != nil {
-		return err
-	}
-
 	files := []xfs.File{
 		{Path: "A/" + release.KernelAsset, Size: kernel.Size(), Open: func() (io.ReadCloser, error) {
 			return io.NopCloser(io.NewSectionReader(kernel, 0, kernel.Size())), nil
 		}},
-		{Path: "A/" + release.InitramfsAsset, Size: st.Size(), Open: func() (io.ReadCloser, error) { return os.Open(initrd) }},
+		{Path: "A/" + release.InitramfsAsset, Size: initrd.Size, Open: func() (io.ReadCloser, error) { return io.NopCloser(initrd.Reader()), nil }},
 		{Path: "grub/grub.cfg", Size: int64(len(cfg)), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(cfg)), nil }},
 	}
 
@@ -354,27 +349,4 @@ func (j *job) grubBoot(ctx context.Context, params *disk.Params, bootSize int64)
 	params.Boot = &boot
 
 	return nil
-}
-
-// initramfsFile is the initramfs with the schematic's extensions in the
-// scratch directory: the one uki built the ESP's UKI from, or built now
-// for an image without a UKI.
-func (j *job) initramfsFile(ctx context.Context) (string, error) {
-	path := filepath.Join(j.tmp, "initramfs") // where uki builds it
-
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
-	}
-
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-
-	if err := j.initramfs(ctx, f); err != nil {
-		return "", err
-	}
-
-	return path, f.Close()
 }

@@ -3,6 +3,7 @@ package builder
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -10,12 +11,11 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
-
 	"github.com/kiln-dev/kiln/builder/cmdline"
 	"github.com/kiln-dev/kiln/builder/esp"
 	"github.com/kiln-dev/kiln/builder/grub"
 	"github.com/kiln-dev/kiln/builder/initramfs"
+	"github.com/kiln-dev/kiln/builder/internal/kcopy"
 	"github.com/kiln-dev/kiln/builder/iso"
 	"github.com/kiln-dev/kiln/builder/meta"
 	"github.com/kiln-dev/kiln/builder/uki"
@@ -34,6 +34,10 @@ type job struct {
 	emit func(Event)
 	// open are release files read until the job ends.
 	open []io.Closer
+	// initrd is the initramfs with extensions once assembled
+	// (initramfsImage), initrdBase the release initramfs it starts with.
+	initrd     *initramfs.Image
+	initrdBase storage.Asset
 }
 
 // closeLater keeps c open until the job ends.
@@ -130,30 +134,9 @@ func (b *Builder) write(ctx context.Context, p *Plan, w storage.AssetWriter, emi
 // the schematic's virtual extension and, if any, the embedded machine
 // configuration (talos-formats §2).
 func (j *job) initramfs(ctx context.Context, out io.Writer) error {
-	p := j.p
-
-	var exts []initramfs.Extension
-
-	for _, ext := range p.exts {
-		j.emit(Event{Phase: "fetch", Artifact: ext.Verified.Digest().String(), Message: "extension " + ext.Name})
-
-		img, err := ext.Platform(ctx, p.Output.Arch)
-		if err != nil {
-			return fmt.Errorf("extension %s: %w", ext.Name, err)
-		}
-
-		exts = append(exts, initramfs.FromImage(img))
-	}
-
-	var info []byte // the factory's extraInfo: the canonical schematic, from Talos 1.7
-	if quirks.New(p.Version.String()).SupportsOverlay() {
-		info = p.canonical
-	}
-
-	exts = append(exts, initramfs.SchematicExtension(p.SchematicID, info, p.FactoryURL))
-
-	if cfg := p.schematic.Customization.EmbeddedMachineConfiguration; cfg != "" {
-		exts = append(exts, initramfs.EmbeddedConfigExtension([]byte(cfg)))
+	exts, err := j.extensions(ctx)
+	if err != nil {
+		return err
 	}
 
 	base, err := j.bootFile(ctx, release.InitramfsAsset)
@@ -162,73 +145,26 @@ func (j *job) initramfs(ctx context.Context, out io.Writer) error {
 	}
 	defer base.Close()
 
-	// Counted as the schematic asked: its virtual extension (and the
-	// embedded machine configuration) are kiln's, not requested ones.
-	j.emit(Event{Phase: "assemble", Message: "initramfs with " + extensionCount(len(p.exts)) + " (and the schematic's own)"})
+	j.emitInitramfs()
 
-	return initramfs.Build(ctx, base, exts, initramfs.Options{
-		Arch: p.Output.Arch, TalosVersion: p.Version, ModTime: time.Unix(p.Epoch, 0), TempDir: j.tmp,
-		Logger: j.b.deps.Logger,
-	}, out)
+	return initramfs.Build(ctx, base, exts, j.initramfsOptions(), out)
 }
 
-// uki assembles the unified kernel image: the release's systemd stub with
-// the kernel, the initramfs with extensions and the command line.
+// uki writes the unified kernel image to out: in place, its release pieces
+// copied in the kernel, when out is a file (the installer's scratch copy).
 func (j *job) uki(ctx context.Context, out io.Writer) (int64, error) {
-	p := j.p
-
-	initrd, err := os.Create(filepath.Join(j.tmp, "initramfs"))
+	u, err := j.ukiPieces(ctx)
 	if err != nil {
-		return 0, err
-	}
-	defer initrd.Close()
-
-	if err := j.initramfs(ctx, initrd); err != nil {
-		return 0, err
-	}
-
-	line, profiles, err := ukiContents(p)
-	if err != nil {
-		return 0, err
-	}
-
-	osrel, err := uki.OSRelease("Talos", p.Version.String())
-	if err != nil {
-		return 0, err
-	}
-
-	stub, err := j.bootFile(ctx, release.SDStubAsset)
-	if err != nil {
-		return 0, err
-	}
-	defer stub.Close()
-
-	kernel, err := j.bootFile(ctx, release.KernelAsset)
-	if err != nil {
-		return 0, err
-	}
-	defer kernel.Close()
-
-	ksize := kernel.Size()
-
-	isize, err := sizeOf(initrd)
-	if err != nil {
-		return 0, err
-	}
-
-	if _, err := initrd.Seek(0, io.SeekStart); err != nil {
 		return 0, err
 	}
 
 	j.emit(Event{Phase: "assemble", Message: "UKI"})
 
-	res, err := uki.Assemble(ctx, stub, uki.Sections{
-		OSRel:    osrel,
-		Cmdline:  line,
-		Linux:    uki.Blob{R: kernel, Size: ksize},
-		Initrd:   uki.Blob{R: initrd, Size: isize},
-		Profiles: profiles,
-	}, out, uki.Options{StripSymbols: true})
+	if f, ok := out.(*os.File); ok {
+		return u.size, u.writeAt(ctx, f, 0)
+	}
+
+	res, err := uki.Assemble(ctx, u.stub, u.secs, out, ukiOptions)
 	if err != nil {
 		return 0, fmt.Errorf("assemble UKI: %w", err)
 	}
@@ -236,25 +172,17 @@ func (j *job) uki(ctx context.Context, out io.Writer) (int64, error) {
 	return res.Size, nil
 }
 
-// bootFiles are the systemd-boot files of an ISO or a disk's ESP; the UKI
-// is built into the scratch directory.
+// ukiFile is the index of the UKI in bootFiles' list.
+const ukiFile = 1
+
+// bootFiles are the systemd-boot files of an ISO or a disk's ESP. The UKI
+// (files[ukiFile]) is written straight into its clusters (esp.File.WriteAt);
+// for an ISO j.iso copies it from the ISO tree instead.
 func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 	p := j.p
 
-	ukiPath := filepath.Join(j.tmp, "uki.efi")
-
-	f, err := os.Create(ukiPath)
+	u, err := j.ukiPieces(ctx)
 	if err != nil {
-		return nil, err
-	}
-
-	if _, err := j.uki(ctx, f); err != nil {
-		f.Close()
-
-		return nil, err
-	}
-
-	if err := f.Close(); err != nil {
 		return nil, err
 	}
 
@@ -279,20 +207,18 @@ func (j *job) bootFiles(ctx context.Context, forISO bool) ([]esp.File, error) {
 
 	files := []esp.File{
 		{Path: "EFI/BOOT/" + bootName, Size: sdboot.Size(), Open: func() (io.ReadCloser, error) {
-			return io.NopCloser(io.NewSectionReader(sdboot, 0, sdboot.Size())), nil
+			return kcopy.SectionCloser{SectionReader: io.NewSectionReader(sdboot, 0, sdboot.Size())}, nil
 		}},
-		fileFrom("EFI/Linux/Talos-"+p.Version.String()+".efi", ukiPath),
+		{Path: "EFI/Linux/Talos-" + p.Version.String() + ".efi", Size: u.size, WriteAt: func(ctx context.Context, out *os.File, off int64) error {
+			j.emit(Event{Phase: "assemble", Message: "UKI"})
+
+			return u.writeAt(ctx, out, off)
+		}},
 		fileBytes("loader/loader.conf", []byte(loader), false),
 	}
 
 	if forISO {
 		files = append(files, fileBytes("loader/random-seed", make([]byte, 32), true))
-	}
-
-	for i := range files {
-		if files[i].Size < 0 {
-			return nil, fmt.Errorf("boot file %s is missing", files[i].Path)
-		}
 	}
 
 	return files, nil
@@ -331,7 +257,33 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 		espOpts = esp.Options{MinSize: 10<<20 + size}
 
 		for _, f := range files {
-			tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open})
+			tree = append(tree, iso.File{Path: f.Path, Size: f.Size, Open: f.Open, WriteAt: f.WriteAt})
+		}
+
+		// The UKI is assembled at its extent in the ISO tree, which
+		// iso.Write writes before the ESP; the ESP's copy comes from there.
+		var (
+			written *os.File
+			at      int64
+		)
+
+		u := files[ukiFile]
+		tree[ukiFile].WriteAt = func(ctx context.Context, out *os.File, off int64) error {
+			if err := u.WriteAt(ctx, out, off); err != nil {
+				return err
+			}
+
+			written, at = out, off
+
+			return nil
+		}
+		files[ukiFile].WriteAt = nil
+		files[ukiFile].Open = func() (io.ReadCloser, error) {
+			if written == nil {
+				return nil, errors.New("the UKI is not in the ISO tree yet")
+			}
+
+			return kcopy.SectionCloser{SectionReader: io.NewSectionReader(written, at, u.Size)}, nil
 		}
 	case schematic.BootloaderGrub:
 		if mk, err = j.grubOnly(ctx); err != nil {
@@ -399,7 +351,7 @@ func (j *job) iso(ctx context.Context, out *os.File) error {
 
 // dualBoot is what Talos's dual-boot ISO adds to the sd-boot one
 // (pkg/imager/iso/hybrid.go): boot/vmlinuz, boot/initramfs.xz (the UKI's
-// initramfs, which bootFiles left in the scratch directory), Talos's ISO
+// initramfs, copied from its pieces), Talos's ISO
 // grub.cfg with the ISO command line (the UKI's), and what grub-mkrescue
 // adds from the release's i386-pc GRUB directory.
 func (j *job) dualBoot(ctx context.Context) (iso.Mkrescue, error) {
@@ -419,10 +371,6 @@ func (j *job) dualBoot(ctx context.Context) (iso.Mkrescue, error) {
 // architecture's EFI platform, which the imager carries too; kiln adds only
 // the one the ISO is for.
 func (j *job) grubOnly(ctx context.Context) (iso.Mkrescue, error) {
-	if _, err := j.initramfsFile(ctx); err != nil {
-		return iso.Mkrescue{}, err
-	}
-
 	efi := release.GrubAMD64
 	if j.p.Output.Arch == "arm64" {
 		efi = release.GrubARM64
@@ -473,8 +421,9 @@ func (j *job) mkrescue(ctx context.Context, platforms ...string) (iso.Mkrescue, 
 }
 
 // grubBootFiles adds what Talos's imager puts in the scratch tree of a GRUB
-// ISO to mk: the kernel, the initramfs with extensions (in the scratch
-// directory) and Talos's ISO grub.cfg with the ISO command line.
+// ISO to mk: the kernel, the initramfs with extensions (from its pieces,
+// the release's part copied in the kernel) and Talos's ISO grub.cfg with
+// the ISO command line.
 func (j *job) grubBootFiles(ctx context.Context, mk iso.Mkrescue) (iso.Mkrescue, error) {
 	p := j.p
 
@@ -490,9 +439,7 @@ func (j *job) grubBootFiles(ctx context.Context, mk iso.Mkrescue) (iso.Mkrescue,
 
 	j.closeLater(kernel)
 
-	initrd := filepath.Join(j.tmp, "initramfs")
-
-	st, err := os.Stat(initrd)
+	initrd, err := j.initramfsImage(ctx)
 	if err != nil {
 		return iso.Mkrescue{}, err
 	}
@@ -500,9 +447,9 @@ func (j *job) grubBootFiles(ctx context.Context, mk iso.Mkrescue) (iso.Mkrescue,
 	cfg := grub.ISOConfig(p.Version, line)
 	mk.Files = append(mk.Files,
 		iso.File{Path: "boot/vmlinuz", Size: kernel.Size(), Open: func() (io.ReadCloser, error) {
-			return io.NopCloser(io.NewSectionReader(kernel, 0, kernel.Size())), nil
+			return kcopy.SectionCloser{SectionReader: io.NewSectionReader(kernel, 0, kernel.Size())}, nil
 		}},
-		iso.File{Path: "boot/initramfs.xz", Size: st.Size(), Source: initrd},
+		iso.File{Path: "boot/initramfs.xz", Size: initrd.Size, WriteAt: j.writeInitramfs},
 		iso.File{Path: "boot/grub/grub.cfg", Size: int64(len(cfg)), Open: func() (io.ReadCloser, error) {
 			return io.NopCloser(bytes.NewReader(cfg)), nil
 		}},
@@ -632,30 +579,12 @@ func cmdlineOptions(p *Plan) cmdline.Options {
 	}
 }
 
-func fileFrom(path, src string) esp.File {
-	st, err := os.Stat(src)
-	if err != nil {
-		return esp.File{Path: path, Size: -1}
-	}
-
-	return esp.File{Path: path, Size: st.Size(), Open: func() (io.ReadCloser, error) { return os.Open(src) }}
-}
-
 func fileBytes(path string, data []byte, readOnly bool) esp.File {
 	return esp.File{Path: path, Size: int64(len(data)), ReadOnly: readOnly,
 		Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }}
 }
 
 func roundMiB(n int64) int64 { return (n + 1<<20 - 1) &^ (1<<20 - 1) }
-
-func sizeOf(f *os.File) (int64, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-
-	return st.Size(), nil
-}
 
 func extensionCount(n int) string {
 	switch n {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/diskfs/go-diskfs/backend"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-dev/kiln/builder/internal/kcopy"
 )
 
 // File bytes never pass through go-diskfs, which writes them one cluster
@@ -17,7 +19,9 @@ import (
 // clusters of the file being written, in file order), drops them and
 // records where they went; then copyContent writes the real bytes there,
 // read once from the file's reader, in runs as long as the allocation is
-// contiguous (copy_file_range for an *os.File).
+// contiguous (copy_file_range for an *os.File or a kcopy.SectionCloser of
+// one); a File with WriteAt writes them itself, in place (the builder
+// assembles a UKI straight into its clusters).
 
 // marker returns the marker for files: as long as the largest, so that
 // each file is one go-diskfs Write (each rewrites both FATs), mapped and
@@ -80,11 +84,31 @@ func (w *markWrites) WriteAt(b []byte, off int64) (int, error) {
 // copyContent writes f's bytes at runs (which cover 0..f.Size in order),
 // reading f once.
 func copyContent(ctx context.Context, out *os.File, f File, runs []run) error {
+	if f.WriteAt != nil {
+		return writeContent(ctx, out, f, runs)
+	}
 	src, err := f.Open()
 	if err != nil {
 		return fmt.Errorf("esp: open %s: %w", f.Path, err)
 	}
 	defer src.Close()
+	if sec, ok := kcopy.Opened(src, f.Size); ok {
+		outer, base, _ := sec.Outer()
+		var n int64
+		for _, r := range runs {
+			if r.at != n {
+				return fmt.Errorf("esp: %s: go-diskfs wrote byte %d, expected %d", f.Path, r.at, n)
+			}
+			if err := kcopy.CopyAt(ctx, out, r.off, outer, base+r.at, r.len); err != nil {
+				return fmt.Errorf("esp: write %s: %w", f.Path, err)
+			}
+			n += r.len
+		}
+		if n != f.Size {
+			return fmt.Errorf("esp: %s: go-diskfs wrote %d bytes of its %d", f.Path, n, f.Size)
+		}
+		return nil
+	}
 	var n int64
 	var buf []byte // for readers that are not files
 	if _, ok := src.(*os.File); !ok {
@@ -109,6 +133,45 @@ func copyContent(ctx context.Context, out *os.File, f File, runs []run) error {
 	var one [1]byte
 	if m, _ := io.ReadFull(src, one[:]); m != 0 {
 		return fmt.Errorf("esp: %s: content longer than the declared %d bytes", f.Path, f.Size)
+	}
+	return nil
+}
+
+// writeContent has f.WriteAt write f's bytes at runs: in place when they
+// are one run, else into a scratch file copied from there.
+func writeContent(ctx context.Context, out *os.File, f File, runs []run) error {
+	var n int64
+	for _, r := range runs {
+		if r.at != n {
+			return fmt.Errorf("esp: %s: go-diskfs wrote byte %d, expected %d", f.Path, r.at, n)
+		}
+		n += r.len
+	}
+	if n != f.Size {
+		return fmt.Errorf("esp: %s: go-diskfs wrote %d bytes of its %d", f.Path, n, f.Size)
+	}
+	if len(runs) == 0 {
+		return nil
+	}
+	if len(runs) == 1 {
+		if err := f.WriteAt(ctx, out, runs[0].off); err != nil {
+			return fmt.Errorf("esp: write %s: %w", f.Path, err)
+		}
+		return nil
+	}
+	tmp, err := os.CreateTemp("", "kiln-esp-")
+	if err != nil {
+		return fmt.Errorf("esp: write %s: %w", f.Path, err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if err := f.WriteAt(ctx, tmp, 0); err != nil {
+		return fmt.Errorf("esp: write %s: %w", f.Path, err)
+	}
+	for _, r := range runs {
+		if err := kcopy.CopyAt(ctx, out, r.off, tmp, r.at, r.len); err != nil {
+			return fmt.Errorf("esp: write %s: %w", f.Path, err)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package esp
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -70,5 +72,37 @@ func TestCopyRunFallback(t *testing.T) {
 		}
 
 		t.Fatalf("the image differs from byte %d (the run is at %d..%d)", i, off, off+len(content))
+	}
+}
+
+// TestWriteContentRuns: a WriteAt file in one run is written in place; in
+// several (which a fresh file system never gives) through a scratch file,
+// each run at its place.
+func TestWriteContentRuns(t *testing.T) {
+	content := bytes.Repeat([]byte("0123456789abcdef"), 1000)
+	out, err := os.Create(filepath.Join(t.TempDir(), "image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+
+	f := File{Path: "x", Size: int64(len(content)), WriteAt: func(_ context.Context, w *os.File, off int64) error {
+		_, err := w.WriteAt(content, off)
+		return err
+	}}
+	runs := []run{{at: 0, off: 40960, len: 5000}, {at: 5000, off: 8192, len: int64(len(content)) - 5000}}
+	if err := writeContent(context.Background(), out, f, runs); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 64<<10)
+	if _, err := out.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[40960:40960+5000], content[:5000]) || !bytes.Equal(got[8192:8192+len(content)-5000], content[5000:]) {
+		t.Fatal("runs not where go-diskfs put them")
+	}
+
+	if err := writeContent(context.Background(), out, f, runs[:1]); err == nil {
+		t.Fatal("runs shorter than the file: no error")
 	}
 }

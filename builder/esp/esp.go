@@ -55,8 +55,17 @@ type File struct {
 	Path string
 	// Size is the exact number of bytes Open yields; a mismatch is an error.
 	Size int64
-	// Open returns the content; Build closes it.
+	// Open returns the content; Build closes it. A kcopy.SectionCloser of
+	// a file (e.g. a UKI already written elsewhere in the output) is
+	// copied in the kernel.
 	Open func() (io.ReadCloser, error)
+	// WriteAt, set instead of Open, writes the content, exactly Size
+	// bytes, at offset off of out: a file assembled from pieces (a UKI)
+	// is written once, straight into its clusters. go-diskfs gives a file
+	// of a fresh file system contiguous clusters; should it not, the
+	// content is written to a scratch file in os.TempDir() and copied
+	// from there.
+	WriteAt func(ctx context.Context, out *os.File, off int64) error
 	// ReadOnly sets the FAT read-only attribute (e.g. loader/random-seed).
 	ReadOnly bool
 }
@@ -326,8 +335,8 @@ func plan(files []File) (dirs []string, sorted []File, err error) {
 		if f.Size > MaxFileSize {
 			return nil, nil, fmt.Errorf("%w: %s is %d bytes", ErrFileTooLarge, f.Path, f.Size)
 		}
-		if f.Open == nil {
-			return nil, nil, fmt.Errorf("esp: %s: nil Open", f.Path)
+		if (f.Open == nil) == (f.WriteAt == nil) {
+			return nil, nil, fmt.Errorf("esp: %s: want exactly one of Open and WriteAt", f.Path)
 		}
 		for d := path.Dir(p); d != "."; d = path.Dir(d) {
 			dirSet[strings.ToUpper(d)] = true

@@ -158,7 +158,9 @@ func fixup(f *os.File, base int64, opts Options) (uint32, error) {
 	clusterOff := func(c uint32) int64 {
 		return base + b.dataOffset + int64(c-2)*b.bytesPerCluster
 	}
-	used := map[uint32]bool{}
+	// A slice, not a map: an ESP holding a UKI has tens of thousands of
+	// clusters, and a map of them was a few percent of an ISO build.
+	used := make([]bool, int(maxCluster)+1)
 
 	// walk rewrites one directory; cluster 0 is the FAT12/16 root region.
 	var walk func(first uint32) error

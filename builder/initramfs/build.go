@@ -75,20 +75,186 @@ const (
 // before; firmware at usr/lib/firmware and modules at usr/lib/modules
 // from 1.10, lib/firmware and lib/modules before.
 func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, out io.Writer) error {
+	b, err := newBuilder(opts)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+
+	if err := b.addExtensions(ctx, exts); err != nil {
+		return err
+	}
+
+	// With kernel modules the base is read twice: for its rootfs.sqsh,
+	// then to copy it.
+	if len(b.modules) > 0 {
+		spooled, err := b.spool(base)
+		if err != nil {
+			return err
+		}
+		defer spooled.Close() //nolint:errcheck // read-only scratch file
+
+		fi, err := spooled.Stat()
+		if err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+
+		if err := b.addModulesLayer(ctx, spooled, fi.Size()); err != nil {
+			return err
+		}
+
+		base = io.NewSectionReader(spooled, 0, fi.Size())
+	}
+
+	bw := bufio.NewWriterSize(out, copyBuf)
+
+	if err := b.writeMicrocode(ctx, bw); err != nil {
+		return err
+	}
+
+	// Hide base's WriterTo so the copy goes through bw in 1 MiB chunks.
+	if _, err := io.CopyBuffer(bw, struct{ io.Reader }{base}, b.buf); err != nil {
+		return fmt.Errorf("initramfs: copy base initramfs: %w", err)
+	}
+
+	if len(exts) > 0 {
+		if err := b.writeExtensions(ctx, bw); err != nil {
+			return err
+		}
+	}
+
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("initramfs: write: %w", err)
+	}
+
+	return nil
+}
+
+// Image is the initramfs Build writes as the pieces it is concatenated
+// from: the microcode cpio, the release's base (the caller's section,
+// never copied) and the extensions' cpio, the first and last in a scratch
+// file that Close removes. A UKI or an image takes the pieces where they
+// go, the base copied in the kernel, instead of a concatenated copy.
+type Image struct {
+	// Parts are the pieces in order; empty ones are left out.
+	Parts []*io.SectionReader
+	// Size is the initramfs's size, the sum of the parts'.
+	Size int64
+
+	scratch *os.File
+}
+
+// Reader reads the whole initramfs.
+func (im *Image) Reader() io.Reader {
+	rs := make([]io.Reader, len(im.Parts))
+	for i, p := range im.Parts {
+		rs[i] = io.NewSectionReader(p, 0, p.Size())
+	}
+
+	return io.MultiReader(rs...)
+}
+
+// Close removes the scratch file.
+func (im *Image) Close() error {
+	if im.scratch == nil {
+		return nil
+	}
+
+	err := im.scratch.Close()
+	if rerr := os.Remove(im.scratch.Name()); err == nil {
+		err = rerr
+	}
+
+	im.scratch = nil
+
+	return err
+}
+
+// Assemble makes the initramfs Build would write from base as an Image,
+// its scratch file in opts.TempDir. The caller closes it.
+func Assemble(ctx context.Context, base *io.SectionReader, exts []Extension, opts Options) (*Image, error) {
+	b, err := newBuilder(opts)
+	if err != nil {
+		return nil, err
+	}
+	defer b.close()
+
+	if err := b.addExtensions(ctx, exts); err != nil {
+		return nil, err
+	}
+
+	if len(b.modules) > 0 {
+		if err := b.addModulesLayer(ctx, base, base.Size()); err != nil {
+			return nil, err
+		}
+	}
+
+	f, err := os.CreateTemp(opts.TempDir, "kiln-initramfs-parts-")
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+
+	im := &Image{scratch: f}
+
+	bw := bufio.NewWriterSize(struct{ io.Writer }{f}, copyBuf)
+
+	err = b.writeMicrocode(ctx, bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+
+	var head int64
+	if err == nil {
+		head, err = f.Seek(0, io.SeekCurrent)
+	}
+
+	if err == nil && len(exts) > 0 {
+		err = b.writeExtensions(ctx, bw)
+	}
+
+	if err == nil {
+		err = bw.Flush()
+	}
+
+	var end int64
+	if err == nil {
+		end, err = f.Seek(0, io.SeekCurrent)
+	}
+
+	if err != nil {
+		im.Close() //nolint:errcheck // the build error is the one to report
+
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+
+	// A section of base's own file, not of base: a copy can find the file.
+	outer, off, n := base.Outer()
+
+	for _, p := range []*io.SectionReader{io.NewSectionReader(f, 0, head), io.NewSectionReader(outer, off, n), io.NewSectionReader(f, head, end-head)} {
+		if p.Size() > 0 {
+			im.Parts = append(im.Parts, p)
+			im.Size += p.Size()
+		}
+	}
+
+	return im, nil
+}
+
+// newBuilder checks opts and makes the builder of one initramfs, with its
+// scratch directory (close removes it).
+func newBuilder(opts Options) (*builder, error) {
 	if opts.TalosVersion.IsZero() {
-		return errors.New("initramfs: no Talos version")
+		return nil, errors.New("initramfs: no Talos version")
 	}
 
 	if opts.Arch == "" {
-		return errors.New("initramfs: no architecture")
+		return nil, errors.New("initramfs: no architecture")
 	}
 
 	tmp, err := os.MkdirTemp(opts.TempDir, "kiln-initramfs-")
 	if err != nil {
-		return fmt.Errorf("initramfs: %w", err)
+		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-
-	defer os.RemoveAll(tmp) //nolint:errcheck // best effort; the error that matters is returned
 
 	q := quirks.New(opts.TalosVersion.String())
 
@@ -112,51 +278,20 @@ func Build(ctx context.Context, base io.Reader, exts []Extension, opts Options, 
 		b.log = slog.New(slog.DiscardHandler)
 	}
 
+	return b, nil
+}
+
+// close removes the scratch directory.
+func (b *builder) close() {
+	os.RemoveAll(b.tmp) //nolint:errcheck // best effort; the error that matters is returned
+}
+
+// addExtensions reads and validates exts in Talos's order.
+func (b *builder) addExtensions(ctx context.Context, exts []Extension) error {
 	for _, i := range LayerOrder(len(exts)) {
 		if err := b.addExtension(ctx, i, exts[i]); err != nil {
 			return err
 		}
-	}
-
-	// With kernel modules the base is read twice: for its rootfs.sqsh,
-	// then to copy it.
-	if len(b.modules) > 0 {
-		spooled, err := b.spool(base)
-		if err != nil {
-			return err
-		}
-		defer spooled.Close() //nolint:errcheck // read-only scratch file
-
-		if err := b.addModulesLayer(ctx, spooled); err != nil {
-			return err
-		}
-
-		if _, err := spooled.Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("initramfs: %w", err)
-		}
-
-		base = spooled
-	}
-
-	bw := bufio.NewWriterSize(out, copyBuf)
-
-	if err := b.writeMicrocode(ctx, bw); err != nil {
-		return err
-	}
-
-	// Hide base's WriterTo so the copy goes through bw in 1 MiB chunks.
-	if _, err := io.CopyBuffer(bw, struct{ io.Reader }{base}, b.buf); err != nil {
-		return fmt.Errorf("initramfs: copy base initramfs: %w", err)
-	}
-
-	if len(exts) > 0 {
-		if err := b.writeExtensions(ctx, bw); err != nil {
-			return err
-		}
-	}
-
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("initramfs: write: %w", err)
 	}
 
 	return nil

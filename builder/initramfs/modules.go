@@ -105,8 +105,8 @@ func (m *extensionModules) finish() error {
 // does: take the module tree of the release's rootfs.sqsh (exactly one
 // kernel version directory), copy every extension's modules for that
 // version over it, run depmod, and make a layer of the modules.* files.
-func (b *builder) addModulesLayer(ctx context.Context, base *os.File) error {
-	rootfs, err := b.extractRootfs(base)
+func (b *builder) addModulesLayer(ctx context.Context, base io.ReaderAt, size int64) error {
+	rootfs, err := b.extractRootfs(base, size)
 	if err != nil {
 		return err
 	}
@@ -252,13 +252,8 @@ func (b *builder) writeModulesLayer(tree, kver string) error {
 // extractRootfs finds rootfs.sqsh in the release initramfs (a zstd or xz
 // newc archive, as Talos's autoDecompress reads it; uncompressed segments
 // are looked at too) and copies it to a scratch file.
-func (b *builder) extractRootfs(base *os.File) (*os.File, error) {
-	fi, err := base.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-
-	segs, err := cpio.Segments(base, fi.Size())
+func (b *builder) extractRootfs(base io.ReaderAt, size int64) (*os.File, error) {
+	segs, err := cpio.Segments(base, size)
 	if err != nil {
 		return nil, fmt.Errorf("initramfs: release initramfs: %w", err)
 	}

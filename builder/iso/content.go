@@ -15,6 +15,7 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-dev/kiln/builder/internal/kcopy"
 	"github.com/kiln-dev/kiln/internal/iox"
 )
 
@@ -25,7 +26,8 @@ import (
 // them, and its writes of their zeros are dropped (sparseWrites); relayout
 // then gives each file its real size and extent, as go-diskfs would have
 // from full-size files; writeContents puts each file's bytes there, read
-// once from its Source or reader. Before, every byte was written into the
+// once from its Source or reader (in the kernel from a file or a section of
+// one), or written there by its WriteAt. Before, every byte was written into the
 // staging directory, then read and written again by go-diskfs in 2 KiB
 // pieces.
 
@@ -314,6 +316,12 @@ func writeContents(ctx context.Context, out *os.File, base int64, files []staged
 }
 
 func writeContent(ctx context.Context, out *os.File, at int64, f File, buf []byte) (err error) {
+	if f.WriteAt != nil {
+		if err := f.WriteAt(ctx, out, at); err != nil {
+			return fmt.Errorf("iso: write %s: %w", f.Path, err)
+		}
+		return nil
+	}
 	var src io.ReadCloser
 	if f.Source != "" {
 		src, err = os.Open(f.Source)
@@ -325,7 +333,12 @@ func writeContent(ctx context.Context, out *os.File, at int64, f File, buf []byt
 	}
 	defer src.Close()
 	var n int64
-	if sf, ok := src.(*os.File); ok {
+	if sec, ok := kcopy.Opened(src, f.Size); ok {
+		if err := kcopy.CopySection(ctx, out, at, sec); err != nil {
+			return fmt.Errorf("iso: write %s: %w", f.Path, err)
+		}
+		return nil
+	} else if sf, ok := src.(*os.File); ok {
 		n, err = copyFileRange(ctx, out, at, sf, f.Size)
 		if err == nil && n == f.Size {
 			// One byte more would be content beyond the declared size.

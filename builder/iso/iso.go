@@ -124,8 +124,15 @@ type File struct {
 	// owner.
 	Source string
 	// Open yields the content when Source is empty; Write closes it and
-	// reads it once. An *os.File is copied in the kernel where it can.
+	// reads it once. An *os.File, or a section of one (io.SectionReader),
+	// is copied in the kernel where it can.
 	Open func() (io.ReadCloser, error)
+	// WriteAt, set instead of Source and Open, writes the content, exactly
+	// Size bytes, at offset off of out, where the file's extent is: a
+	// file assembled from pieces (a UKI) is written once, at its place,
+	// not aside to be copied in. Write calls it before BuildESP, which may
+	// then copy the bytes from there.
+	WriteAt func(ctx context.Context, out *os.File, off int64) error
 	// Mode is the permission bits recorded for a file given by Open
 	// (default 0644).
 	Mode os.FileMode
@@ -147,7 +154,8 @@ type Params struct {
 	// BuildESP, set instead of ESP, builds the ESP image in place: ESPSize
 	// bytes (a positive multiple of 512) at offset of out, all zero when
 	// it is called, e.g. with esp.BuildAt. This spares writing the image
-	// to a file and copying it in.
+	// to a file and copying it in. Every file of the tree is written when
+	// it is called, so it may copy a file's bytes from its extent.
 	BuildESP func(ctx context.Context, out *os.File, offset, size int64) error
 	// ESPSize is the size of the image BuildESP builds.
 	ESPSize int64
@@ -442,8 +450,8 @@ func validateFiles(files []File) error {
 		if f.Size > MaxFileSize {
 			return fmt.Errorf("%w: %s is %d bytes", ErrFileTooLarge, c, f.Size)
 		}
-		if f.Source == "" && f.Open == nil {
-			return fmt.Errorf("iso: %s: neither Source nor Open", c)
+		if n := btoi(f.Source != "") + btoi(f.Open != nil) + btoi(f.WriteAt != nil); n != 1 {
+			return fmt.Errorf("iso: %s: want exactly one of Source, Open and WriteAt, have %d", c, n)
 		}
 	}
 	for c := range seen {
@@ -477,3 +485,10 @@ func appendESP(ctx context.Context, out *os.File, espPath string, l Layout) erro
 }
 
 func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

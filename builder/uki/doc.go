@@ -24,7 +24,13 @@
 // find, the reset one.
 //
 // The kernel and initramfs are streamed from io.Readers in 1 MiB chunks and
-// never held in memory; only the stub (tens of KiB) is read whole.
+// never held in memory; only the stub (tens of KiB) is read whole. They may
+// also be given as parts (Blob.Parts, e.g. the release's initramfs file
+// followed by what a schematic appends): AssembleAt writes the image at its
+// place in a file (an ISO tree extent, an ESP's clusters) and copies a part
+// that is a section of a file in the kernel (copy_file_range) when its share
+// of the PE checksum is given (SumOf, which a caller can keep per file), so
+// its bytes never pass through user space.
 //
 // What is changed in the stub and why:
 //

@@ -8,17 +8,33 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"slices"
 
 	"github.com/siderolabs/talos/pkg/machinery/version"
 
+	"github.com/kiln-dev/kiln/builder/internal/kcopy"
 	"github.com/kiln-dev/kiln/internal/iox"
 )
 
-// Blob is section content streamed from R, exactly Size bytes long.
+// Blob is section content streamed from R, exactly Size bytes long, or
+// made of Parts (R nil), whose sizes add up to Size.
 type Blob struct {
 	R    io.Reader
 	Size int64
+	// Parts are the content's pieces in order, e.g. an initramfs as the
+	// release's file followed by what a schematic appends: nothing is
+	// concatenated aside first.
+	Parts []Part
+}
+
+// Part is a piece of a Blob.
+type Part struct {
+	R *io.SectionReader
+	// Sum, if not nil, is SumOf(R)'s value. AssembleAt then copies a part
+	// that is a section of a file in the kernel (copy_file_range) and takes
+	// its share of the PE checksum from Sum instead of reading it.
+	Sum *Sum
 }
 
 // Profile is one extra UKI profile: a .profile section (os-release style
@@ -94,30 +110,95 @@ type newSection struct {
 // are read to exactly their Size; shorter or longer content is an error.
 // On error, out holds a partial image and must be discarded.
 func Assemble(ctx context.Context, stubR io.ReaderAt, secs Sections, out io.Writer, opts Options) (Result, error) {
+	return assemble(ctx, stubR, secs, out, nil, opts)
+}
+
+// AssembleAt writes the UKI Assemble would write at offset off of out,
+// e.g. straight at its place in an ISO. Every byte is written once: the
+// parts of a blob that are sections of a file and come with their Sum are
+// copied in the kernel, never read; the rest passes through user space for
+// the checksum.
+func AssembleAt(ctx context.Context, stubR io.ReaderAt, secs Sections, out *os.File, off int64, opts Options) (Result, error) {
+	fw := &fileWriter{f: out, base: off}
+
+	return assemble(ctx, stubR, secs, fw, fw, opts)
+}
+
+// fileWriter writes at base of f onwards, where skip leaves bytes written
+// by other means.
+type fileWriter struct {
+	f    *os.File
+	base int64
+	n    int64
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.WriteAt(p, w.base+w.n)
+	w.n += int64(n)
+
+	return n, err
+}
+
+// WriteAt writes at off from base.
+func (w *fileWriter) WriteAt(p []byte, off int64) (int, error) { return w.f.WriteAt(p, w.base+off) }
+
+// Size is the size of the UKI Assemble would write, without writing it.
+func Size(stubR io.ReaderAt, secs Sections, opts Options) (int64, error) {
+	s, added, err := prepare(stubR, secs, opts)
+	if err != nil {
+		return 0, err
+	}
+
+	if _, _, err := layoutHeaders(s, added); err != nil {
+		return 0, err
+	}
+
+	if len(added) == 0 {
+		return int64(len(s.data)), nil
+	}
+
+	last := added[len(added)-1].info
+
+	return int64(last.Offset) + int64(last.RawSize), nil
+}
+
+// prepare reads the stub and plans the added sections.
+func prepare(stubR io.ReaderAt, secs Sections, opts Options) (*stub, []*newSection, error) {
 	s, err := readStub(stubR)
 	if err != nil {
-		return Result{}, err
+		return nil, nil, err
 	}
 
 	if s.symPtr != 0 || s.numSyms != 0 {
 		if !opts.StripSymbols {
-			return Result{}, ErrSymbolTable
+			return nil, nil, ErrSymbolTable
 		}
 
 		if err := s.stripSymbols(); err != nil {
-			return Result{}, err
+			return nil, nil, err
 		}
 	}
 
 	added, err := plan(secs)
 	if err != nil {
-		return Result{}, err
+		return nil, nil, err
 	}
 
 	for _, sec := range s.sections {
 		if slices.ContainsFunc(added, func(n *newSection) bool { return n.name == sec.nameString() }) {
-			return Result{}, fmt.Errorf("%w: stub already has a %s section", ErrNotStub, sec.nameString())
+			return nil, nil, fmt.Errorf("%w: stub already has a %s section", ErrNotStub, sec.nameString())
 		}
+	}
+
+	return s, added, nil
+}
+
+// assemble is Assemble; with file set (out itself), parts with a Sum are
+// copied in the kernel.
+func assemble(ctx context.Context, stubR io.ReaderAt, secs Sections, out io.Writer, file *fileWriter, opts Options) (Result, error) {
+	s, added, err := prepare(stubR, secs, opts)
+	if err != nil {
+		return Result{}, err
 	}
 
 	// Drop the Authenticode signature; it cannot survive the change.
@@ -148,7 +229,7 @@ func Assemble(ctx context.Context, stubR io.ReaderAt, secs Sections, out io.Writ
 			return Result{}, err
 		}
 
-		if err := writeSection(ctx, w, n, buf); err != nil {
+		if err := writeSection(ctx, w, ck, file, n, buf); err != nil {
 			return Result{}, err
 		}
 	}
@@ -190,12 +271,35 @@ func Assemble(ctx context.Context, stubR io.ReaderAt, secs Sections, out io.Writ
 
 // plan lists the sections to add, in Talos order.
 func plan(secs Sections) ([]*newSection, error) {
-	if secs.Linux.R == nil || secs.Linux.Size <= 0 {
+	if (secs.Linux.R == nil && secs.Linux.Parts == nil) || secs.Linux.Size <= 0 {
 		return nil, fmt.Errorf("%w: .linux is required", ErrInput)
 	}
 
-	if secs.Initrd.Size < 0 || (secs.Initrd.Size > 0 && secs.Initrd.R == nil) {
+	if secs.Initrd.Size < 0 || (secs.Initrd.Size > 0 && secs.Initrd.R == nil && secs.Initrd.Parts == nil) {
 		return nil, fmt.Errorf("%w: .initrd has size %d and reader %v", ErrInput, secs.Initrd.Size, secs.Initrd.R != nil)
+	}
+
+	for name, b := range map[string]Blob{".linux": secs.Linux, ".initrd": secs.Initrd} {
+		if b.Parts == nil {
+			continue
+		}
+
+		if b.R != nil {
+			return nil, fmt.Errorf("%w: %s has both a reader and parts", ErrInput, name)
+		}
+
+		var n int64
+		for _, p := range b.Parts {
+			if p.R == nil {
+				return nil, fmt.Errorf("%w: %s has a part without a reader", ErrInput, name)
+			}
+
+			n += p.R.Size()
+		}
+
+		if n != b.Size {
+			return nil, fmt.Errorf("%w: %s parts are %d bytes, want %d", ErrInput, name, n, b.Size)
+		}
 	}
 
 	var out []*newSection
@@ -309,11 +413,21 @@ func layoutHeaders(s *stub, added []*newSection) (hdr, stubData []byte, err erro
 	return hdr, s.data[firstRaw:], nil
 }
 
-func writeSection(ctx context.Context, w io.Writer, n *newSection, buf []byte) error {
+func writeSection(ctx context.Context, w *countWriter, ck *checksum, file *fileWriter, n *newSection, buf []byte) error {
 	if n.blob == nil {
 		_, err := w.Write(n.data)
 
 		return err
+	}
+
+	if n.blob.R == nil {
+		for _, p := range n.blob.Parts {
+			if err := writePart(ctx, w, ck, file, p, buf); err != nil {
+				return fmt.Errorf("%s: %w", n.name, err)
+			}
+		}
+
+		return nil
 	}
 
 	copied, err := io.CopyBuffer(w, iox.ContextReader(ctx, io.LimitReader(n.blob.R, n.size)), buf)
@@ -328,6 +442,38 @@ func writeSection(ctx context.Context, w io.Writer, n *newSection, buf []byte) e
 	var one [1]byte
 	if k, _ := io.ReadFull(n.blob.R, one[:]); k > 0 {
 		return fmt.Errorf("%w: %s is longer than %d bytes", ErrInput, n.name, n.size)
+	}
+
+	return nil
+}
+
+// writePart writes p at w's offset: in the kernel when it can (file set,
+// p a section of a file with its Sum, at an even offset past the checksum
+// field), else read through w and the checksum.
+func writePart(ctx context.Context, w *countWriter, ck *checksum, file *fileWriter, p Part, buf []byte) error {
+	if file != nil && p.Sum != nil && p.Sum.n == p.R.Size() && ck.canAdd() {
+		if _, _, _, ok := kcopy.Section(p.R); ok {
+			if err := kcopy.CopySection(ctx, file.f, file.base+file.n, p.R); err != nil {
+				return err
+			}
+
+			ck.addSum(*p.Sum)
+			w.n += p.R.Size()
+			file.n += p.R.Size()
+
+			return nil
+		}
+	}
+
+	r := io.NewSectionReader(p.R, 0, p.R.Size())
+
+	copied, err := io.CopyBuffer(w, iox.ContextReader(ctx, r), buf)
+	if err != nil {
+		return err
+	}
+
+	if copied != p.R.Size() {
+		return fmt.Errorf("%w: a part is %d bytes, want %d", ErrInput, copied, p.R.Size())
 	}
 
 	return nil
