@@ -107,6 +107,8 @@ func run() error {
 			return err
 		}
 
+		defer os.Remove(tarball) //nolint:errcheck // scratch
+
 		prof.Input.SystemExtensions = append(prof.Input.SystemExtensions, profile.ContainerAsset{TarballPath: tarball})
 	}
 
