@@ -370,6 +370,8 @@ func TestREADMEExamples(t *testing.T) {
 
 	sawVector, sawKiln := false, false
 
+	dockerConfig := t.TempDir()
+
 	for _, c := range commands {
 		script := strings.ReplaceAll(c, "127.0.0.1:8080", k.addr)
 		// An HTTP error status must fail the example, not just a dead socket.
@@ -377,7 +379,10 @@ func TestREADMEExamples(t *testing.T) {
 			script = "curl --fail-with-body " + rest
 		}
 		cmd := exec.Command("bash", "-o", "pipefail", "-c", script)
-		cmd.Env = append(os.Environ(), "PATH="+grpcurlDir+":"+os.Getenv("PATH"))
+		// A reader as a new user runs it: no registry credentials of this
+		// machine's (a docker config that once logged in to the port the
+		// kiln drew got 401s for kiln cache's anonymous pulls).
+		cmd.Env = append(os.Environ(), "PATH="+grpcurlDir+":"+os.Getenv("PATH"), "DOCKER_CONFIG="+dockerConfig)
 		cmd.Dir = workDir // downloads land here
 
 		out, err := cmd.CombinedOutput()
