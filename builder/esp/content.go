@@ -180,33 +180,27 @@ func writeContent(ctx context.Context, out *os.File, f File, runs []run) error {
 func copyRun(ctx context.Context, out *os.File, off int64, src io.Reader, n int64, buf []byte) (int64, error) {
 	var done int64
 	if sf, ok := src.(*os.File); ok {
+		// From its offset, in the kernel where kcopy can; a source shorter
+		// than n is copied as far as it goes.
 		roff, err := sf.Seek(0, io.SeekCurrent)
-		for err == nil && done < n {
-			if err = ctx.Err(); err != nil {
-				break
-			}
-			woff := off + done
-			var c int
-			c, err = unix.CopyFileRange(int(sf.Fd()), &roff, int(out.Fd()), &woff, int(min(n-done, 64<<20)), 0)
-			if err == nil && c == 0 {
-				err = io.ErrUnexpectedEOF
-			}
-			if err == nil {
-				// c is -1 on an error: added, the fallback below would
-				// write one byte before the run and read one past it.
-				done += int64(c)
-			}
+		if err != nil {
+			return 0, err
 		}
-		if err == nil || done > 0 || !(errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
-			if _, serr := sf.Seek(roff, io.SeekStart); err == nil {
-				err = serr
-			}
+		st, err := sf.Stat()
+		if err != nil {
+			return 0, err
+		}
+		done = max(0, min(n, st.Size()-roff))
+		if err := kcopy.CopyAt(ctx, out, off, sf, roff, done); err != nil {
+			return 0, err
+		}
+		if _, err := sf.Seek(roff+done, io.SeekStart); err != nil {
 			return done, err
 		}
-		// Not possible between these files: through user space.
-		if buf == nil {
-			buf = make([]byte, copyChunk)
+		if done < n {
+			return done, io.ErrUnexpectedEOF
 		}
+		return done, nil
 	}
 	for done < n {
 		if err := ctx.Err(); err != nil {

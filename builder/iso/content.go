@@ -13,7 +13,6 @@ import (
 	"syscall"
 
 	"github.com/diskfs/go-diskfs/backend"
-	"golang.org/x/sys/unix"
 
 	"github.com/kiln-dev/kiln/builder/internal/kcopy"
 	"github.com/kiln-dev/kiln/internal/iox"
@@ -361,35 +360,24 @@ func writeContent(ctx context.Context, out *os.File, at int64, f File, buf []byt
 	return nil
 }
 
-// copyFileRange copies n bytes from src's current offset to out at at,
-// in the kernel (copy_file_range) where it can, else through user space;
-// it advances src's offset.
+// copyFileRange copies n bytes from src's current offset to out at at
+// (kcopy: in the kernel where it can), or what is left of src if it is
+// shorter; it advances src's offset past what it copied.
 func copyFileRange(ctx context.Context, out *os.File, at int64, src *os.File, n int64) (int64, error) {
 	roff, err := src.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return 0, err
 	}
-	var done int64
-	for done < n {
-		if err := ctx.Err(); err != nil {
-			return done, err
-		}
-		woff := at + done
-		c, err := unix.CopyFileRange(int(src.Fd()), &roff, int(out.Fd()), &woff, int(min(n-done, copyChunk*16)), 0)
-		if err != nil || c == 0 {
-			if done == 0 && err != nil && (errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
-				m, err := io.Copy(io.NewOffsetWriter(out, at), iox.ContextReader(ctx, io.LimitReader(src, n)))
-				return m, err
-			}
-			if err != nil {
-				return done, err
-			}
-			break // EOF: short source
-		}
-		done += int64(c)
+	st, err := src.Stat()
+	if err != nil {
+		return 0, err
 	}
-	if _, err := src.Seek(roff, io.SeekStart); err != nil {
-		return done, err
+	n = max(0, min(n, st.Size()-roff))
+	if err := kcopy.CopyAt(ctx, out, at, src, roff, n); err != nil {
+		return 0, err
 	}
-	return done, nil
+	if _, err := src.Seek(roff+n, io.SeekStart); err != nil {
+		return n, err
+	}
+	return n, nil
 }
