@@ -100,48 +100,10 @@ func reportCPU(b *testing.B, cpu time.Duration) {
 // BenchmarkOpenSparseAfterStart is the first Open of that image in a fresh
 // process, which verifies it.
 func BenchmarkOpenSparseAfterStart(b *testing.B) {
-	ctx := context.Background()
-	dir := b.TempDir()
-	logger := slog.New(slog.DiscardHandler)
-
-	a, err := storage.NewFSAssets(dir, 0, logger)
-	if err != nil {
-		b.Fatal(err)
-	}
-
 	data := make([]byte, sparseData)
 	rand.Read(data) //nolint:errcheck // never fails
 
-	if err := writeSparse(b, a, "sparse-disk", data).Commit(); err != nil {
-		b.Fatal(err)
-	}
-
-	b.SetBytes(sparseSize)
-	b.ResetTimer()
-
-	var cpu time.Duration
-
-	for range b.N {
-		b.StopTimer()
-		fresh, err := storage.NewFSAssets(dir, 0, logger)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-
-		start := processCPU(b)
-
-		f, err := fresh.Open(ctx, "sparse-disk")
-		if err != nil {
-			b.Fatal(err)
-		}
-
-		f.Close()
-
-		cpu += processCPU(b) - start
-	}
-
-	reportCPU(b, cpu)
+	benchOpenAfterStart(b, sparseSize, writeSparse, data)
 }
 
 // BenchmarkSHA256Sparse is the first Asset.SHA256 of that image, which the
@@ -313,6 +275,12 @@ func BenchmarkCommitDisk(b *testing.B) {
 // BenchmarkOpenISOAfterStart is the first Open of the ISO in a fresh
 // process, which checks the CRC of every chunk.
 func BenchmarkOpenISOAfterStart(b *testing.B) {
+	benchOpenAfterStart(b, isoSize, writeISO, randomBytes(isoSize))
+}
+
+// benchOpenAfterStart measures the first Open, in a fresh process, of an
+// asset of size written by write from data.
+func benchOpenAfterStart(b *testing.B, size int64, write func(*testing.B, storage.Assets, string, []byte) storage.AssetWriter, data []byte) {
 	ctx := context.Background()
 	dir := b.TempDir()
 	logger := slog.New(slog.DiscardHandler)
@@ -322,11 +290,11 @@ func BenchmarkOpenISOAfterStart(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	if err := writeISO(b, a, "iso-asset", randomBytes(isoSize)).Commit(); err != nil {
+	if err := write(b, a, "opened-asset", data).Commit(); err != nil {
 		b.Fatal(err)
 	}
 
-	b.SetBytes(isoSize)
+	b.SetBytes(size)
 	b.ResetTimer()
 
 	var cpu time.Duration
@@ -341,7 +309,7 @@ func BenchmarkOpenISOAfterStart(b *testing.B) {
 
 		start := processCPU(b)
 
-		f, err := fresh.Open(ctx, "iso-asset")
+		f, err := fresh.Open(ctx, "opened-asset")
 		if err != nil {
 			b.Fatal(err)
 		}
